@@ -1,0 +1,194 @@
+"""``nearslicer``: refine a segmentation file, run the built-in demo, benchmark, train a prior.
+
+Errors are one line on stderr with a non-zero exit code (2: bad input or prior, 1: other);
+``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import NeARError
+
+ALAN_REL = Path("data/alan64/alan64_trainval.npz")
+
+
+def shared_dir() -> Optional[Path]:
+    """The shared data folder: $NEARSLICER_SHARED, <repo>/../shared or ./../shared."""
+    candidates = []
+    if os.environ.get("NEARSLICER_SHARED"):
+        candidates.append(Path(os.environ["NEARSLICER_SHARED"]))
+    candidates += [Path(__file__).resolve().parents[3] / "shared", Path.cwd().parent / "shared", Path.cwd() / "shared"]
+    for c in candidates:
+        if (c / "data").is_dir():
+            return c
+    return None
+
+
+def default_alan() -> str:
+    s = shared_dir()
+    return str(s / ALAN_REL) if s else str(Path("../shared") / ALAN_REL)
+
+
+def _options(args):
+    from .refine import RefineOptions
+
+    return RefineOptions(prior=args.prior, preset=args.preset, device=args.device, seed=args.seed,
+                         appearance=not getattr(args, "shape_only", False))
+
+
+def cmd_refine(args) -> int:
+    import numpy as np
+
+    from .io import read_image, read_mask, write_image, write_mask
+    from .metrics import dice
+    from .refine import refine_mask
+
+    mask, grid, _ = read_mask(args.mask, label=args.label)
+    image = None
+    if args.image:
+        image, igrid = read_image(args.image)
+        if not igrid.same_as(grid):
+            from .errors import InputError
+
+            raise InputError(f"image {args.image} and mask {args.mask} are on different grids "
+                             f"(shape {igrid.shape} vs {grid.shape}, spacing {igrid.spacing} vs {grid.spacing})")
+    res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, _options(args), progress=cb))
+    for w in res.warnings:
+        print(f"nearslicer: warning: {w}", file=sys.stderr)
+    # every output is computed before the first one is written; each write is atomic
+    write_mask(args.out, res.mask, grid)
+    if args.probability:
+        write_image(args.probability, res.probability, grid)
+    if args.report:
+        from .report import save_report_png
+
+        save_report_png(args.report, image, mask, res.mask, grid.spacing, title=Path(args.mask).name,
+                        metrics={"Dice(input, refined)": dice(mask, res.mask)})
+    print(f"refined {Path(args.mask).name}: {int(mask.sum())} -> {int(res.mask.sum())} voxels "
+          f"(+{int(res.added.sum())} / -{int(res.removed.sum())}), Dice(input, refined) "
+          f"{dice(mask, res.mask):.3f}, {res.seconds:.1f} s on {res.info['device']}; wrote {args.out}")
+    return 0
+
+
+def _run_with_bar(fn):
+    from tqdm import tqdm
+
+    with tqdm(total=100, desc="refine", unit="%", mininterval=0.5, leave=False) as bar:
+        def cb(f: float, msg: str) -> None:
+            bar.set_postfix_str(msg, refresh=False)
+            bar.update(max(0, int(f * 100) - bar.n))
+
+        return fn(cb)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, seed=args.seed, options=_options(args))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import numpy as np
+
+    from .bench import format_table, run_bench, write_json
+    from .errors import InputError
+
+    if not Path(args.data).is_file():
+        raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
+    shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
+    result = run_bench(shapes, _options(args))
+    table = format_table(result)
+    print(table)
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_train_prior(args) -> int:
+    from .errors import InputError
+    from .train import TrainConfig, train_prior
+
+    if not Path(args.data).is_file():
+        raise InputError(f"training data not found: {args.data}")
+    cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
+                      batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume)
+    train_prior(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nearslicer", description="Neural Annotation Refinement (NeAR) of segmentations.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, seed=0):
+        sp.add_argument("--prior", help="prior .safetensors file (default: the shipped adrenal prior)")
+        sp.add_argument("--preset", default="default", choices=["fast", "default", "quality"])
+        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sp.add_argument("--seed", type=int, default=seed)
+
+    r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
+    r.add_argument("--mask", required=True)
+    r.add_argument("--out", required=True, help="output mask (.nii.gz, .nrrd or .seg.nrrd), same geometry as --mask")
+    r.add_argument("--label", help="label value (or .seg.nrrd segment name) of a multilabel mask")
+    r.add_argument("--image", help="CT in HU on the mask's grid (appearance, with an S+A prior)")
+    r.add_argument("--report", help="write a PNG with red (input) and blue (refined) contours")
+    r.add_argument("--probability", help="also write the occupancy probability map")
+    common(r)
+    r.set_defaults(func=cmd_refine)
+
+    d = sub.add_parser("demo", help="built-in demo on a synthetic phantom (no data needed)")
+    d.add_argument("--out", default="nearslicer-demo", help="output folder")
+    common(d)
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="smoothing baselines vs NeAR on distorted ALAN shapes")
+    b.add_argument("--data", default=default_alan())
+    b.add_argument("--split", default="val", choices=["val", "train"])
+    b.add_argument("--cases", type=int, default=98)
+    b.add_argument("--json", default="bench.json")
+    common(b)
+    b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("train-prior", help="train a shape prior on the ALAN shapes")
+    t.add_argument("--data", default=default_alan())
+    t.add_argument("--out", default="adrenal_prior.safetensors")
+    t.add_argument("--minutes", type=float, default=72.0)
+    t.add_argument("--max-steps", type=int, default=100000)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", help="checkpoint file to resume from and update")
+    t.set_defaults(func=cmd_train_prior)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("ignore", UserWarning)  # engine warnings are printed as one-liners instead
+    try:
+        return int(args.func(args) or 0)
+    except NeARError as exc:
+        if args.debug:
+            raise
+        print(f"nearslicer: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"nearslicer: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nearslicer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Reading and writing masks, images and Slicer segmentations with their exact geometry.
+
+NIfTI (.nii, .nii.gz) and NRRD (.nrrd) go through SimpleITK; Slicer segmentations (.seg.nrrd) go
+through pynrrd so their segment names/label values/layers are kept. Arrays are ``[k, j, i]``;
+geometry is a :class:`~NeARSlicerLib.geometry.Grid` (LPS, mm). Writes are atomic: a temporary
+file in the destination folder is renamed over the target only once fully written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+
+import nrrd
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .geometry import Grid, check_volume_shape
+
+__all__ = ["read_mask", "read_image", "write_mask", "write_image", "write_segmentation", "read_segments",
+           "atomic_write"]
+
+_SEG_EXT = ".seg.nrrd"
+_SITK_EXTS = (".nii.gz", ".nii", ".nrrd")
+_LPS_NAMES = ("left-posterior-superior", "lps")
+_RAS_NAMES = ("right-anterior-superior", "ras")
+
+
+def _kind(path: str) -> str:
+    """'seg.nrrd', 'nifti' or 'nrrd' from the file name; InputError otherwise."""
+    low = os.fspath(path).lower()
+    if low.endswith(_SEG_EXT):
+        return "seg.nrrd"
+    if low.endswith(".nii") or low.endswith(".nii.gz"):
+        return "nifti"
+    if low.endswith(".nrrd"):
+        return "nrrd"
+    raise InputError(f"unsupported file type: {os.path.basename(low)} (use .nii, .nii.gz, .nrrd or .seg.nrrd)")
+
+
+def _require_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise InputError(f"file not found: {path}")
+
+
+def _read_sitk(path: str, what: str) -> Tuple[np.ndarray, Grid]:
+    """Array [k, j, i] and grid of a scalar 3D image read by SimpleITK."""
+    _require_file(path)
+    try:
+        img = sitk.ReadImage(os.fspath(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise InputError(f"cannot read {what} {path}: {first}") from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{what} {path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+    array = sitk.GetArrayFromImage(img)
+    check_volume_shape(array, what)
+    return array, Grid.from_sitk(img)
+
+
+# --- Slicer segmentation (.seg.nrrd) ------------------------------------------------------------
+def _nrrd_grid(header: Dict[str, Any], domain_axes: List[int], sizes: Sequence[int]) -> Grid:
+    """Grid (LPS) from a NRRD header's space / space directions / space origin."""
+    space = str(header.get("space", "left-posterior-superior")).strip().lower()
+    if space in _LPS_NAMES:
+        flip = np.array([1.0, 1.0, 1.0])
+    elif space in _RAS_NAMES:
+        flip = np.array([-1.0, -1.0, 1.0])  # RAS -> LPS: negate x and y
+    else:
+        raise InputError(f"unsupported NRRD space {space!r}; expected left-posterior-superior or RAS")
+    if "space directions" in header:
+        dirs = np.asarray(header["space directions"], dtype=float)[domain_axes] * flip[None, :]
+    else:
+        spacings = np.asarray(header.get("spacings", [1.0] * len(sizes)), dtype=float)[domain_axes]
+        dirs = np.diag(spacings) * flip[None, :]
+    if not np.all(np.isfinite(dirs)):
+        raise InputError("NRRD space directions of a domain axis are missing")
+    origin = np.asarray(header.get("space origin", np.zeros(3)), dtype=float) * flip
+    affine = np.eye(4)
+    affine[:3, :3] = dirs.T  # NRRD lists one row per axis; the affine wants one column per axis
+    affine[:3, 3] = origin
+    shape = tuple(int(sizes[a]) for a in reversed(domain_axes))
+    return Grid.from_ijk_to_lps(shape, affine)
+
+
+def _segment_table(header: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Segments listed in a .seg.nrrd header: index, id, name, label value, layer, color."""
+    segs = []
+    n = 0
+    while f"Segment{n}_ID" in header or f"Segment{n}_Name" in header:
+        p = f"Segment{n}_"
+        segs.append({
+            "index": n,
+            "id": str(header.get(p + "ID", f"Segment_{n + 1}")),
+            "name": str(header.get(p + "Name", header.get(p + "ID", f"Segment_{n + 1}"))),
+            "label_value": int(float(header.get(p + "LabelValue", n + 1))),
+            "layer": int(float(header.get(p + "Layer", 0))),
+            "color": tuple(float(c) for c in str(header.get(p + "Color", "0.5 0.5 0.5")).split()),
+        })
+        n += 1
+    return segs
+
+
+def _read_seg_nrrd(path: str) -> Tuple[np.ndarray, Grid, Dict[str, Any]]:
+    """Layers [L, k, j, i] (L=1 for a 3D file), grid and header of a Slicer segmentation."""
+    _require_file(path)
+    try:
+        data, header = nrrd.read(os.fspath(path), index_order="F")  # numpy axes = file axes
+    except Exception as exc:  # pynrrd raises several types for corrupt files
+        reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise InputError(f"cannot read segmentation {path}: {reason}") from None
+    kinds = [str(k).lower() for k in header.get("kinds", ["domain"] * data.ndim)]
+    domain_axes = [a for a, k in enumerate(kinds) if k in ("domain", "space")]
+    if data.ndim == 3 and len(domain_axes) != 3:
+        domain_axes = [0, 1, 2]
+    if len(domain_axes) != 3 or data.ndim not in (3, 4):
+        raise InputError(f"segmentation {path} has shape {data.shape} with kinds {kinds}; expected 3 spatial axes")
+    grid = _nrrd_grid(header, domain_axes, data.shape)
+    if data.ndim == 4:
+        layer_axis = [a for a in range(4) if a not in domain_axes][0]
+        data = np.moveaxis(data, layer_axis, 0)  # [L, i, j, k]
+    else:
+        data = data[None]
+    layers = np.ascontiguousarray(data.transpose(0, 3, 2, 1))  # [L, k, j, i]
+    check_volume_shape(layers[0], "mask")
+    return layers, grid, header
+
+
+def read_segments(path: str) -> Tuple[List[Dict[str, Any]], Grid]:
+    """All segments of a .seg.nrrd: list of dicts (name, id, label_value, layer, color, mask uint8)."""
+    layers, grid, header = _read_seg_nrrd(path)
+    table = _segment_table(header)
+    for seg in table:
+        if not 0 <= seg["layer"] < layers.shape[0]:
+            raise InputError(f"segment {seg['name']!r} is on layer {seg['layer']} but the file has {layers.shape[0]}")
+        seg["mask"] = (layers[seg["layer"]] == seg["label_value"]).astype(np.uint8)
+    return table, grid
+
+
+def _label_list(values: Sequence[int], limit: int = 20) -> str:
+    vals = [int(v) for v in values]
+    text = ", ".join(str(v) for v in vals[:limit])
+    return f"[{text}, ...]" if len(vals) > limit else f"[{text}]"
+
+
+def _mask_from_seg(path: str, label: Union[int, str, None]) -> Tuple[np.ndarray, Grid, Dict[str, Any]]:
+    layers, grid, header = _read_seg_nrrd(path)
+    table = _segment_table(header)
+    if not table:
+        # A plain label map saved with a .seg.nrrd name: treat it like any label map.
+        if layers.shape[0] != 1:
+            raise InputError(f"segmentation {path} has {layers.shape[0]} layers but no segment list")
+        mask, info = _select_label(layers[0], label)
+        info.update(format="seg.nrrd", segment=None, segments=[])
+        return mask, grid, info
+    names = [s["name"] for s in table]
+    if label is None:
+        if len(table) > 1:
+            listing = ", ".join(f"{s['name']!r} ({s['label_value']})" for s in table)
+            raise InputError(f"multilabel mask with segments [{listing}]: pass --label (a segment name or label value)")
+        chosen = table[0]
+    else:
+        matches = [s for s in table if s["name"] == str(label)] or [s for s in table if s["id"] == str(label)]
+        if not matches and _is_int(label):
+            matches = [s for s in table if s["label_value"] == int(label)]
+        if not matches:
+            raise InputError(f"label {label!r} not found in {os.path.basename(path)} (segments: {names})")
+        if len(matches) > 1:
+            several = [s["name"] for s in matches]
+            raise InputError(f"label {label!r} matches several segments {several}: pass a segment name")
+        chosen = matches[0]
+    if not 0 <= chosen["layer"] < layers.shape[0]:
+        raise InputError(f"segment {chosen['name']!r} is on layer {chosen['layer']} but the file has {layers.shape[0]}")
+    mask = (layers[chosen["layer"]] == chosen["label_value"]).astype(np.uint8)
+    if not mask.any():
+        raise InputError(f"mask is empty (segment {chosen['name']!r} has no voxels)")
+    info = {"format": "seg.nrrd", "label": chosen["label_value"], "segment": chosen["name"],
+            "segments": names, "labels": sorted({s["label_value"] for s in table})}
+    return mask, grid, info
+
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    return isinstance(value, str) and value.strip().lstrip("+-").isdigit()
+
+
+def _select_label(array: np.ndarray, label: Union[int, str, None]) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """0/1 uint8 mask of ``label`` (or of the only label) in a label-map array."""
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise InputError("mask has NaN or Inf values")
+        if np.any(array != np.round(array)):
+            raise InputError("mask has non-integer values; expected a 0/1 mask or a label map (threshold it first)")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"unsupported mask voxel type {array.dtype}")
+    if not np.any(array):
+        raise InputError("mask is empty")
+    labels = [int(v) for v in np.unique(array) if v != 0]
+    if label is None:
+        if len(labels) > 1:
+            raise InputError(f"multilabel mask with labels {_label_list(labels)}: pass --label")
+        value = labels[0]
+    else:
+        if not _is_int(label):
+            raise InputError(f"label {label!r} is not an integer; segment names only exist in .seg.nrrd files")
+        value = int(label)
+        if value not in labels:
+            raise InputError(f"label {value} not found in mask (labels present: {_label_list(labels)})")
+    return (array == value).astype(np.uint8), {"label": value, "labels": labels}
+
+
+def read_mask(path: str, label: Union[int, str, None] = None) -> Tuple[np.ndarray, Grid, Dict[str, Any]]:
+    """Read one structure as a 0/1 uint8 mask ``[k, j, i]`` with its grid.
+
+    ``label`` picks a value of a label map, or (.seg.nrrd) a segment name, ID or label value; it is
+    required when the file holds several. ``info`` holds ``format``, ``label``, ``labels`` (all
+    nonzero values found) and, for .seg.nrrd, ``segment`` and ``segments`` (names).
+    """
+    path = os.fspath(path)
+    kind = _kind(path)
+    if kind == "seg.nrrd":
+        return _mask_from_seg(path, label)
+    array, grid = _read_sitk(path, "mask")
+    mask, info = _select_label(array, label)
+    info["format"] = kind
+    return mask, grid, info
+
+
+def read_image(path: str) -> Tuple[np.ndarray, Grid]:
+    """Read a scalar 3D image (CT in HU) as float32 ``[k, j, i]`` with its grid."""
+    path = os.fspath(path)
+    if _kind(path) == "seg.nrrd":
+        raise InputError(f"{os.path.basename(path)} is a segmentation, not an image")
+    array, grid = _read_sitk(path, "image")
+    array = array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"image {path} has NaN or Inf values")
+    return array, grid
+
+
+# --- writing ----------------------------------------------------------------------------------
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
+
+    Same folder so os.replace is a rename on one file system; the temp name keeps the real
+    extension because SimpleITK/pynrrd choose the format from it.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"output folder does not exist: {folder}")
+    base = os.path.basename(path)
+    ext = next((e for e in (_SEG_EXT,) + _SITK_EXTS + (".png",) if base.lower().endswith(e)), "")
+    fd, tmp = tempfile.mkstemp(prefix=f".{base[: len(base) - len(ext)]}.", suffix=f".part{ext}", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _binary(mask: np.ndarray, grid: Grid, what: str = "mask") -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != grid.shape:
+        raise InputError(f"{what} shape {mask.shape} does not match grid shape {grid.shape}")
+    if mask.dtype != bool and not np.all((mask == 0) | (mask == 1)):
+        raise InputError(f"{what} must hold only 0 and 1; threshold probabilities before writing")
+    return mask.astype(np.uint8)
+
+
+def _nrrd_geometry(grid: Grid) -> Dict[str, Any]:
+    """pynrrd header fields (LPS) for the three spatial axes of ``grid``."""
+    a = grid.ijk_to_lps()
+    return {"space": "left-posterior-superior", "space directions": a[:3, :3].T.copy(),
+            "space origin": a[:3, 3].copy()}
+
+
+def _extent(mask: np.ndarray) -> str:
+    """Slicer's ``SegmentN_Extent``: 'imin imax jmin jmax kmin kmax' of the voxels set."""
+    if not mask.any():
+        return "0 -1 0 -1 0 -1"
+    nz = np.nonzero(mask)
+    k, j, i = [(int(a.min()), int(a.max())) for a in nz]
+    return f"{i[0]} {i[1]} {j[0]} {j[1]} {k[0]} {k[1]}"
+
+
+def _write_seg_nrrd(path: str, segments: Sequence[Tuple[str, np.ndarray, Sequence[float]]], grid: Grid) -> None:
+    """Slicer segmentation: segments packed into as few layers as overlaps allow (as Slicer does)."""
+    if not segments:
+        raise InputError("write_segmentation needs at least one segment")
+    masks = [_binary(m, grid, f"segment {name!r}").astype(bool) for name, m, _ in segments]
+    layers: List[np.ndarray] = []
+    placement = []  # (layer, label value) per segment
+    for m in masks:
+        for li, layer in enumerate(layers):
+            if not np.any(layer[m]):
+                value = int(layer.max()) + 1
+                layer[m] = value
+                placement.append((li, value))
+                break
+        else:
+            layer = np.zeros(grid.shape, np.uint8)
+            layer[m] = 1
+            layers.append(layer)
+            placement.append((len(layers) - 1, 1))
+    header: Dict[str, Any] = _nrrd_geometry(grid)
+    if len(layers) == 1:
+        data = layers[0]  # [k, j, i]
+        header["kinds"] = ["domain"] * 3
+    else:
+        data = np.stack(layers, axis=-1)  # [k, j, i, L]: the layer axis is the fastest in the file
+        header["kinds"] = ["list", "domain", "domain", "domain"]
+        header["space directions"] = np.vstack([np.full((1, 3), np.nan), header["space directions"]])
+    header["encoding"] = "gzip"
+    header["Segmentation_MasterRepresentation"] = "Binary labelmap"
+    header["Segmentation_ContainedRepresentationNames"] = "Binary labelmap|"
+    header["Segmentation_ReferenceImageExtentOffset"] = "0 0 0"
+    for n, ((name, _, color), m, (layer, value)) in enumerate(zip(segments, masks, placement)):
+        rgb = [float(c) for c in color]
+        if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
+            raise InputError(f"segment {name!r} color must be 3 values in 0-1, got {tuple(color)}")
+        p = f"Segment{n}_"
+        header[p + "Color"] = " ".join(f"{c:.6g}" for c in rgb)
+        header[p + "ColorAutoGenerated"] = "0"
+        header[p + "Extent"] = _extent(m)
+        header[p + "ID"] = f"Segment_{n + 1}"
+        header[p + "LabelValue"] = str(value)
+        header[p + "Layer"] = str(layer)
+        header[p + "Name"] = str(name)
+        header[p + "NameAutoGenerated"] = "0"
+        header[p + "Tags"] = "Segmentation.Status:inprogress|"
+    atomic_write(path, lambda tmp: nrrd.write(tmp, data, header, index_order="C", compression_level=6))
+
+
+def write_mask(path: str, mask: np.ndarray, grid: Grid, name: str = "Segment_1",
+               color: Sequence[float] = (0.2, 0.4, 1.0)) -> None:
+    """Write a 0/1 mask ``[k, j, i]`` as uint8 with ``grid``'s exact geometry (atomic).
+
+    The format follows the extension: .nii, .nii.gz, .nrrd, or .seg.nrrd (one segment ``name``).
+    """
+    path = os.fspath(path)
+    kind = _kind(path)
+    if kind == "seg.nrrd":
+        _write_seg_nrrd(path, [(name, mask, color)], grid)
+        return
+    img = grid.to_sitk(_binary(mask, grid))
+    atomic_write(path, lambda tmp: sitk.WriteImage(img, tmp, True))
+
+
+def write_segmentation(path: str, segments: Sequence[Tuple[str, np.ndarray, Sequence[float]]], grid: Grid) -> None:
+    """Write several 0/1 masks as one Slicer .seg.nrrd; ``segments`` = [(name, mask, rgb 0-1)].
+
+    Overlapping segments (e.g. original and refined) go to separate layers (a 4D file), as Slicer
+    stores them; non-overlapping ones share a layer with distinct label values.
+    """
+    if _kind(path) != "seg.nrrd":
+        raise InputError(f"write_segmentation writes .seg.nrrd files, got {os.path.basename(os.fspath(path))}")
+    _write_seg_nrrd(os.fspath(path), segments, grid)
+
+
+def write_image(path: str, array: np.ndarray, grid: Grid) -> None:
+    """Write a float volume ``[k, j, i]`` (e.g. a probability map) as float32 (atomic)."""
+    path = os.fspath(path)
+    if _kind(path) == "seg.nrrd":
+        raise InputError("write_image cannot write a .seg.nrrd; use write_mask or write_segmentation")
+    array = np.asarray(array, dtype=np.float32)
+    img = grid.to_sitk(array)
+    atomic_write(path, lambda tmp: sitk.WriteImage(img, tmp, True))

@@ -1,0 +1,164 @@
+"""The NeAR occupancy model: latent code -> multi-scale 3D feature maps -> point MLP.
+
+Query points are normalised coordinates in [-1, 1]^3 of the working cube, given in
+(x, y, z) = (i, j, k) order, the order ``torch.nn.functional.grid_sample`` expects for
+volumes stored [k, j, i]. ``align_corners=False`` throughout: voxel ``i`` of an ``n``-voxel
+axis sits at ``(2 i + 1) / n - 1``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters; stored with every prior so it can be rebuilt."""
+
+    latent_dim: int = 256
+    base_res: int = 4  # coarsest feature map (voxels per side)
+    channels: tuple[int, ...] = (128, 64, 32, 16)  # feature channels at 4^3, 8^3, 16^3, 32^3
+    mlp_hidden: int = 128
+    mlp_layers: int = 3
+    appearance: bool = False  # MLP also takes a(p), the windowed CT intensity at p
+    encoder_res: int = 32  # the encoder sees the working mask resampled to this many voxels per side
+    encoder_channels: tuple[int, ...] = (16, 32, 64, 128)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        for key in ("channels", "encoder_channels"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class Decoder(nn.Module):
+    """z (B, latent_dim) -> list of feature maps (B, C_s, r_s, r_s, r_s), r_s = base_res * 2^s."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c0 = cfg.channels[0]
+        self.cfg = cfg
+        self.fc = nn.Linear(cfg.latent_dim, c0 * cfg.base_res**3)
+        self.ups = nn.ModuleList()
+        self.refine = nn.ModuleList()
+        for s, (cin, cout) in enumerate(zip(cfg.channels[:-1], cfg.channels[1:])):
+            self.ups.append(nn.ConvTranspose3d(cin, cout, kernel_size=2, stride=2))
+            last = s == len(cfg.channels) - 2
+            # the finest level skips the 3x3x3 conv: it dominates the cost and adds little
+            self.refine.append(nn.Identity() if last else nn.Conv3d(cout, cout, 3, padding=1))
+
+    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        r = self.cfg.base_res
+        x = F.leaky_relu(self.fc(z), 0.1).view(z.shape[0], self.cfg.channels[0], r, r, r)
+        maps = [x]
+        for up, ref in zip(self.ups, self.refine):
+            x = F.leaky_relu(up(x), 0.1)
+            if not isinstance(ref, nn.Identity):
+                x = F.leaky_relu(ref(x), 0.1) + x
+            maps.append(x)
+        return maps
+
+
+class Encoder(nn.Module):
+    """Amortised inference: a (soft) mask on the working cube -> initial latent code."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = []
+        cin = 1
+        for i, cout in enumerate(cfg.encoder_channels):
+            layers += [nn.Conv3d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1), nn.LeakyReLU(0.1)]
+            cin = cout
+        self.body = nn.Sequential(*layers)
+        out_res = cfg.encoder_res // 2 ** (len(cfg.encoder_channels) - 1)
+        self.fc = nn.Linear(cin * out_res**3, cfg.latent_dim)
+
+    def forward(self, occupancy: torch.Tensor) -> torch.Tensor:
+        """occupancy: (B, 1, n, n, n) in [0, 1], any n; resampled to ``encoder_res``."""
+        r = self.cfg.encoder_res
+        if occupancy.shape[-1] != r:
+            occupancy = F.interpolate(occupancy, size=(r, r, r), mode="trilinear", align_corners=False)
+        h = self.body(occupancy * 2.0 - 1.0)
+        return self.fc(h.flatten(1))
+
+
+class PointMLP(nn.Module):
+    """Occupancy logit from concatenated multi-scale features, p and optionally a(p)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cin = sum(cfg.channels) + 3 + (1 if cfg.appearance else 0)
+        layers: list[nn.Module] = []
+        for _ in range(cfg.mlp_layers):
+            layers += [nn.Linear(cin, cfg.mlp_hidden), nn.LeakyReLU(0.1)]
+            cin = cfg.mlp_hidden
+        layers.append(nn.Linear(cin, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net(feats).squeeze(-1)
+
+
+def sample_maps(maps: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+    """Trilinear features of every map at ``points`` (B, N, 3) -> (B, N, sum C)."""
+    grid = points[:, :, None, None, :]  # (B, N, 1, 1, 3)
+    feats = [
+        F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0, 0]
+        for m in maps
+    ]
+    return torch.cat(feats, dim=1).transpose(1, 2)
+
+
+def sample_volume(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear value of a (B, 1, n, n, n) volume at ``points`` (B, N, 3) -> (B, N); 0 outside."""
+    grid = points[:, :, None, None, :]
+    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0, 0]
+
+
+class NeARModel(nn.Module):
+    """Decoder + point MLP (the NeAR model) and the amortised encoder used to initialise z."""
+
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or ModelConfig()
+        self.encoder = Encoder(self.cfg)
+        self.decoder = Decoder(self.cfg)
+        self.mlp = PointMLP(self.cfg)
+
+    def query(
+        self, maps: list[torch.Tensor], points: torch.Tensor, appearance: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Occupancy logits (B, N) at ``points`` (B, N, 3); ``appearance`` (B, N) in [0, 1]."""
+        parts = [sample_maps(maps, points), points]
+        if self.cfg.appearance:
+            if appearance is None:
+                # shape-only use of an S+A model: a neutral mid-window intensity
+                appearance = torch.full(points.shape[:2], 0.5, device=points.device, dtype=points.dtype)
+            parts.append(appearance[..., None])
+        return self.mlp(torch.cat(parts, dim=-1))
+
+    def forward(
+        self, z: torch.Tensor, points: torch.Tensor, appearance: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.query(self.decoder(z), points, appearance)
+
+
+def voxel_centres(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised (x, y, z) coordinates of every voxel of an n^3 cube, shape (n, n, n, 3), [k, j, i]."""
+    c = (torch.arange(n, device=device, dtype=torch.float32) * 2 + 1) / n - 1
+    kk, jj, ii = torch.meshgrid(c, c, c, indexing="ij")
+    return torch.stack([ii, jj, kk], dim=-1)
+
+
+def window_hu(image: torch.Tensor, lo: float = -60.0, hi: float = 140.0) -> torch.Tensor:
+    """CT appearance a(p): HU clipped to [lo, hi] and scaled to [0, 1] (the paper's window)."""
+    return ((image - lo) / (hi - lo)).clamp(0.0, 1.0)

@@ -1,0 +1,59 @@
+"""Saving and loading a NeAR prior: weights in one safetensors file, architecture and
+training facts in its metadata (and in a human-readable JSON card beside it)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import PriorError
+from .model import ModelConfig, NeARModel
+
+PRIOR_DIR = Path(__file__).resolve().parent / "priors"
+DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v1.safetensors"
+FORMAT = "nearslicer-prior-1"
+
+
+def save_prior(path: str | Path, model: NeARModel, meta: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` (.safetensors) atomically, with its config and ``meta``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {
+        "format": FORMAT,
+        "config": json.dumps(model.cfg.to_dict()),
+        "meta": json.dumps(meta or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    tmp.replace(path)
+    return path
+
+
+def load_prior(path: str | Path | None = None, device: torch.device | str = "cpu") -> tuple[NeARModel, dict]:
+    """Load a prior (``None``: the shipped adrenal prior). Raises PriorError with the reason."""
+    path = Path(path) if path else DEFAULT_PRIOR
+    if not path.is_file():
+        raise PriorError(f"prior file not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise PriorError(f"prior file {path} is not a readable safetensors file ({exc})") from None
+    if header.get("format") != FORMAT:
+        raise PriorError(f"prior file {path} is not a NeARSlicer prior (format {header.get('format')!r})")
+    try:
+        cfg = ModelConfig.from_dict(json.loads(header["config"]))
+        meta = json.loads(header.get("meta", "{}"))
+        model = NeARModel(cfg)
+        model.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise PriorError(f"prior file {path} does not match the model ({str(exc).splitlines()[0]})") from None
+    model.eval()
+    return model.to(device), meta

@@ -1,0 +1,239 @@
+"""Training the shipped shape prior on clean ALAN adrenal shapes (64^3, 1 mm, arrays [k, j, i]).
+
+Recipe (amortised, not transductive): each step draws clean training shapes, flips them
+along random axes (left and right glands, any crop orientation), shifts them a little,
+distorts most of them with randomly strong annotation errors, encodes the distorted mask
+to z and trains encoder + decoder + MLP so that the decoded occupancy matches the *clean*
+shape at points sampled near both surfaces and uniformly. A small ||z||^2 term keeps the
+latent space centred so that refinement-time latent fitting with lambda*||z||^2 is well posed.
+The checkpoint with the best Dice on a fixed distorted validation subset is kept.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .distort import DistortionParams, distort
+from .metrics import dice
+from .model import ModelConfig, NeARModel, sample_volume, voxel_centres
+from .phantom import ct_phantom
+from .prior import save_prior
+
+
+@dataclass
+class TrainConfig:
+    data: str = "../shared/data/alan64/alan64_trainval.npz"
+    out: str = "NeARSlicer/NeARSlicerLib/priors/adrenal_v1.safetensors"
+    minutes: float = 60.0  # wall-clock budget
+    max_steps: int = 100000
+    batch: int = 16
+    points: int = 4096
+    lr: float = 1e-3
+    latent_reg: float = 1e-3
+    val_every: int = 150
+    val_cases: int = 24
+    seed: int = 0
+    threads: int = 2
+    resume: str | None = None
+    appearance: bool = False  # train S+A on synthetic CT phantoms around each shape
+    appearance_dropout: float = 0.3  # share of samples trained shape-only (a(p) = 0.5), so S+A priors also serve S
+    init_from: str | None = None  # warm start from another prior (e.g. the shape-only one)
+
+
+def random_distortion(rng: np.random.Generator) -> DistortionParams:
+    """A random error strength, from almost clean to worse than the benchmark's default."""
+    hi = int(rng.integers(0, 15))
+    return DistortionParams(
+        n_cubes=(0, hi),
+        cube_size=(3, int(rng.integers(4, 10))),
+        p_morph=float(rng.uniform(0.0, 0.8)),
+        noise_fraction=float(rng.uniform(0.0, 0.012)),
+        noise_band=int(rng.integers(2, 9)),
+    )
+
+
+def augment(shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips of each axis and a shift of up to 2 voxels (the gland stays inside the cube)."""
+    axes = tuple(a for a in range(3) if rng.random() < 0.5)
+    out = np.flip(shape, axes) if axes else shape
+    shift = rng.integers(-2, 3, size=3)
+    return np.roll(out, tuple(int(s) for s in shift), axis=(0, 1, 2))
+
+
+def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_clean: float = 0.15,
+               appearance: bool = False):
+    """(clean, noisy, ct) tensors (B, 1, 64, 64, 64); ct is the windowed phantom CT or None."""
+    clean, noisy, cts = [], [], []
+    for i in idx:
+        c = augment(shapes[i], rng)
+        d = c if rng.random() < p_clean else distort(c, seed=int(rng.integers(2**31)), params=random_distortion(rng))
+        clean.append(c)
+        noisy.append(d)
+        if appearance:
+            cts.append(ct_phantom(c, seed=int(rng.integers(2**31))))
+    vols = [np.stack(clean), np.stack(noisy)] + ([window_np(np.stack(cts))] if appearance else [])
+    t = torch.from_numpy(np.stack(vols, 1).astype(np.float32))  # (B, 2 or 3, n, n, n)
+    # random isotropic zoom: glands vary in size and the working cube need not be exactly 64 mm
+    scale = torch.from_numpy(rng.uniform(0.9, 1.1, size=len(idx)).astype(np.float32))
+    theta = torch.zeros(len(idx), 3, 4)
+    theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = scale
+    grid = F.affine_grid(theta, list(t.shape), align_corners=False)
+    t = F.grid_sample(t, grid, align_corners=False, padding_mode="border")
+    clean_t = (t[:, :1] > 0.5).float()
+    return clean_t, t[:, 1:2], (t[:, 2:3] if appearance else None)
+
+
+def window_np(hu: np.ndarray) -> np.ndarray:
+    return np.clip((hu + 60.0) / 200.0, 0.0, 1.0)
+
+
+def band(vol: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """Voxels within ``width`` of the surface of a (B, 1, n, n, n) binary volume."""
+    k = 2 * width + 1
+    dil = F.max_pool3d(vol, k, 1, width)
+    ero = -F.max_pool3d(-vol, k, 1, width)
+    return (dil - ero) > 0.5
+
+
+def sample_points(clean: torch.Tensor, noisy: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, n, 3) normalised points: 45% near the clean surface, 25% near the input's, 30% uniform."""
+    B, _, r = clean.shape[:3]
+    n_clean, n_noisy = int(0.45 * n), int(0.25 * n)
+    n_uni = n - n_clean - n_noisy
+    out = []
+    for b_vol, count in ((band(clean, 1), n_clean), (band(noisy, 1), n_noisy)):
+        w = b_vol.view(B, -1).float() + 1e-6
+        flat = torch.multinomial(w, count, replacement=True, generator=gen)
+        k, j, i = flat // (r * r), (flat // r) % r, flat % r
+        ijk = torch.stack([i, j, k], -1).float() + torch.rand(B, count, 3, generator=gen)
+        out.append(ijk * (2.0 / r) - 1.0)
+    out.append(torch.rand(B, n_uni, 3, generator=gen) * 2 - 1)
+    return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def decode_grid(model: NeARModel, z: torch.Tensor, n: int = 64, chunk: int = 65536,
+                ct: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense occupancy probability (B, n, n, n) of latent codes ``z``; used for validation."""
+    maps = model.decoder(z)
+    pts = voxel_centres(n, z.device).view(1, -1, 3)
+    out = []
+    for s in range(0, pts.shape[1], chunk):
+        p = pts[:, s:s + chunk].expand(z.shape[0], -1, -1)
+        a = sample_volume(ct, p) if ct is not None else None
+        out.append(torch.sigmoid(model.query(maps, p, a)))
+    return torch.cat(out, 1).view(-1, n, n, n)
+
+
+def validate(model: NeARModel, val_clean: np.ndarray, val_noisy: np.ndarray, val_ct: np.ndarray | None = None) -> float:
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(val_noisy[:, None].astype(np.float32))
+        ct = torch.from_numpy(val_ct[:, None].astype(np.float32)) if val_ct is not None else None
+        prob = decode_grid(model, model.encoder(x), ct=ct).numpy()
+    model.train()
+    return float(np.mean([dice(p > 0.5, c) for p, c in zip(prob, val_clean)]))
+
+
+def warm_start(model: NeARModel, prior_path: str) -> None:
+    """Copy a prior's weights into ``model``; an extra appearance input starts at zero weight."""
+    from .prior import load_prior
+
+    src, _ = load_prior(prior_path)
+    own = model.state_dict()
+    for k, v in src.state_dict().items():
+        if k in own and own[k].shape == v.shape:
+            own[k] = v.clone()
+        elif k in own and own[k].dim() == 2 and own[k].shape[0] == v.shape[0] and own[k].shape[1] == v.shape[1] + 1:
+            w = torch.zeros_like(own[k])
+            w[:, : v.shape[1]] = v  # the appearance column is last
+            own[k] = w
+    model.load_state_dict(own)
+
+
+def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=print) -> dict:
+    """Train and save the prior; returns the training facts written to its metadata."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = np.load(cfg.data)
+    train, val = data["train_shapes"], data["val_shapes"]
+    val_clean = val[: cfg.val_cases]
+    val_noisy = np.stack([distort(v, seed=10_000 + i) for i, v in enumerate(val_clean)])
+    val_ct = (window_np(np.stack([ct_phantom(v, seed=10_000 + i) for i, v in enumerate(val_clean)]))
+              if cfg.appearance else None)
+
+    mcfg = model_cfg or ModelConfig(appearance=cfg.appearance)
+    model = NeARModel(mcfg)
+    if cfg.init_from:
+        warm_start(model, cfg.init_from)
+        log(f"warm start from {cfg.init_from}")
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step0, best = 0, -1.0
+    if cfg.resume and Path(cfg.resume).is_file():
+        ck = torch.load(cfg.resume, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step0, best = ck["step"], ck["best"]
+        rng = np.random.default_rng(cfg.seed + step0)
+        log(f"resumed at step {step0} (best val Dice {best:.4f})")
+    budget = cfg.minutes * 60.0
+    sched = lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.max_steps))))  # noqa: E731
+    t0 = time.time()
+    history: list[dict] = []
+    pool = ThreadPoolExecutor(1)  # distortion of the next batch overlaps this step's backward pass
+    nxt = pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15, cfg.appearance)
+    bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
+    step = step0
+    ema_loss = None
+    while step < cfg.max_steps and time.time() - t0 < budget:
+        clean, noisy, ct = nxt.result()
+        nxt = pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15, cfg.appearance)
+        # cosine decay over the *time* budget when it is the binding limit
+        frac = max(step / max(1, cfg.max_steps), (time.time() - t0) / budget)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        pts = sample_points(clean, noisy, cfg.points, gen)
+        target = sample_volume(clean, pts).clamp(0, 1)
+        z = model.encoder(noisy)
+        a = None
+        if ct is not None:
+            a = sample_volume(ct, pts)
+            drop = torch.rand(a.shape[0], 1, generator=gen) < cfg.appearance_dropout
+            a = torch.where(drop, torch.full_like(a, 0.5), a)
+        logits = model(z, pts, a)
+        loss = F.binary_cross_entropy_with_logits(logits, target) + cfg.latent_reg * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        bar.update(1)
+        if step % cfg.val_every == 0:
+            v = validate(model, val_clean, val_noisy, val_ct)
+            history.append({"step": step, "minutes": round((time.time() - t0) / 60, 2), "loss": round(ema_loss, 4), "val_dice": round(v, 4)})
+            log(json.dumps(history[-1]))
+            if v > best:
+                best = v
+                save_prior(cfg.out, model, {"step": step, "val_dice_direct": v})
+            if cfg.resume:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best}, cfg.resume)
+    bar.close()
+    pool.shutdown()
+    v = validate(model, val_clean, val_noisy, val_ct)
+    if v > best:
+        best = v
+        save_prior(cfg.out, model, {"step": step, "val_dice_direct": v})
+    facts = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "best_val_dice_direct": best, "history": history}
+    log(json.dumps({k: v for k, v in facts.items() if k != "history"}))
+    return facts

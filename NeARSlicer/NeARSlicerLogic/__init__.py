@@ -1,0 +1,45 @@
+"""NeARSlicer module logic (no Qt): ``from NeARSlicerLogic import NeARSlicerLogic``.
+
+A package rather than a ``NeARSlicerLogic.py`` file beside ``NeARSlicer.py``: Slicer treats every
+``.py`` file in a scripted-module folder as a module of its own, but not files inside packages.
+"""
+
+from .dependencies import dependenciesInstalled, installDependencies, missingRequirements
+from .io import (
+    loadLabelmapAsSegmentation,
+    loadSegmentationFile,
+    loadVolumeFile,
+    removeNodes,
+    saveSegmentationFile,
+)
+from .logic import (
+    COMPARE_LAYOUT_ID,
+    ORIGINAL_REVIEW_COLOR,
+    ORIGINAL_SUFFIX,
+    REFINED_COLOR,
+    REFINED_SUFFIX,
+    NeARSlicerLogic,
+    RefinementJob,
+    discoverCases,
+    formatStats,
+)
+
+__all__ = [
+    "NeARSlicerLogic",
+    "RefinementJob",
+    "REFINED_SUFFIX",
+    "ORIGINAL_SUFFIX",
+    "REFINED_COLOR",
+    "ORIGINAL_REVIEW_COLOR",
+    "COMPARE_LAYOUT_ID",
+    "discoverCases",
+    "formatStats",
+    "loadVolumeFile",
+    "loadLabelmapAsSegmentation",
+    "loadSegmentationFile",
+    "saveSegmentationFile",
+    "removeNodes",
+    "dependenciesInstalled",
+    "installDependencies",
+    "missingRequirements",
+]

@@ -1,0 +1,156 @@
+"""Model, prior files, coarse-to-fine decoding, latent fitting and refine_mask's contract."""
+import numpy as np
+import pytest
+import torch
+
+from NeARSlicerLib.decode import decode_logits, model_query
+from NeARSlicerLib.distort import distort
+from NeARSlicerLib.errors import Cancelled, InputError, PriorError
+from NeARSlicerLib.fit import FitConfig, fit_latent
+from NeARSlicerLib.geometry import Grid
+from NeARSlicerLib.metrics import dice
+from NeARSlicerLib.model import ModelConfig, NeARModel, voxel_centres
+from NeARSlicerLib.phantom import adrenal_phantom
+from NeARSlicerLib.prior import DEFAULT_PRIOR, load_prior, save_prior
+from NeARSlicerLib.refine import RefineOptions, refine_mask
+
+EYE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def grid_for(mask, spacing=(1.0, 1.0, 1.0)):
+    return Grid(shape=mask.shape, spacing=spacing, origin=(0.0, 0.0, 0.0), direction=EYE)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return load_prior(None)
+
+
+def test_shipped_prior_loads_with_card(prior):
+    model, meta = prior
+    assert DEFAULT_PRIOR.is_file()
+    assert DEFAULT_PRIOR.with_suffix(".json").is_file(), "the shipped prior needs its JSON card"
+    assert model.cfg.latent_dim == 256
+    assert DEFAULT_PRIOR.stat().st_size < 30 * 2**20
+
+
+def test_prior_roundtrip_and_errors(tmp_path):
+    torch.manual_seed(0)
+    m = NeARModel(ModelConfig(channels=(16, 8, 8, 4), encoder_channels=(4, 4, 8, 8), mlp_hidden=16, appearance=True))
+    path = save_prior(tmp_path / "p.safetensors", m, {"note": "test"})
+    m2, meta = load_prior(path)
+    assert meta == {"note": "test"} and m2.cfg == m.cfg
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(PriorError, match="not found"):
+        load_prior(tmp_path / "missing.safetensors")
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(PriorError, match="not a readable safetensors"):
+        load_prior(bad)
+
+
+def test_coarse_to_fine_matches_dense(prior):
+    model, _ = prior
+    mask = torch.from_numpy(adrenal_phantom(seed=1).astype(np.float32))[None, None]
+    with torch.no_grad():
+        z = model.encoder(mask)
+        query = model_query(model, z)
+        fast, evaluated = decode_logits(query, 64)
+        dense = torch.cat([query(p[None])[0] for p in voxel_centres(64).view(-1, 3).split(65536)]).view(64, 64, 64)
+    agree = ((fast > 0) == (dense > 0)).float().mean().item()
+    assert agree > 0.9995
+    assert evaluated < 0.5 * 64**3  # the point of coarse to fine
+
+
+def test_fit_lowers_loss_and_is_deterministic(prior):
+    model, _ = prior
+    noisy = distort(adrenal_phantom(seed=2), seed=5)
+    target = torch.from_numpy(noisy.astype(np.float32))[None, None]
+    with torch.no_grad():
+        z0 = model.encoder(target)
+    cfg = FitConfig(steps=12, points=2048)
+    z1, m1, losses = fit_latent(model, target, z0, cfg, seed=3)
+    z2, _, _ = fit_latent(model, target, z0, cfg, seed=3)
+    assert m1 is model  # no decoder steps: the prior itself, unmodified
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert torch.equal(z1, z2)
+
+
+def test_fit_with_decoder_steps_leaves_prior_untouched(prior):
+    model, _ = prior
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    target = torch.from_numpy(adrenal_phantom(seed=4).astype(np.float32))[None, None]
+    with torch.no_grad():
+        z0 = model.encoder(target)
+    _, tuned, _ = fit_latent(model, target, z0, FitConfig(steps=2, decoder_steps=2, points=1024, decoder_lr=1e-3))
+    assert tuned is not model
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, before[k]) for k, v in tuned.state_dict().items())
+
+
+def test_refine_improves_phantom_and_keeps_geometry():
+    truth = adrenal_phantom(seed=11)
+    noisy = distort(truth, seed=12)
+    before = noisy.copy()
+    res = refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast", seed=1))
+    assert np.array_equal(noisy, before), "refine must not modify its input"
+    assert res.mask.shape == noisy.shape and res.mask.dtype == np.uint8
+    assert set(np.unique(res.mask)) <= {0, 1}
+    assert np.array_equal(res.added, (res.mask > 0) & ~noisy)
+    assert np.array_equal(res.removed, noisy & (res.mask == 0))
+    assert dice(res.mask, truth) > dice(noisy, truth)
+    again = refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast", seed=1))
+    assert np.array_equal(again.mask, res.mask), "same seed, same result"
+
+
+def test_refine_progress_and_cancel():
+    noisy = distort(adrenal_phantom(seed=13), seed=1)
+    seen = []
+    refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast"), progress=lambda f, m: seen.append(f))
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled):
+        refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast"), cancel=cancel)
+
+
+def test_refine_border_warning():
+    truth = adrenal_phantom(seed=14)
+    idx = np.argwhere(truth)
+    cut = truth[idx[:, 0].min() + 3:]  # the gland now touches the first k slice
+    res = refine_mask(cut, grid_for(cut), options=RefineOptions(preset="fast"))
+    assert any("touches the border" in w for w in res.warnings)
+    assert res.mask.shape == cut.shape
+
+
+@pytest.mark.parametrize(
+    "mask, image, message",
+    [
+        (np.zeros((20, 20, 20), bool), None, "mask is empty"),
+        (np.ones((20, 20, 1), bool), None, "2D"),
+        (np.ones((20, 20), bool), None, "2D"),
+        (adrenal_phantom(seed=0), np.full((64, 64, 64), np.nan, np.float32), "NaN or Inf"),
+        (adrenal_phantom(seed=0), np.zeros((32, 64, 64), np.float32), "different grids"),
+    ],
+)
+def test_refine_bad_inputs(mask, image, message):
+    g = Grid(shape=(mask.shape + (1, 1, 1))[:3], spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=EYE)
+    with pytest.raises(InputError, match=message):
+        refine_mask(mask, g, image)
+
+
+def test_refine_bad_options(tmp_path):
+    m = adrenal_phantom(seed=0)
+    with pytest.raises(InputError, match="unknown preset"):
+        refine_mask(m, grid_for(m), options=RefineOptions(preset="turbo"))
+    with pytest.raises(PriorError, match="not found"):
+        refine_mask(m, grid_for(m), options=RefineOptions(prior=str(tmp_path / "nope.safetensors")))
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            refine_mask(m, grid_for(m), options=RefineOptions(device="cuda"))
