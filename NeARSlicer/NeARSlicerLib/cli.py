@@ -78,7 +78,7 @@ def cmd_refine(args) -> int:
 def _run_with_bar(fn):
     from tqdm import tqdm
 
-    with tqdm(total=100, desc="refine", unit="%", mininterval=0.5, leave=False) as bar:
+    with tqdm(total=100, desc="refine", unit="%", mininterval=0.5, leave=False, delay=1.0) as bar:
         def cb(f: float, msg: str) -> None:
             bar.set_postfix_str(msg, refresh=False)
             bar.update(max(0, int(f * 100) - bar.n))
@@ -120,6 +120,66 @@ def cmd_train_prior(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
                       batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume)
     train_prior(cfg)
+    return 0
+
+
+def cmd_study(args) -> int:
+    import signal
+
+    from tqdm import tqdm
+
+    from .errors import InputError
+    from .study import StudyConfig, load_cases, run_study
+
+    if not args.manifest and not args.masks:
+        raise InputError("give --masks DIR (optionally --images DIR) or --manifest CSV")
+    if args.manifest and (args.masks or args.images):
+        raise InputError("give either --manifest or --masks/--images, not both")
+    overrides = {"device": args.device, "seed": args.seed}
+    if args.epochs is not None:
+        if args.epochs < 0:
+            raise InputError(f"--epochs must be >= 0, got {args.epochs}")
+        overrides["epochs"] = args.epochs
+    cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
+    cases = load_cases(args.masks, args.images, args.manifest, label=args.label)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ck = out / "checkpoint.pt"
+    print(f"study: {len(cases)} cases, recipe {cfg.recipe}, up to {cfg.epochs} epochs"
+          + (f", resuming from {ck}" if args.resume and ck.is_file() else ""))
+    # a first Ctrl-C stops at the next step boundary with a checkpoint saved; a second one at once
+    stop = {"asked": False}
+
+    def on_sigint(signum, frame):
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: keep the default behaviour
+        previous = None
+    try:
+        with tqdm(total=1000, desc="study", unit="", mininterval=0.5, leave=False,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
+            def cb(f: float, msg: str) -> None:
+                bar.set_postfix_str(msg, refresh=False)
+                bar.update(max(0, int(f * 1000) - bar.n))
+
+            res = run_study(cases, args.prior, cfg, out_dir=str(out), checkpoint=str(ck), progress=cb,
+                            cancel=lambda: stop["asked"], resume=args.resume)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    for w in res.warnings:
+        print(f"nearslicer: warning: {w}", file=sys.stderr)
+    for row in res.rows([c.mask for c in cases]):
+        print(f"{row['case']}: {row['voxels_before']} -> {row['voxels_after']} voxels, "
+              f"Dice(input, refined) {row['dice_input_refined']:.3f}")
+    stop = " (early stop)" if res.stopped_early else ""
+    print(f"study of {len(cases)} cases: {res.epochs} epochs / {res.steps} steps{stop}, "
+          f"final loss {res.losses[-1] if res.losses else float('nan'):.4f}, {res.seconds:.1f} s on "
+          f"{res.info['device']}; wrote {out}/<case>.nii.gz, study_prior.safetensors/.json, summary.csv")
     return 0
 
 
@@ -167,6 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", help="checkpoint file to resume from and update")
     t.set_defaults(func=cmd_train_prior)
+
+    s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")
+    s.add_argument("--masks", help="folder of masks (.nii.gz, .nii, .nrrd, .seg.nrrd), one case per file")
+    s.add_argument("--images", help="folder of CTs named like the masks (optional: shape-only without)")
+    s.add_argument("--manifest", help="CSV with columns name, mask and optionally image, label (instead of folders)")
+    s.add_argument("--out", required=True,
+                   help="output folder: <case>.nii.gz, study_prior.*, summary.csv, checkpoint.pt")
+    s.add_argument("--label", help="label value (or .seg.nrrd segment name) of multilabel masks")
+    s.add_argument("--prior", help="prior to warm-start from (default: the shipped adrenal prior)")
+    s.add_argument("--recipe", default="fast", choices=["fast", "paper"],
+                   help="fast (default): warm start, surface sampling, early stop; paper: the paper's recipe")
+    s.add_argument("--epochs", type=int, help="maximum epochs (default: 60 fast, 1500 paper)")
+    s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
+    s.add_argument("--shape-only", action="store_true", help="ignore the images even with an S+A prior")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_study)
     return p
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .model import NeARModel, sample_volume, voxel_centres
+from .model import NeARModel, voxel_centres
 
 QueryFn = Callable[[torch.Tensor], torch.Tensor]  # (1, N, 3) points -> (1, N) logits
 
@@ -56,21 +56,20 @@ def decode_logits(
     return logits, evaluated
 
 
-def model_query(model: NeARModel, z: torch.Tensor, appearance: torch.Tensor | None = None) -> QueryFn:
-    """A query function for one latent code ``z`` (1, D); ``appearance`` is a (1, 1, m, m, m) volume in [0, 1]."""
+def model_query(model: NeARModel, z: torch.Tensor, context: torch.Tensor | None = None) -> QueryFn:
+    """A query function for one latent code ``z`` (1, D); ``context`` from ``model.context``."""
     maps = model.decoder(z)
 
     def query(points: torch.Tensor) -> torch.Tensor:
-        a = sample_volume(appearance, points) if appearance is not None else None
-        return model.query(maps, points, a)
+        return model.query(maps, points, context)
 
     return query
 
 
 @torch.no_grad()
 def decode_probability(
-    model: NeARModel, z: torch.Tensor, n: int, appearance: torch.Tensor | None = None, coarsest: int = 32
+    model: NeARModel, z: torch.Tensor, n: int, context: torch.Tensor | None = None, coarsest: int = 32
 ) -> torch.Tensor:
     """Occupancy probability (n, n, n) of latent ``z`` on the working cube, coarse to fine."""
-    logits, _ = decode_logits(model_query(model, z, appearance), n, z.device, coarsest=coarsest)
+    logits, _ = decode_logits(model_query(model, z, context), n, z.device, coarsest=coarsest)
     return torch.sigmoid(logits)

@@ -52,12 +52,12 @@ def fit_latent(
     target: torch.Tensor,
     z0: torch.Tensor,
     cfg: FitConfig,
-    appearance: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
     seed: int = 0,
     progress: Callable[[float, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, NeARModel, list[float]]:
-    """Fit a latent code to ``target`` (1, 1, n, n, n) soft occupancy.
+    """Fit a latent code to ``target`` (1, 1, n, n, n) soft occupancy; ``context`` from ``model.context``.
 
     Returns (z, model, losses); ``model`` is a tuned copy when ``cfg.decoder_steps > 0``,
     the given model otherwise (never modified in place).
@@ -73,8 +73,7 @@ def fit_latent(
     def loss_at(m: NeARModel) -> torch.Tensor:
         pts = sample_fit_points(target, cfg.points, gen)
         y = sample_volume(target, pts).clamp(0, 1)
-        a = sample_volume(appearance, pts) if appearance is not None else None
-        logits = m(z, pts, a)
+        logits = m(z, pts, context)
         return F.binary_cross_entropy_with_logits(logits, y) + cfg.latent_reg * z.pow(2).mean()
 
     for step in range(cfg.steps):
@@ -84,7 +83,7 @@ def fit_latent(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress is not None:
             progress((step + 1) / max(1, total), f"fitting latent code ({step + 1}/{cfg.steps})")
 
@@ -101,7 +100,7 @@ def fit_latent(
             dopt.zero_grad(set_to_none=True)
             loss.backward()
             dopt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if progress is not None:
                 progress((cfg.steps + step + 1) / total, f"tuning decoder ({step + 1}/{cfg.decoder_steps})")
         for p in model.parameters():

@@ -24,6 +24,9 @@ class ModelConfig:
     mlp_hidden: int = 128
     mlp_layers: int = 3
     appearance: bool = False  # MLP also takes a(p), the windowed CT intensity at p
+    # The MLP also reads the annotation itself at p, blurred with these Gaussian sigmas
+    # (working-grid voxels). () gives the paper's MLP (features, p[, a(p)]) only.
+    annotation_sigmas: tuple[float, ...] = ()
     encoder_res: int = 32  # the encoder sees the working mask resampled to this many voxels per side
     encoder_channels: tuple[int, ...] = (16, 32, 64, 128)
 
@@ -33,7 +36,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
-        for key in ("channels", "encoder_channels"):
+        for key in ("channels", "encoder_channels", "annotation_sigmas"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -96,7 +99,7 @@ class PointMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        cin = sum(cfg.channels) + 3 + (1 if cfg.appearance else 0)
+        cin = sum(cfg.channels) + 3 + context_channels(cfg)
         layers: list[nn.Module] = []
         for _ in range(cfg.mlp_layers):
             layers += [nn.Linear(cin, cfg.mlp_hidden), nn.LeakyReLU(0.1)]
@@ -124,6 +127,30 @@ def sample_volume(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0, 0]
 
 
+def context_channels(cfg: ModelConfig) -> int:
+    """Number of per-point inputs read from the context volume (annotation channels, then a(p))."""
+    return len(cfg.annotation_sigmas) + (1 if cfg.appearance else 0)
+
+
+def gaussian_blur(vol: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, n, n, n), sigma in voxels (0: unchanged); zero padding.
+
+    Each pass is a 1D convolution over rows (conv3d with one channel is very slow on CPUs).
+    """
+    if sigma <= 0:
+        return vol
+    r = max(1, int(round(3 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=vol.dtype, device=vol.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, -1)
+    out = vol[:, 0]
+    for _ in range(3):  # blur the last axis, then rotate the axes (k, j, i) -> (i, k, j)
+        shape = out.shape
+        out = F.conv1d(out.reshape(-1, 1, shape[-1]), k, padding=r).view(shape)
+        out = out.permute(0, 3, 1, 2)
+    return out.contiguous()[:, None]
+
+
 class NeARModel(nn.Module):
     """Decoder + point MLP (the NeAR model) and the amortised encoder used to initialise z."""
 
@@ -134,22 +161,29 @@ class NeARModel(nn.Module):
         self.decoder = Decoder(self.cfg)
         self.mlp = PointMLP(self.cfg)
 
-    def query(
-        self, maps: list[torch.Tensor], points: torch.Tensor, appearance: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Occupancy logits (B, N) at ``points`` (B, N, 3); ``appearance`` (B, N) in [0, 1]."""
-        parts = [sample_maps(maps, points), points]
+    def context(self, mask: torch.Tensor, appearance: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Per-voxel MLP inputs besides the features: blurred annotation channels and a(p).
+
+        ``mask``: (B, 1, n, n, n) soft annotation; ``appearance``: (B, 1, n, n, n) windowed CT in
+        [0, 1] or None (a shape-only use of an S+A model reads a neutral 0.5). Returns
+        (B, C, n, n, n), or None for the paper's MLP without appearance.
+        """
+        chans = [gaussian_blur(mask, s) for s in self.cfg.annotation_sigmas]
         if self.cfg.appearance:
-            if appearance is None:
-                # shape-only use of an S+A model: a neutral mid-window intensity
-                appearance = torch.full(points.shape[:2], 0.5, device=points.device, dtype=points.dtype)
-            parts.append(appearance[..., None])
+            chans.append(appearance if appearance is not None else torch.full_like(mask, 0.5))
+        return torch.cat(chans, 1) if chans else None
+
+    def query(self, maps: list[torch.Tensor], points: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Occupancy logits (B, N) at ``points`` (B, N, 3); ``context`` from ``self.context``."""
+        parts = [sample_maps(maps, points), points]
+        if context is not None:
+            grid = points[:, :, None, None, :]
+            parts.append(F.grid_sample(context, grid, mode="bilinear", padding_mode="border",
+                                       align_corners=False)[..., 0, 0].transpose(1, 2))
         return self.mlp(torch.cat(parts, dim=-1))
 
-    def forward(
-        self, z: torch.Tensor, points: torch.Tensor, appearance: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.query(self.decoder(z), points, appearance)
+    def forward(self, z: torch.Tensor, points: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.query(self.decoder(z), points, context)
 
 
 def voxel_centres(n: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -153,16 +153,17 @@ def refine_mask(
         appearance = window_hu(torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32)))[None, None].to(device)
     with torch.no_grad():
         z0 = model.encoder(target)
+        context = model.context(target, appearance)
 
     def fit_progress(f: float, msg: str) -> None:
         report(0.05 + 0.8 * f, msg)
 
-    z, fitted, losses = fit_latent(model, target, z0, cfg, appearance, seed=opts.seed,
+    z, fitted, losses = fit_latent(model, target, z0, cfg, context, seed=opts.seed,
                                    progress=fit_progress, cancel=cancel)
     if cancel is not None and cancel():
         raise Cancelled("refinement cancelled")
     report(0.87, "decoding the refined surface")
-    prob_work = decode_probability(fitted, z, n, appearance).cpu().numpy()
+    prob_work = decode_probability(fitted, z, n, context).cpu().numpy()
     report(0.95, "mapping back to the input grid")
     prob = to_source(prob_work, case.grid, grid).astype(np.float32)
     refined = (prob >= 0.5).astype(np.uint8)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -47,6 +48,7 @@ class TrainConfig:
     appearance: bool = False  # train S+A on synthetic CT phantoms around each shape
     appearance_dropout: float = 0.3  # share of samples trained shape-only (a(p) = 0.5), so S+A priors also serve S
     init_from: str | None = None  # warm start from another prior (e.g. the shape-only one)
+    annotation_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)  # () trains the paper's MLP
 
 
 def random_distortion(rng: np.random.Generator) -> DistortionParams:
@@ -70,18 +72,27 @@ def augment(shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_clean: float = 0.15,
-               appearance: bool = False):
-    """(clean, noisy, ct) tensors (B, 1, 64, 64, 64); ct is the windowed phantom CT or None."""
-    clean, noisy, cts = [], [], []
+               appearance: bool = False, sigmas: tuple[float, ...] = ()):
+    """(clean, noisy, context) tensors (B, C, 64, 64, 64).
+
+    ``context`` holds what ``NeARModel.context`` would compute (the annotation blurred with
+    each of ``sigmas``, then the windowed phantom CT), made here with scipy in the loader
+    thread because 3D blurs in torch are slow on CPUs; None when there is nothing to hold.
+    """
+    clean, noisy, ctx = [], [], []
     for i in idx:
         c = augment(shapes[i], rng)
         d = c if rng.random() < p_clean else distort(c, seed=int(rng.integers(2**31)), params=random_distortion(rng))
         clean.append(c)
         noisy.append(d)
+        chans = [ndi.gaussian_filter(d.astype(np.float32), s, mode="constant", truncate=3.0) if s > 0
+                 else d.astype(np.float32) for s in sigmas]
         if appearance:
-            cts.append(ct_phantom(c, seed=int(rng.integers(2**31))))
-    vols = [np.stack(clean), np.stack(noisy)] + ([window_np(np.stack(cts))] if appearance else [])
-    t = torch.from_numpy(np.stack(vols, 1).astype(np.float32))  # (B, 2 or 3, n, n, n)
+            chans.append(window_np(ct_phantom(c, seed=int(rng.integers(2**31)))))
+        if chans:
+            ctx.append(np.stack(chans))
+    vols = np.concatenate([np.stack(clean)[:, None], np.stack(noisy)[:, None]] + ([np.stack(ctx)] if ctx else []), 1)
+    t = torch.from_numpy(vols.astype(np.float32))  # (B, 2 + C, n, n, n)
     # random isotropic zoom: glands vary in size and the working cube need not be exactly 64 mm
     scale = torch.from_numpy(rng.uniform(0.9, 1.1, size=len(idx)).astype(np.float32))
     theta = torch.zeros(len(idx), 3, 4)
@@ -89,7 +100,7 @@ def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_
     grid = F.affine_grid(theta, list(t.shape), align_corners=False)
     t = F.grid_sample(t, grid, align_corners=False, padding_mode="border")
     clean_t = (t[:, :1] > 0.5).float()
-    return clean_t, t[:, 1:2], (t[:, 2:3] if appearance else None)
+    return clean_t, t[:, 1:2], (t[:, 2:] if t.shape[1] > 2 else None)
 
 
 def window_np(hu: np.ndarray) -> np.ndarray:
@@ -122,15 +133,14 @@ def sample_points(clean: torch.Tensor, noisy: torch.Tensor, n: int, gen: torch.G
 
 @torch.no_grad()
 def decode_grid(model: NeARModel, z: torch.Tensor, n: int = 64, chunk: int = 65536,
-                ct: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None) -> torch.Tensor:
     """Dense occupancy probability (B, n, n, n) of latent codes ``z``; used for validation."""
     maps = model.decoder(z)
     pts = voxel_centres(n, z.device).view(1, -1, 3)
     out = []
     for s in range(0, pts.shape[1], chunk):
         p = pts[:, s:s + chunk].expand(z.shape[0], -1, -1)
-        a = sample_volume(ct, p) if ct is not None else None
-        out.append(torch.sigmoid(model.query(maps, p, a)))
+        out.append(torch.sigmoid(model.query(maps, p, context)))
     return torch.cat(out, 1).view(-1, n, n, n)
 
 
@@ -139,13 +149,13 @@ def validate(model: NeARModel, val_clean: np.ndarray, val_noisy: np.ndarray, val
     with torch.no_grad():
         x = torch.from_numpy(val_noisy[:, None].astype(np.float32))
         ct = torch.from_numpy(val_ct[:, None].astype(np.float32)) if val_ct is not None else None
-        prob = decode_grid(model, model.encoder(x), ct=ct).numpy()
+        prob = decode_grid(model, model.encoder(x), context=model.context(x, ct)).numpy()
     model.train()
     return float(np.mean([dice(p > 0.5, c) for p, c in zip(prob, val_clean)]))
 
 
 def warm_start(model: NeARModel, prior_path: str) -> None:
-    """Copy a prior's weights into ``model``; an extra appearance input starts at zero weight."""
+    """Copy a prior's weights into ``model``; extra MLP inputs start with zero weight."""
     from .prior import load_prior
 
     src, _ = load_prior(prior_path)
@@ -153,9 +163,9 @@ def warm_start(model: NeARModel, prior_path: str) -> None:
     for k, v in src.state_dict().items():
         if k in own and own[k].shape == v.shape:
             own[k] = v.clone()
-        elif k in own and own[k].dim() == 2 and own[k].shape[0] == v.shape[0] and own[k].shape[1] == v.shape[1] + 1:
+        elif k in own and own[k].dim() == 2 and own[k].shape[0] == v.shape[0] and own[k].shape[1] > v.shape[1]:
             w = torch.zeros_like(own[k])
-            w[:, : v.shape[1]] = v  # the appearance column is last
+            w[:, : v.shape[1]] = v  # new per-point inputs (annotation, appearance) come last
             own[k] = w
     model.load_state_dict(own)
 
@@ -173,7 +183,7 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     val_ct = (window_np(np.stack([ct_phantom(v, seed=10_000 + i) for i, v in enumerate(val_clean)]))
               if cfg.appearance else None)
 
-    mcfg = model_cfg or ModelConfig(appearance=cfg.appearance)
+    mcfg = model_cfg or ModelConfig(appearance=cfg.appearance, annotation_sigmas=tuple(cfg.annotation_sigmas))
     model = NeARModel(mcfg)
     if cfg.init_from:
         warm_start(model, cfg.init_from)
@@ -188,17 +198,16 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
         rng = np.random.default_rng(cfg.seed + step0)
         log(f"resumed at step {step0} (best val Dice {best:.4f})")
     budget = cfg.minutes * 60.0
-    sched = lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, cfg.max_steps))))  # noqa: E731
     t0 = time.time()
     history: list[dict] = []
     pool = ThreadPoolExecutor(1)  # distortion of the next batch overlaps this step's backward pass
-    nxt = pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15, cfg.appearance)
+    nxt = pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15, cfg.appearance, tuple(cfg.annotation_sigmas))
     bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
     step = step0
     ema_loss = None
     while step < cfg.max_steps and time.time() - t0 < budget:
-        clean, noisy, ct = nxt.result()
-        nxt = pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15, cfg.appearance)
+        clean, noisy, context = nxt.result()
+        nxt = pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15, cfg.appearance, tuple(cfg.annotation_sigmas))
         # cosine decay over the *time* budget when it is the binding limit
         frac = max(step / max(1, cfg.max_steps), (time.time() - t0) / budget)
         for g in opt.param_groups:
@@ -206,12 +215,10 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
         pts = sample_points(clean, noisy, cfg.points, gen)
         target = sample_volume(clean, pts).clamp(0, 1)
         z = model.encoder(noisy)
-        a = None
-        if ct is not None:
-            a = sample_volume(ct, pts)
-            drop = torch.rand(a.shape[0], 1, generator=gen) < cfg.appearance_dropout
-            a = torch.where(drop, torch.full_like(a, 0.5), a)
-        logits = model(z, pts, a)
+        if cfg.appearance:  # some samples shape-only: a(p) = 0.5, as NeARModel.context does without an image
+            drop = torch.rand(context.shape[0], 1, 1, 1, generator=gen) < cfg.appearance_dropout
+            context[:, -1] = torch.where(drop, torch.full_like(context[:, -1], 0.5), context[:, -1])
+        logits = model(z, pts, context)
         loss = F.binary_cross_entropy_with_logits(logits, target) + cfg.latent_reg * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -12,21 +12,21 @@ from .io import (
     removeNodes,
     saveSegmentationFile,
 )
-from .logic import (
+from .common import (
     COMPARE_LAYOUT_ID,
     ORIGINAL_REVIEW_COLOR,
     ORIGINAL_SUFFIX,
     REFINED_COLOR,
     REFINED_SUFFIX,
-    NeARSlicerLogic,
-    RefinementJob,
-    discoverCases,
     formatStats,
 )
+from .logic import NeARSlicerLogic, RefinementJob, RefinementWorker
+from .study import discoverCases
 
 __all__ = [
     "NeARSlicerLogic",
     "RefinementJob",
+    "RefinementWorker",
     "REFINED_SUFFIX",
     "ORIGINAL_SUFFIX",
     "REFINED_COLOR",

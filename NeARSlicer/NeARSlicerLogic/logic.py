@@ -15,16 +15,12 @@ in a worker thread while the scene is only touched from the main thread:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
-import os
-import re
+import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import vtk
@@ -33,6 +29,32 @@ import slicer
 from NeARSlicerLib.errors import Cancelled, InputError, NeARError
 
 from . import io as nio
+from .common import (
+    ADDED_COLOR,
+    ADDED_SUFFIX,
+    CONTEXT_MM,
+    ORIGINAL_REVIEW_COLOR,
+    ORIGINAL_SUFFIX,
+    PRESETS,
+    PROBABILITY_SUFFIX,
+    RAS_TO_LPS,
+    REFINED_COLOR,
+    REFINED_SUFFIX,
+    REMOVED_COLOR,
+    REMOVED_SUFFIX,
+    TAG_ACCEPTED,
+    TAG_ORIGINAL_COLOR,
+    TAG_ROLE,
+    TAG_SOURCE,
+    TAG_STATS,
+    _cancelFunction,
+    _cropBox,
+    _nodeIds,
+    _tag,
+    formatStats,
+)
+from .review import ReviewMixin
+from .study import StudyMixin
 
 try:  # inside Slicer: the real base class (its module imports Qt, which the application has)
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -60,108 +82,6 @@ except ImportError:  # headless (slicer-core): the same behaviour for what this 
             return node
 
 
-__all__ = [
-    "NeARSlicerLogic",
-    "RefinementJob",
-    "REFINED_SUFFIX",
-    "ORIGINAL_SUFFIX",
-    "REFINED_COLOR",
-    "ORIGINAL_REVIEW_COLOR",
-    "discoverCases",
-    "formatStats",
-]
-
-REFINED_SUFFIX = " (NeAR)"
-ORIGINAL_SUFFIX = " (original)"
-ADDED_SUFFIX = " (NeAR added)"
-REMOVED_SUFFIX = " (NeAR removed)"
-PROBABILITY_SUFFIX = " (NeAR probability)"
-
-REFINED_COLOR = (0.12, 0.45, 1.0)  # blue: the refined segment
-ORIGINAL_REVIEW_COLOR = (1.0, 0.18, 0.12)  # red: how the original is shown during review
-ADDED_COLOR = (0.2, 0.85, 0.25)  # green: voxels the refinement added
-REMOVED_COLOR = (1.0, 0.75, 0.0)  # amber: voxels the refinement removed
-
-# Segment tags (strings stored with the segment, saved in .seg.nrrd files).
-TAG_ROLE = "NeARSlicer.Role"  # refined | added | removed | original
-TAG_SOURCE = "NeARSlicer.SourceSegmentID"  # on NeAR outputs: the id of the segment they refine
-TAG_STATS = "NeARSlicer.Stats"  # on the refined segment: JSON of formatStats' input
-TAG_ACCEPTED = "NeARSlicer.Accepted"  # "true" once acceptRefinement made it the segment of record
-TAG_ORIGINAL_COLOR = "NeARSlicer.OriginalColor"  # on the refined segment: the original's color
-
-COMPARE_LAYOUT_ID = 63201  # custom layout: linked slice views beside the 3D view
-COMPARE_LAYOUT_XML = """
-<layout type="horizontal" split="true">
- <item splitSize="500">
-  <layout type="vertical" split="true">
-   <item>
-    <view class="vtkMRMLSliceNode" singletontag="Red">
-     <property name="orientation" action="default">Axial</property>
-     <property name="viewlabel" action="default">R</property>
-     <property name="viewcolor" action="default">#F34A33</property>
-    </view>
-   </item>
-   <item>
-    <view class="vtkMRMLSliceNode" singletontag="Green">
-     <property name="orientation" action="default">Coronal</property>
-     <property name="viewlabel" action="default">G</property>
-     <property name="viewcolor" action="default">#6EB04B</property>
-    </view>
-   </item>
-  </layout>
- </item>
- <item splitSize="500">
-  <view class="vtkMRMLViewNode" singletontag="1">
-   <property name="viewlabel" action="default">1</property>
-  </view>
- </item>
-</layout>
-"""
-
-PRESETS = ("fast", "default", "quality")
-DEVICES = ("auto", "cpu", "cuda")
-
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def _cancelFunction(cancel) -> Optional[Callable[[], bool]]:
-    """Accept a callable, a ``threading.Event`` (or anything with ``is_set``), or None."""
-    if cancel is None:
-        return None
-    if hasattr(cancel, "is_set"):
-        return cancel.is_set
-    if callable(cancel):
-        return cancel
-    raise TypeError("cancel must be a callable returning bool or a threading.Event")
-
-
-def _nodeIds(scene) -> set:
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-
-
-def _tag(segment, name: str, default: str = "") -> str:
-    """A segment tag's value (``vtkSegment.GetTag`` returns it through an output argument)."""
-    value = vtk.reference("")
-    return str(value.get()) if segment is not None and segment.GetTag(name, value) else default
-
-
-def formatStats(stats: dict) -> str:
-    """The review status line: volume change and Dice(original, refined)."""
-    if not stats:
-        return ""
-
-    def number(key, fmt):
-        value = stats.get(key)
-        return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else "?"
-
-    text = (f"{stats.get('segmentName', 'segment')}: volume {number('volumeBeforeMl', '.2f')} -> "
-            f"{number('volumeAfterMl', '.2f')} mL ({number('volumeChangePercent', '+.1f')} %), "
-            f"Dice(original, refined) = {number('dice', '.3f')}")
-    if isinstance(stats.get("seconds"), (int, float)):
-        text += f", {stats['seconds']:.1f} s"
-    return text
-
-
 @dataclass
 class RefinementJob:
     """Everything one refinement needs, taken from the scene in :meth:`prepareRefinement`."""
@@ -178,12 +98,57 @@ class RefinementJob:
     options: dict  # keyword arguments of RefineOptions
     probabilityVolume: bool = False
     changeSegments: bool = False
+    cropOffset: tuple = (0, 0, 0)  # [k, j, i] of the arrays' first voxel in the full grid
+    fullShape: tuple = ()  # [k, j, i] shape of the full reference grid
     result: Any = None  # RefineResult once computed
     stats: dict = field(default_factory=dict)
     newSegmentId: Optional[str] = None
 
 
-class NeARSlicerLogic(ScriptedLoadableModuleLogic):
+class RefinementWorker:
+    """Runs ``logic.computeRefinement(job)`` in a Python thread; the caller polls it.
+
+    The module's widget polls ``fraction``, ``message`` and ``done`` with a QTimer, so Slicer stays
+    responsive, then calls ``logic.applyRefinement(job)`` in the main thread. ``cancel()`` sets the
+    flag the engine checks between its steps. The thread touches no MRML node.
+    """
+
+    def __init__(self, logic, job: "RefinementJob"):
+        self.logic, self.job = logic, job
+        self.cancelEvent = threading.Event()
+        self.fraction, self.message = 0.0, "starting"
+        self.error: Optional[BaseException] = None
+        self.done = False
+        self._thread = threading.Thread(target=self._run, name="NeAR refinement", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def cancel(self):
+        self.cancelEvent.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, Cancelled) or (self.done and self.error is None and self.cancelEvent.is_set())
+
+    def join(self, timeout=None):
+        self._thread.join(timeout)
+        return self.done
+
+    def _progress(self, fraction, message=""):
+        self.fraction, self.message = float(fraction), str(message)
+
+    def _run(self):
+        try:
+            self.logic.computeRefinement(self.job, progress=self._progress, cancel=self.cancelEvent)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            self.error = exc
+        finally:
+            self.done = True
+
+
+class NeARSlicerLogic(ReviewMixin, StudyMixin, ScriptedLoadableModuleLogic):
     """Refine segments with NeAR; usable from the Python console without the module's GUI.
 
     Example (Python console)::
@@ -197,20 +162,7 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self, parent)
         self.lastStats: dict = {}
 
-    # ------------------------------------------------------------------ parameter defaults
-    def setDefaultParameters(self, parameterNode):
-        """Defaults for a raw parameter node (the widget wraps it with @parameterNodeWrapper)."""
-        defaults = {"preset": "default", "device": "auto", "useAppearance": "true", "seed": "0"}
-        for name, value in defaults.items():
-            if not parameterNode.GetParameter(name):
-                parameterNode.SetParameter(name, value)
-
     # ------------------------------------------------------------------------ inputs
-    @staticmethod
-    def _segmentLabel(segmentationNode, segmentId) -> str:
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        return f"'{segment.GetName()}'" if segment else f"'{segmentId}'"
-
     @staticmethod
     def _segmentVoxelCount(segmentationNode, segmentId) -> int:
         """Voxels of the segment in its own (internal) labelmap; -1 if it has no labelmap."""
@@ -319,13 +271,22 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"segment '{segmentName}' does not overlap {where}: the volume and the "
                              "segmentation do not cover the same region")
 
+        # Work on a box around the segment: the engine never looks further than its margin and
+        # working field of view, and a whole-body CT would cost memory and resampling time.
+        fullShape = mask.shape
+        lo, hi = _cropBox(mask, self._gridOf(referenceNode, fullShape).spacing,
+                          (CONTEXT_MM if marginMm is None else float(marginMm) + CONTEXT_MM - 8.0))
+        crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+        mask = np.ascontiguousarray(mask[crop])
+        cropNode = referenceNode if mask.shape == fullShape else self._croppedReference(referenceNode, lo, mask.shape)
+
         image = None
         if volumeNode is not None:
-            voxels = slicer.util.arrayFromVolume(volumeNode)
+            voxels = slicer.util.arrayFromVolume(volumeNode)[crop]
             if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():
                 bad = int(np.count_nonzero(~np.isfinite(voxels)))
-                raise InputError(f"volume '{volumeNode.GetName()}' contains {bad} NaN/Inf voxels; "
-                                 "fix or replace the volume before refining")
+                raise InputError(f"volume '{volumeNode.GetName()}' contains {bad} NaN/Inf voxels around the "
+                                 "segment; fix or replace the volume before refining")
             if appearance:
                 image = np.array(voxels, dtype=np.float32, copy=True)
 
@@ -338,9 +299,24 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
 
         return RefinementJob(
             segmentationNode=segmentationNode, segmentId=segmentId, segmentName=segmentName,
-            volumeNode=volumeNode, referenceNode=referenceNode, mask=mask, image=image,
-            grid=self._gridOf(referenceNode, mask.shape), ijkToRas=self._ijkToRas(referenceNode),
-            options=options, probabilityVolume=bool(probabilityVolume), changeSegments=bool(changeSegments))
+            volumeNode=volumeNode, referenceNode=cropNode, mask=mask, image=image,
+            grid=self._gridOf(cropNode, mask.shape), ijkToRas=self._ijkToRas(cropNode),
+            options=options, probabilityVolume=bool(probabilityVolume), changeSegments=bool(changeSegments),
+            cropOffset=tuple(int(v) for v in lo), fullShape=tuple(int(v) for v in fullShape))
+
+    def _croppedReference(self, referenceNode, lo, shape):
+        """A volume node (not in the scene) for the sub-grid starting at voxel ``lo`` ([k, j, i])."""
+        ijkToRas = self._ijkToRas(referenceNode)
+        ijkToRas[:3, 3] = ijkToRas[:3, :3] @ np.array(lo[::-1], float) + ijkToRas[:3, 3]
+        node = slicer.vtkMRMLScalarVolumeNode()
+        node.SetName(f"{referenceNode.GetName()} crop")
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
+        image = vtk.vtkImageData()
+        image.SetDimensions(int(shape[2]), int(shape[1]), int(shape[0]))
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        image.GetPointData().GetScalars().Fill(0)
+        node.SetAndObserveImageData(image)
+        return node
 
     # ------------------------------------------------------------------------ compute
     def computeRefinement(self, job: RefinementJob, progress=None, cancel=None):
@@ -429,7 +405,8 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
             refined.SetTag(TAG_SOURCE, job.segmentId)
             refined.SetTag(TAG_ORIGINAL_COLOR, json.dumps(list(original.GetColor())))
             refined.SetTag(TAG_STATS, json.dumps(job.stats))
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, newId, job.referenceNode)
+            if mask.any():  # an empty segment stays as AddEmptySegment made it
+                slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, newId, job.referenceNode)
 
             changeIds = []
             if job.changeSegments:
@@ -449,8 +426,10 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
                     changeSegment.SetColorAutoGenerated(False)
                     changeSegment.SetTag(TAG_ROLE, role)
                     changeSegment.SetTag(TAG_SOURCE, job.segmentId)
-                    slicer.util.updateSegmentBinaryLabelmapFromArray(
-                        (np.asarray(array) > 0).astype(np.uint8), segmentationNode, changeId, job.referenceNode)
+                    changeMask = (np.asarray(array) > 0).astype(np.uint8)
+                    if changeMask.any():
+                        slicer.util.updateSegmentBinaryLabelmapFromArray(changeMask, segmentationNode, changeId,
+                                                                         job.referenceNode)
                     changeIds.append(changeId)
 
             if job.probabilityVolume and getattr(job.result, "probability", None) is not None:
@@ -648,311 +627,3 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
                     _tag(other, TAG_ROLE) in ("added", "removed"):
                 displayNode.SetSegmentVisibility(segmentation.GetNthSegmentID(index), False)
         return newSegmentId
-
-    # ------------------------------------------------------------------------ review
-    def showComparison(self, volumeNode, segmentationNode, originalId, refinedId, isolate=True, setLayout=True):
-        """Review display: original red vs refined blue outlines on linked slice views, both
-        surfaces in 3D, in a side-by-side layout. Changes display settings only, never data."""
-        segmentation = segmentationNode.GetSegmentation()
-        for segmentId in (originalId, refinedId):
-            if segmentation.GetSegment(segmentId) is None:
-                raise InputError(f"segment id '{segmentId}' not found in segmentation '{segmentationNode.GetName()}'")
-        displayNode = self._displayNode(segmentationNode)
-        if isolate:
-            for index in range(segmentation.GetNumberOfSegments()):
-                displayNode.SetSegmentVisibility(segmentation.GetNthSegmentID(index), False)
-        displayNode.SetVisibility(True)
-        displayNode.SetVisibility2DFill(False)
-        displayNode.SetVisibility2DOutline(True)
-        displayNode.SetSliceIntersectionThickness(2)
-        displayNode.SetVisibility3D(True)
-        for segmentId in (originalId, refinedId):
-            displayNode.SetSegmentVisibility(segmentId, True)
-        displayNode.SetSegmentOverrideColor(originalId, *ORIGINAL_REVIEW_COLOR)
-        displayNode.SetSegmentOverrideColor(refinedId, *REFINED_COLOR)
-        displayNode.SetSegmentOpacity3D(originalId, 0.35)
-        displayNode.SetSegmentOpacity3D(refinedId, 0.9)
-        segmentationNode.CreateClosedSurfaceRepresentation()
-
-        scene = slicer.mrmlScene
-        if setLayout:
-            layoutNode = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
-            if layoutNode is not None:
-                if not layoutNode.IsLayoutDescription(COMPARE_LAYOUT_ID):
-                    layoutNode.AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML)
-                layoutNode.SetViewArrangement(COMPARE_LAYOUT_ID)
-        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-            compositeNode = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
-            if volumeNode is not None:
-                compositeNode.SetBackgroundVolumeID(volumeNode.GetID())
-            compositeNode.SetLinkedControl(True)
-        center = [0.0, 0.0, 0.0]
-        if segmentationNode.GetSegmentCenterRAS(refinedId) is not None:
-            center = list(segmentationNode.GetSegmentCenterRAS(refinedId))
-            for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-                scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").JumpSliceByCentering(*center)
-        return center
-
-    def segmentArrays(self, segmentationNode, originalId, refinedId, volumeNode=None):
-        """``(image or None, original mask, refined mask, spacing (i, j, k) mm)`` on one grid."""
-        referenceNode = volumeNode or self._geometryNodeFromSegmentation(segmentationNode)
-        if referenceNode is None:
-            raise InputError("no volume given and the segmentation has no geometry of its own")
-        original = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, originalId, referenceNode) > 0
-        refined = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, refinedId, referenceNode) > 0
-        image = np.array(slicer.util.arrayFromVolume(volumeNode), np.float32) if volumeNode is not None else None
-        spacing = self._gridOf(referenceNode, original.shape).spacing
-        return image, original.astype(np.uint8), refined.astype(np.uint8), spacing
-
-    def saveReport(self, path, segmentationNode, refinedId, volumeNode=None, title=None) -> str:
-        """Write the review picture (original red vs refined blue on an axial slice, 3D surfaces)
-        as a PNG, rendered offscreen by the engine's report code. Returns the path."""
-        from NeARSlicerLib.report import save_report_png
-
-        segment = segmentationNode.GetSegmentation().GetSegment(refinedId)
-        if segment is None or not segment.HasTag(TAG_SOURCE):
-            raise InputError(f"segment '{refinedId}' is not a NeAR result")
-        originalId = _tag(segment, TAG_SOURCE)
-        image, original, refined, spacing = self.segmentArrays(segmentationNode, originalId, refinedId, volumeNode)
-        stats = self.refinementStats(segmentationNode, refinedId)
-        metrics = {key: stats[key] for key in ("dice", "volumeChangePercent", "voxelsBefore", "voxelsAfter")
-                   if key in stats}
-        if title is None:
-            title = f"{stats.get('segmentName', segment.GetName())}: original (red) vs NeAR (blue)"
-        save_report_png(str(path), image, original, refined, spacing, title=title, metrics=metrics)
-        return str(path)
-
-    # ------------------------------------------------------------------------ batch
-    def refineStudy(self, cases, outputDir, progress=None, cancel=None, csvName="nearslicer_summary.csv",
-                    **options) -> list:
-        """Refine a list of cases from files, for the Python console.
-
-        :param cases: a folder (see :func:`discoverCases`) or a list of
-          ``(volumePath, segmentationPath)`` / ``(volumePath, segmentationPath, segment)`` tuples, where
-          ``segment`` is a segment name, a label value (int) or a list of them; no segment: all segments.
-          ``volumePath`` may be None (the segmentation's geometry is used, no appearance).
-        :param outputDir: where ``<case>.seg.nrrd`` (original and refined segments) and the CSV go.
-        :param options: refineSegment options (preset, device, prior, appearance, seed, ...).
-        :returns: the CSV rows as dicts. A failing case or segment is recorded with its error and the
-          batch goes on; a cancel stops the batch (rows so far are written) and raises ``Cancelled``.
-        """
-        outputDir = Path(outputDir)
-        outputDir.mkdir(parents=True, exist_ok=True)
-        caseList = discoverCases(cases) if isinstance(cases, (str, os.PathLike)) else [_normalizeCase(c) for c in cases]
-        csvPath = outputDir / csvName
-        columns = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
-        rows = []
-        usedNames = set()
-        cancelled = _cancelFunction(cancel)
-
-        with open(csvPath, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=columns)
-            writer.writeheader()
-
-            def record(row):
-                row = {key: row.get(key, "") for key in columns}
-                rows.append(row)
-                writer.writerow(row)
-                stream.flush()
-
-            for caseIndex, case in enumerate(caseList):
-                caseName = _uniqueCaseName(case, usedNames)
-                if cancelled is not None and cancelled():
-                    raise Cancelled(f"batch cancelled before case {caseName}")
-                if case.get("error"):
-                    record({"case": caseName, "segment": case.get("segment") or "", "error": case["error"]})
-                    continue
-
-                def caseProgress(fraction, message="", _i=caseIndex):
-                    if progress is not None:
-                        progress((_i + float(fraction)) / len(caseList), f"{caseName}: {message}")
-
-                self._refineCase(case, caseName, outputDir, record, caseProgress, cancel, options)
-        logging.info("NeAR batch: %d rows written to %s", len(rows), csvPath)
-        return rows
-
-    def _refineCase(self, case, caseName, outputDir, record, progress, cancel, options):
-        nodes = []
-        started = time.perf_counter()
-        try:
-            volumeNode = None
-            if case.get("volume"):
-                volumeNode = nio.loadVolumeFile(case["volume"], name=f"{caseName} volume")
-                nodes.append(volumeNode)
-            segmentationNode, labelToId = nio.loadSegmentationFile(case["segmentation"], volumeNode,
-                                                                   name=f"{caseName} segmentation")
-            nodes.append(segmentationNode)
-            segmentIds = _resolveSegments(segmentationNode, labelToId, case.get("segment"))
-            outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{caseName} NeAR")
-            nodes.append(outputNode)
-            if volumeNode is not None:
-                outputNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-            else:
-                geometryName = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-                outputNode.GetSegmentation().SetConversionParameter(
-                    geometryName, segmentationNode.GetSegmentation().GetConversionParameter(geometryName))
-            outputPath = outputDir / f"{caseName}.seg.nrrd"
-            okCount = 0
-            for index, segmentId in enumerate(segmentIds):
-                segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
-                segmentStarted = time.perf_counter()
-                try:
-                    def segmentProgress(fraction, message="", _i=index):
-                        progress((_i + float(fraction)) / len(segmentIds), f"{segmentName}: {message}")
-
-                    newId = self.refineSegment(volumeNode, segmentationNode, segmentId, progress=segmentProgress,
-                                               cancel=cancel, showResult=False, **options)
-                except Cancelled:
-                    raise
-                except Exception as exc:  # recorded, the batch goes on
-                    logging.warning("NeAR batch: %s / %s failed: %s", caseName, segmentName, exc)
-                    record({"case": caseName, "segment": segmentName, "error": _oneLine(exc),
-                            "seconds": f"{time.perf_counter() - segmentStarted:.2f}"})
-                    continue
-                stats = self.refinementStats(segmentationNode, newId)
-                target = outputNode.GetSegmentation()
-                source = segmentationNode.GetSegmentation()
-                if not (target.CopySegmentFromSegmentation(source, segmentId)
-                        and target.CopySegmentFromSegmentation(source, newId)):
-                    record({"case": caseName, "segment": segmentName, "error": "could not copy the segments to the output"})
-                    continue
-                okCount += 1
-                record({"case": caseName, "segment": segmentName, "voxels_before": stats["voxelsBefore"],
-                        "voxels_after": stats["voxelsAfter"], "dice": f"{stats['dice']:.4f}",
-                        "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
-            if okCount:
-                nio.saveSegmentationFile(outputNode, outputPath)
-        except Cancelled:
-            raise
-        except Exception as exc:  # the case could not be read: recorded, the batch goes on
-            logging.warning("NeAR batch: case %s failed: %s", caseName, exc)
-            record({"case": caseName, "segment": _segmentSpecText(case.get("segment")), "error": _oneLine(exc),
-                    "seconds": f"{time.perf_counter() - started:.2f}"})
-        finally:
-            nio.removeNodes(nodes)
-
-
-# ---------------------------------------------------------------------------- batch helpers
-_IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-_SEGMENTATION_WORD = re.compile(r"(^|[_\-.\s])(seg|segmentation|label|labels|labelmap|mask|annotation)s?([_\-.\s]|$)",
-                                re.IGNORECASE)
-
-
-def _oneLine(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def _segmentSpecText(spec) -> str:
-    if spec is None:
-        return ""
-    if isinstance(spec, (list, tuple)):
-        return ";".join(str(s) for s in spec)
-    return str(spec)
-
-
-def _imageStem(name):
-    lower = name.lower()
-    for suffix in _IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def _isSegmentationName(name) -> bool:
-    return name.lower().endswith(nio.SEGMENTATION_SUFFIXES) or bool(_SEGMENTATION_WORD.search(_imageStem(name) or name))
-
-
-def _normalizeCase(case) -> dict:
-    if isinstance(case, dict):
-        out = dict(case)
-    elif isinstance(case, (list, tuple)) and len(case) in (2, 3):
-        out = {"volume": case[0], "segmentation": case[1], "segment": case[2] if len(case) == 3 else None}
-    else:
-        raise InputError(f"a case is (volume path, segmentation path[, segment]), got {case!r}")
-    if not out.get("segmentation"):
-        raise InputError(f"case {case!r} has no segmentation path")
-    out["volume"] = str(out["volume"]) if out.get("volume") else None
-    out["segmentation"] = str(out["segmentation"])
-    return out
-
-
-def _uniqueCaseName(case, usedNames) -> str:
-    name = case.get("name")
-    if not name:
-        source = case.get("volume") or case.get("segmentation")
-        path = Path(source)
-        name = _imageStem(path.name) or path.stem
-        # a generic file name ("ct", "image") in a per-case folder: use the folder's name
-        if case.get("folderCase") or name.lower() in ("ct", "image", "img", "volume", "mr", "t1", "t2"):
-            name = path.parent.name or name
-    name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(name)).strip("_") or "case"
-    unique, n = name, 2
-    while unique in usedNames:
-        unique, n = f"{name}_{n}", n + 1
-    usedNames.add(unique)
-    return unique
-
-
-def discoverCases(folder) -> list:
-    """Cases in a folder, as dicts with ``volume``, ``segmentation`` (and ``error`` when unusable).
-
-    * one sub-folder per case, holding one image and one segmentation (a ``.seg.nrrd`` file or an
-      image whose name contains seg/label/mask, e.g. ``ct.nii.gz`` + ``seg.nii.gz``); or
-    * flat files: ``NAME.nii.gz`` with ``NAME.seg.nrrd`` / ``NAME_seg.nii.gz`` / ``NAME_label.nrrd``.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"case folder not found: {folder}")
-    cases = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        images = sorted(p for p in sub.iterdir() if p.is_file() and _imageStem(p.name) is not None)
-        segs = [p for p in images if _isSegmentationName(p.name)]
-        vols = [p for p in images if p not in segs]
-        if not images:
-            continue
-        if len(segs) == 1 and len(vols) <= 1:
-            cases.append({"volume": str(vols[0]) if vols else None, "segmentation": str(segs[0]),
-                          "name": sub.name, "folderCase": True})
-        else:
-            cases.append({"volume": None, "segmentation": "", "name": sub.name,
-                          "error": f"folder {sub.name} needs one image and one segmentation, found "
-                                   f"{len(vols)} image(s) and {len(segs)} segmentation(s)"})
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _imageStem(p.name) is not None)
-    segs = [p for p in files if _isSegmentationName(p.name)]
-    for volume in (p for p in files if p not in segs):
-        stem = _imageStem(volume.name)
-        matches = [s for s in segs if (_imageStem(s.name) or "").startswith(stem) and s != volume]
-        if len(matches) == 1:
-            cases.append({"volume": str(volume), "segmentation": str(matches[0]), "name": stem})
-        else:
-            cases.append({"volume": str(volume), "segmentation": "", "name": stem,
-                          "error": f"{volume.name}: found {len(matches)} matching segmentation files"})
-    if not cases:
-        raise InputError(f"no cases found in {folder}")
-    return cases
-
-
-def _resolveSegments(segmentationNode, labelToId, spec) -> list:
-    """Segment ids for a segment spec: None (all), a name, a label value, or a list of those."""
-    segmentation = segmentationNode.GetSegmentation()
-    if spec is None or spec == "":
-        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-        if not ids:
-            raise InputError(f"segmentation '{segmentationNode.GetName()}' has no segments")
-        return ids
-    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    ids = []
-    for item in specs:
-        segmentId = None
-        if isinstance(item, (int, np.integer)) or (isinstance(item, str) and item.isdigit()
-                                                    and not segmentation.GetSegmentIdBySegmentName(item)):
-            segmentId = labelToId.get(int(item)) or segmentation.GetSegmentIdBySegmentName(f"Label_{int(item)}")
-        else:
-            segmentId = segmentation.GetSegmentIdBySegmentName(str(item))
-            if not segmentId and segmentation.GetSegment(str(item)) is not None:
-                segmentId = str(item)
-        if not segmentId:
-            raise InputError(f"segment {item!r} not found in {segmentationNode.GetName()}")
-        ids.append(segmentId)
-    return ids

@@ -7,8 +7,9 @@ start-up (the way trame-slicer's ``SlicerApp`` does it):
 * one ``vtkMRMLScene``,
 * a ``vtkSlicerApplicationLogic`` on that scene, with the default color nodes,
 * the module logics the NeARSlicer logic uses -- ``vtkSlicerVolumesLogic``,
-  ``vtkSlicerSegmentationsModuleLogic``, the Colors logic they look up and the Data logic (which
-  removes a removed node's display and storage nodes, as in the application) -- each given the
+  ``vtkSlicerSegmentationsModuleLogic``, the Colors logic they look up, the Subject hierarchy logic
+  and the Data logic (which removes a removed node's display and storage nodes, as in the
+  application) -- each given the
   scene with ``SetMRMLScene`` and the application logic with ``SetMRMLApplicationLogic`` and
   registered with ``SetModuleLogic``,
 
@@ -43,6 +44,17 @@ CT_PATH = TOTALSEG_DIR / "ct.nii.gz"
 SEG_PATH = TOTALSEG_DIR / "seg.nii.gz"
 LEFT_ADRENAL_LABEL = 9
 RIGHT_ADRENAL_LABEL = 8
+
+# A rough annotation of the gland on this 3 mm CT: NeARSlicerLib.distort's defaults are sized for
+# 1 mm voxels (cubes of 3-8 voxels) and leave Dice ~0.2 on a 180-voxel gland at 3 mm; these voxel
+# sizes give Dice(distorted, true) = 0.51 for DISTORT_SEED (slabs painted over and cut away, a
+# one-voxel erosion or dilation, speckle at the border).
+DISTORTION_3MM = dict(n_cubes=(3, 6), cube_size=(2, 4), p_morph=0.6, noise_fraction=0.006, noise_band=2)
+DISTORT_SEED = 11
+
+# Offscreen 3D rendering (report surfaces) without an X display: go straight to EGL.
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
 # The module folder is on sys.path inside Slicer; do the same here so that
 # ``import NeARSlicerLogic`` and ``import NeARSlicerLib`` resolve to this checkout.
@@ -135,6 +147,8 @@ class HeadlessSlicer:
         self.color_logic = self._register("Colors", self.app_logic.GetColorLogic(), set_scene=False)
         self.volumes_logic = self._register("Volumes", slicer.vtkSlicerVolumesLogic())
         self.segmentations_logic = self._register("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic())
+        # As in the application, a subject hierarchy node is always there (data tree of the scene).
+        self.subject_hierarchy_logic = self._register("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic())
         # The Data module's logic removes the display and storage nodes of a removed node, as in Slicer.
         self.data_logic = self._register("Data", slicer.vtkSlicerDataModuleLogic())
 
@@ -166,6 +180,7 @@ class HeadlessSlicer:
     def clear(self):
         """Empty the scene between tests (default color nodes stay, as after File > Close Scene)."""
         self.scene.Clear(0)
+        self.scene.GetSubjectHierarchyNode()  # recreated at once, as the application does
 
     def close(self):
         self.clear()
@@ -285,17 +300,31 @@ def add_segment(segmentation_node, name, mask, reference_volume, color=(0.9, 0.8
     return segment_id
 
 
-def fake_computed_job(logic, volume, segmentation_node, segment_id, refined_mask, **options):
-    """A prepared job whose 'engine result' is ``refined_mask``: tests the MRML side alone."""
+def fake_result(input_mask, refined_mask):
+    """What ``refine_mask`` returns, made up from ``refined_mask`` (no engine run)."""
     import types
 
     import numpy as np
 
-    job = logic.prepareRefinement(volume, segmentation_node, segment_id, **options)
     refined = (np.asarray(refined_mask) > 0).astype(np.uint8)
-    job.result = types.SimpleNamespace(
-        mask=refined, probability=refined.astype(np.float32), added=(refined > 0) & (job.mask == 0),
-        removed=(refined == 0) & (job.mask > 0), seconds=0.01, warnings=[], info={})
+    original = np.asarray(input_mask) > 0
+    return types.SimpleNamespace(mask=refined, probability=refined.astype(np.float32),
+                                 added=(refined > 0) & ~original, removed=(refined == 0) & original,
+                                 seconds=0.01, warnings=[], info={})
+
+
+def fake_computed_job(logic, volume, segmentation_node, segment_id, refined_mask, **options):
+    """A prepared job whose 'engine result' is ``refined_mask`` (on the full volume grid, cropped
+    here to the box the engine would get): tests the MRML side alone."""
+    import numpy as np
+
+    job = logic.prepareRefinement(volume, segmentation_node, segment_id, **options)
+    refined_mask = np.asarray(refined_mask)
+    if refined_mask.shape == tuple(job.fullShape) and refined_mask.shape != job.mask.shape:
+        lo = np.array(job.cropOffset)
+        refined_mask = refined_mask[tuple(slice(a, b) for a, b in zip(lo, lo + np.array(job.mask.shape)))]
+    job.result = fake_result(job.mask, refined_mask)
+    refined = job.result.mask
     before, after = int(job.mask.sum()), int(refined.sum())
     job.stats = {"segmentName": job.segmentName, "segmentId": segment_id, "voxelsBefore": before,
                  "voxelsAfter": after, "volumeBeforeMl": before * 0.027, "volumeAfterMl": after * 0.027,

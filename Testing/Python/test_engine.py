@@ -55,7 +55,7 @@ def test_coarse_to_fine_matches_dense(prior):
     mask = torch.from_numpy(adrenal_phantom(seed=1).astype(np.float32))[None, None]
     with torch.no_grad():
         z = model.encoder(mask)
-        query = model_query(model, z)
+        query = model_query(model, z, model.context(mask))
         fast, evaluated = decode_logits(query, 64)
         dense = torch.cat([query(p[None])[0] for p in voxel_centres(64).view(-1, 3).split(65536)]).view(64, 64, 64)
     agree = ((fast > 0) == (dense > 0)).float().mean().item()
@@ -70,8 +70,9 @@ def test_fit_lowers_loss_and_is_deterministic(prior):
     with torch.no_grad():
         z0 = model.encoder(target)
     cfg = FitConfig(steps=12, points=2048)
-    z1, m1, losses = fit_latent(model, target, z0, cfg, seed=3)
-    z2, _, _ = fit_latent(model, target, z0, cfg, seed=3)
+    ctx = model.context(target)
+    z1, m1, losses = fit_latent(model, target, z0, cfg, ctx, seed=3)
+    z2, _, _ = fit_latent(model, target, z0, cfg, ctx, seed=3)
     assert m1 is model  # no decoder steps: the prior itself, unmodified
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     assert torch.equal(z1, z2)
@@ -83,7 +84,8 @@ def test_fit_with_decoder_steps_leaves_prior_untouched(prior):
     target = torch.from_numpy(adrenal_phantom(seed=4).astype(np.float32))[None, None]
     with torch.no_grad():
         z0 = model.encoder(target)
-    _, tuned, _ = fit_latent(model, target, z0, FitConfig(steps=2, decoder_steps=2, points=1024, decoder_lr=1e-3))
+    cfg = FitConfig(steps=2, decoder_steps=2, points=1024, decoder_lr=1e-3)
+    _, tuned, _ = fit_latent(model, target, z0, cfg, model.context(target))
     assert tuned is not model
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

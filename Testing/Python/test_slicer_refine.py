@@ -10,6 +10,8 @@ import pytest
 
 from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     CT_PATH,
+    DISTORT_SEED,
+    DISTORTION_3MM,
     LEFT_ADRENAL_LABEL,
     SEG_PATH,
     add_segment,
@@ -32,13 +34,13 @@ def refined(slicer_app):
     import slicer
 
     import NeARSlicerLogic as L
-    from NeARSlicerLib.distort import distort
+    from NeARSlicerLib.distort import DistortionParams, distort
 
     slicer_app.clear()
     volume = L.loadVolumeFile(str(CT_PATH), name="ct")
     segmentation, labels = L.loadLabelmapAsSegmentation(str(SEG_PATH), volume, name="seg")
     truth = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, labels[LEFT_ADRENAL_LABEL], volume) > 0
-    distorted = distort(truth, seed=3).astype(np.uint8)
+    distorted = distort(truth, seed=DISTORT_SEED, params=DistortionParams(**DISTORTION_3MM)).astype(np.uint8)
     distorted_id = add_segment(segmentation, DISTORTED_NAME, distorted, volume)
 
     before = segment_arrays(segmentation, volume)

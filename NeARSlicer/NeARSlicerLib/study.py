@@ -1,0 +1,665 @@
+"""Study mode: the paper's transductive NeAR on a set of cases, and a much cheaper recipe for it.
+
+Given N annotated cases, a decoder + point MLP and one latent code per case are trained jointly on
+the annotations themselves (auto-decoding); every case is then decoded from its own code. The
+shared model can only represent shapes common to the study, so each case's idiosyncratic errors
+(spurs, holes, slabs) are not reproduced.
+
+Two recipes:
+
+* ``"paper"`` (Yang, Shi et al., MICCAI 2022, for comparison): random-initialised model, latent
+  codes drawn from N(0, 0.02^2), dense BCE on a jittered 64^3 grid of every case each step,
+  Adam 1e-3 for everything, lr x0.1 at epochs 150/700/1200, 1500 epochs, l2 penalty 1e-2.
+* ``"fast"`` (default): decoder + MLP warm-started from a trained prior, latent codes initialised
+  by the prior's encoder, a few thousand points per case and step drawn near each annotation's
+  surface plus uniformly (``fit.sample_fit_points``), a much lower learning rate for the shared
+  model than for the codes, and early stopping once the loss stops improving.
+
+Each case is cropped to its own isotropic working cube by ``geometry.to_working`` (as
+``refine.py`` does) and the result is mapped back to the case's source grid. Arrays are
+``[k, j, i]``; grids follow ``geometry.Grid`` (LPS, mm); points are normalised (x, y, z) in
+[-1, 1] of each case's cube. Compute is counted in MLP point evaluations (forward, training and
+decoding) and conv-decoder passes (one per latent code decoded).
+
+Training is resumable: a checkpoint (model, codes, optimiser, step, random generator states,
+loss history) is written atomically every ``checkpoint_every`` steps and on cancel; resuming
+gives bit-identical results to an uninterrupted run on the CPU.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .decode import decode_logits, model_query
+from .device import pick_device
+from .errors import Cancelled, InputError
+from .fit import sample_fit_points
+from .geometry import Grid, to_source, to_working
+from .metrics import dice
+from .model import ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
+from .prior import DEFAULT_PRIOR, load_prior, save_prior
+
+RECIPES = ("fast", "paper")
+CHECKPOINT_FORMAT = "nearslicer-study-1"
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class StudyCase:
+    """One case of a study: a 0/1 mask ``[k, j, i]`` on ``grid`` and optionally its CT (HU, same grid)."""
+
+    name: str
+    mask: np.ndarray
+    grid: Grid
+    image: Optional[np.ndarray] = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Hyper-parameters of a study. ``StudyConfig.for_recipe("paper")`` gives the paper's values.
+
+    An epoch is one pass over all cases in batches of ``batch_cases``; each batch is one optimiser
+    step. ``points`` is per case and step (fast recipe); the paper recipe uses every point of a
+    ``dense_res``^3 grid instead, jittered by up to ``grid_noise`` (normalised units).
+    Early stopping: training ends once the epoch loss has not dropped below
+    ``(1 - tolerance) * best`` for ``patience`` epochs (``patience = 0``: never).
+    """
+
+    recipe: str = "fast"
+    epochs: int = 60
+    batch_cases: int = 8
+    points: int = 4096
+    dense_res: int = 64
+    grid_noise: float = 0.01
+    lr_latent: float = 1e-2
+    lr_model: float = 3e-4  # decoder + MLP; the encoder is never trained in study mode
+    lr_mlp: Optional[float] = None  # the point MLP's own rate (None: lr_model)
+    milestones: tuple[int, ...] = ()  # epochs where both learning rates are multiplied by 0.1
+    latent_reg: float = 1e-3  # lambda of lambda * mean(z^2)
+    patience: int = 10
+    tolerance: float = 0.01
+    checkpoint_every: int = 25  # optimiser steps between checkpoints
+    seed: int = 0
+    appearance: bool = True  # use the cases' images when the model takes a(p)
+    margin_mm: float = 8.0
+    spacing_mm: float = 1.0
+    device: str = "auto"
+
+    @classmethod
+    def for_recipe(cls, recipe: str, **overrides) -> "StudyConfig":
+        """Defaults of ``recipe`` ("fast" or "paper") with ``overrides`` applied."""
+        if recipe not in RECIPES:
+            raise InputError(f"unknown study recipe {recipe!r}: use one of {', '.join(RECIPES)}")
+        base = cls()
+        if recipe == "paper":
+            base = replace(base, recipe="paper", epochs=1500, lr_latent=1e-3, lr_model=1e-3,
+                           milestones=(150, 700, 1200), latent_reg=1e-2, patience=0)
+        return replace(base, **overrides)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+@dataclass
+class StudyResult:
+    """Refined masks and probabilities on each case's source grid ([k, j, i]), and the trained model."""
+
+    names: list[str]
+    masks: list[np.ndarray]  # uint8 0/1
+    probabilities: list[np.ndarray]  # float32 in [0, 1]
+    latents: torch.Tensor  # (N, latent_dim), CPU
+    model: NeARModel  # decoder + MLP trained on the study (encoder as it came)
+    losses: list[float]  # one per optimiser step
+    epoch_losses: list[float]
+    steps: int
+    epochs: int
+    stopped_early: bool
+    seconds: float  # wall-clock of this call (training + decoding)
+    train_seconds: float  # training time summed over resumed runs
+    case_seconds: list[float]  # per case: its decoding plus an equal share of the training
+    mlp_point_evals: int  # MLP point evaluations, training + decoding (forward passes)
+    decoder_passes: int  # conv-decoder passes (latent codes decoded), training + decoding
+    config: StudyConfig
+    warnings: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def rows(self, inputs: Sequence[np.ndarray]) -> list[dict]:
+        """Summary rows: case, voxels before/after, Dice(input, refined), seconds."""
+        return [
+            {"case": n, "voxels_before": int(np.count_nonzero(a)), "voxels_after": int(m.sum()),
+             "dice_input_refined": round(dice(a, m), 4), "seconds": round(s, 2)}
+            for n, a, m, s in zip(self.names, inputs, self.masks, self.case_seconds)
+        ]
+
+
+@dataclass
+class _Prepared:
+    """A case on its working cube, as tensors on the device."""
+
+    target: torch.Tensor  # (1, 1, n, n, n) soft occupancy
+    context: Optional[torch.Tensor]  # (1, C, n, n, n) per-point MLP inputs (model.context), or None
+    work_grid: Grid
+    touches_border: bool
+
+
+# ------------------------------------------------------------------------------------- checks
+def check_cases(cases: Sequence[StudyCase]) -> None:
+    """Clear errors for a study that cannot run; nothing is modified."""
+    from .refine import check_inputs
+
+    if not cases:
+        raise InputError("a study needs at least one case")
+    seen: set[str] = set()
+    for c in cases:
+        if not c.name:
+            raise InputError("every study case needs a name")
+        if c.name in seen:
+            raise InputError(f"duplicate case name {c.name!r}")
+        seen.add(c.name)
+        try:
+            check_inputs(np.asarray(c.mask), c.grid, c.image)
+        except InputError as exc:
+            raise InputError(f"case {c.name}: {exc}") from None
+
+
+def _check_config(cfg: StudyConfig) -> None:
+    if cfg.recipe not in RECIPES:
+        raise InputError(f"unknown study recipe {cfg.recipe!r}: use one of {', '.join(RECIPES)}")
+    if cfg.epochs < 0 or cfg.batch_cases < 1 or cfg.points < 1 or cfg.dense_res < 2:
+        raise InputError(f"bad study settings: epochs {cfg.epochs}, batch_cases {cfg.batch_cases}, "
+                         f"points {cfg.points}, dense_res {cfg.dense_res}")
+    if cfg.checkpoint_every < 1 or cfg.patience < 0:
+        raise InputError(f"bad study settings: checkpoint_every {cfg.checkpoint_every}, patience {cfg.patience}")
+
+
+# ------------------------------------------------------------------------------- model set-up
+def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
+                   device: torch.device) -> tuple[NeARModel, dict]:
+    """The model to train: the prior itself (fast) or a random one of the prior's architecture (paper)."""
+    if cfg.recipe == "fast":
+        model, meta = load_prior(prior_path, device)  # a fresh copy: we own and train it
+        return model, meta
+    arch, meta = ModelConfig(), {}
+    path = Path(prior_path) if prior_path else DEFAULT_PRIOR
+    if prior_path or path.is_file():
+        arch = load_prior(path)[0].cfg  # only the architecture; the weights are not used
+    # the paper's MLP reads features, p and a(p): not the annotation it is trained to reproduce
+    arch = ModelConfig.from_dict({**arch.to_dict(), "appearance": bool(cfg.appearance and any_image),
+                                  "annotation_sigmas": ()})
+    torch.manual_seed(cfg.seed)  # the random initialisation is part of the recipe
+    return NeARModel(arch).to(device), meta
+
+
+@torch.no_grad()
+def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov_mm: float, use_app: bool,
+             device: torch.device) -> list[_Prepared]:
+    out = []
+    for c in cases:
+        w = to_working(np.asarray(c.mask) > 0, c.grid, c.image if use_app else None, margin_mm=cfg.margin_mm,
+                       spacing_mm=cfg.spacing_mm, min_fov_mm=fov_mm)
+        target = torch.from_numpy(np.ascontiguousarray(w.mask, dtype=np.float32))[None, None].to(device)
+        app = None
+        if w.image is not None:
+            app = window_hu(torch.from_numpy(np.ascontiguousarray(w.image, dtype=np.float32)))[None, None].to(device)
+        # a case without an image reads the neutral mid-window a(p) = 0.5 (model.context's rule)
+        out.append(_Prepared(target, model.context(target, app), w.grid, w.touches_border))
+    return out
+
+
+def _fingerprint(cfg: StudyConfig, names: Sequence[str], model: NeARModel) -> dict:
+    """What a checkpoint must agree on to be resumed (epochs, patience... may change)."""
+    keys = ("recipe", "batch_cases", "points", "dense_res", "grid_noise", "lr_latent", "lr_model", "lr_mlp",
+            "milestones", "latent_reg", "seed", "appearance", "margin_mm", "spacing_mm")
+    d = {k: cfg.to_dict()[k] for k in keys}
+    d["cases"] = list(names)
+    d["model"] = model.cfg.to_dict()
+    return json.loads(json.dumps(d))  # tuples -> lists, so a loaded copy compares equal
+
+
+# ------------------------------------------------------------------------------------ one step
+def _batch_points(cfg: StudyConfig, prep: Sequence[_Prepared], gen: torch.Generator,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points (B, P, 3) and BCE targets (B, P) for one batch of cases."""
+    if cfg.recipe == "fast":
+        pts = torch.cat([sample_fit_points(p.target, cfg.points, gen) for p in prep], 0)
+    else:
+        grid = voxel_centres(cfg.dense_res).view(1, -1, 3)
+        pts = grid + (torch.rand(len(prep), grid.shape[1], 3, generator=gen) * 2 - 1) * cfg.grid_noise
+    pts = pts.to(device)
+    y = torch.cat([sample_volume(p.target, pts[b:b + 1]) for b, p in enumerate(prep)], 0).clamp(0, 1)
+    return pts, y
+
+
+def _train_step(model: NeARModel, z: torch.Tensor, pts: torch.Tensor, y: torch.Tensor,
+                contexts: Sequence[Optional[torch.Tensor]], latent_reg: float, chunk_points: int = 65536) -> float:
+    """Accumulate the gradients of mean BCE + latent_reg * mean(z^2) over one batch; returns the loss.
+
+    The decoder runs once for the batch; the MLP runs per case (each case has its own context
+    cube) over pieces of points, backpropagated every ``chunk_points`` points so that the dense
+    64^3 recipe fits in memory. The gradients equal those of one backward pass of the mean loss.
+    """
+    maps = model.decoder(z)
+    B, P = y.shape
+    pieces = [(b, s) for b in range(B) for s in range(0, P, chunk_points)]
+    total, pending, pending_points = 0.0, None, 0
+    for n, (b, s) in enumerate(pieces):
+        logits = model.query([m[b:b + 1] for m in maps], pts[b:b + 1, s:s + chunk_points], contexts[b])
+        piece = F.binary_cross_entropy_with_logits(logits, y[b:b + 1, s:s + chunk_points], reduction="sum") / (B * P)
+        pending = piece if pending is None else pending + piece
+        pending_points += logits.shape[1]
+        last = n == len(pieces) - 1
+        if last or pending_points >= chunk_points:
+            if last:
+                pending = pending + latent_reg * z.pow(2).mean()
+            pending.backward(retain_graph=not last)
+            total += pending.item()
+            pending, pending_points = None, 0
+    return total
+
+
+def _lr_factor(cfg: StudyConfig, epoch: int) -> float:
+    return 0.1 ** sum(1 for m in cfg.milestones if epoch >= m)
+
+
+def _epoch_order(cfg: StudyConfig, n: int, epoch: int) -> list[int]:
+    """Case order of an epoch: a pure function of (seed, epoch), so resuming needs no extra state."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, fingerprint: dict) -> dict:
+    try:
+        ck = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"checkpoint {path} is not readable ({reason})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a NeARSlicer study checkpoint")
+    theirs = dict(ck.get("fingerprint") or {})
+    if isinstance(theirs.get("model"), dict):  # fields added to ModelConfig since then take their defaults
+        theirs["model"] = json.loads(json.dumps(ModelConfig.from_dict(theirs["model"]).to_dict()))
+    if theirs != fingerprint:
+        diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
+        raise InputError(f"checkpoint {path} was made for other cases or settings (differs in: {', '.join(diff)}); "
+                         "delete it or start without resuming")
+    return ck
+
+
+# ------------------------------------------------------------------------------------ the study
+def run_study(
+    cases: Sequence[StudyCase],
+    prior_path: Optional[str] = None,
+    cfg: Optional[StudyConfig] = None,
+    out_dir: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    progress: Optional[Progress] = None,
+    cancel: Optional[Callable[[], bool]] = None,
+    resume: bool = True,
+) -> StudyResult:
+    """Train a NeAR model and one latent code per case on ``cases`` jointly, then decode every case.
+
+    ``prior_path``: the prior to warm-start from (fast recipe; None = the shipped one) or whose
+    architecture to copy (paper recipe). ``checkpoint``: a file written every
+    ``cfg.checkpoint_every`` steps and on cancel; when it exists and ``resume`` is true, training
+    continues from it (an error if it belongs to other cases or settings). ``out_dir``: if given,
+    :func:`write_study` writes the masks, the trained prior, its card and summary.csv there.
+    Raises InputError, PriorError or Cancelled; the inputs are never modified.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or StudyConfig()
+    report = progress or (lambda f, m: None)
+    _check_config(cfg)
+    check_cases(cases)
+    device = pick_device(cfg.device)
+    names = [c.name for c in cases]
+    any_image = any(c.image is not None for c in cases)
+
+    report(0.0, "loading the model")
+    model, meta = _initial_model(cfg, prior_path, any_image, device)
+    use_app = bool(cfg.appearance and model.cfg.appearance and any_image)
+    notes: list[str] = []
+    if cfg.appearance and any_image and not model.cfg.appearance:
+        notes.append("this prior is shape-only: the images were not used")
+    if use_app and not all(c.image is not None for c in cases):
+        notes.append("some cases have no image: they are fitted shape-only")
+
+    report(0.01, "cropping and resampling every case to its working grid")
+    prep = _prepare(cases, cfg, model, float(meta.get("fov_mm", 64.0)), use_app, device)
+    for c, p in zip(cases, prep):
+        if p.touches_border:
+            notes.append(f"case {c.name}: the mask touches the border of its volume; the surface there is extrapolated")
+
+    # latent codes: the prior's encoder (fast) or the paper's small random codes
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        if cfg.recipe == "fast":
+            z0 = torch.cat([model.encoder(p.target) for p in prep], 0).cpu()
+        else:
+            z0 = torch.randn(len(prep), model.cfg.latent_dim, generator=gen) * 0.02
+    latents = [torch.nn.Parameter(z.clone().to(device)) for z in z0]
+    model.encoder.requires_grad_(False)
+    shared = list(model.decoder.parameters()) + list(model.mlp.parameters())
+    for p in shared:
+        p.requires_grad_(True)
+    lr_mlp = cfg.lr_model if cfg.lr_mlp is None else cfg.lr_mlp
+    opt = torch.optim.Adam([{"params": latents, "lr": cfg.lr_latent, "base_lr": cfg.lr_latent},
+                            {"params": list(model.decoder.parameters()), "lr": cfg.lr_model, "base_lr": cfg.lr_model},
+                            {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
+
+    fingerprint = _fingerprint(cfg, names, model)
+    state = {"step": 0, "epoch": 0, "losses": [], "epoch_losses": [], "best": math.inf, "wait": 0,
+             "stopped": False, "step_in_epoch": 0, "train_seconds": 0.0, "mlp_point_evals": 0, "decoder_passes": 0}
+    ck_path = Path(checkpoint) if checkpoint else None
+    resumed_from = None
+    if ck_path is not None and ck_path.is_file() and resume:
+        ck = _load_checkpoint(ck_path, fingerprint)
+        model.load_state_dict(ck["model"])
+        with torch.no_grad():
+            for z, saved in zip(latents, ck["latents"]):
+                z.copy_(saved.to(device))
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        np.random.set_state(ck["numpy_rng"])
+        state = ck["state"]
+        resumed_from = state["step"]
+        report(0.02, f"resumed from step {state['step']} (epoch {state['epoch']})")
+
+    def save_now() -> None:
+        if ck_path is None:
+            return
+        _save_checkpoint(ck_path, {
+            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": state,
+            "model": model.state_dict(), "latents": torch.stack([z.detach().cpu() for z in latents]),
+            "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+        })
+
+    # ------------------------------------------------------------------ training
+    n = len(prep)
+    batches_per_epoch = math.ceil(n / cfg.batch_cases)
+    points_per_case = cfg.points if cfg.recipe == "fast" else cfg.dense_res ** 3
+    model.train()
+    t_train = time.perf_counter()
+
+    def tick() -> None:
+        nonlocal t_train
+        now = time.perf_counter()
+        state["train_seconds"] += now - t_train
+        t_train = now
+
+    while state["epoch"] < cfg.epochs and not state["stopped"]:
+        epoch, b = state["epoch"], state.get("step_in_epoch", 0)
+        if cancel is not None and cancel():
+            tick()
+            save_now()
+            raise Cancelled(f"study cancelled at step {state['step']}"
+                            + (f" (checkpoint saved to {ck_path}: resume from it)" if ck_path else ""))
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * _lr_factor(cfg, epoch)
+        idx = _epoch_order(cfg, n, epoch)[b * cfg.batch_cases:(b + 1) * cfg.batch_cases]
+        pts, y = _batch_points(cfg, [prep[i] for i in idx], gen, device)
+        opt.zero_grad(set_to_none=True)  # codes outside this batch get no gradient: Adam skips them
+        loss = _train_step(model, torch.stack([latents[i] for i in idx]), pts, y, [prep[i].context for i in idx],
+                           cfg.latent_reg)
+        opt.step()
+        state["losses"].append(loss)
+        state["step"] += 1
+        state["step_in_epoch"] = b + 1
+        state["mlp_point_evals"] += len(idx) * points_per_case
+        state["decoder_passes"] += len(idx)
+        if b + 1 == batches_per_epoch:  # end of an epoch: early stopping on its mean loss
+            ep_loss = float(np.mean(state["losses"][-batches_per_epoch:]))
+            state["epoch_losses"].append(ep_loss)
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+            if ep_loss < state["best"] * (1.0 - cfg.tolerance):
+                state["best"], state["wait"] = ep_loss, 0
+            else:
+                state["wait"] += 1
+            state["stopped"] = bool(cfg.patience and state["wait"] >= cfg.patience)
+            report(0.03 + 0.8 * state["epoch"] / max(1, cfg.epochs),
+                   f"epoch {state['epoch']}/{cfg.epochs}, loss {ep_loss:.4f}")
+        tick()
+        if state["step"] % cfg.checkpoint_every == 0 or state["stopped"] or state["epoch"] >= cfg.epochs:
+            save_now()
+    if state["step"] == 0:
+        save_now()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ decoding
+    probs, masks, case_seconds = [], [], []
+    evals, passes = state["mlp_point_evals"], state["decoder_passes"]
+    share = state["train_seconds"] / n
+    for i, (c, p) in enumerate(zip(cases, prep)):
+        if cancel is not None and cancel():
+            raise Cancelled("study cancelled while decoding")
+        t_case = time.perf_counter()
+        report(0.85 + 0.15 * i / n, f"decoding {c.name} ({i + 1}/{n})")
+        with torch.no_grad():
+            z = latents[i].detach()[None]
+            logits, count = decode_logits(model_query(model, z, p.context), p.target.shape[-1], device)
+        evals += count
+        passes += 1
+        prob = to_source(torch.sigmoid(logits).cpu().numpy(), p.work_grid, c.grid).astype(np.float32)
+        mask = (prob >= 0.5).astype(np.uint8)
+        if not mask.any():
+            notes.append(f"case {c.name}: the refined mask is empty")
+        probs.append(prob)
+        masks.append(mask)
+        case_seconds.append(time.perf_counter() - t_case + share)
+
+    for w in notes:
+        warnings.warn(w, stacklevel=2)
+    result = StudyResult(
+        names=names, masks=masks, probabilities=probs,
+        latents=torch.stack([z.detach().cpu() for z in latents]), model=model,
+        losses=list(state["losses"]), epoch_losses=list(state["epoch_losses"]), steps=state["step"],
+        epochs=state["epoch"], stopped_early=bool(state["stopped"] and state["epoch"] < cfg.epochs),
+        seconds=time.perf_counter() - t0, train_seconds=state["train_seconds"], case_seconds=case_seconds,
+        mlp_point_evals=int(evals), decoder_passes=int(passes), config=cfg, warnings=notes,
+        info={"device": str(device), "appearance": use_app, "resumed_from_step": resumed_from,
+              "prior": str(prior_path or DEFAULT_PRIOR) if cfg.recipe == "fast" else None,
+              "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep]},
+    )
+    if out_dir is not None:
+        write_study(result, cases, out_dir)
+    report(1.0, "done")
+    return result
+
+
+# -------------------------------------------------------------------------------------- outputs
+def study_card(result: StudyResult) -> dict:
+    """Facts about a study-trained prior, for its metadata and JSON card."""
+    cfg = result.config
+    card = {
+        "kind": "nearslicer study prior",
+        "recipe": cfg.recipe,
+        "cases": list(result.names),
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "stopped_early": result.stopped_early,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "seconds": round(result.train_seconds, 1),
+        "mlp_point_evals": result.mlp_point_evals,
+        "decoder_passes": result.decoder_passes,
+        "appearance": bool(result.info.get("appearance")),
+        "config": cfg.to_dict(),
+        "warm_start": result.info.get("prior"),
+        # the encoder is not trained in study mode: a paper-recipe model has a random one
+        "encoder_trained": cfg.recipe == "fast",
+        "fov_mm": float((result.info.get("prior_meta") or {}).get("fov_mm", 64.0)),
+        "note": "trained transductively on the listed cases' own (imperfect) annotations; "
+                "NeAR: Yang, Shi et al., MICCAI 2022",
+    }
+    return card
+
+
+def write_study(result: StudyResult, cases: Sequence[StudyCase], out_dir: str) -> Path:
+    """Write ``<name>.nii.gz`` refined masks, ``study_prior.safetensors`` + ``study_prior.json`` and
+    ``summary.csv`` into ``out_dir`` (created if needed); every file is written atomically."""
+    from .io import atomic_write, write_mask
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for c, m in zip(cases, result.masks):
+        write_mask(str(out / f"{c.name}.nii.gz"), m, c.grid)
+    card = study_card(result)
+    prior = save_prior(out / "study_prior.safetensors", result.model, card)
+    card_path = prior.with_suffix(".json")
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2))
+    os.replace(tmp, card_path)
+    rows = result.rows([c.mask for c in cases])
+
+    def write_csv(path: str) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(str(out / "summary.csv"), write_csv)
+    return out
+
+
+# ---------------------------------------------------------------------------- finding the cases
+MASK_EXTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
+
+
+def case_name(path: str | Path) -> str:
+    """File name without its image extension: ``case1.nii.gz`` -> ``case1``."""
+    base = Path(path).name
+    for ext in MASK_EXTS:
+        if base.lower().endswith(ext):
+            return base[: len(base) - len(ext)]
+    return base
+
+
+def _volume_files(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputError(f"{what} folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(MASK_EXTS)
+                   and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{what} folder {folder} holds no .nii, .nii.gz, .nrrd or .seg.nrrd files")
+    out: dict[str, Path] = {}
+    for p in files:
+        name = case_name(p)
+        if name in out:
+            raise InputError(f"two {what} files share the case name {name!r}: {out[name].name} and {p.name}")
+        out[name] = p
+    return out
+
+
+def _listing(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def find_cases(masks_dir: str, images_dir: Optional[str] = None) -> list[tuple[str, Path, Optional[Path]]]:
+    """(name, mask file, image file or None) for every mask in ``masks_dir``, matched by case name
+    (file name without extension) to the images in ``images_dir``; extra images are ignored."""
+    masks = _volume_files(Path(masks_dir), "masks")
+    if images_dir is None:
+        return [(n, p, None) for n, p in masks.items()]
+    images = _volume_files(Path(images_dir), "images")
+    missing = [n for n in masks if n not in images]
+    if missing:
+        raise InputError(f"no image in {images_dir} for {len(missing)} mask(s): {_listing(missing)} "
+                         "(files are matched by name, e.g. masks/case1.nii.gz <-> images/case1.nii.gz)")
+    return [(n, p, images[n]) for n, p in masks.items()]
+
+
+def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[str]]]:
+    """(name, mask, image or None, label or None) rows of a CSV with columns name, mask[, image][, label];
+    relative paths are relative to the CSV's folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"manifest not found: {path}")
+    with open(p, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "name" not in cols or "mask" not in cols:
+            raise InputError(f"manifest {p.name} needs the columns name and mask (optional: image, label); "
+                             f"found {cols}")
+        raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+    rows, seen = [], set()
+    for i, r in enumerate(raw, start=2):
+        if not any(r.values()):
+            continue
+        name, mask = r.get("name", ""), r.get("mask", "")
+        if not name or not mask:
+            raise InputError(f"manifest {p.name} line {i}: name and mask are required")
+        if name in seen:
+            raise InputError(f"manifest {p.name} line {i}: duplicate case name {name!r}")
+        seen.add(name)
+        resolve = lambda s: (Path(s) if Path(s).is_absolute() else p.parent / s)  # noqa: E731
+        m = resolve(mask)
+        img = resolve(r["image"]) if r.get("image") else None
+        for f_, what in ((m, "mask"), (img, "image")):
+            if f_ is not None and not f_.is_file():
+                raise InputError(f"manifest {p.name} line {i}: {what} file not found: {f_}")
+        rows.append((name, m, img, r.get("label") or None))
+    if not rows:
+        raise InputError(f"manifest {p.name} lists no cases")
+    return rows
+
+
+def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None, manifest: Optional[str] = None,
+               label: Optional[str] = None) -> list[StudyCase]:
+    """Read the cases of a study from folders (matched by name) or a CSV manifest.
+
+    ``label`` picks one label of multilabel masks (a manifest's label column wins). A mask and
+    its image must share a grid.
+    """
+    from .io import read_image, read_mask
+
+    if manifest:
+        entries = read_manifest(manifest)
+    elif masks_dir:
+        entries = [(n, m, i, None) for n, m, i in find_cases(masks_dir, images_dir)]
+    else:
+        raise InputError("give a masks folder or a manifest")
+    cases = []
+    for name, mpath, ipath, lab in entries:
+        try:
+            mask, grid, _ = read_mask(str(mpath), label=lab if lab is not None else label)
+            image = None
+            if ipath is not None:
+                image, igrid = read_image(str(ipath))
+                if not igrid.same_as(grid):
+                    raise InputError(f"image {Path(ipath).name} and mask {Path(mpath).name} are on different grids "
+                                     f"(shape {igrid.shape} vs {grid.shape}, "
+                                     f"spacing {igrid.spacing} vs {grid.spacing})")
+        except InputError as exc:
+            raise InputError(f"case {name}: {exc}") from None
+        cases.append(StudyCase(name, mask, grid, image))
+    return cases
+
+
+__all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "load_cases",
+           "find_cases", "read_manifest", "case_name", "check_cases", "RECIPES"]

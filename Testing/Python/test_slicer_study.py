@@ -1,0 +1,162 @@
+"""NeARSlicerLogic.refineStudy: the console batch API, headless on slicer-core."""
+
+import csv
+import os
+
+import pytest
+
+from slicer_fixture import (  # noqa: F401  (pytest fixtures)
+    CT_PATH,
+    SEG_PATH,
+    TOTALSEG_DIR,
+    fake_result,
+    mrml_scene,
+    require_engine,
+    require_totalseg_data,
+    scene_state,
+    slicer_app,
+)
+
+CSV_COLUMNS = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
+
+
+@pytest.fixture
+def logic(slicer_app):
+    import NeARSlicerLogic as L
+
+    return L.NeARSlicerLogic()
+
+
+def _read_csv(path):
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        assert reader.fieldnames == CSV_COLUMNS
+        return list(reader)
+
+
+def test_refine_study_two_cases_and_a_failing_one(logic, mrml_scene, tmp_path):
+    """Two real cases (left adrenal by label value, right adrenal by segment name) and one broken
+    case: readable .seg.nrrd outputs, a CSV row each, the failure recorded, the scene left clean."""
+    require_totalseg_data()
+    require_engine()
+    import NeARSlicerLogic as L
+
+    before = scene_state(mrml_scene)
+    cases = [
+        (str(CT_PATH), str(SEG_PATH), 9),
+        (str(CT_PATH), str(SEG_PATH), "Label_8"),
+        (str(CT_PATH), str(tmp_path / "no_such_file.nii.gz"), 9),
+    ]
+    out = tmp_path / "out"
+    rows = logic.refineStudy(cases, out, preset="fast")
+    assert scene_state(mrml_scene) == before, "refineStudy left nodes in the scene"
+
+    assert [r["case"] for r in rows] == ["totalseg_example", "totalseg_example_2", "totalseg_example_3"]
+    ok, ok2, failed = rows
+    for row, label in ((ok, 9), (ok2, 8)):
+        assert row["error"] == ""
+        assert row["segment"] == f"Label_{label}"
+        assert int(row["voxels_before"]) > 100 and int(row["voxels_after"]) > 0
+        assert 0.0 <= float(row["dice"]) <= 1.0
+        assert float(row["seconds"]) > 0.0
+        assert row["output"].endswith(".seg.nrrd") and os.path.isfile(row["output"])
+    assert "FileNotFoundError" in failed["error"] and failed["output"] == ""
+
+    # the CSV on disk says the same
+    assert _read_csv(out / "nearslicer_summary.csv") == rows
+
+    # each output is a segmentation holding the original and the refined segment, on the CT's grid
+    for row in (ok, ok2):
+        segmentation, _ = L.loadSegmentationFile(row["output"])
+        names = sorted(segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                       for i in range(segmentation.GetSegmentation().GetNumberOfSegments()))
+        assert names == sorted([row["segment"], row["segment"] + " (NeAR)"])
+        volume = L.loadVolumeFile(str(CT_PATH))
+        import slicer
+
+        seg = segmentation.GetSegmentation()
+        refined = slicer.util.arrayFromSegmentBinaryLabelmap(
+            segmentation, seg.GetSegmentIdBySegmentName(row["segment"] + " (NeAR)"), volume)
+        assert int((refined > 0).sum()) == int(row["voxels_after"])
+        original = slicer.util.arrayFromSegmentBinaryLabelmap(
+            segmentation, seg.GetSegmentIdBySegmentName(row["segment"]), volume)
+        assert int((original > 0).sum()) == int(row["voxels_before"])
+
+
+def test_refine_study_folder_and_failures_are_recorded(logic, mrml_scene, tmp_path, monkeypatch):
+    """A folder of cases (per-case sub-folders and flat pairs); an engine failure in one case is
+    recorded and the batch goes on. The engine is replaced by a stand-in: this is about the batch."""
+    require_totalseg_data()
+    folder = tmp_path / "cases"
+    (folder / "patientA").mkdir(parents=True)
+    os.symlink(CT_PATH, folder / "patientA" / "ct.nii.gz")
+    os.symlink(SEG_PATH, folder / "patientA" / "seg.nii.gz")
+    os.symlink(CT_PATH, folder / "patientB.nii.gz")
+    os.symlink(SEG_PATH, folder / "patientB_seg.nii.gz")
+    (folder / "broken").mkdir()
+    os.symlink(CT_PATH, folder / "broken" / "image.nii.gz")  # no segmentation
+
+    calls = []
+
+    def compute(job, progress=None, cancel=None):
+        calls.append(job.segmentName)
+        if len(calls) == 1:
+            raise RuntimeError("GPU out of memory")
+        job.result = fake_result(job.mask, job.mask)
+        job.stats = {"segmentName": job.segmentName, "voxelsBefore": int(job.mask.sum()),
+                     "voxelsAfter": int(job.mask.sum()), "dice": 1.0, "seconds": 0.01}
+
+    monkeypatch.setattr(logic, "computeRefinement", compute)
+    before = scene_state(mrml_scene)
+    rows = logic.refineStudy(folder, tmp_path / "out", preset="fast")
+    assert scene_state(mrml_scene) == before
+    by_case = {}
+    for row in rows:
+        by_case.setdefault(row["case"], []).append(row)
+    assert set(by_case) == {"patientA", "patientB", "broken"}
+    assert "one image and one segmentation" in by_case["broken"][0]["error"]
+    # no segment given: every segment of the multilabel map is refined
+    assert len(by_case["patientA"]) == len(by_case["patientB"]) > 10
+    assert "GPU out of memory" in by_case["patientA"][0]["error"]
+    assert all(r["error"] == "" for r in by_case["patientA"][1:] + by_case["patientB"])
+    assert os.path.isfile(tmp_path / "out" / "patientA.seg.nrrd")
+    assert os.path.isfile(tmp_path / "out" / "patientB.seg.nrrd")
+
+
+def test_refine_study_cancel_stops_the_batch(logic, mrml_scene, tmp_path, monkeypatch):
+    require_totalseg_data()
+    from NeARSlicerLib.errors import Cancelled
+
+    def compute(job, progress=None, cancel=None):
+        raise Cancelled("refinement cancelled")
+
+    monkeypatch.setattr(logic, "computeRefinement", compute)
+    before = scene_state(mrml_scene)
+    with pytest.raises(Cancelled):
+        logic.refineStudy([(str(CT_PATH), str(SEG_PATH), 9), (str(CT_PATH), str(SEG_PATH), 8)], tmp_path)
+    assert scene_state(mrml_scene) == before
+    assert _read_csv(tmp_path / "nearslicer_summary.csv") == []
+
+
+def test_discover_cases(tmp_path):
+    import NeARSlicerLogic as L
+
+    (tmp_path / "c1").mkdir()
+    for name in ("c1/ct.nii.gz", "c1/seg.nii.gz", "p2.nrrd", "p2.seg.nrrd", "p3.nii.gz", "p3_label.nii.gz",
+                 "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    cases = L.discoverCases(tmp_path)
+    found = {c["name"]: (os.path.basename(c["volume"] or ""), os.path.basename(c["segmentation"])) for c in cases}
+    assert found == {"c1": ("ct.nii.gz", "seg.nii.gz"), "p2": ("p2.nrrd", "p2.seg.nrrd"),
+                     "p3": ("p3.nii.gz", "p3_label.nii.gz")}
+    from NeARSlicerLib.errors import InputError
+
+    with pytest.raises(InputError):
+        L.discoverCases(tmp_path / "missing")
+
+
+def test_bad_case_tuple_is_rejected(logic, tmp_path):
+    from NeARSlicerLib.errors import InputError
+
+    with pytest.raises(InputError, match="a case is"):
+        logic.refineStudy([("only one path",)], tmp_path)

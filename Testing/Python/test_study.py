@@ -1,0 +1,212 @@
+"""Study mode (transductive NeAR over several cases): quality, bit-identical resume, CLI, errors."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from NeARSlicerLib.cli import main
+from NeARSlicerLib.distort import distort
+from NeARSlicerLib.errors import Cancelled, InputError
+from NeARSlicerLib.geometry import Grid
+from NeARSlicerLib.io import read_mask, write_image, write_mask
+from NeARSlicerLib.metrics import dice
+from NeARSlicerLib.model import ModelConfig, NeARModel
+from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
+from NeARSlicerLib.prior import DEFAULT_PRIOR, load_prior, save_prior
+from NeARSlicerLib.study import StudyCase, StudyConfig, load_cases, run_study
+
+# the quality test uses the shipped prior; NEARSLICER_TEST_PRIOR points it at another one while developing
+SHIPPED = os.environ.get("NEARSLICER_TEST_PRIOR") or str(DEFAULT_PRIOR)
+# distort's salt-and-pepper reaches the edge of these small volumes; that warning is expected here
+pytestmark = [pytest.mark.filterwarnings("ignore:.*touches the border:UserWarning"),
+              pytest.mark.filterwarnings("ignore:some cases have no image:UserWarning")]
+TINY = ModelConfig(latent_dim=16, channels=(16, 8, 8, 4), mlp_hidden=16, mlp_layers=2, encoder_res=16,
+                   encoder_channels=(4, 4, 8, 8))
+
+
+def _grid(shape, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
+    return Grid(shape, spacing, origin)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory):
+    """A small random S+A model: fast enough for the mechanics tests (quality is not their point)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("prior") / "tiny.safetensors"
+    cfg = ModelConfig.from_dict({**TINY.to_dict(), "appearance": True, "annotation_sigmas": (0.0, 1.0)})
+    save_prior(path, NeARModel(cfg), {"fov_mm": 48.0})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    """Four clean glands and their distorted annotations on a 1 mm grid."""
+    clean = [adrenal_phantom(seed=30 + s) for s in range(4)]
+    noisy = [distort(c, seed=7 + s) for s, c in enumerate(clean)]
+    return clean, noisy
+
+
+def test_study_improves_mean_dice(phantoms):
+    clean, noisy = phantoms
+    grid = _grid(clean[0].shape)
+    cases = [StudyCase(f"case{i}", n.astype(np.uint8), grid) for i, n in enumerate(noisy)]
+    res = run_study(cases, SHIPPED, StudyConfig(epochs=30, seed=0))
+    before = np.mean([dice(n, c) for n, c in zip(noisy, clean)])
+    after = np.mean([dice(m, c) for m, c in zip(res.masks, clean)])
+    assert after > before + 0.02, f"study mode should improve the mean Dice: {before:.3f} -> {after:.3f}"
+    assert all(m.shape == c.shape and m.dtype == np.uint8 for m, c in zip(res.masks, clean))
+    assert res.losses[-1] < res.losses[0] and res.steps == res.epochs
+    assert res.mlp_point_evals > res.steps * 4 * 4096 and res.decoder_passes == res.steps * 4 + 4
+    # the decoder was trained on the study, the encoder (used only for the initial codes) was not
+    prior, _ = load_prior(SHIPPED)
+    assert not torch.equal(prior.decoder.fc.weight, res.model.decoder.fc.weight)
+    assert torch.equal(prior.encoder.fc.weight, res.model.encoder.fc.weight)
+
+
+def _small_cases(n=3, with_image=True):
+    """Small glands on a 0.9 x 1.1 x 1.4 mm grid; the first one without an image."""
+    grid = _grid((36, 52, 52), spacing=(1.1, 0.9, 1.4), origin=(-5.0, 3.0, 10.0))
+    out = []
+    for s in range(n):
+        clean = adrenal_phantom(seed=s, shape=grid.shape, spacing=grid.spacing)
+        image = ct_phantom(clean, seed=s, spacing=grid.spacing) if with_image and s > 0 else None
+        out.append(StudyCase(f"s{s}", distort(clean, seed=s).astype(np.uint8), grid, image))
+    return out
+
+
+@pytest.mark.parametrize("recipe", ["fast", "paper"])
+def test_resume_is_bit_identical(tmp_path, tiny_prior, recipe):
+    cases = _small_cases()
+    cfg = StudyConfig.for_recipe(recipe, epochs=3, batch_cases=2, points=512, dense_res=12, checkpoint_every=1,
+                                 patience=0)
+    whole = run_study(cases, tiny_prior, cfg)
+    calls = {"n": 0}
+
+    def cancel_after_three_steps():
+        calls["n"] += 1
+        return calls["n"] > 3  # asked once before each step
+
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(Cancelled):
+        run_study(cases, tiny_prior, cfg, checkpoint=str(ck), cancel=cancel_after_three_steps)
+    assert ck.is_file() and torch.load(ck, weights_only=False)["state"]["step"] == 3  # mid-epoch (2 steps/epoch)
+    resumed = run_study(cases, tiny_prior, cfg, checkpoint=str(ck))
+    assert resumed.info["resumed_from_step"] == 3
+    assert resumed.losses == whole.losses and resumed.steps == whole.steps == 6
+    assert torch.equal(resumed.latents, whole.latents)
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.masks, whole.masks))
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.probabilities, whole.probabilities))
+    for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    # a checkpoint of other settings is refused, not silently mixed in
+    with pytest.raises(InputError, match="other cases or settings"):
+        run_study(cases, tiny_prior, StudyConfig.for_recipe(recipe, epochs=3, seed=1), checkpoint=str(ck))
+
+
+def test_early_stopping_and_zero_epochs(tiny_prior):
+    cases = _small_cases(2, with_image=False)
+    res = run_study(cases, tiny_prior, StudyConfig(epochs=200, points=256, patience=2, tolerance=0.5))
+    assert res.stopped_early and res.epochs < 200
+    none = run_study(cases, tiny_prior, StudyConfig(epochs=0))
+    assert none.steps == 0 and len(none.masks) == 2  # decoding straight from the encoder's codes
+
+
+def _write_folders(tmp_path, n=2, images=True):
+    masks, imgs = tmp_path / "masks", tmp_path / "images"
+    masks.mkdir()
+    imgs.mkdir()
+    grid = _grid((36, 52, 52), spacing=(1.0, 1.0, 1.5), origin=(10.0, -4.0, 2.0))
+    for s in range(n):
+        clean = adrenal_phantom(seed=40 + s, shape=grid.shape, spacing=grid.spacing)
+        write_mask(str(masks / f"case{s}.nii.gz"), distort(clean, seed=s).astype(np.uint8), grid)
+        if images:
+            write_image(str(imgs / f"case{s}.nii.gz"), ct_phantom(clean, seed=s, spacing=grid.spacing), grid)
+    return masks, imgs, grid
+
+
+@pytest.mark.parametrize("with_images", [True, False])
+def test_cli_study_end_to_end(tmp_path, tiny_prior, capsys, with_images):
+    masks, imgs, grid = _write_folders(tmp_path, images=with_images)
+    out = tmp_path / "out"
+    args = ["study", "--masks", str(masks), "--out", str(out), "--prior", tiny_prior, "--epochs", "2",
+            "--device", "cpu"] + (["--images", str(imgs)] if with_images else [])
+    assert main(args) == 0
+    for s in range(2):
+        refined, rgrid, _ = read_mask(str(out / f"case{s}.nii.gz"))
+        assert rgrid.same_as(grid), "each refined mask keeps its input's geometry"
+    card = json.loads((out / "study_prior.json").read_text())
+    assert card["cases"] == ["case0", "case1"] and card["recipe"] == "fast" and card["steps"] == 2
+    assert card["appearance"] is with_images
+    model, meta = load_prior(out / "study_prior.safetensors")  # a reusable prior
+    assert meta["cases"] == ["case0", "case1"] and model.cfg.latent_dim == TINY.latent_dim
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["case"] for r in rows] == ["case0", "case1"]
+    assert set(rows[0]) == {"case", "voxels_before", "voxels_after", "dice_input_refined", "seconds"}
+    assert (out / "checkpoint.pt").is_file()
+    assert "study of 2 cases" in capsys.readouterr().out
+    # resuming a finished study only decodes again, with the same result
+    before = read_mask(str(out / "case0.nii.gz"))[0]
+    assert main(args + ["--resume"]) == 0
+    assert np.array_equal(read_mask(str(out / "case0.nii.gz"))[0], before)
+    assert json.loads((out / "study_prior.json").read_text())["steps"] == 2
+
+
+def test_manifest_and_label(tmp_path, tiny_prior):
+    masks, imgs, grid = _write_folders(tmp_path, images=True)
+    # a multilabel file: the gland as label 3 next to an unrelated label 5
+    lab, _, _ = read_mask(str(masks / "case1.nii.gz"))
+    multi = lab.astype(np.uint8) * 3
+    multi[:2, :2, :2] = 5
+    sitk.WriteImage(grid.to_sitk(multi), str(tmp_path / "multi.nii.gz"))
+    man = tmp_path / "cases.csv"
+    man.write_text("name,mask,image,label\n"
+                   f"a,masks/case0.nii.gz,images/case0.nii.gz,\n"
+                   f"b,{tmp_path / 'multi.nii.gz'},,3\n")
+    cases = load_cases(manifest=str(man))
+    assert [c.name for c in cases] == ["a", "b"] and cases[0].image is not None and cases[1].image is None
+    assert np.array_equal(cases[1].mask, lab)
+    out = tmp_path / "out"
+    assert main(["study", "--manifest", str(man), "--out", str(out), "--prior", tiny_prior, "--epochs", "1"]) == 0
+    assert (out / "a.nii.gz").is_file() and (out / "b.nii.gz").is_file()
+
+
+def test_study_bad_inputs(tmp_path, tiny_prior, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = str(tmp_path / "out")
+
+    def err(args):
+        assert main(args) == 2
+        stderr = capsys.readouterr().err
+        e = stderr.replace("\r", "\n").strip().splitlines()[-1]  # the progress bar may have drawn before
+        assert e.startswith("nearslicer: error:") and "Traceback" not in stderr
+        return e
+
+    assert "holds no" in err(["study", "--masks", str(empty), "--out", out])
+    assert "not found" in err(["study", "--masks", str(tmp_path / "nope"), "--out", out])
+    masks, imgs, _ = _write_folders(tmp_path)
+    (imgs / "case1.nii.gz").rename(imgs / "other.nii.gz")
+    e = err(["study", "--masks", str(masks), "--images", str(imgs), "--out", out])
+    assert "no image" in e and "case1" in e
+    assert "--masks" in err(["study", "--out", out])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("case,file\nx,y\n")
+    assert "name and mask" in err(["study", "--manifest", str(bad), "--out", out])
+    assert "--epochs" in err(["study", "--masks", str(masks), "--out", out, "--epochs", "-1"])
+    assert "prior" in err(["study", "--masks", str(masks), "--out", out, "--prior", str(tmp_path / "none.safetensors")])
+    # API: empty masks, duplicate names, unknown recipe
+    grid = _grid((20, 20, 20))
+    ok = np.zeros(grid.shape, np.uint8)
+    ok[8:12, 8:12, 8:12] = 1
+    with pytest.raises(InputError, match="case e: mask is empty"):
+        run_study([StudyCase("e", np.zeros(grid.shape, np.uint8), grid)], tiny_prior)
+    with pytest.raises(InputError, match="duplicate case name"):
+        run_study([StudyCase("d", ok, grid), StudyCase("d", ok, grid)], tiny_prior)
+    with pytest.raises(InputError, match="recipe"):
+        StudyConfig.for_recipe("slow")
+    with pytest.raises(InputError, match="at least one case"):
+        run_study([], tiny_prior)

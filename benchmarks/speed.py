@@ -1,0 +1,88 @@
+"""Speed and memory benchmark of the engine (not a test): run with the project's venv,
+
+    .venv/bin/python benchmarks/speed.py [--device auto|cpu|cuda] [--json out.json]
+
+Reports, in one process: end-to-end refinement of an adrenal-sized mask per preset, dense
+vs coarse-to-fine decoding of a 128^3 grid (and their ratio), and the peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "NeARSlicer"))
+
+from NeARSlicerLib.bench import identity_grid  # noqa: E402
+from NeARSlicerLib.decode import decode_logits, model_query  # noqa: E402
+from NeARSlicerLib.device import pick_device  # noqa: E402
+from NeARSlicerLib.distort import distort  # noqa: E402
+from NeARSlicerLib.model import voxel_centres  # noqa: E402
+from NeARSlicerLib.phantom import adrenal_phantom  # noqa: E402
+from NeARSlicerLib.refine import RefineOptions, get_prior, refine_mask  # noqa: E402
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    out: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "machine": platform.machine()}
+
+    truth = adrenal_phantom(seed=0)
+    noisy = distort(truth, seed=1)
+    grid = identity_grid(noisy.shape)
+    refine_mask(noisy, grid, options=RefineOptions(preset="fast", device=args.device))  # warm-up: load prior
+    for preset in ("fast", "default", "quality"):
+        res = refine_mask(noisy, grid, options=RefineOptions(preset=preset, device=args.device))
+        out[f"refine_{preset}_s"] = round(res.seconds, 3)
+        print(f"refine ({preset}): {res.seconds:.2f} s end to end, {int(noisy.sum())}-voxel mask, {device}")
+
+    model, _ = get_prior(None, device)
+    with torch.no_grad():
+        z = model.encoder(torch.from_numpy(truth.astype(np.float32))[None, None].to(device))
+        query = model_query(model, z)
+        pts = voxel_centres(128, device).view(-1, 3)
+
+        def dense():
+            return torch.cat([query(p[None])[0] for p in pts.split(131072)])
+
+        evaluated = {}
+
+        def fast():
+            evaluated["n"] = decode_logits(query, 128, device)[1]
+
+        t_dense, t_fast = best_of(dense, 2), best_of(fast, 3)
+    out.update(decode128_dense_s=round(t_dense, 3), decode128_coarse_to_fine_s=round(t_fast, 3),
+               decode128_speedup=round(t_dense / t_fast, 2), decode128_mlp_points=evaluated["n"])
+    print(f"decode 128^3: dense {t_dense:.2f} s, coarse-to-fine {t_fast:.2f} s ({t_dense / t_fast:.1f}x, "
+          f"{evaluated['n']} of {128 ** 3} points through the MLP)")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = round(rss_mb, 1)
+    print(f"peak RSS {rss_mb:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
