@@ -117,8 +117,10 @@ def cmd_train_prior(args) -> int:
 
     if not Path(args.data).is_file():
         raise InputError(f"training data not found: {args.data}")
+    sigmas = tuple(float(v) for v in args.annotation_sigmas.split(",") if v.strip())
     cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
-                      batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume)
+                      batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume,
+                      init_from=args.init_from, annotation_sigmas=sigmas, appearance=args.appearance)
     train_prior(cfg)
     return 0
 
@@ -226,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", help="checkpoint file to resume from and update")
+    t.add_argument("--init-from", help="warm start from this prior (new MLP inputs start at zero weight)")
+    t.add_argument("--annotation-sigmas", default="0,1,2",
+                   help="blur sigmas (voxels) of the annotation inputs of the MLP; '' = the paper's MLP")
+    t.add_argument("--appearance", action="store_true", help="train S+A on synthetic CT phantoms")
     t.set_defaults(func=cmd_train_prior)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .model import NeARModel, voxel_centres
+from .model import Condition, NeARModel, voxel_centres
 
 QueryFn = Callable[[torch.Tensor], torch.Tensor]  # (1, N, 3) points -> (1, N) logits
 
@@ -56,9 +56,9 @@ def decode_logits(
     return logits, evaluated
 
 
-def model_query(model: NeARModel, z: torch.Tensor, context: torch.Tensor | None = None) -> QueryFn:
+def model_query(model: NeARModel, z: torch.Tensor, context: Condition | None = None) -> QueryFn:
     """A query function for one latent code ``z`` (1, D); ``context`` from ``model.context``."""
-    maps = model.decoder(z)
+    maps = model.maps(z, context)
 
     def query(points: torch.Tensor) -> torch.Tensor:
         return model.query(maps, points, context)
@@ -68,7 +68,7 @@ def model_query(model: NeARModel, z: torch.Tensor, context: torch.Tensor | None 
 
 @torch.no_grad()
 def decode_probability(
-    model: NeARModel, z: torch.Tensor, n: int, context: torch.Tensor | None = None, coarsest: int = 32
+    model: NeARModel, z: torch.Tensor, n: int, context: Condition | None = None, coarsest: int = 32
 ) -> torch.Tensor:
     """Occupancy probability (n, n, n) of latent ``z`` on the working cube, coarse to fine."""
     logits, _ = decode_logits(model_query(model, z, context), n, z.device, coarsest=coarsest)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled
-from .model import NeARModel, sample_volume
+from .model import Condition, NeARModel, sample_volume
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def fit_latent(
     target: torch.Tensor,
     z0: torch.Tensor,
     cfg: FitConfig,
-    context: torch.Tensor | None = None,
+    context: Condition | None = None,
     seed: int = 0,
     progress: Callable[[float, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -64,45 +64,32 @@ def fit_latent(
     """
     gen = torch.Generator().manual_seed(seed)
     z = z0.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=cfg.lr)
     losses: list[float] = []
     total = cfg.steps + cfg.decoder_steps
     for p in model.parameters():
         p.requires_grad_(False)
 
-    def loss_at(m: NeARModel) -> torch.Tensor:
-        pts = sample_fit_points(target, cfg.points, gen)
-        y = sample_volume(target, pts).clamp(0, 1)
-        logits = m(z, pts, context)
-        return F.binary_cross_entropy_with_logits(logits, y) + cfg.latent_reg * z.pow(2).mean()
+    def run(m: NeARModel, opt: torch.optim.Optimizer, steps: int, done: int, what: str) -> None:
+        for step in range(steps):
+            if cancel is not None and cancel():
+                raise Cancelled("refinement cancelled")
+            pts = sample_fit_points(target, cfg.points, gen)
+            y = sample_volume(target, pts).clamp(0, 1)
+            loss = F.binary_cross_entropy_with_logits(m(z, pts, context), y) + cfg.latent_reg * z.pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if progress is not None:
+                progress((done + step + 1) / max(1, total), f"{what} ({step + 1}/{steps})")
 
-    for step in range(cfg.steps):
-        if cancel is not None and cancel():
-            raise Cancelled("refinement cancelled")
-        loss = loss_at(model)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if progress is not None:
-            progress((step + 1) / max(1, total), f"fitting latent code ({step + 1}/{cfg.steps})")
-
+    run(model, torch.optim.Adam([z], lr=cfg.lr), cfg.steps, 0, "fitting latent code")
     if cfg.decoder_steps > 0:
         model = copy.deepcopy(model)
         params = list(model.decoder.parameters()) + list(model.mlp.parameters())
         for p in params:
             p.requires_grad_(True)
-        dopt = torch.optim.Adam(params + [z], lr=cfg.decoder_lr)
-        for step in range(cfg.decoder_steps):
-            if cancel is not None and cancel():
-                raise Cancelled("refinement cancelled")
-            loss = loss_at(model)
-            dopt.zero_grad(set_to_none=True)
-            loss.backward()
-            dopt.step()
-            losses.append(loss.item())
-            if progress is not None:
-                progress((cfg.steps + step + 1) / total, f"tuning decoder ({step + 1}/{cfg.decoder_steps})")
+        run(model, torch.optim.Adam(params + [z], lr=cfg.decoder_lr), cfg.decoder_steps, cfg.steps, "tuning decoder")
         for p in model.parameters():
             p.requires_grad_(False)
     return z.detach(), model, losses

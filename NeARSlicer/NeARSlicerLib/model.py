@@ -27,6 +27,9 @@ class ModelConfig:
     # The MLP also reads the annotation itself at p, blurred with these Gaussian sigmas
     # (working-grid voxels). () gives the paper's MLP (features, p[, a(p)]) only.
     annotation_sigmas: tuple[float, ...] = ()
+    # The decoder adds the amortised encoder's feature maps of the annotation at each scale
+    # (U-Net-like skips). False gives the paper's decoder, a function of z alone.
+    skips: bool = False
     encoder_res: int = 32  # the encoder sees the working mask resampled to this many voxels per side
     encoder_channels: tuple[int, ...] = (16, 32, 64, 128)
 
@@ -57,13 +60,28 @@ class Decoder(nn.Module):
             last = s == len(cfg.channels) - 2
             # the finest level skips the 3x3x3 conv: it dominates the cost and adds little
             self.refine.append(nn.Identity() if last else nn.Conv3d(cout, cout, 3, padding=1))
+        self.skip_proj = nn.ModuleList()
+        if cfg.skips:
+            # encoder maps (finest first) -> decoder levels (coarsest first); zero-initialised so
+            # that a decoder warm-started from a skip-less prior starts out unchanged
+            for cenc, cdec in zip(cfg.encoder_channels[::-1], cfg.channels):
+                proj = nn.Conv3d(cenc, cdec, 1)
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
+                self.skip_proj.append(proj)
 
-    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, z: torch.Tensor, skips: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Feature maps coarsest first; ``skips``: the encoder's maps of the annotation, finest first."""
         r = self.cfg.base_res
         x = F.leaky_relu(self.fc(z), 0.1).view(z.shape[0], self.cfg.channels[0], r, r, r)
+        enc = skips[::-1] if (skips is not None and len(self.skip_proj)) else None
+        if enc is not None:
+            x = x + self.skip_proj[0](enc[0])
         maps = [x]
-        for up, ref in zip(self.ups, self.refine):
+        for level, (up, ref) in enumerate(zip(self.ups, self.refine), start=1):
             x = F.leaky_relu(up(x), 0.1)
+            if enc is not None:
+                x = x + self.skip_proj[level](enc[level])
             if not isinstance(ref, nn.Identity):
                 x = F.leaky_relu(ref(x), 0.1) + x
             maps.append(x)
@@ -85,13 +103,22 @@ class Encoder(nn.Module):
         out_res = cfg.encoder_res // 2 ** (len(cfg.encoder_channels) - 1)
         self.fc = nn.Linear(cin * out_res**3, cfg.latent_dim)
 
-    def forward(self, occupancy: torch.Tensor) -> torch.Tensor:
-        """occupancy: (B, 1, n, n, n) in [0, 1], any n; resampled to ``encoder_res``."""
+    def features(self, occupancy: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(z, feature maps finest first); occupancy: (B, 1, n, n, n) in [0, 1], any n."""
         r = self.cfg.encoder_res
         if occupancy.shape[-1] != r:
             occupancy = F.interpolate(occupancy, size=(r, r, r), mode="trilinear", align_corners=False)
-        h = self.body(occupancy * 2.0 - 1.0)
-        return self.fc(h.flatten(1))
+        h = occupancy * 2.0 - 1.0
+        feats = []
+        for layer in self.body:
+            h = layer(h)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(h)
+        return self.fc(h.flatten(1)), feats
+
+    def forward(self, occupancy: torch.Tensor) -> torch.Tensor:
+        """The initial latent code of a (B, 1, n, n, n) soft mask."""
+        return self.features(occupancy)[0]
 
 
 class PointMLP(nn.Module):
@@ -161,29 +188,52 @@ class NeARModel(nn.Module):
         self.decoder = Decoder(self.cfg)
         self.mlp = PointMLP(self.cfg)
 
-    def context(self, mask: torch.Tensor, appearance: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Per-voxel MLP inputs besides the features: blurred annotation channels and a(p).
+    def context(self, mask: torch.Tensor, appearance: torch.Tensor | None = None) -> "Condition":
+        """What the model reads from one annotation besides z (see ``Condition``).
 
         ``mask``: (B, 1, n, n, n) soft annotation; ``appearance``: (B, 1, n, n, n) windowed CT in
-        [0, 1] or None (a shape-only use of an S+A model reads a neutral 0.5). Returns
-        (B, C, n, n, n), or None for the paper's MLP without appearance.
+        [0, 1] or None (a shape-only use of an S+A model reads a neutral 0.5).
         """
         chans = [gaussian_blur(mask, s) for s in self.cfg.annotation_sigmas]
         if self.cfg.appearance:
             chans.append(appearance if appearance is not None else torch.full_like(mask, 0.5))
-        return torch.cat(chans, 1) if chans else None
+        skips = self.encoder.features(mask)[1] if self.cfg.skips else None
+        return Condition(torch.cat(chans, 1) if chans else None, skips)
 
-    def query(self, maps: list[torch.Tensor], points: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Occupancy logits (B, N) at ``points`` (B, N, 3); ``context`` from ``self.context``."""
+    def maps(self, z: torch.Tensor, cond: "Condition | None" = None) -> list[torch.Tensor]:
+        """Decoded multi-scale feature maps of latent codes ``z`` (B, D)."""
+        return self.decoder(z, cond.skips if cond is not None else None)
+
+    def query(self, maps: list[torch.Tensor], points: torch.Tensor, cond: "Condition | None" = None) -> torch.Tensor:
+        """Occupancy logits (B, N) at ``points`` (B, N, 3)."""
         parts = [sample_maps(maps, points), points]
-        if context is not None:
+        if cond is not None and cond.volume is not None:
             grid = points[:, :, None, None, :]
-            parts.append(F.grid_sample(context, grid, mode="bilinear", padding_mode="border",
+            parts.append(F.grid_sample(cond.volume, grid, mode="bilinear", padding_mode="border",
                                        align_corners=False)[..., 0, 0].transpose(1, 2))
         return self.mlp(torch.cat(parts, dim=-1))
 
-    def forward(self, z: torch.Tensor, points: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self.query(self.decoder(z), points, context)
+    def forward(self, z: torch.Tensor, points: torch.Tensor, cond: "Condition | None" = None) -> torch.Tensor:
+        return self.query(self.maps(z, cond), points, cond)
+
+
+@dataclass
+class Condition:
+    """Per-case inputs other than z: ``volume`` (B, C, n, n, n) read by the MLP at each point
+    (blurred annotation channels, then a(p)), and the encoder's ``skips`` for the decoder."""
+
+    volume: torch.Tensor | None = None
+    skips: list[torch.Tensor] | None = None
+
+    @staticmethod
+    def stack(conds: list["Condition"]) -> "Condition":
+        """Several single-case conditions as one batch (all must be alike)."""
+        vols = [c.volume for c in conds]
+        skips = [c.skips for c in conds]
+        return Condition(
+            torch.cat(vols, 0) if vols and vols[0] is not None else None,
+            [torch.cat(level, 0) for level in zip(*skips)] if skips and skips[0] is not None else None,
+        )
 
 
 def voxel_centres(n: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -17,11 +17,16 @@ DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v1.safetensors"
 FORMAT = "nearslicer-prior-1"
 
 
-def save_prior(path: str | Path, model: NeARModel, meta: dict | None = None) -> Path:
-    """Write ``model`` to ``path`` (.safetensors) atomically, with its config and ``meta``."""
+def save_prior(path: str | Path, model: NeARModel, meta: dict | None = None,
+               dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` to ``path`` (.safetensors) atomically, with its config and ``meta``.
+
+    ``dtype=torch.float16`` halves the file (used for the shipped prior); loading always
+    gives float32 weights.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
     header = {
         "format": FORMAT,
         "config": json.dumps(model.cfg.to_dict()),

@@ -47,7 +47,7 @@ from .errors import Cancelled, InputError
 from .fit import sample_fit_points
 from .geometry import Grid, to_source, to_working
 from .metrics import dice
-from .model import ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
+from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
 from .prior import DEFAULT_PRIOR, load_prior, save_prior
 
 RECIPES = ("fast", "paper")
@@ -150,7 +150,7 @@ class _Prepared:
     """A case on its working cube, as tensors on the device."""
 
     target: torch.Tensor  # (1, 1, n, n, n) soft occupancy
-    context: Optional[torch.Tensor]  # (1, C, n, n, n) per-point MLP inputs (model.context), or None
+    context: Optional[Condition]  # model.context of the annotation (per-point inputs, encoder skips)
     work_grid: Grid
     touches_border: bool
 
@@ -196,9 +196,9 @@ def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
     path = Path(prior_path) if prior_path else DEFAULT_PRIOR
     if prior_path or path.is_file():
         arch = load_prior(path)[0].cfg  # only the architecture; the weights are not used
-    # the paper's MLP reads features, p and a(p): not the annotation it is trained to reproduce
+    # the paper's model: the decoder sees only z and the MLP reads features, p and a(p), not the annotation
     arch = ModelConfig.from_dict({**arch.to_dict(), "appearance": bool(cfg.appearance and any_image),
-                                  "annotation_sigmas": ()})
+                                  "annotation_sigmas": (), "skips": False})
     torch.manual_seed(cfg.seed)  # the random initialisation is part of the recipe
     return NeARModel(arch).to(device), meta
 
@@ -209,7 +209,7 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
     out = []
     for c in cases:
         w = to_working(np.asarray(c.mask) > 0, c.grid, c.image if use_app else None, margin_mm=cfg.margin_mm,
-                       spacing_mm=cfg.spacing_mm, min_fov_mm=fov_mm)
+                       spacing_mm=cfg.spacing_mm, min_fov_mm=fov_mm, min_component_fraction=0.02)
         target = torch.from_numpy(np.ascontiguousarray(w.mask, dtype=np.float32))[None, None].to(device)
         app = None
         if w.image is not None:
@@ -244,14 +244,14 @@ def _batch_points(cfg: StudyConfig, prep: Sequence[_Prepared], gen: torch.Genera
 
 
 def _train_step(model: NeARModel, z: torch.Tensor, pts: torch.Tensor, y: torch.Tensor,
-                contexts: Sequence[Optional[torch.Tensor]], latent_reg: float, chunk_points: int = 65536) -> float:
+                contexts: Sequence[Optional[Condition]], latent_reg: float, chunk_points: int = 65536) -> float:
     """Accumulate the gradients of mean BCE + latent_reg * mean(z^2) over one batch; returns the loss.
 
     The decoder runs once for the batch; the MLP runs per case (each case has its own context
     cube) over pieces of points, backpropagated every ``chunk_points`` points so that the dense
     64^3 recipe fits in memory. The gradients equal those of one backward pass of the mean loss.
     """
-    maps = model.decoder(z)
+    maps = model.maps(z, Condition.stack(list(contexts)) if model.cfg.skips else None)
     B, P = y.shape
     pieces = [(b, s) for b in range(B) for s in range(0, P, chunk_points)]
     total, pending, pending_points = 0.0, None, 0

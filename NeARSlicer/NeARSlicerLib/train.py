@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .distort import DistortionParams, distort
 from .metrics import dice
-from .model import ModelConfig, NeARModel, sample_volume, voxel_centres
+from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres
 from .phantom import ct_phantom
 from .prior import save_prior
 
@@ -49,6 +49,7 @@ class TrainConfig:
     appearance_dropout: float = 0.3  # share of samples trained shape-only (a(p) = 0.5), so S+A priors also serve S
     init_from: str | None = None  # warm start from another prior (e.g. the shape-only one)
     annotation_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)  # () trains the paper's MLP
+    skips: bool = True  # encoder -> decoder skips; False trains the paper's decoder
 
 
 def random_distortion(rng: np.random.Generator) -> DistortionParams:
@@ -133,9 +134,9 @@ def sample_points(clean: torch.Tensor, noisy: torch.Tensor, n: int, gen: torch.G
 
 @torch.no_grad()
 def decode_grid(model: NeARModel, z: torch.Tensor, n: int = 64, chunk: int = 65536,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+                context: Condition | None = None) -> torch.Tensor:
     """Dense occupancy probability (B, n, n, n) of latent codes ``z``; used for validation."""
-    maps = model.decoder(z)
+    maps = model.maps(z, context)
     pts = voxel_centres(n, z.device).view(1, -1, 3)
     out = []
     for s in range(0, pts.shape[1], chunk):
@@ -183,7 +184,8 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     val_ct = (window_np(np.stack([ct_phantom(v, seed=10_000 + i) for i, v in enumerate(val_clean)]))
               if cfg.appearance else None)
 
-    mcfg = model_cfg or ModelConfig(appearance=cfg.appearance, annotation_sigmas=tuple(cfg.annotation_sigmas))
+    mcfg = model_cfg or ModelConfig(appearance=cfg.appearance, annotation_sigmas=tuple(cfg.annotation_sigmas),
+                                    skips=cfg.skips)
     model = NeARModel(mcfg)
     if cfg.init_from:
         warm_start(model, cfg.init_from)
@@ -214,11 +216,11 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
             g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         pts = sample_points(clean, noisy, cfg.points, gen)
         target = sample_volume(clean, pts).clamp(0, 1)
-        z = model.encoder(noisy)
+        z, feats = model.encoder.features(noisy)
         if cfg.appearance:  # some samples shape-only: a(p) = 0.5, as NeARModel.context does without an image
             drop = torch.rand(context.shape[0], 1, 1, 1, generator=gen) < cfg.appearance_dropout
             context[:, -1] = torch.where(drop, torch.full_like(context[:, -1], 0.5), context[:, -1])
-        logits = model(z, pts, context)
+        logits = model(z, pts, Condition(context, feats if model.cfg.skips else None))
         loss = F.binary_cross_entropy_with_logits(logits, target) + cfg.latent_reg * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

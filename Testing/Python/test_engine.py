@@ -156,3 +156,26 @@ def test_refine_bad_options(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA GPU"):
             refine_mask(m, grid_for(m), options=RefineOptions(device="cuda"))
+
+
+def test_warm_start_adds_inputs_without_changing_the_output(tmp_path):
+    """A prior warm-started into a model with annotation inputs and encoder skips starts out identical."""
+    from NeARSlicerLib.train import warm_start
+
+    small = dict(channels=(16, 8, 8, 4), encoder_channels=(4, 4, 8, 8), mlp_hidden=16)
+    torch.manual_seed(0)
+    src = NeARModel(ModelConfig(**small))
+    for p in src.parameters():  # random but not tiny weights, so a mistake would show
+        p.data.normal_(0, 0.3)
+    path = save_prior(tmp_path / "src.safetensors", src)
+    dst = NeARModel(ModelConfig(**small, annotation_sigmas=(0.0, 1.0), skips=True))
+    warm_start(dst, str(path))
+    mask = torch.from_numpy(adrenal_phantom(seed=3).astype(np.float32))[None, None]
+    pts = torch.rand(1, 500, 3) * 2 - 1
+    with torch.no_grad():
+        a = src(src.encoder(mask), pts, src.context(mask))
+        b = dst(dst.encoder(mask), pts, dst.context(mask))
+        c = dst(dst.encoder(mask), pts, dst.context(torch.zeros_like(mask)))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(b, c, atol=1e-5)  # new inputs start with zero weight
+    assert dst.context(mask).volume.shape[1] == 2 and len(dst.context(mask).skips) == 4
