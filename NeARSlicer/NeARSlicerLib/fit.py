@@ -23,6 +23,7 @@ class FitConfig:
     steps: int = 40
     lr: float = 0.02
     latent_reg: float = 1e-3  # lambda of the ||z||^2 term (mean over latent dimensions)
+    anchor_reg: float = 0.0  # weight of ||z - z0||^2: keeps z near the encoder's denoised estimate
     points: int = 8192
     decoder_steps: int = 0
     decoder_lr: float = 1e-5
@@ -63,7 +64,9 @@ def fit_latent(
     the given model otherwise (never modified in place).
     """
     gen = torch.Generator().manual_seed(seed)
-    z = z0.detach().clone().requires_grad_(True)
+    z_init = z0.detach()
+    context = context.detach() if context is not None else None  # the annotation's inputs are constants here
+    z = z_init.clone().requires_grad_(True)
     losses: list[float] = []
     total = cfg.steps + cfg.decoder_steps
     for p in model.parameters():
@@ -76,6 +79,8 @@ def fit_latent(
             pts = sample_fit_points(target, cfg.points, gen)
             y = sample_volume(target, pts).clamp(0, 1)
             loss = F.binary_cross_entropy_with_logits(m(z, pts, context), y) + cfg.latent_reg * z.pow(2).mean()
+            if cfg.anchor_reg > 0:
+                loss = loss + cfg.anchor_reg * (z - z_init).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

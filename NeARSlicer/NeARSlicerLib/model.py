@@ -225,15 +225,16 @@ class Condition:
     volume: torch.Tensor | None = None
     skips: list[torch.Tensor] | None = None
 
+    def detach(self) -> "Condition":
+        """The same inputs as constants (no autograd history)."""
+        return Condition(self.volume.detach() if self.volume is not None else None,
+                         [f.detach() for f in self.skips] if self.skips is not None else None)
+
     @staticmethod
-    def stack(conds: list["Condition"]) -> "Condition":
-        """Several single-case conditions as one batch (all must be alike)."""
-        vols = [c.volume for c in conds]
-        skips = [c.skips for c in conds]
-        return Condition(
-            torch.cat(vols, 0) if vols and vols[0] is not None else None,
-            [torch.cat(level, 0) for level in zip(*skips)] if skips and skips[0] is not None else None,
-        )
+    def batch_skips(conds: list["Condition"]) -> "Condition":
+        """The encoder skips of several cases as one batch for the decoder (per-point volumes,
+        whose cube sizes may differ between cases, are left out)."""
+        return Condition(None, [torch.cat(level, 0) for level in zip(*[c.skips for c in conds])])
 
 
 def voxel_centres(n: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -25,11 +25,22 @@ from .geometry import Grid, to_source, to_working
 from .model import NeARModel, window_hu
 from .prior import DEFAULT_PRIOR, load_prior
 
-PRESETS: dict[str, FitConfig] = {
-    "fast": FitConfig(steps=15, points=4096),
-    "default": FitConfig(steps=40),
-    "quality": FitConfig(steps=100, decoder_steps=20),
+@dataclass(frozen=True)
+class Preset:
+    """A speed/quality trade-off: latent fitting, and how many mirrored copies of the case are
+    refined and averaged (the prior was trained on every flip, so they are equally valid views)."""
+
+    fit: FitConfig
+    flips: int = 1  # 1, 2, 4 or 8
+
+
+# chosen on ALAN val shapes (not the benchmark's distortion seeds); see README "Benchmark"
+PRESETS: dict[str, Preset] = {
+    "fast": Preset(FitConfig(steps=0)),
+    "default": Preset(FitConfig(steps=5, lr=0.005), flips=4),
+    "quality": Preset(FitConfig(steps=5, lr=0.005), flips=8),
 }
+FLIPS = [(), (4,), (3,), (3, 4), (2,), (2, 4), (2, 3), (2, 3, 4)]  # tensor dims of (1, 1, k, j, i)
 
 Progress = Callable[[float, str], None]
 
@@ -78,10 +89,12 @@ def get_prior(path: Optional[str], device: torch.device) -> tuple[NeARModel, dic
         return _PRIOR_CACHE[key]
 
 
-def fit_config(options: RefineOptions) -> FitConfig:
+def fit_config(options: RefineOptions) -> tuple[FitConfig, int]:
+    """The preset's fit configuration with the options' overrides, and its number of flips."""
     if options.preset not in PRESETS:
         raise InputError(f"unknown preset {options.preset!r}: use one of {', '.join(PRESETS)}")
-    cfg = PRESETS[options.preset]
+    preset = PRESETS[options.preset]
+    cfg = preset.fit
     changes = {}
     if options.steps is not None:
         if options.steps < 0:
@@ -89,7 +102,7 @@ def fit_config(options: RefineOptions) -> FitConfig:
         changes["steps"] = int(options.steps)
     if options.latent_reg is not None:
         changes["latent_reg"] = float(options.latent_reg)
-    return FitConfig(**{**cfg.__dict__, **changes}) if changes else cfg
+    return (FitConfig(**{**cfg.__dict__, **changes}) if changes else cfg), preset.flips
 
 
 def check_inputs(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray]) -> None:
@@ -126,7 +139,7 @@ def refine_mask(
     opts = options or RefineOptions()
     report = progress or (lambda f, m: None)
     check_inputs(np.asarray(mask), grid, image)
-    cfg = fit_config(opts)
+    cfg, n_flips = fit_config(opts)
     device = pick_device(opts.device)
     model, meta = get_prior(opts.prior, device)
     notes: list[str] = []
@@ -151,19 +164,29 @@ def refine_mask(
     appearance = None
     if use_appearance:
         appearance = window_hu(torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32)))[None, None].to(device)
-    with torch.no_grad():
-        z0 = model.encoder(target)
-        context = model.context(target, appearance)
+    flips = FLIPS[:n_flips]
+    prob_sum = torch.zeros_like(target[0, 0])
+    losses: list[float] = []
+    for index, dims in enumerate(flips):
+        # each mirrored view is encoded, fitted and decoded on its own, then mirrored back
+        t = target.flip(dims) if dims else target
+        a = (appearance.flip(dims) if dims else appearance) if appearance is not None else None
+        with torch.no_grad():
+            z0 = model.encoder(t)
+            context = model.context(t, a)
 
-    def fit_progress(f: float, msg: str) -> None:
-        report(0.05 + 0.8 * f, msg)
+        def fit_progress(f: float, msg: str, _i: int = index) -> None:
+            report(0.05 + 0.85 * (_i + 0.8 * f) / len(flips), msg)
 
-    z, fitted, losses = fit_latent(model, target, z0, cfg, context, seed=opts.seed,
-                                   progress=fit_progress, cancel=cancel)
-    if cancel is not None and cancel():
-        raise Cancelled("refinement cancelled")
-    report(0.87, "decoding the refined surface")
-    prob_work = decode_probability(fitted, z, n, context).cpu().numpy()
+        z, fitted, view_losses = fit_latent(model, t, z0, cfg, context, seed=opts.seed + index,
+                                            progress=fit_progress, cancel=cancel)
+        losses += view_losses
+        if cancel is not None and cancel():
+            raise Cancelled("refinement cancelled")
+        report(0.05 + 0.85 * (index + 0.8) / len(flips), f"decoding the refined surface ({index + 1}/{len(flips)})")
+        p = decode_probability(fitted, z, n, context)
+        prob_sum += p.flip([d - 2 for d in dims]) if dims else p
+    prob_work = (prob_sum / len(flips)).cpu().numpy()
     report(0.95, "mapping back to the input grid")
     prob = to_source(prob_work, case.grid, grid).astype(np.float32)
     refined = (prob >= 0.5).astype(np.uint8)
@@ -185,6 +208,7 @@ def refine_mask(
             "device": str(device),
             "preset": opts.preset,
             "steps": cfg.steps,
+            "flips": n_flips,
             "decoder_steps": cfg.decoder_steps,
             "appearance": use_appearance,
             "working_shape": tuple(case.mask.shape),

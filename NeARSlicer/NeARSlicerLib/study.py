@@ -251,7 +251,7 @@ def _train_step(model: NeARModel, z: torch.Tensor, pts: torch.Tensor, y: torch.T
     cube) over pieces of points, backpropagated every ``chunk_points`` points so that the dense
     64^3 recipe fits in memory. The gradients equal those of one backward pass of the mean loss.
     """
-    maps = model.maps(z, Condition.stack(list(contexts)) if model.cfg.skips else None)
+    maps = model.maps(z, Condition.batch_skips(list(contexts)) if model.cfg.skips else None)
     B, P = y.shape
     pieces = [(b, s) for b in range(B) for s in range(0, P, chunk_points)]
     total, pending, pending_points = 0.0, None, 0
