@@ -60,8 +60,8 @@ def main() -> None:
 
     model, _ = get_prior(None, device)
     with torch.no_grad():
-        z = model.encoder(torch.from_numpy(truth.astype(np.float32))[None, None].to(device))
-        query = model_query(model, z)
+        target = torch.from_numpy(noisy.astype(np.float32))[None, None].to(device)
+        query = model_query(model, model.encoder(target), model.context(target))
         pts = voxel_centres(128, device).view(-1, 3)
 
         def dense():
