@@ -214,6 +214,14 @@ def slicer_app() -> HeadlessSlicer:
 
 
 @pytest.fixture
+def logic(slicer_app):
+    """A fresh NeARSlicerLogic in the headless application."""
+    import NeARSlicerLogic as L
+
+    return L.NeARSlicerLogic()
+
+
+@pytest.fixture
 def mrml_scene(slicer_app):
     """An empty scene for one test; cleared again afterwards."""
     slicer_app.clear()

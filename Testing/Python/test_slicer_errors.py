@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from slicer_fixture import (  # noqa: F401  (pytest fixtures)
+    logic,
     LEFT_ADRENAL_LABEL,
     add_segment,
     ct_case,
@@ -15,13 +16,6 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     segment_arrays,
     slicer_app,
 )
-
-
-@pytest.fixture
-def logic(slicer_app):
-    import NeARSlicerLogic as L
-
-    return L.NeARSlicerLogic()
 
 
 def _refine_fails(logic, scene, volume, segmentation, segment_id, match, error=None, **options):

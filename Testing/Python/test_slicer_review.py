@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from slicer_fixture import (  # noqa: F401  (pytest fixtures)
+    logic,
     CT_PATH,
     LEFT_ADRENAL_LABEL,
     ct_case,
@@ -17,13 +18,6 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     segment_arrays,
     slicer_app,
 )
-
-
-@pytest.fixture
-def logic(slicer_app):
-    import NeARSlicerLogic as L
-
-    return L.NeARSlicerLogic()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from slicer_fixture import (  # noqa: F401  (pytest fixtures)
+    logic,
     CT_PATH,
     SEG_PATH,
     TOTALSEG_DIR,
@@ -18,13 +19,6 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
 )
 
 CSV_COLUMNS = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
-
-
-@pytest.fixture
-def logic(slicer_app):
-    import NeARSlicerLogic as L
-
-    return L.NeARSlicerLogic()
 
 
 def _read_csv(path):

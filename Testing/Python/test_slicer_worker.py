@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from slicer_fixture import (  # noqa: F401  (pytest fixtures)
+    logic,
     LEFT_ADRENAL_LABEL,
     ct_case,
     fake_result,
@@ -15,13 +16,6 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     scene_state,
     slicer_app,
 )
-
-
-@pytest.fixture
-def logic(slicer_app):
-    import NeARSlicerLogic as L
-
-    return L.NeARSlicerLogic()
 
 
 def _poll(worker, timeout=120.0):
