@@ -42,7 +42,6 @@ def _options(args):
 
 
 def cmd_refine(args) -> int:
-    import numpy as np
 
     from .io import read_image, read_mask, write_image, write_mask
     from .metrics import dice

@@ -7,7 +7,7 @@ axis sits at ``(2 i + 1) / n - 1``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,5 @@
 """The nearslicer command line, end to end on temporary files."""
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from NeARSlicerLib.cli import main

@@ -4,7 +4,6 @@ polled like the widget's QTimer does, apply in the main thread; cancel from the 
 import time
 
 import numpy as np
-import pytest
 
 from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     logic,
