@@ -194,11 +194,15 @@ class NeARModel(nn.Module):
         ``mask``: (B, 1, n, n, n) soft annotation; ``appearance``: (B, 1, n, n, n) windowed CT in
         [0, 1] or None (a shape-only use of an S+A model reads a neutral 0.5).
         """
+        return self.encode(mask, appearance)[1]
+
+    def encode(self, mask: torch.Tensor, appearance: torch.Tensor | None = None) -> tuple[torch.Tensor, "Condition"]:
+        """The initial latent code and the ``Condition`` of an annotation, in one encoder pass."""
+        z, feats = self.encoder.features(mask)
         chans = [gaussian_blur(mask, s) for s in self.cfg.annotation_sigmas]
         if self.cfg.appearance:
             chans.append(appearance if appearance is not None else torch.full_like(mask, 0.5))
-        skips = self.encoder.features(mask)[1] if self.cfg.skips else None
-        return Condition(torch.cat(chans, 1) if chans else None, skips)
+        return z, Condition(torch.cat(chans, 1) if chans else None, feats if self.cfg.skips else None)
 
     def maps(self, z: torch.Tensor, cond: "Condition | None" = None) -> list[torch.Tensor]:
         """Decoded multi-scale feature maps of latent codes ``z`` (B, D)."""

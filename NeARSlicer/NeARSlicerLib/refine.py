@@ -21,7 +21,7 @@ from .decode import decode_probability
 from .device import pick_device
 from .errors import Cancelled, InputError
 from .fit import FitConfig, fit_latent
-from .geometry import Grid, to_source, to_working
+from .geometry import Grid, check_volume_shape, to_source, to_working
 from .model import NeARModel, window_hu
 from .prior import DEFAULT_PRIOR, load_prior
 
@@ -107,8 +107,7 @@ def fit_config(options: RefineOptions) -> tuple[FitConfig, int]:
 
 def check_inputs(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray]) -> None:
     """Clear, specific errors for inputs that cannot be refined (nothing is modified)."""
-    if mask.ndim != 3 or min(mask.shape) < 2:
-        raise InputError(f"mask must be a 3D volume, got shape {tuple(mask.shape)} (2D input is not supported)")
+    check_volume_shape(mask, "mask")
     if tuple(mask.shape) != tuple(grid.shape):
         raise InputError(f"mask shape {tuple(mask.shape)} does not match its grid {tuple(grid.shape)}")
     if not np.any(mask):
@@ -172,8 +171,7 @@ def refine_mask(
         t = target.flip(dims) if dims else target
         a = (appearance.flip(dims) if dims else appearance) if appearance is not None else None
         with torch.no_grad():
-            z0 = model.encoder(t)
-            context = model.context(t, a)
+            z0, context = model.encode(t, a)
 
         def fit_progress(f: float, msg: str, _i: int = index) -> None:
             report(0.05 + 0.85 * (_i + 0.8 * f) / len(flips), msg)
