@@ -50,13 +50,15 @@ Refinement (NeAR): a learned shape prior fits a smooth, plausible surface to the
 by the CT intensities. The result is added as a new segment "&lt;name&gt; (NeAR)" (blue) next to the
 original (shown red); the original is never modified. Review with <b>Compare</b>, keep it with
 <b>Accept</b>. For batches, use <code>NeARSlicerLogic().refineStudy(cases, outputDir)</code> in the
-Python console. See the <a href="https://github.com/NeARSlicer/NeARSlicer">documentation</a>.
+Python console (<code>study=True</code>: train one model on the whole study, the paper's transductive
+mode). See the <a href="https://github.com/NeARSlicer/NeARSlicer">documentation</a>.
 """
         self.parent.acknowledgementText = """
 NeAR: Yang J., Shi R., Jin L., Huang X., Kuang K., Wei D., Gu S., Liu J., Liu P., Chai Z., Xiao Y.,
 Chen H., Xu L., Du B., Yan X., Tang H., Alessio A., Holste G., Zhang J., Wang X., Chen J., Chen J., Ni B.
 "Neural Annotation Refinement: Development of a New 3D Dataset for Adrenal Gland Analysis", MICCAI 2022.
-The shipped adrenal prior was trained on the ALAN shapes (MedMNIST v2, CC BY 4.0).
+The shipped adrenal priors were trained on the ALAN shapes (MedMNIST v2, CC BY 4.0); the shape +
+appearance one also on synthetic CT phantoms generated around them.
 """
 
 

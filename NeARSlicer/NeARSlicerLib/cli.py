@@ -95,13 +95,35 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     import numpy as np
 
-    from .bench import format_table, run_bench, write_json
+    from .bench import alan_cases, format_table, real_ct_cases, run_bench, write_json
     from .errors import InputError
+    from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR
+    from .refine import RefineOptions
 
-    if not Path(args.data).is_file():
-        raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
-    shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
-    result = run_bench(shapes, _options(args))
+    if args.real_ct:
+        folder = Path(args.real_ct)
+        ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
+        if not (ct.is_file() and seg.is_file()):
+            raise InputError(f"--real-ct {folder} needs ct.nii.gz and seg.nii.gz (like ../shared/data/totalseg_example)")
+        labels = [int(v) for v in args.labels.split(",") if v.strip()]
+        cases = real_ct_cases(ct, seg, labels, per_label=args.per_label)
+        with_images = True
+    else:
+        if not Path(args.data).is_file():
+            raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
+        shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
+        cases = alan_cases(shapes, appearance=args.appearance)
+        with_images = args.appearance
+    common = dict(preset=args.preset, device=args.device, seed=args.seed)
+    if with_images:
+        s_prior, sa_prior = args.prior or str(DEFAULT_PRIOR), args.prior_sa or str(DEFAULT_SA_PRIOR)
+        variants = {"NeAR S": RefineOptions(prior=s_prior, appearance=False, **common),
+                    "NeAR S+A": RefineOptions(prior=sa_prior, **common)}
+        studies = {"NeAR S, study": (s_prior, False), "NeAR S+A, study": (sa_prior, True)} if args.study else None
+    else:
+        variants = {"NeAR": RefineOptions(prior=args.prior, **common)}
+        studies = {"NeAR, study": (args.prior, False)} if args.study else None
+    result = run_bench(cases, variants=variants, studies=studies)
     table = format_table(result)
     print(table)
     if args.json:
@@ -119,7 +141,8 @@ def cmd_train_prior(args) -> int:
     sigmas = tuple(float(v) for v in args.annotation_sigmas.split(",") if v.strip())
     cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
                       batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume,
-                      init_from=args.init_from, annotation_sigmas=sigmas, appearance=args.appearance)
+                      init_from=args.init_from, annotation_sigmas=sigmas, appearance=args.appearance,
+                      lr=args.lr, val_every=args.val_every)
     train_prior(cfg)
     return 0
 
@@ -199,14 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mask", required=True)
     r.add_argument("--out", required=True, help="output mask (.nii.gz, .nrrd or .seg.nrrd), same geometry as --mask")
     r.add_argument("--label", help="label value (or .seg.nrrd segment name) of a multilabel mask")
-    r.add_argument("--image", help="CT in HU on the mask's grid (appearance, with an S+A prior)")
+    r.add_argument("--image", help="CT in HU on the mask's grid: shape + appearance (S+A) refinement with the "
+                   "shipped S+A prior (or an S+A --prior); without it, shape-only")
     r.add_argument("--report", help="write a PNG with red (input) and blue (refined) contours")
     r.add_argument("--probability", help="also write the occupancy probability map")
+    r.add_argument("--shape-only", action="store_true",
+                   help="do not use --image's intensities: shape-only refinement")
     common(r)
     r.set_defaults(func=cmd_refine)
 
     d = sub.add_parser("demo", help="built-in demo on a synthetic phantom (no data needed)")
     d.add_argument("--out", default="nearslicer-demo", help="output folder")
+    d.add_argument("--shape-only", action="store_true", help="skip the S+A run: shape-only refinement only")
     common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -215,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="val", choices=["val", "train"])
     b.add_argument("--cases", type=int, default=98)
     b.add_argument("--json", default="bench.json")
+    b.add_argument("--appearance", action="store_true",
+                   help="put a synthetic CT around each shape and compare S with S+A")
+    b.add_argument("--real-ct", metavar="DIR",
+                   help="cases from a real CT instead: DIR/ct.nii.gz and DIR/seg.nii.gz (S vs S+A)")
+    b.add_argument("--labels", default="8,9", help="labels of --real-ct's seg.nii.gz (default: the adrenal glands)")
+    b.add_argument("--per-label", type=int, default=10, help="distortions of each --real-ct label")
+    b.add_argument("--prior-sa", help="S+A prior (default: the shipped one)")
+    b.add_argument("--study", action="store_true", help="also run study mode (fast recipe) on all cases")
     common(b)
     b.set_defaults(func=cmd_bench)
 
@@ -226,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay over the budget)")
+    t.add_argument("--val-every", type=int, default=150, help="steps between validations (best checkpoint kept)")
     t.add_argument("--resume", help="checkpoint file to resume from and update")
     t.add_argument("--init-from", help="warm start from this prior (new MLP inputs start at zero weight)")
     t.add_argument("--annotation-sigmas", default="0,1,2",

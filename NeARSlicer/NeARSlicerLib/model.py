@@ -24,6 +24,15 @@ class ModelConfig:
     mlp_hidden: int = 128
     mlp_layers: int = 3
     appearance: bool = False  # MLP also takes a(p), the windowed CT intensity at p
+    # a(p) read at p after Gaussian blurs of these sigmas (working-grid voxels); (0,) is the paper's a(p)
+    appearance_sigmas: tuple[float, ...] = (0.0,)
+    # the encoder also sees the windowed CT (a second input channel), so the initial code and the
+    # decoder's skip features follow image edges, not only the annotation
+    encoder_appearance: bool = False
+    # a(p) enters the MLP and the encoder as (a - 0.5) * appearance_gain: a neutral (mid-window)
+    # image adds exactly nothing, and inputs of a few units let zero-initialised weights for the
+    # image grow quickly when an S+A prior is warm-started from a shape-only one
+    appearance_gain: float = 1.0
     # The MLP also reads the annotation itself at p, blurred with these Gaussian sigmas
     # (working-grid voxels). () gives the paper's MLP (features, p[, a(p)]) only.
     annotation_sigmas: tuple[float, ...] = ()
@@ -39,7 +48,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
-        for key in ("channels", "encoder_channels", "annotation_sigmas"):
+        for key in ("channels", "encoder_channels", "annotation_sigmas", "appearance_sigmas"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -95,7 +104,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         layers: list[nn.Module] = []
-        cin = 1
+        cin = 2 if (cfg.appearance and cfg.encoder_appearance) else 1
         for i, cout in enumerate(cfg.encoder_channels):
             layers += [nn.Conv3d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1), nn.LeakyReLU(0.1)]
             cin = cout
@@ -103,12 +112,20 @@ class Encoder(nn.Module):
         out_res = cfg.encoder_res // 2 ** (len(cfg.encoder_channels) - 1)
         self.fc = nn.Linear(cin * out_res**3, cfg.latent_dim)
 
-    def features(self, occupancy: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(z, feature maps finest first); occupancy: (B, 1, n, n, n) in [0, 1], any n."""
+    def features(self, occupancy: torch.Tensor, appearance: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(z, feature maps finest first); occupancy: (B, 1, n, n, n) in [0, 1], any n.
+
+        ``appearance``: the windowed CT (B, 1, n, n, n) for an encoder that sees the image
+        (a neutral 0.5 when None); ignored by a shape-only encoder.
+        """
         r = self.cfg.encoder_res
-        if occupancy.shape[-1] != r:
-            occupancy = F.interpolate(occupancy, size=(r, r, r), mode="trilinear", align_corners=False)
         h = occupancy * 2.0 - 1.0
+        if self.body[0].in_channels == 2:
+            a = appearance if appearance is not None else torch.full_like(occupancy, 0.5)
+            h = torch.cat([h, (a - 0.5) * self.cfg.appearance_gain], 1)
+        if h.shape[-1] != r:
+            h = F.interpolate(h, size=(r, r, r), mode="trilinear", align_corners=False)
         feats = []
         for layer in self.body:
             h = layer(h)
@@ -116,9 +133,9 @@ class Encoder(nn.Module):
                 feats.append(h)
         return self.fc(h.flatten(1)), feats
 
-    def forward(self, occupancy: torch.Tensor) -> torch.Tensor:
-        """The initial latent code of a (B, 1, n, n, n) soft mask."""
-        return self.features(occupancy)[0]
+    def forward(self, occupancy: torch.Tensor, appearance: torch.Tensor | None = None) -> torch.Tensor:
+        """The initial latent code of a (B, 1, n, n, n) soft mask (and its windowed CT)."""
+        return self.features(occupancy, appearance)[0]
 
 
 class PointMLP(nn.Module):
@@ -156,13 +173,15 @@ def sample_volume(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 def context_channels(cfg: ModelConfig) -> int:
     """Number of per-point inputs read from the context volume (annotation channels, then a(p))."""
-    return len(cfg.annotation_sigmas) + (1 if cfg.appearance else 0)
+    return len(cfg.annotation_sigmas) + (len(cfg.appearance_sigmas) if cfg.appearance else 0)
 
 
-def gaussian_blur(vol: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, 1, n, n, n), sigma in voxels (0: unchanged); zero padding.
+def gaussian_blur(vol: torch.Tensor, sigma: float, replicate: bool = False) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, n, n, n), sigma in voxels (0: unchanged).
 
-    Each pass is a 1D convolution over rows (conv3d with one channel is very slow on CPUs).
+    Zero padding (right for masks) or, with ``replicate``, edge padding (right for images: a
+    constant image stays constant). Each pass is a 1D convolution over rows (conv3d with one
+    channel is very slow on CPUs).
     """
     if sigma <= 0:
         return vol
@@ -173,7 +192,10 @@ def gaussian_blur(vol: torch.Tensor, sigma: float) -> torch.Tensor:
     out = vol[:, 0]
     for _ in range(3):  # blur the last axis, then rotate the axes (k, j, i) -> (i, k, j)
         shape = out.shape
-        out = F.conv1d(out.reshape(-1, 1, shape[-1]), k, padding=r).view(shape)
+        rows = out.reshape(-1, 1, shape[-1])
+        if replicate:
+            rows = F.pad(rows, (r, r), mode="replicate")
+        out = F.conv1d(rows, k, padding=0 if replicate else r).view(shape)
         out = out.permute(0, 3, 1, 2)
     return out.contiguous()[:, None]
 
@@ -198,10 +220,12 @@ class NeARModel(nn.Module):
 
     def encode(self, mask: torch.Tensor, appearance: torch.Tensor | None = None) -> tuple[torch.Tensor, "Condition"]:
         """The initial latent code and the ``Condition`` of an annotation, in one encoder pass."""
-        z, feats = self.encoder.features(mask)
+        if self.cfg.appearance and appearance is None:
+            appearance = torch.full_like(mask, 0.5)  # shape-only use: no image, a neutral value
+        z, feats = self.encoder.features(mask, appearance)
         chans = [gaussian_blur(mask, s) for s in self.cfg.annotation_sigmas]
         if self.cfg.appearance:
-            chans.append(appearance if appearance is not None else torch.full_like(mask, 0.5))
+            chans += [gaussian_blur(appearance, s, replicate=True) for s in self.cfg.appearance_sigmas]
         return z, Condition(torch.cat(chans, 1) if chans else None, feats if self.cfg.skips else None)
 
     def maps(self, z: torch.Tensor, cond: "Condition | None" = None) -> list[torch.Tensor]:
@@ -213,8 +237,12 @@ class NeARModel(nn.Module):
         parts = [sample_maps(maps, points), points]
         if cond is not None and cond.volume is not None:
             grid = points[:, :, None, None, :]
-            parts.append(F.grid_sample(cond.volume, grid, mode="bilinear", padding_mode="border",
-                                       align_corners=False)[..., 0, 0].transpose(1, 2))
+            at_p = F.grid_sample(cond.volume, grid, mode="bilinear", padding_mode="border",
+                                 align_corners=False)[..., 0, 0].transpose(1, 2)
+            if self.cfg.appearance:  # the last channels are a(p): centred and scaled (see ModelConfig)
+                n_app = len(self.cfg.appearance_sigmas)
+                at_p = torch.cat([at_p[..., :-n_app], (at_p[..., -n_app:] - 0.5) * self.cfg.appearance_gain], -1)
+            parts.append(at_p)
         return self.mlp(torch.cat(parts, dim=-1))
 
     def forward(self, z: torch.Tensor, points: torch.Tensor, cond: "Condition | None" = None) -> torch.Tensor:

@@ -133,12 +133,15 @@ def adrenal_phantom(seed: int = 0, shape: Sequence[int] = (64, 64, 64),
 
 
 def ct_phantom(shape_mask: np.ndarray, seed: int = 0,
-               spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+               spacing: Sequence[float] = (1.0, 1.0, 1.0), vary: bool = False) -> np.ndarray:
     """Plausible abdominal CT (float32 HU, ``[k, j, i]``) around the gland ``shape_mask``.
 
     Fat (~-100 HU) around a textured soft-tissue gland (~40 HU), a large neighbouring organ
     (~55 HU) touching part of the gland with low contrast, partial-volume blur and 15 HU noise.
-    ``spacing`` is (i, j, k) mm.
+    ``spacing`` is (i, j, k) mm. ``vary`` draws the scanner and patient from wide ranges instead
+    (gland -15..50 HU, organ contrast 10-45 HU either way, fat -125..-75 HU, noise 8-25 HU,
+    sometimes thick slices and a second organ), as used to train appearance priors that must
+    carry over to real scans.
     """
     gland = np.asarray(shape_mask).astype(bool)
     if gland.ndim != 3:
@@ -157,24 +160,35 @@ def ct_phantom(shape_mask: np.ndarray, seed: int = 0,
     kk, jj, ii = np.meshgrid(*[np.arange(n) * s for n, s in zip(gland.shape, sp_kji)], indexing="ij")
     pts = np.argwhere(gland) * sp_kji
 
-    # Neighbouring organ: a big ellipsoid pressed against one flat face of the gland (as kidney,
-    # liver or crus press on an adrenal), so it touches a patch of the boundary with low contrast.
+    if vary:
+        gland_hu, fat_hu = rng.uniform(-15.0, 50.0), rng.uniform(-125.0, -75.0)
+        organ_hu = [gland_hu + rng.choice([-1.0, 1.0]) * rng.uniform(10.0, 45.0) for _ in range(2)]
+        n_organs, noise_hu = int(rng.integers(1, 3)), rng.uniform(8.0, 25.0)
+        psf_mm = rng.uniform(0.6, 1.2)
+        slice_mm = rng.uniform(1.0, 2.0) if rng.random() < 0.4 else 0.0  # extra blur along k
+    else:
+        gland_hu, fat_hu, organ_hu, n_organs, noise_hu, psf_mm, slice_mm = 38.0, -100.0, [55.0], 1, 15.0, 0.8, 0.0
+
+    # Neighbouring organs: big ellipsoids pressed against the gland's flat faces (as kidney,
+    # liver or crus press on an adrenal), touching a patch of the boundary with low contrast.
     centred_pts = pts - pts.mean(axis=0)
     normal = np.linalg.svd(centred_pts, full_matrices=False)[2][2]  # least-spread axis of the sheet
-    direction = normal * rng.choice([-1.0, 1.0]) + 0.3 * rng.normal(size=3)
-    direction /= np.linalg.norm(direction)
-    contact = pts[np.argmax(pts @ direction)]
-    radii = rng.uniform(25.0, 40.0, size=3)
-    r_along = 1.0 / np.sqrt(np.sum((direction / radii) ** 2))  # ellipsoid radius along `direction`
-    centre = contact + direction * (r_along - 3.0)              # overlaps the gland by ~3 mm
-    organ = ((kk - centre[0]) / radii[0]) ** 2 + ((jj - centre[1]) / radii[1]) ** 2 \
-        + ((ii - centre[2]) / radii[2]) ** 2 <= 1.0
-    organ &= ~gland
-
-    hu = -100.0 + texture(3.0, 12.0)                             # fat with mild heterogeneity
-    hu = np.where(organ, 55.0 + texture(2.0, 6.0), hu)
-    hu = np.where(gland, 38.0 + texture(1.0, 8.0), hu)
-    # Partial-volume blur (scanner PSF ~1 mm), then quantum noise.
-    hu = ndimage.gaussian_filter(hu.astype(np.float32), sigma=0.8 / sp_kji)
-    hu = hu + rng.normal(0.0, 15.0, size=gland.shape)
+    hu = fat_hu + texture(3.0, 12.0)                             # fat with mild heterogeneity
+    side = rng.choice([-1.0, 1.0])
+    for o in range(n_organs):
+        direction = normal * side * (1 if o == 0 else -1) + 0.3 * rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        contact = pts[np.argmax(pts @ direction)]
+        radii = rng.uniform(25.0, 40.0, size=3)
+        r_along = 1.0 / np.sqrt(np.sum((direction / radii) ** 2))  # ellipsoid radius along `direction`
+        centre = contact + direction * (r_along - 3.0)              # overlaps the gland by ~3 mm
+        organ = ((kk - centre[0]) / radii[0]) ** 2 + ((jj - centre[1]) / radii[1]) ** 2 \
+            + ((ii - centre[2]) / radii[2]) ** 2 <= 1.0
+        hu = np.where(organ & ~gland, organ_hu[o] + texture(2.0, 6.0), hu)
+    hu = np.where(gland, gland_hu + texture(1.0, 8.0), hu)
+    # Partial-volume blur (scanner PSF), optionally thick slices, then quantum noise.
+    sigma = np.full(3, psf_mm)
+    sigma[0] = np.hypot(psf_mm, slice_mm)
+    hu = ndimage.gaussian_filter(hu.astype(np.float32), sigma=sigma / sp_kji)
+    hu = hu + rng.normal(0.0, noise_hu, size=gland.shape)
     return hu.astype(np.float32)

@@ -13,8 +13,14 @@ from .errors import PriorError
 from .model import ModelConfig, NeARModel
 
 PRIOR_DIR = Path(__file__).resolve().parent / "priors"
-DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v1.safetensors"
+DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v1.safetensors"  # shape-only (S)
+DEFAULT_SA_PRIOR = PRIOR_DIR / "adrenal_sa_v1.safetensors"  # shape + appearance (S+A)
 FORMAT = "nearslicer-prior-1"
+
+
+def default_prior(with_image: bool) -> Path:
+    """The shipped prior to use: S+A when an image is used (and that prior is installed), else S."""
+    return DEFAULT_SA_PRIOR if with_image and DEFAULT_SA_PRIOR.is_file() else DEFAULT_PRIOR
 
 
 def save_prior(path: str | Path, model: NeARModel, meta: dict | None = None,

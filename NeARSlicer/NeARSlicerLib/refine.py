@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .decode import decode_probability
 from .device import pick_device
@@ -23,7 +24,7 @@ from .errors import Cancelled, InputError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
 from .model import NeARModel, window_hu
-from .prior import DEFAULT_PRIOR, load_prior
+from .prior import default_prior, load_prior
 
 @dataclass(frozen=True)
 class Preset:
@@ -49,13 +50,16 @@ Progress = Callable[[float, str], None]
 class RefineOptions:
     """User-facing knobs of one refinement."""
 
-    prior: Optional[str] = None  # path of a .safetensors prior; None = the shipped adrenal prior
+    # path of a .safetensors prior; None = a shipped adrenal prior: S+A when an image is given
+    # (and ``appearance``), else shape-only
+    prior: Optional[str] = None
     appearance: bool = True  # use the image, if one is given and the prior was trained with it
     preset: str = "default"  # fast | default | quality
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     margin_mm: float = 4.0  # around the bounding box; the cube is at least the prior's field of view
     spacing_mm: float = 1.0
+    min_island_mm3: float = 10.0  # refined islands smaller than this are dropped (never the largest); 0: keep all
     steps: Optional[int] = None  # overrides the preset's latent steps
     latent_reg: Optional[float] = None  # overrides the preset's lambda
 
@@ -79,7 +83,7 @@ _CACHE_LOCK = threading.Lock()
 
 def get_prior(path: Optional[str], device: torch.device) -> tuple[NeARModel, dict]:
     """Load a prior once per (file, device); later calls reuse it (it is never modified)."""
-    p = str(Path(path).resolve()) if path else str(DEFAULT_PRIOR)
+    p = str(Path(path).resolve() if path else default_prior(False))
     key = (p, str(device))
     with _CACHE_LOCK:
         if key not in _PRIOR_CACHE:
@@ -103,6 +107,20 @@ def fit_config(options: RefineOptions) -> tuple[FitConfig, int]:
     if options.latent_reg is not None:
         changes["latent_reg"] = float(options.latent_reg)
     return (FitConfig(**{**cfg.__dict__, **changes}) if changes else cfg), preset.flips
+
+
+def drop_islands(mask: np.ndarray, spacing: tuple, min_mm3: float) -> np.ndarray:
+    """``mask`` without its connected components (26-connected) smaller than ``min_mm3``, except the
+    largest. The per-point annotation inputs let the MLP keep isolated painted voxels (salt noise,
+    a slipped brush); no anatomy the prior knows is that small."""
+    if min_mm3 <= 0 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n < 2:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:] * float(np.prod(spacing))
+    keep = (sizes >= min_mm3) | (np.arange(n) == int(np.argmax(sizes)))
+    return keep[labels - 1] & (labels > 0)
 
 
 def check_inputs(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray]) -> None:
@@ -140,7 +158,8 @@ def refine_mask(
     check_inputs(np.asarray(mask), grid, image)
     cfg, n_flips = fit_config(opts)
     device = pick_device(opts.device)
-    model, meta = get_prior(opts.prior, device)
+    prior_path = opts.prior or str(default_prior(image is not None and opts.appearance))
+    model, meta = get_prior(prior_path, device)
     notes: list[str] = []
 
     report(0.0, "cropping and resampling to the working grid")
@@ -187,7 +206,7 @@ def refine_mask(
     prob_work = (prob_sum / len(flips)).cpu().numpy()
     report(0.95, "mapping back to the input grid")
     prob = to_source(prob_work, case.grid, grid).astype(np.float32)
-    refined = (prob >= 0.5).astype(np.uint8)
+    refined = drop_islands(prob >= 0.5, grid.spacing, opts.min_island_mm3).astype(np.uint8)
     original = np.asarray(mask) > 0
     if not refined.any():
         notes.append("the refined mask is empty: the prior found no plausible shape in this annotation")
@@ -212,6 +231,6 @@ def refine_mask(
             "working_shape": tuple(case.mask.shape),
             "working_spacing_mm": opts.spacing_mm,
             "final_loss": losses[-1] if losses else None,
-            "prior": str(opts.prior or DEFAULT_PRIOR),
+            "prior": prior_path,
         },
     )

@@ -48,7 +48,8 @@ from .fit import sample_fit_points
 from .geometry import Grid, to_source, to_working
 from .metrics import dice
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
-from .prior import DEFAULT_PRIOR, load_prior, save_prior
+from .prior import default_prior, load_prior, save_prior
+from .refine import drop_islands
 
 RECIPES = ("fast", "paper")
 CHECKPOINT_FORMAT = "nearslicer-study-1"
@@ -95,6 +96,7 @@ class StudyConfig:
     margin_mm: float = 8.0
     spacing_mm: float = 1.0
     device: str = "auto"
+    min_island_mm3: float = 10.0  # decoded islands smaller than this are dropped (see refine.drop_islands)
 
     @classmethod
     def for_recipe(cls, recipe: str, **overrides) -> "StudyConfig":
@@ -150,6 +152,7 @@ class _Prepared:
     """A case on its working cube, as tensors on the device."""
 
     target: torch.Tensor  # (1, 1, n, n, n) soft occupancy
+    appearance: Optional[torch.Tensor]  # (1, 1, n, n, n) windowed CT, or None
     context: Optional[Condition]  # model.context of the annotation (per-point inputs, encoder skips)
     work_grid: Grid
     touches_border: bool
@@ -190,10 +193,10 @@ def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
                    device: torch.device) -> tuple[NeARModel, dict]:
     """The model to train: the prior itself (fast) or a random one of the prior's architecture (paper)."""
     if cfg.recipe == "fast":
-        model, meta = load_prior(prior_path, device)  # a fresh copy: we own and train it
-        return model, meta
+        # a fresh copy: we own and train it
+        return load_prior(prior_path or default_prior(bool(cfg.appearance and any_image)), device)
     arch, meta = ModelConfig(), {}
-    path = Path(prior_path) if prior_path else DEFAULT_PRIOR
+    path = Path(prior_path) if prior_path else default_prior(False)
     if prior_path or path.is_file():
         arch = load_prior(path)[0].cfg  # only the architecture; the weights are not used
     # the paper's model: the decoder sees only z and the MLP reads features, p and a(p), not the annotation
@@ -215,7 +218,7 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
         if w.image is not None:
             app = window_hu(torch.from_numpy(np.ascontiguousarray(w.image, dtype=np.float32)))[None, None].to(device)
         # a case without an image reads the neutral mid-window a(p) = 0.5 (model.context's rule)
-        out.append(_Prepared(target, model.context(target, app), w.grid, w.touches_border))
+        out.append(_Prepared(target, app, model.context(target, app), w.grid, w.touches_border))
     return out
 
 
@@ -355,7 +358,7 @@ def run_study(
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         if cfg.recipe == "fast":
-            z0 = torch.cat([model.encoder(p.target) for p in prep], 0).cpu()
+            z0 = torch.cat([model.encode(p.target, p.appearance)[0] for p in prep], 0).cpu()
         else:
             z0 = torch.randn(len(prep), model.cfg.latent_dim, generator=gen) * 0.02
     latents = [torch.nn.Parameter(z.clone().to(device)) for z in z0]
@@ -466,7 +469,7 @@ def run_study(
         evals += count
         passes += 1
         prob = to_source(torch.sigmoid(logits).cpu().numpy(), p.work_grid, c.grid).astype(np.float32)
-        mask = (prob >= 0.5).astype(np.uint8)
+        mask = drop_islands(prob >= 0.5, c.grid.spacing, cfg.min_island_mm3).astype(np.uint8)
         if not mask.any():
             notes.append(f"case {c.name}: the refined mask is empty")
         probs.append(prob)
@@ -483,7 +486,7 @@ def run_study(
         seconds=time.perf_counter() - t0, train_seconds=state["train_seconds"], case_seconds=case_seconds,
         mlp_point_evals=int(evals), decoder_passes=int(passes), config=cfg, warnings=notes,
         info={"device": str(device), "appearance": use_app, "resumed_from_step": resumed_from,
-              "prior": str(prior_path or DEFAULT_PRIOR) if cfg.recipe == "fast" else None,
+              "prior": str(prior_path or default_prior(use_app)) if cfg.recipe == "fast" else None,
               "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep]},
     )
     if out_dir is not None:
@@ -519,6 +522,17 @@ def study_card(result: StudyResult) -> dict:
     return card
 
 
+def save_study_prior(result: StudyResult, path: str | Path) -> Path:
+    """The study-trained model as a reusable prior (safetensors) with its JSON card beside it."""
+    card = study_card(result)
+    prior = save_prior(path, result.model, card)
+    card_path = prior.with_suffix(".json")
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2))
+    os.replace(tmp, card_path)
+    return prior
+
+
 def write_study(result: StudyResult, cases: Sequence[StudyCase], out_dir: str) -> Path:
     """Write ``<name>.nii.gz`` refined masks, ``study_prior.safetensors`` + ``study_prior.json`` and
     ``summary.csv`` into ``out_dir`` (created if needed); every file is written atomically."""
@@ -528,12 +542,7 @@ def write_study(result: StudyResult, cases: Sequence[StudyCase], out_dir: str) -
     out.mkdir(parents=True, exist_ok=True)
     for c, m in zip(cases, result.masks):
         write_mask(str(out / f"{c.name}.nii.gz"), m, c.grid)
-    card = study_card(result)
-    prior = save_prior(out / "study_prior.safetensors", result.model, card)
-    card_path = prior.with_suffix(".json")
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, card_path)
+    save_study_prior(result, out / "study_prior.safetensors")
     rows = result.rows([c.mask for c in cases])
 
     def write_csv(path: str) -> None:

@@ -46,7 +46,10 @@ class TrainConfig:
     threads: int = 2
     resume: str | None = None
     appearance: bool = False  # train S+A on synthetic CT phantoms around each shape
-    appearance_dropout: float = 0.3  # share of samples trained shape-only (a(p) = 0.5), so S+A priors also serve S
+    appearance_dropout: float = 0.3  # share of samples trained with a constant image, so S+A priors also serve S
+    appearance_sigmas: tuple[float, ...] = (0.0, 1.0)  # a(p) channels (see ModelConfig)
+    encoder_appearance: bool = True  # the encoder sees the image too
+    appearance_gain: float = 4.0  # see ModelConfig
     init_from: str | None = None  # warm start from another prior (e.g. the shape-only one)
     annotation_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)  # () trains the paper's MLP
     skips: bool = True  # encoder -> decoder skips; False trains the paper's decoder
@@ -73,12 +76,13 @@ def augment(shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_clean: float = 0.15,
-               appearance: bool = False, sigmas: tuple[float, ...] = ()):
+               appearance: bool = False, sigmas: tuple[float, ...] = (), app_sigmas: tuple[float, ...] = (0.0,)):
     """(clean, noisy, context) tensors (B, C, 64, 64, 64).
 
     ``context`` holds what ``NeARModel.context`` would compute (the annotation blurred with
-    each of ``sigmas``, then the windowed phantom CT), made here with scipy in the loader
-    thread because 3D blurs in torch are slow on CPUs; None when there is nothing to hold.
+    each of ``sigmas``, then the windowed phantom CT blurred with each of ``app_sigmas``), made
+    here with scipy in the loader thread because 3D blurs in torch are slow on CPUs; None when
+    there is nothing to hold. The phantoms' scanner and tissue values vary (``ct_phantom(vary=True)``).
     """
     clean, noisy, ctx = [], [], []
     for i in idx:
@@ -89,7 +93,8 @@ def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_
         chans = [ndi.gaussian_filter(d.astype(np.float32), s, mode="constant", truncate=3.0) if s > 0
                  else d.astype(np.float32) for s in sigmas]
         if appearance:
-            chans.append(window_np(ct_phantom(c, seed=int(rng.integers(2**31)))))
+            a = window_np(ct_phantom(c, seed=int(rng.integers(2**31)), vary=True))
+            chans += [ndi.gaussian_filter(a, s, mode="nearest", truncate=3.0) if s > 0 else a for s in app_sigmas]
         if chans:
             ctx.append(np.stack(chans))
     vols = np.concatenate([np.stack(clean)[:, None], np.stack(noisy)[:, None]] + ([np.stack(ctx)] if ctx else []), 1)
@@ -150,7 +155,8 @@ def validate(model: NeARModel, val_clean: np.ndarray, val_noisy: np.ndarray, val
     with torch.no_grad():
         x = torch.from_numpy(val_noisy[:, None].astype(np.float32))
         ct = torch.from_numpy(val_ct[:, None].astype(np.float32)) if val_ct is not None else None
-        prob = decode_grid(model, model.encoder(x), context=model.context(x, ct)).numpy()
+        z, cond = model.encode(x, ct)
+        prob = decode_grid(model, z, context=cond).numpy()
     model.train()
     return float(np.mean([dice(p > 0.5, c) for p, c in zip(prob, val_clean)]))
 
@@ -164,9 +170,11 @@ def warm_start(model: NeARModel, prior_path: str) -> None:
     for k, v in src.state_dict().items():
         if k in own and own[k].shape == v.shape:
             own[k] = v.clone()
-        elif k in own and own[k].dim() == 2 and own[k].shape[0] == v.shape[0] and own[k].shape[1] > v.shape[1]:
+        elif (k in own and own[k].dim() == v.dim() and own[k].shape[0] == v.shape[0]
+              and own[k].shape[1] > v.shape[1] and own[k].shape[2:] == v.shape[2:]):
+            # new inputs (MLP: annotation, appearance; encoder: the image channel) come last
             w = torch.zeros_like(own[k])
-            w[:, : v.shape[1]] = v  # new per-point inputs (annotation, appearance) come last
+            w[:, : v.shape[1]] = v
             own[k] = w
     model.load_state_dict(own)
 
@@ -185,7 +193,8 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
               if cfg.appearance else None)
 
     mcfg = model_cfg or ModelConfig(appearance=cfg.appearance, annotation_sigmas=tuple(cfg.annotation_sigmas),
-                                    skips=cfg.skips)
+                                    skips=cfg.skips, appearance_sigmas=tuple(cfg.appearance_sigmas),
+                                    encoder_appearance=cfg.encoder_appearance, appearance_gain=cfg.appearance_gain)
     model = NeARModel(mcfg)
     if cfg.init_from:
         warm_start(model, cfg.init_from)
@@ -203,23 +212,35 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     t0 = time.time()
     history: list[dict] = []
     pool = ThreadPoolExecutor(1)  # distortion of the next batch overlaps this step's backward pass
-    nxt = pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15, cfg.appearance, tuple(cfg.annotation_sigmas))
+    submit = lambda: pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15,  # noqa: E731
+                                 cfg.appearance, tuple(cfg.annotation_sigmas), tuple(model.cfg.appearance_sigmas))
+    nxt = submit()
     bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
     step = step0
     ema_loss = None
     while step < cfg.max_steps and time.time() - t0 < budget:
         clean, noisy, context = nxt.result()
-        nxt = pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15, cfg.appearance, tuple(cfg.annotation_sigmas))
+        nxt = submit()
         # cosine decay over the *time* budget when it is the binding limit
         frac = max(step / max(1, cfg.max_steps), (time.time() - t0) / budget)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         pts = sample_points(clean, noisy, cfg.points, gen)
         target = sample_volume(clean, pts).clamp(0, 1)
-        z, feats = model.encoder.features(noisy)
-        if cfg.appearance:  # some samples shape-only: a(p) = 0.5, as NeARModel.context does without an image
-            drop = torch.rand(context.shape[0], 1, 1, 1, generator=gen) < cfg.appearance_dropout
-            context[:, -1] = torch.where(drop, torch.full_like(context[:, -1], 0.5), context[:, -1])
+        image = None
+        if cfg.appearance:
+            # some samples see a constant image (half of them the neutral 0.5 of shape-only use):
+            # a flat image then carries no information and the S+A prior also serves S
+            n_app = len(model.cfg.appearance_sigmas)
+            b = context.shape[0]
+            drop = (torch.rand(b, generator=gen) < cfg.appearance_dropout).view(b, 1, 1, 1, 1)
+            level = torch.where(torch.rand(b, generator=gen) < 0.5, torch.full((b,), 0.5),
+                                torch.rand(b, generator=gen)).view(b, 1, 1, 1, 1)
+            app = context[:, -n_app:]
+            context = torch.cat([context[:, :-n_app], torch.where(drop, level.expand_as(app), app)], 1)
+            first = context.shape[1] - n_app
+            image = context[:, first:first + 1]  # the first a(p) channel (unblurred: sigma 0)
+        z, feats = model.encoder.features(noisy, image if model.cfg.encoder_appearance else None)
         logits = model(z, pts, Condition(context, feats if model.cfg.skips else None))
         loss = F.binary_cross_entropy_with_logits(logits, target) + cfg.latent_reg * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)

@@ -318,17 +318,11 @@ class NeARSlicerLogic(ReviewMixin, StudyMixin, ScriptedLoadableModuleLogic):
         node.SetAndObserveImageData(image)
         return node
 
-    # ------------------------------------------------------------------------ compute
-    def computeRefinement(self, job: RefinementJob, progress=None, cancel=None):
-        """Run the engine on the prepared arrays. Touches no MRML node, so it may run in a thread."""
+    @staticmethod
+    def setJobResult(job: RefinementJob, result, seconds: float) -> None:
+        """Attach an engine result (``.mask`` on the job's grid, ``.warnings``) and its statistics to ``job``."""
         from NeARSlicerLib.metrics import dice
-        from NeARSlicerLib.refine import RefineOptions, refine_mask
 
-        cancelled = _cancelFunction(cancel)
-        started = time.perf_counter()
-        result = refine_mask(job.mask, job.grid, job.image, RefineOptions(**job.options),
-                             progress=progress, cancel=cancelled)
-        seconds = float(getattr(result, "seconds", 0.0) or (time.perf_counter() - started))
         refined = np.asarray(result.mask) > 0
         if refined.shape != job.mask.shape:
             raise NeARError(f"engine returned a mask of shape {refined.shape}, expected {job.mask.shape}")
@@ -344,11 +338,23 @@ class NeARSlicerLogic(ReviewMixin, StudyMixin, ScriptedLoadableModuleLogic):
             "volumeAfterMl": after * voxelMl,
             "volumeChangePercent": 100.0 * (after - before) / before if before else float("nan"),
             "dice": float(dice(job.mask, refined)),
-            "seconds": seconds,
+            "seconds": float(seconds),
             "preset": job.options.get("preset"),
             "appearance": job.image is not None,
             "warnings": list(getattr(result, "warnings", []) or []),
         }
+
+    # ------------------------------------------------------------------------ compute
+    def computeRefinement(self, job: RefinementJob, progress=None, cancel=None):
+        """Run the engine on the prepared arrays. Touches no MRML node, so it may run in a thread."""
+        from NeARSlicerLib.refine import RefineOptions, refine_mask
+
+        cancelled = _cancelFunction(cancel)
+        started = time.perf_counter()
+        result = refine_mask(job.mask, job.grid, job.image, RefineOptions(**job.options),
+                             progress=progress, cancel=cancelled)
+        seconds = float(getattr(result, "seconds", 0.0) or (time.perf_counter() - started))
+        self.setJobResult(job, result, seconds)
         if cancelled is not None and cancelled():
             raise Cancelled("refinement cancelled")
         return result

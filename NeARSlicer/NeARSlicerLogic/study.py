@@ -22,7 +22,7 @@ class StudyMixin:
     """Part of NeARSlicerLogic: ``refineStudy`` and its per-case work."""
 
     def refineStudy(self, cases, outputDir, progress=None, cancel=None, csvName="nearslicer_summary.csv",
-                    **options) -> list:
+                    study=False, studyOptions=None, **options) -> list:
         """Refine a list of cases from files, for the Python console.
 
         :param cases: a folder (see :func:`discoverCases`) or a list of
@@ -30,6 +30,11 @@ class StudyMixin:
           ``segment`` is a segment name, a label value (int) or a list of them; no segment: all segments.
           ``volumePath`` may be None (the segmentation's geometry is used, no appearance).
         :param outputDir: where ``<case>.seg.nrrd`` (original and refined segments) and the CSV go.
+        :param study: False (default): refine each segment on its own with the prior. True: study mode,
+          the paper's transductive NeAR: one model and a latent code per segment are trained on all
+          the segments jointly (warm-started from the prior), then every segment is decoded; the
+          trained model is saved as ``study_prior.safetensors`` (+ ``.json`` card) in ``outputDir``.
+        :param studyOptions: StudyConfig overrides for study mode (e.g. ``{"epochs": 30}``).
         :param options: refineSegment options (preset, device, prior, appearance, seed, ...).
         :returns: the CSV rows as dicts. A failing case or segment is recorded with its error and the
           batch goes on; a cancel stops the batch (rows so far are written) and raises ``Cancelled``.
@@ -41,6 +46,7 @@ class StudyMixin:
         columns = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
         rows = []
         usedNames = set()
+        named = [(_uniqueCaseName(case, usedNames), case) for case in caseList]
         cancelled = _cancelFunction(cancel)
 
         with open(csvPath, "w", newline="") as stream:
@@ -53,25 +59,27 @@ class StudyMixin:
                 writer.writerow(row)
                 stream.flush()
 
-            for caseIndex, case in enumerate(caseList):
-                caseName = _uniqueCaseName(case, usedNames)
-                if cancelled is not None and cancelled():
-                    raise Cancelled(f"batch cancelled before case {caseName}")
-                if case.get("error"):
-                    record({"case": caseName, "segment": case.get("segment") or "", "error": case["error"]})
-                    continue
+            if study:
+                self._refineJointly(named, outputDir, record, progress, cancelled, options, dict(studyOptions or {}))
+            else:
+                for caseIndex, (caseName, case) in enumerate(named):
+                    if cancelled is not None and cancelled():
+                        raise Cancelled(f"batch cancelled before case {caseName}")
+                    if case.get("error"):
+                        record({"case": caseName, "segment": case.get("segment") or "", "error": case["error"]})
+                        continue
 
-                def caseProgress(fraction, message="", _i=caseIndex, _name=caseName):
-                    if progress is not None:
-                        progress((_i + float(fraction)) / len(caseList), f"{_name}: {message}")
+                    def caseProgress(fraction, message="", _i=caseIndex, _name=caseName):
+                        if progress is not None:
+                            progress((_i + float(fraction)) / len(caseList), f"{_name}: {message}")
 
-                self._refineCase(case, caseName, outputDir, record, caseProgress, cancel, options)
+                    self._refineCase(case, caseName, outputDir, record, caseProgress, cancel, options)
         logging.info("NeAR batch: %d rows written to %s", len(rows), csvPath)
         return rows
 
-    def _refineCase(self, case, caseName, outputDir, record, progress, cancel, options):
+    def _loadCase(self, case, caseName):
+        """(nodes, volumeNode, segmentationNode, segmentIds, outputNode) of one case; nodes are in the scene."""
         nodes = []
-        started = time.perf_counter()
         try:
             volumeNode = None
             if case.get("volume"):
@@ -89,6 +97,101 @@ class StudyMixin:
                 geometryName = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
                 outputNode.GetSegmentation().SetConversionParameter(
                     geometryName, segmentationNode.GetSegmentation().GetConversionParameter(geometryName))
+        except BaseException:
+            nio.removeNodes(nodes)
+            raise
+        return nodes, volumeNode, segmentationNode, segmentIds, outputNode
+
+    def _writeRefined(self, caseName, job, segmentationNode, outputNode, outputPath, record) -> bool:
+        """Add ``job``'s result to the case and copy original + refined segments to the output."""
+        newId = self.applyRefinement(job, showResult=False)
+        stats = self.refinementStats(segmentationNode, newId)
+        target, source = outputNode.GetSegmentation(), segmentationNode.GetSegmentation()
+        if not (target.CopySegmentFromSegmentation(source, job.segmentId)
+                and target.CopySegmentFromSegmentation(source, newId)):
+            record({"case": caseName, "segment": job.segmentName, "error": "could not copy the segments to the output"})
+            return False
+        record({"case": caseName, "segment": job.segmentName, "voxels_before": stats["voxelsBefore"],
+                "voxels_after": stats["voxelsAfter"], "dice": f"{stats['dice']:.4f}",
+                "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
+        return True
+
+    def _refineJointly(self, named, outputDir, record, progress, cancelled, options, studyOptions):
+        """Study mode: prepare every segment of every case, train one model on all, apply the results.
+
+        Only the cropped arrays stay in memory while the model trains: each CT is released once its
+        segments are taken (a geometry-only reference replaces it).
+        """
+        from types import SimpleNamespace
+
+        from NeARSlicerLib.study import StudyCase, StudyConfig, run_study, save_study_prior
+
+        report = progress or (lambda fraction, message="": None)
+        prepare = {k: v for k, v in options.items() if k not in ("progress", "cancel", "showResult")}
+        loaded = []  # (caseName, nodes, segmentationNode, outputNode, jobs)
+        try:
+            for index, (caseName, case) in enumerate(named):
+                if cancelled is not None and cancelled():
+                    raise Cancelled(f"batch cancelled before case {caseName}")
+                if case.get("error"):
+                    record({"case": caseName, "segment": case.get("segment") or "", "error": case["error"]})
+                    continue
+                report(0.1 * index / len(named), f"{caseName}: reading")
+                try:
+                    nodes, volumeNode, segmentationNode, segmentIds, outputNode = self._loadCase(case, caseName)
+                except Exception as exc:  # the case could not be read: recorded, the batch goes on
+                    logging.warning("NeAR batch: case %s failed: %s", caseName, exc)
+                    record({"case": caseName, "segment": _segmentSpecText(case.get("segment")), "error": _oneLine(exc)})
+                    continue
+                loaded.append((caseName, nodes, segmentationNode, outputNode, []))
+                for segmentId in segmentIds:
+                    try:
+                        job = self.prepareRefinement(volumeNode, segmentationNode, segmentId, **prepare)
+                    except Exception as exc:
+                        segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+                        record({"case": caseName, "segment": segmentName, "error": _oneLine(exc)})
+                        continue
+                    if job.referenceNode is volumeNode:
+                        job.referenceNode = self._croppedReference(volumeNode, (0, 0, 0), job.mask.shape)
+                    loaded[-1][4].append(job)
+                if volumeNode is not None:
+                    nodes.remove(volumeNode)
+                    nio.removeNodes([volumeNode])
+            jobs = [job for entry in loaded for job in entry[4]]
+            if not jobs:
+                return
+            studyCases = [StudyCase(f"{entry[0]}/{job.segmentName}", job.mask, job.grid, job.image)
+                          for entry in loaded for job in entry[4]]
+            config = StudyConfig.for_recipe("fast", **{"appearance": bool(options.get("appearance", True)),
+                                                       "seed": int(options.get("seed", 0)),
+                                                       "device": options.get("device") or "auto", **studyOptions})
+            result = run_study(studyCases, options.get("prior") or None, config,
+                               progress=lambda f, m: report(0.1 + 0.8 * f, f"study: {m}"), cancel=cancelled)
+            for job, studyCase, mask, prob, seconds in zip(jobs, studyCases, result.masks, result.probabilities,
+                                                            result.case_seconds):
+                own = [w for w in result.warnings if w.startswith(f"case {studyCase.name}:")]
+                self.setJobResult(job, SimpleNamespace(mask=mask, probability=prob, warnings=own), seconds)
+            save_study_prior(result, outputDir / "study_prior.safetensors")
+            for index, (caseName, nodes, segmentationNode, outputNode, caseJobs) in enumerate(loaded):
+                report(0.9 + 0.1 * index / len(loaded), f"{caseName}: writing")
+                outputPath = outputDir / f"{caseName}.seg.nrrd"
+                written = 0
+                for job in caseJobs:
+                    try:
+                        written += self._writeRefined(caseName, job, segmentationNode, outputNode, outputPath, record)
+                    except Exception as exc:
+                        record({"case": caseName, "segment": job.segmentName, "error": _oneLine(exc)})
+                if written:
+                    nio.saveSegmentationFile(outputNode, outputPath)
+        finally:
+            for entry in loaded:
+                nio.removeNodes(entry[1])
+
+    def _refineCase(self, case, caseName, outputDir, record, progress, cancel, options):
+        nodes = []
+        started = time.perf_counter()
+        try:
+            nodes, volumeNode, segmentationNode, segmentIds, outputNode = self._loadCase(case, caseName)
             outputPath = outputDir / f"{caseName}.seg.nrrd"
             okCount = 0
             for index, segmentId in enumerate(segmentIds):
@@ -98,8 +201,9 @@ class StudyMixin:
                     def segmentProgress(fraction, message="", _i=index, _name=segmentName):
                         progress((_i + float(fraction)) / len(segmentIds), f"{_name}: {message}")
 
-                    newId = self.refineSegment(volumeNode, segmentationNode, segmentId, progress=segmentProgress,
-                                               cancel=cancel, showResult=False, **options)
+                    job = self.prepareRefinement(volumeNode, segmentationNode, segmentId, **options)
+                    self.computeRefinement(job, progress=segmentProgress, cancel=cancel)
+                    okCount += self._writeRefined(caseName, job, segmentationNode, outputNode, outputPath, record)
                 except Cancelled:
                     raise
                 except Exception as exc:  # recorded, the batch goes on
@@ -107,17 +211,6 @@ class StudyMixin:
                     record({"case": caseName, "segment": segmentName, "error": _oneLine(exc),
                             "seconds": f"{time.perf_counter() - segmentStarted:.2f}"})
                     continue
-                stats = self.refinementStats(segmentationNode, newId)
-                target = outputNode.GetSegmentation()
-                source = segmentationNode.GetSegmentation()
-                if not (target.CopySegmentFromSegmentation(source, segmentId)
-                        and target.CopySegmentFromSegmentation(source, newId)):
-                    record({"case": caseName, "segment": segmentName, "error": "could not copy the segments to the output"})
-                    continue
-                okCount += 1
-                record({"case": caseName, "segment": segmentName, "voxels_before": stats["voxelsBefore"],
-                        "voxels_after": stats["voxelsAfter"], "dice": f"{stats['dice']:.4f}",
-                        "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
             if okCount:
                 nio.saveSegmentationFile(outputNode, outputPath)
         except Cancelled:

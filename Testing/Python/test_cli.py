@@ -92,10 +92,37 @@ def test_cli_image_on_other_grid(tmp_path, capsys):
 def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--preset", "fast"]) == 0
     text = capsys.readouterr().out
-    assert "input   DSC" in text and "refined DSC" in text
-    for name in ("input.nii.gz", "refined.nii.gz", "truth.nii.gz", "report.png"):
+    assert "input " in text and "refined, S " in text and "refined, S+A (CT)" in text
+    for name in ("ct.nii.gz", "input.nii.gz", "refined.nii.gz", "refined_shape_only.nii.gz", "truth.nii.gz",
+                 "report.png"):
         assert (tmp_path / name).is_file(), name
     truth, _, _ = read_mask(str(tmp_path / "truth.nii.gz"))
     noisy, _, _ = read_mask(str(tmp_path / "input.nii.gz"))
     refined, _, _ = read_mask(str(tmp_path / "refined.nii.gz"))
     assert dice(refined, truth) > dice(noisy, truth)
+
+
+def test_bench_appearance_and_real_ct(tmp_path, shared_data, capsys):
+    """bench --appearance (synthetic CT) and --real-ct compare S with S+A on the same cases."""
+    import json
+
+    out = tmp_path / "b.json"
+    alan = shared_data / "alan64" / "alan64_trainval.npz"
+    assert main(["bench", "--data", str(alan), "--appearance", "--cases", "2", "--preset", "fast",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"input", "NeAR S", "NeAR S+A"} <= set(result["table"])
+    assert result["settings"]["methods"]["NeAR S+A"]["appearance"] is True
+    assert result["settings"]["methods"]["NeAR S"]["appearance"] is False
+    assert all(r["cases"] == 2 for r in result["table"].values())
+
+    assert main(["bench", "--real-ct", str(shared_data / "totalseg_example"), "--per-label", "1", "--preset", "fast",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["case"] for r in result["per_case"]["NeAR S+A"]] == ["label8_d0", "label9_d0"]
+    assert "| NeAR S+A |" in capsys.readouterr().out
+
+
+def test_bench_real_ct_folder_must_hold_ct_and_seg(tmp_path, capsys):
+    assert main(["bench", "--real-ct", str(tmp_path)]) == 2
+    assert "needs ct.nii.gz and seg.nii.gz" in capsys.readouterr().err

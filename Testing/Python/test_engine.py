@@ -191,3 +191,19 @@ def test_flipped_views_agree_with_the_single_view():
     assert four.info["flips"] == 4 and one.info["flips"] == 1
     assert dice(one.mask, four.mask) > 0.9
     assert dice(four.mask, truth) > dice(noisy, truth)
+
+
+def test_drop_islands_is_physical_and_keeps_the_largest():
+    from NeARSlicerLib.refine import drop_islands
+
+    m = np.zeros((20, 20, 20), bool)
+    m[2:8, 2:8, 2:8] = True          # 216 voxels: the structure
+    m[15, 15, 15:18] = True          # a 3-voxel speck
+    m[12:14, 2:7, 12:14] = True      # 20 voxels: a real second part
+    out = drop_islands(m, (1.0, 1.0, 1.0), 10.0)
+    assert not out[15, 15, 15:18].any() and out[2:8, 2:8, 2:8].all() and out[12:14, 2:7, 12:14].all()
+    assert drop_islands(m, (3.0, 3.0, 3.0), 10.0).sum() == m.sum()  # 3 voxels of 27 mm^3 each are no speck
+    tiny = np.zeros((9, 9, 9), bool)
+    tiny[4, 4, 4] = True
+    assert drop_islands(tiny, (1.0, 1.0, 1.0), 10.0).sum() == 1  # the largest part always stays
+    assert drop_islands(m, (1.0, 1.0, 1.0), 0.0).sum() == m.sum()

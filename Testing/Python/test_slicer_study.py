@@ -154,3 +154,31 @@ def test_bad_case_tuple_is_rejected(logic, tmp_path):
 
     with pytest.raises(InputError, match="a case is"):
         logic.refineStudy([("only one path",)], tmp_path)
+
+
+def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
+    """study=True trains one model on both adrenal glands jointly (the paper's transductive mode):
+    both are written, the trained model is saved as a reusable prior, the scene is left clean."""
+    require_totalseg_data()
+    require_engine()
+    import json
+
+    from NeARSlicerLib.prior import load_prior
+
+    before = scene_state(mrml_scene)
+    cases = [(str(CT_PATH), str(SEG_PATH), [8, 9]), (str(CT_PATH), str(tmp_path / "missing.nii.gz"), 9)]
+    out = tmp_path / "out"
+    rows = logic.refineStudy(cases, out, study=True, studyOptions={"epochs": 3})
+    assert scene_state(mrml_scene) == before, "study mode left nodes in the scene"
+    ok = [r for r in rows if not r["error"]]
+    assert sorted(r["segment"] for r in ok) == ["Label_8", "Label_9"]
+    for row in ok:
+        assert int(row["voxels_after"]) > 0 and 0.3 < float(row["dice"]) <= 1.0
+        assert os.path.isfile(row["output"])
+    assert any("FileNotFoundError" in r["error"] for r in rows)
+    card = json.loads((out / "study_prior.json").read_text())
+    assert card["cases"] == ["totalseg_example/Label_8", "totalseg_example/Label_9"]
+    assert card["appearance"] is True and card["epochs"] == 3
+    model, _ = load_prior(out / "study_prior.safetensors")  # reusable as a prior
+    assert model.cfg.appearance
+    assert _read_csv(out / "nearslicer_summary.csv") == rows
