@@ -68,6 +68,19 @@ def _refine(mask, image, prior, preset="fast", appearance=True):
                            RefineOptions(prior=prior, preset=preset, appearance=appearance))
 
 
+def test_shipped_sa_prior_has_its_cards():
+    import json
+
+    from NeARSlicerLib.prior import load_prior
+
+    assert DEFAULT_SA_PRIOR.is_file() and DEFAULT_SA_PRIOR.stat().st_size < 30 * 2**20
+    card = json.loads(DEFAULT_SA_PRIOR.with_suffix(".json").read_text())
+    assert card["license_of_data"] == "CC BY 4.0" and any("MedMNIST" in c for c in card["citations"])
+    assert DEFAULT_SA_PRIOR.with_suffix(".md").is_file()
+    model, _ = load_prior(DEFAULT_SA_PRIOR)
+    assert model.cfg.appearance and model.cfg.encoder_appearance
+
+
 def test_default_prior_follows_the_image(sa_prior):
     assert default_prior(False) == DEFAULT_PRIOR
     if sa_prior == str(DEFAULT_SA_PRIOR):
