@@ -63,10 +63,7 @@ class StudyMixin:
                 self._refineJointly(named, outputDir, record, progress, cancelled, options, dict(studyOptions or {}))
             else:
                 for caseIndex, (caseName, case) in enumerate(named):
-                    if cancelled is not None and cancelled():
-                        raise Cancelled(f"batch cancelled before case {caseName}")
-                    if case.get("error"):
-                        record({"case": caseName, "segment": case.get("segment") or "", "error": case["error"]})
+                    if _skipCase(caseName, case, cancelled, record):
                         continue
 
                     def caseProgress(fraction, message="", _i=caseIndex, _name=caseName):
@@ -131,10 +128,7 @@ class StudyMixin:
         loaded = []  # (caseName, nodes, segmentationNode, outputNode, jobs)
         try:
             for index, (caseName, case) in enumerate(named):
-                if cancelled is not None and cancelled():
-                    raise Cancelled(f"batch cancelled before case {caseName}")
-                if case.get("error"):
-                    record({"case": caseName, "segment": case.get("segment") or "", "error": case["error"]})
+                if _skipCase(caseName, case, cancelled, record):
                     continue
                 report(0.1 * index / len(named), f"{caseName}: reading")
                 try:
@@ -227,6 +221,16 @@ class StudyMixin:
 _IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _SEGMENTATION_WORD = re.compile(r"(^|[_\-.\s])(seg|segmentation|label|labels|labelmap|mask|annotation)s?([_\-.\s]|$)",
                                 re.IGNORECASE)
+
+
+def _skipCase(caseName, case, cancelled, record) -> bool:
+    """Raise ``Cancelled`` if the batch was cancelled; record a case that could not be listed and skip it."""
+    if cancelled is not None and cancelled():
+        raise Cancelled(f"batch cancelled before case {caseName}")
+    if case.get("error"):
+        record({"case": caseName, "segment": case.get("segment") or "", "error": case["error"]})
+        return True
+    return False
 
 
 def _oneLine(exc) -> str:
