@@ -124,7 +124,6 @@ class StudyMixin:
         from NeARSlicerLib.study import StudyCase, StudyConfig, run_study, save_study_prior
 
         report = progress or (lambda fraction, message="": None)
-        prepare = {k: v for k, v in options.items() if k not in ("progress", "cancel", "showResult")}
         loaded = []  # (caseName, nodes, segmentationNode, outputNode, jobs)
         try:
             for index, (caseName, case) in enumerate(named):
@@ -140,7 +139,7 @@ class StudyMixin:
                 loaded.append((caseName, nodes, segmentationNode, outputNode, []))
                 for segmentId in segmentIds:
                     try:
-                        job = self.prepareRefinement(volumeNode, segmentationNode, segmentId, **prepare)
+                        job = self.prepareRefinement(volumeNode, segmentationNode, segmentId, **options)
                     except Exception as exc:
                         segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
                         record({"case": caseName, "segment": segmentName, "error": _oneLine(exc)})
