@@ -134,6 +134,7 @@ def cmd_bench(args) -> int:
 
 def cmd_train_prior(args) -> int:
     from .errors import InputError
+    from .annotation_errors import ALL_FAMILIES
     from .train import TrainConfig, train_prior
 
     if not Path(args.data).is_file():
@@ -142,7 +143,8 @@ def cmd_train_prior(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
                       batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume,
                       init_from=args.init_from, annotation_sigmas=sigmas, appearance=args.appearance,
-                      lr=args.lr, val_every=args.val_every)
+                      lr=args.lr, val_every=args.val_every, errors=args.errors,
+                      families=tuple(f for f in ALL_FAMILIES if f not in set(args.hold_out or [])))
     train_prior(cfg)
     return 0
 
@@ -268,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--annotation-sigmas", default="0,1,2",
                    help="blur sigmas (voxels) of the annotation inputs of the MLP; '' = the paper's MLP")
     t.add_argument("--appearance", action="store_true", help="train S+A on synthetic CT phantoms")
+    t.add_argument("--errors", default="library", choices=["library", "paper"],
+                   help="annotation errors to train on: the error library's mixture, or the paper's generator only")
+    t.add_argument("--hold-out", action="append", metavar="FAMILY",
+                   help="leave this error family out of training (repeatable), e.g. thick_slice")
     t.set_defaults(func=cmd_train_prior)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from scipy import ndimage as ndi
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .annotation_errors import ALL_FAMILIES, corrupt, mixture
 from .distort import DistortionParams, distort
 from .metrics import dice
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres
@@ -53,6 +55,8 @@ class TrainConfig:
     init_from: str | None = None  # warm start from another prior (e.g. the shape-only one)
     annotation_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)  # () trains the paper's MLP
     skips: bool = True  # encoder -> decoder skips; False trains the paper's decoder
+    errors: str = "library"  # "library": annotation_errors.mixture; "paper": distort.py only (the v1 priors)
+    families: tuple[str, ...] = ALL_FAMILIES  # error families drawn in training (leave one out: drop it here)
 
 
 def random_distortion(rng: np.random.Generator) -> DistortionParams:
@@ -76,24 +80,33 @@ def augment(shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_clean: float = 0.15,
-               appearance: bool = False, sigmas: tuple[float, ...] = (), app_sigmas: tuple[float, ...] = (0.0,)):
+               appearance: bool = False, sigmas: tuple[float, ...] = (), app_sigmas: tuple[float, ...] = (0.0,),
+               families: Optional[tuple[str, ...]] = None):
     """(clean, noisy, context) tensors (B, C, 64, 64, 64).
 
     ``context`` holds what ``NeARModel.context`` would compute (the annotation blurred with
     each of ``sigmas``, then the windowed phantom CT blurred with each of ``app_sigmas``), made
     here with scipy in the loader thread because 3D blurs in torch are slow on CPUs; None when
     there is nothing to hold. The phantoms' scanner and tissue values vary (``ct_phantom(vary=True)``).
+    ``families``: draw errors from ``annotation_errors.mixture`` over these families (the phantom
+    CT is passed so that leaks follow similar-looking tissue); None: the v1 recipe (``distort``).
     """
     clean, noisy, ctx = [], [], []
     for i in idx:
         c = augment(shapes[i], rng)
-        d = c if rng.random() < p_clean else distort(c, seed=int(rng.integers(2**31)), params=random_distortion(rng))
+        hu = ct_phantom(c, seed=int(rng.integers(2**31)), vary=True) if appearance else None
+        if rng.random() < p_clean:
+            d = c
+        elif families is None:
+            d = distort(c, seed=int(rng.integers(2**31)), params=random_distortion(rng))
+        else:
+            d = mixture(c, (1.0, 1.0, 1.0), rng, families, image=hu)[0]
         clean.append(c)
         noisy.append(d)
         chans = [ndi.gaussian_filter(d.astype(np.float32), s, mode="constant", truncate=3.0) if s > 0
                  else d.astype(np.float32) for s in sigmas]
         if appearance:
-            a = window_np(ct_phantom(c, seed=int(rng.integers(2**31)), vary=True))
+            a = window_np(hu)
             chans += [ndi.gaussian_filter(a, s, mode="nearest", truncate=3.0) if s > 0 else a for s in app_sigmas]
         if chans:
             ctx.append(np.stack(chans))
@@ -107,6 +120,12 @@ def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_
     t = F.grid_sample(t, grid, align_corners=False, padding_mode="border")
     clean_t = (t[:, :1] > 0.5).float()
     return clean_t, t[:, 1:2], (t[:, 2:] if t.shape[1] > 2 else None)
+
+
+def _val_case(shape: np.ndarray, seed: int, families: Sequence[str]) -> np.ndarray:
+    """A fixed validation annotation: one of ``families`` (cycled by seed) at a set severity."""
+    fam = list(families)[seed % len(families)]
+    return corrupt(shape, (1.0, 1.0, 1.0), fam, seed)
 
 
 def window_np(hu: np.ndarray) -> np.ndarray:
@@ -188,7 +207,11 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     data = np.load(cfg.data)
     train, val = data["train_shapes"], data["val_shapes"]
     val_clean = val[: cfg.val_cases]
-    val_noisy = np.stack([distort(v, seed=10_000 + i) for i, v in enumerate(val_clean)])
+    if cfg.errors == "library":
+        # checkpoints are chosen on the trained families only: a held-out family stays unseen
+        val_noisy = np.stack([_val_case(v, 10_000 + i, cfg.families) for i, v in enumerate(val_clean)])
+    else:
+        val_noisy = np.stack([distort(v, seed=10_000 + i) for i, v in enumerate(val_clean)])
     val_ct = (window_np(np.stack([ct_phantom(v, seed=10_000 + i) for i, v in enumerate(val_clean)]))
               if cfg.appearance else None)
 
@@ -213,7 +236,8 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     history: list[dict] = []
     pool = ThreadPoolExecutor(1)  # distortion of the next batch overlaps this step's backward pass
     submit = lambda: pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15,  # noqa: E731
-                                 cfg.appearance, tuple(cfg.annotation_sigmas), tuple(model.cfg.appearance_sigmas))
+                                 cfg.appearance, tuple(cfg.annotation_sigmas), tuple(model.cfg.appearance_sigmas),
+                                 tuple(cfg.families) if cfg.errors == "library" else None)
     nxt = submit()
     bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
     step = step0
