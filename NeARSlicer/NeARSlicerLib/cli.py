@@ -50,7 +50,8 @@ def cmd_refine(args) -> int:
     from .refine import refine_mask
 
     # every output is checked (not an input, new or --overwrite, folder writable) before computing
-    check_outputs([args.out, args.probability, args.report], [args.mask, args.image], overwrite=args.overwrite)
+    check_outputs([args.out, args.probability, args.report], [args.mask, args.image, args.prior],
+                  overwrite=args.overwrite)
     mask, grid, _ = read_mask(args.mask, label=args.label)
     image = None
     if args.image:

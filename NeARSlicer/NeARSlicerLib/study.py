@@ -326,9 +326,12 @@ def run_study(
     report = progress or (lambda f, m: None)
     _check_config(cfg)
     check_cases(cases)
-    outputs = StudyOutputs(out_dir, cases, overwrite=overwrite, checkpoint=checkpoint) if out_dir is not None else None
+    outputs = None
+    if out_dir is not None:  # every output is checked before any computation
+        outputs = StudyOutputs(out_dir, cases, overwrite=overwrite, checkpoint=checkpoint, other_inputs=[prior_path])
     if checkpoint is not None:
-        check_outputs([checkpoint], [p for c in cases for p in (c.mask_path, c.image_path) if p], may_exist=[checkpoint])
+        check_outputs([checkpoint], [*(p for c in cases for p in (c.mask_path, c.image_path)), prior_path],
+                      may_exist=[checkpoint])
     device = pick_device(cfg.device)
     names = [c.name for c in cases]
     any_image = any(c.image is not None for c in cases)

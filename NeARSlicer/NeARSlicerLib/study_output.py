@@ -82,12 +82,14 @@ class StudyOutputs:
     by case.
 
     ``inputs``: the files the cases were read from (default: the cases' ``mask_path`` and
-    ``image_path``); ``checkpoint``: a checkpoint file in the folder that may exist (resume).
+    ``image_path``); ``checkpoint``: a checkpoint file in the folder that may exist (resume);
+    ``other_inputs`` (e.g. the prior): files no output may replace, wherever they are.
     Raises :class:`~output_safety.OutputError` with the path and the reason.
     """
 
     def __init__(self, out_dir: str | Path, cases: Sequence["StudyCase"], overwrite: bool = False,
-                 inputs: Optional[Iterable[str | Path]] = None, checkpoint: Optional[str | Path] = None) -> None:
+                 inputs: Optional[Iterable[str | Path]] = None, checkpoint: Optional[str | Path] = None,
+                 other_inputs: Iterable[Optional[str | Path]] = ()) -> None:
         ins = [os.fspath(p) for p in (inputs if inputs is not None else _case_inputs(cases)) if p]
         out = Path(os.path.abspath(os.fspath(out_dir)))
         for inp in ins:
@@ -99,7 +101,7 @@ class StudyOutputs:
         self.masks = {c.name: self.folder / f"{c.name}.nii.gz" for c in cases}
         self.prior = self.folder / PRIOR_NAME
         check_outputs([*self.masks.values(), self.folder / SUMMARY_NAME, self.prior, self.folder / CARD_NAME],
-                      ins + ([os.fspath(checkpoint)] if checkpoint else []), overwrite=overwrite)
+                      [*ins, checkpoint, *other_inputs], overwrite=overwrite)
         # existence was checked above: the summary starts afresh at its first row (not before)
         self.summary = SummaryWriter(self.folder / SUMMARY_NAME, SUMMARY_COLUMNS, overwrite=True)
 

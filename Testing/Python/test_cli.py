@@ -188,8 +188,13 @@ def test_refine_out_equal_to_mask_is_refused(tmp_path, capsys, no_compute):
     rc = main(["refine", "--mask", str(src), "--out", str(tmp_path / "o.nii.gz"),
                "--probability", str(tmp_path / "o.nii.gz")])
     assert rc == 2 and "two outputs are the same file" in _err(capsys)
+    prior = tmp_path / "prior.safetensors"
+    prior.write_bytes(b"weights")
+    rc = main(["refine", "--mask", str(src), "--out", str(tmp_path / "o.nii.gz"), "--prior", str(prior),
+               "--probability", str(prior), "--overwrite"])
+    assert rc == 2 and "is the input" in _err(capsys) and prior.read_bytes() == b"weights"
     assert src.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["in.nii.gz", "link.nii.gz", "sub"]
+    assert sorted(os.listdir(tmp_path)) == ["in.nii.gz", "link.nii.gz", "prior.safetensors", "sub"]
 
 
 def test_refine_missing_report_folder_fails_before_writing_anything(tmp_path, capsys, no_compute):

@@ -247,6 +247,13 @@ def test_study_checks_outputs_before_training(tmp_path, tiny_prior, capsys):
     rc = main(["study", "--masks", str(masks), "--out", str(out), "--prior", tiny_prior, "--epochs", "1"])
     assert rc == 2 and "case1.nii.gz exists; pass --overwrite" in capsys.readouterr().err
     assert _snapshot(out) == {"case1.nii.gz": b"an earlier result"}  # no checkpoint: training never started
+    # warm-starting from the prior an earlier study left in --out must not replace it
+    prior = out / "study_prior.safetensors"
+    prior.write_bytes(open(tiny_prior, "rb").read())
+    rc = main(["study", "--masks", str(masks), "--out", str(out), "--prior", str(prior), "--overwrite"])
+    assert rc == 2 and "study_prior.safetensors is the input" in capsys.readouterr().err
+    assert prior.read_bytes() == open(tiny_prior, "rb").read()
+    prior.unlink()
     # an unreadable folder: refused before training too (the probe fails as on a read-only mount)
     import NeARSlicerLib.output_safety as osafe
 
