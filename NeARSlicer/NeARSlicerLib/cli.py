@@ -2,6 +2,11 @@
 
 Errors are one line on stderr with a non-zero exit code (2: bad input or prior, 1: other);
 ``--debug`` shows the traceback instead.
+
+Outputs (``output_safety``): an input is never modified; every output path is checked before any
+computation (not an input, folder present and writable, existing files replaced only with
+``--overwrite``); each file appears whole or not at all, and refine's --out/--probability/--report
+appear together or not at all.
 """
 from __future__ import annotations
 
