@@ -2,6 +2,11 @@
 
 Errors are one line on stderr with a non-zero exit code (2: bad input or prior, 1: other);
 ``--debug`` shows the traceback instead.
+
+Outputs (``output_safety``): an input is never modified; every output path is checked before any
+computation (not an input, folder present and writable, existing files replaced only with
+``--overwrite``); each file appears whole or not at all, and refine's --out/--probability/--report
+appear together or not at all.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Optional, Sequence
 from .errors import NeARError
 
 ALAN_REL = Path("data/alan64/alan64_trainval.npz")
+CHECKPOINT_NAME = "checkpoint.safetensors"  # study mode's resume file in --out (no pickle)
 
 
 def shared_dir() -> Optional[Path]:
@@ -45,8 +51,12 @@ def cmd_refine(args) -> int:
 
     from .io import read_image, read_mask, write_image, write_mask
     from .metrics import dice
+    from .output_safety import atomic_paths, check_outputs
     from .refine import refine_mask
 
+    # every output is checked (not an input, new or --overwrite, folder writable) before computing
+    check_outputs([args.out, args.probability, args.report], [args.mask, args.image, args.prior],
+                  overwrite=args.overwrite)
     mask, grid, _ = read_mask(args.mask, label=args.label)
     image = None
     if args.image:
@@ -59,18 +69,20 @@ def cmd_refine(args) -> int:
     res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, _options(args), progress=cb))
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
-    # every output is computed before the first one is written; each write is atomic
-    write_mask(args.out, res.mask, grid)
-    if args.probability:
-        write_image(args.probability, res.probability, grid)
-    if args.report:
-        from .report import save_report_png
+    score = dice(mask, res.mask)
+    # all outputs are written to temporary files first, then renamed together: all or none appear
+    with atomic_paths([args.out, args.probability, args.report]) as (out_tmp, prob_tmp, report_tmp):
+        write_mask(out_tmp, res.mask, grid)
+        if prob_tmp:
+            write_image(prob_tmp, res.probability, grid)
+        if report_tmp:
+            from .report import save_report_png
 
-        save_report_png(args.report, image, mask, res.mask, grid.spacing, title=Path(args.mask).name,
-                        metrics={"Dice(input, refined)": dice(mask, res.mask)})
+            save_report_png(report_tmp, image, mask, res.mask, grid.spacing, title=Path(args.mask).name,
+                            metrics={"Dice(input, refined)": score})
     print(f"refined {Path(args.mask).name}: {int(mask.sum())} -> {int(res.mask.sum())} voxels "
           f"(+{int(res.added.sum())} / -{int(res.removed.sum())}), Dice(input, refined) "
-          f"{dice(mask, res.mask):.3f}, {res.seconds:.1f} s on {res.info['device']}; wrote {args.out}")
+          f"{score:.3f}, {res.seconds:.1f} s on {res.info['device']}; wrote {args.out}")
     return 0
 
 
@@ -88,7 +100,7 @@ def _run_with_bar(fn):
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, seed=args.seed, options=_options(args))
+    run_demo(args.out, seed=args.seed, options=_options(args), overwrite=args.overwrite)
     return 0
 
 
@@ -169,8 +181,7 @@ def cmd_study(args) -> int:
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
     cases = load_cases(args.masks, args.images, args.manifest, label=args.label)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ck = out / "checkpoint.pt"
+    ck = out / CHECKPOINT_NAME
     print(f"study: {len(cases)} cases, recipe {cfg.recipe}, up to {cfg.epochs} epochs"
           + (f", resuming from {ck}" if args.resume and ck.is_file() else ""))
     # a first Ctrl-C stops at the next step boundary with a checkpoint saved; a second one at once
@@ -192,8 +203,9 @@ def cmd_study(args) -> int:
                 bar.set_postfix_str(msg, refresh=False)
                 bar.update(max(0, int(f * 1000) - bar.n))
 
+            # run_study checks every output (folder, collisions, --overwrite) before training
             res = run_study(cases, args.prior, cfg, out_dir=str(out), checkpoint=str(ck), progress=cb,
-                            cancel=lambda: stop["asked"], resume=args.resume)
+                            cancel=lambda: stop["asked"], resume=args.resume, overwrite=args.overwrite)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -230,12 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--probability", help="also write the occupancy probability map")
     r.add_argument("--shape-only", action="store_true",
                    help="do not use --image's intensities: shape-only refinement")
+    r.add_argument("--overwrite", action="store_true", help="replace outputs that exist (never an input)")
     common(r)
     r.set_defaults(func=cmd_refine)
 
     d = sub.add_parser("demo", help="built-in demo on a synthetic phantom (no data needed)")
     d.add_argument("--out", default="nearslicer-demo", help="output folder")
     d.add_argument("--shape-only", action="store_true", help="skip the S+A run: shape-only refinement only")
+    d.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --out")
     common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -281,13 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="folder of CTs named like the masks (optional: shape-only without)")
     s.add_argument("--manifest", help="CSV with columns name, mask and optionally image, label (instead of folders)")
     s.add_argument("--out", required=True,
-                   help="output folder: <case>.nii.gz, study_prior.*, summary.csv, checkpoint.pt")
+                   help="output folder (not the masks' or images' folder): <case>.nii.gz, study_prior.*, "
+                   "summary.csv, " + CHECKPOINT_NAME)
     s.add_argument("--label", help="label value (or .seg.nrrd segment name) of multilabel masks")
     s.add_argument("--prior", help="prior to warm-start from (default: the shipped adrenal prior)")
     s.add_argument("--recipe", default="fast", choices=["fast", "paper"],
                    help="fast (default): warm start, surface sampling, early stop; paper: the paper's recipe")
     s.add_argument("--epochs", type=int, help="maximum epochs (default: 60 fast, 1500 paper)")
-    s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
+    s.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME} if it exists")
+    s.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier study in --out")
     s.add_argument("--shape-only", action="store_true", help="ignore the images even with an S+A prior")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--seed", type=int, default=0)

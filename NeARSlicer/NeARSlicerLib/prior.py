@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import PriorError
 from .model import ModelConfig, NeARModel
+from .output_safety import atomic_write
 
 PRIOR_DIR = Path(__file__).resolve().parent / "priors"
 DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v1.safetensors"  # shape-only (S)
@@ -31,16 +32,15 @@ def save_prior(path: str | Path, model: NeARModel, meta: dict | None = None,
     gives float32 weights.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # training writes into a new folder
     tensors = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
     header = {
         "format": FORMAT,
         "config": json.dumps(model.cfg.to_dict()),
         "meta": json.dumps(meta or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(path)
+    # a unique temporary name (concurrent trainings never collide), fsync, then rename
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     return path
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -41,18 +40,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, load_training_state, save_training_state
 from .decode import decode_logits, model_query
 from .device import pick_device
 from .errors import Cancelled, InputError
 from .fit import sample_fit_points
 from .geometry import Grid, to_source, to_working
-from .metrics import dice
+from .output_safety import check_outputs
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
 from .prior import default_prior, load_prior, save_prior
 from .refine import drop_islands
+from .study_output import StudyOutputs, save_study_prior, study_card, summary_row, write_study
 
 RECIPES = ("fast", "paper")
-CHECKPOINT_FORMAT = "nearslicer-study-1"
+CHECKPOINT_FORMAT = "nearslicer-study-2"  # -1 was a torch.save (pickle) file: refused
 Progress = Callable[[float, str], None]
 
 
@@ -64,6 +65,8 @@ class StudyCase:
     mask: np.ndarray
     grid: Grid
     image: Optional[np.ndarray] = None
+    mask_path: Optional[str] = None  # the files it was read from: outputs must never replace them
+    image_path: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,7 @@ class StudyResult:
 
     def rows(self, inputs: Sequence[np.ndarray]) -> list[dict]:
         """Summary rows: case, voxels before/after, Dice(input, refined), seconds."""
-        return [
-            {"case": n, "voxels_before": int(np.count_nonzero(a)), "voxels_after": int(m.sum()),
-             "dice_input_refined": round(dice(a, m), 4), "seconds": round(s, 2)}
-            for n, a, m, s in zip(self.names, inputs, self.masks, self.case_seconds)
-        ]
+        return [summary_row(n, a, m, s) for n, a, m, s in zip(self.names, inputs, self.masks, self.case_seconds)]
 
 
 @dataclass
@@ -202,8 +201,11 @@ def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
     # the paper's model: the decoder sees only z and the MLP reads features, p and a(p), not the annotation
     arch = ModelConfig.from_dict({**arch.to_dict(), "appearance": bool(cfg.appearance and any_image),
                                   "annotation_sigmas": (), "skips": False})
-    torch.manual_seed(cfg.seed)  # the random initialisation is part of the recipe
-    return NeARModel(arch).to(device), meta
+    # the random initialisation is part of the recipe; fork_rng leaves the caller's global RNG alone
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = NeARModel(arch)
+    return model.to(device), meta
 
 
 @torch.no_grad()
@@ -284,30 +286,15 @@ def _epoch_order(cfg: StudyConfig, n: int, epoch: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, str(tmp))
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, fingerprint: dict) -> dict:
-    try:
-        ck = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"checkpoint {path} is not readable ({reason})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not a NeARSlicer study checkpoint")
-    theirs = dict(ck.get("fingerprint") or {})
+def _check_fingerprint(path: Path, theirs: dict, fingerprint: dict) -> None:
+    """Refuse a checkpoint made for other cases or settings (epochs, patience... may change)."""
+    theirs = dict(theirs or {})
     if isinstance(theirs.get("model"), dict):  # fields added to ModelConfig since then take their defaults
         theirs["model"] = json.loads(json.dumps(ModelConfig.from_dict(theirs["model"]).to_dict()))
     if theirs != fingerprint:
         diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
         raise InputError(f"checkpoint {path} was made for other cases or settings (differs in: {', '.join(diff)}); "
                          "delete it or start without resuming")
-    return ck
 
 
 # ------------------------------------------------------------------------------------ the study
@@ -320,6 +307,7 @@ def run_study(
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
     resume: bool = True,
+    overwrite: bool = False,
 ) -> StudyResult:
     """Train a NeAR model and one latent code per case on ``cases`` jointly, then decode every case.
 
@@ -327,14 +315,23 @@ def run_study(
     architecture to copy (paper recipe). ``checkpoint``: a file written every
     ``cfg.checkpoint_every`` steps and on cancel; when it exists and ``resume`` is true, training
     continues from it (an error if it belongs to other cases or settings). ``out_dir``: if given,
-    :func:`write_study` writes the masks, the trained prior, its card and summary.csv there.
-    Raises InputError, PriorError or Cancelled; the inputs are never modified.
+    the outputs are checked before training (``study_output.StudyOutputs``: not the inputs'
+    folder, no output an input, existing outputs only replaced with ``overwrite``); each refined
+    mask and its summary row are written as soon as the case is decoded, then the trained prior
+    and its card. Raises InputError (OutputError), PriorError or Cancelled; the inputs are never
+    modified.
     """
     t0 = time.perf_counter()
     cfg = cfg or StudyConfig()
     report = progress or (lambda f, m: None)
     _check_config(cfg)
     check_cases(cases)
+    outputs = None
+    if out_dir is not None:  # every output is checked before any computation
+        outputs = StudyOutputs(out_dir, cases, overwrite=overwrite, checkpoint=checkpoint, other_inputs=[prior_path])
+    if checkpoint is not None:
+        check_outputs([checkpoint], [*(p for c in cases for p in (c.mask_path, c.image_path)), prior_path],
+                      may_exist=[checkpoint])
     device = pick_device(cfg.device)
     names = [c.name for c in cases]
     any_image = any(c.image is not None for c in cases)
@@ -377,28 +374,31 @@ def run_study(
     ck_path = Path(checkpoint) if checkpoint else None
     resumed_from = None
     if ck_path is not None and ck_path.is_file() and resume:
-        ck = _load_checkpoint(ck_path, fingerprint)
-        model.load_state_dict(ck["model"])
+        # safetensors + JSON (checkpoint.py): a pickled or corrupt file is refused, never loaded
+        _, head = load_checkpoint(ck_path)
+        extra = (head.get("extra") or {})
+        if extra.get("format") != CHECKPOINT_FORMAT:
+            raise InputError(f"{ck_path} is not a NeARSlicer study checkpoint")
+        _check_fingerprint(ck_path, extra.get("fingerprint"), fingerprint)
+        ck = load_training_state(ck_path, model, opt, generators={"gen": gen})
+        saved = ck["tensors"].get("latents")
+        if saved is None or tuple(saved.shape) != (len(latents), model.cfg.latent_dim):
+            raise InputError(f"checkpoint {ck_path} holds no latent codes for these {len(latents)} cases")
         with torch.no_grad():
-            for z, saved in zip(latents, ck["latents"]):
-                z.copy_(saved.to(device))
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        np.random.set_state(ck["numpy_rng"])
-        state = ck["state"]
+            for z, code in zip(latents, saved):
+                z.copy_(code.to(device))
+        state = ck["extra"]["state"]
         resumed_from = state["step"]
         report(0.02, f"resumed from step {state['step']} (epoch {state['epoch']})")
 
     def save_now() -> None:
         if ck_path is None:
             return
-        _save_checkpoint(ck_path, {
-            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": state,
-            "model": model.state_dict(), "latents": torch.stack([z.detach().cpu() for z in latents]),
-            "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-        })
+        # the global RNGs are not saved: training draws only from ``gen``
+        save_training_state(ck_path, model, opt, state["step"],
+                            extra={"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": state},
+                            generators={"gen": gen},
+                            tensors={"latents": torch.stack([z.detach().cpu() for z in latents])})
 
     # ------------------------------------------------------------------ training
     n = len(prep)
@@ -475,6 +475,8 @@ def run_study(
         probs.append(prob)
         masks.append(mask)
         case_seconds.append(time.perf_counter() - t_case + share)
+        if outputs is not None:
+            outputs.case_done(c, mask, case_seconds[-1])
 
     for w in notes:
         warnings.warn(w, stacklevel=2)
@@ -489,70 +491,10 @@ def run_study(
               "prior": str(prior_path or default_prior(use_app)) if cfg.recipe == "fast" else None,
               "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep]},
     )
-    if out_dir is not None:
-        write_study(result, cases, out_dir)
+    if outputs is not None:
+        outputs.finish(result)
     report(1.0, "done")
     return result
-
-
-# -------------------------------------------------------------------------------------- outputs
-def study_card(result: StudyResult) -> dict:
-    """Facts about a study-trained prior, for its metadata and JSON card."""
-    cfg = result.config
-    card = {
-        "kind": "nearslicer study prior",
-        "recipe": cfg.recipe,
-        "cases": list(result.names),
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "stopped_early": result.stopped_early,
-        "final_loss": result.losses[-1] if result.losses else None,
-        "seconds": round(result.train_seconds, 1),
-        "mlp_point_evals": result.mlp_point_evals,
-        "decoder_passes": result.decoder_passes,
-        "appearance": bool(result.info.get("appearance")),
-        "config": cfg.to_dict(),
-        "warm_start": result.info.get("prior"),
-        # the encoder is not trained in study mode: a paper-recipe model has a random one
-        "encoder_trained": cfg.recipe == "fast",
-        "fov_mm": float((result.info.get("prior_meta") or {}).get("fov_mm", 64.0)),
-        "note": "trained transductively on the listed cases' own (imperfect) annotations; "
-                "NeAR: Yang, Shi et al., MICCAI 2022",
-    }
-    return card
-
-
-def save_study_prior(result: StudyResult, path: str | Path) -> Path:
-    """The study-trained model as a reusable prior (safetensors) with its JSON card beside it."""
-    card = study_card(result)
-    prior = save_prior(path, result.model, card)
-    card_path = prior.with_suffix(".json")
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, card_path)
-    return prior
-
-
-def write_study(result: StudyResult, cases: Sequence[StudyCase], out_dir: str) -> Path:
-    """Write ``<name>.nii.gz`` refined masks, ``study_prior.safetensors`` + ``study_prior.json`` and
-    ``summary.csv`` into ``out_dir`` (created if needed); every file is written atomically."""
-    from .io import atomic_write, write_mask
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for c, m in zip(cases, result.masks):
-        write_mask(str(out / f"{c.name}.nii.gz"), m, c.grid)
-    save_study_prior(result, out / "study_prior.safetensors")
-    rows = result.rows([c.mask for c in cases])
-
-    def write_csv(path: str) -> None:
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(str(out / "summary.csv"), write_csv)
-    return out
 
 
 # ---------------------------------------------------------------------------- finding the cases
@@ -666,9 +608,10 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
                                      f"spacing {igrid.spacing} vs {grid.spacing})")
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
-        cases.append(StudyCase(name, mask, grid, image))
+        cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None))
     return cases
 
 
-__all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "load_cases",
+__all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "save_study_prior",
+           "load_cases",
            "find_cases", "read_manifest", "case_name", "check_cases", "RECIPES"]
