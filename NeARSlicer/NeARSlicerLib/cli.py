@@ -107,39 +107,52 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     import numpy as np
 
-    from .bench import alan_cases, format_table, real_ct_cases, run_bench, write_json
+    from .annotation_errors import FAMILIES
+    from .bench import alan_cases, best_smoothing, format_table, real_ct_cases, run_bench, write_json
     from .errors import InputError
     from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR
     from .refine import RefineOptions
 
-    if args.real_ct:
-        folder = Path(args.real_ct)
-        ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
-        if not (ct.is_file() and seg.is_file()):
-            raise InputError(f"--real-ct {folder} needs ct.nii.gz and seg.nii.gz (like ../shared/data/totalseg_example)")
-        labels = [int(v) for v in args.labels.split(",") if v.strip()]
-        cases = real_ct_cases(ct, seg, labels, per_label=args.per_label)
-        with_images = True
+    if args.errors == "all":
+        families = list(FAMILIES) + ["mixture"]
+    elif args.errors in ("paper", "v1"):
+        families = [None]  # distort.py with the v1 benchmark's seeds (the README's first tables)
+    elif args.errors in FAMILIES or args.errors == "mixture":
+        families = [args.errors]
     else:
-        if not Path(args.data).is_file():
-            raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
-        shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
-        cases = alan_cases(shapes, appearance=args.appearance)
-        with_images = args.appearance
-    common = dict(preset=args.preset, device=args.device, seed=args.seed)
-    if with_images:
-        s_prior, sa_prior = args.prior or str(DEFAULT_PRIOR), args.prior_sa or str(DEFAULT_SA_PRIOR)
-        variants = {"NeAR S": RefineOptions(prior=s_prior, appearance=False, **common),
-                    "NeAR S+A": RefineOptions(prior=sa_prior, **common)}
-        studies = {"NeAR S, study": (s_prior, False), "NeAR S+A, study": (sa_prior, True)} if args.study else None
-    else:
-        variants = {"NeAR": RefineOptions(prior=args.prior, **common)}
-        studies = {"NeAR, study": (args.prior, False)} if args.study else None
-    result = run_bench(cases, variants=variants, studies=studies)
-    table = format_table(result)
-    print(table)
+        raise InputError(f"unknown --errors {args.errors!r}: use one of {', '.join(FAMILIES)}, mixture, all or paper")
+    results = {}
+    for family in families:
+        if args.real_ct:
+            folder = Path(args.real_ct)
+            ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
+            if not (ct.is_file() and seg.is_file()):
+                raise InputError(f"--real-ct {folder} needs ct.nii.gz and seg.nii.gz (like ../shared/data/totalseg_example)")
+            labels = [int(v) for v in args.labels.split(",") if v.strip()]
+            cases = real_ct_cases(ct, seg, labels, per_label=args.per_label, family=family)
+            with_images = True
+        else:
+            if not Path(args.data).is_file():
+                raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
+            shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
+            cases = alan_cases(shapes, appearance=args.appearance, family=family)
+            with_images = args.appearance
+        common = dict(preset=args.preset, device=args.device, seed=args.seed)
+        if with_images:
+            s_prior, sa_prior = args.prior or str(DEFAULT_PRIOR), args.prior_sa or str(DEFAULT_SA_PRIOR)
+            variants = {"NeAR S": RefineOptions(prior=s_prior, appearance=False, **common),
+                        "NeAR S+A": RefineOptions(prior=sa_prior, **common)}
+            studies = {"NeAR S, study": (s_prior, False), "NeAR S+A, study": (sa_prior, True)} if args.study else None
+        else:
+            variants = {"NeAR": RefineOptions(prior=args.prior, **common)}
+            studies = {"NeAR, study": (args.prior, False)} if args.study else None
+        result = run_bench(cases, variants=variants, studies=studies)
+        name = family or "paper"
+        print(f"\nerrors: {name} (best smoothing: {best_smoothing(result)})")
+        print(format_table(result))
+        results[name] = result
     if args.json:
-        write_json(result, args.json)
+        write_json(results if len(results) > 1 else next(iter(results.values())), args.json)
         print(f"wrote {args.json}")
     return 0
 
@@ -266,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-label", type=int, default=10, help="distortions of each --real-ct label")
     b.add_argument("--prior-sa", help="S+A prior (default: the shipped one)")
     b.add_argument("--study", action="store_true", help="also run study mode (fast recipe) on all cases")
+    b.add_argument("--errors", default="paper", metavar="FAMILY",
+                   help="annotation errors of the cases: paper (the v1 generator, default), an error-library family "
+                        "(overpaint, slab, thick_slice, holes, leak, missing_part, oversmooth), mixture, or all")
     common(b)
     b.set_defaults(func=cmd_bench)
 

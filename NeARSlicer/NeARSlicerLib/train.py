@@ -198,12 +198,23 @@ def warm_start(model: NeARModel, prior_path: str) -> None:
     model.load_state_dict(own)
 
 
+def _step_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The random streams of one training step, derived from (seed, step) alone, so that a resumed
+    run draws exactly what an uninterrupted one draws (the next batch is prepared ahead)."""
+    return np.random.default_rng([seed, step]), torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
 def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=print) -> dict:
-    """Train and save the prior; returns the training facts written to its metadata."""
+    """Train and save the prior; returns the training facts written to its metadata.
+
+    With ``cfg.resume`` a checkpoint (safetensors + JSON: weights, Adam state, step, best, history,
+    elapsed time) is written every ``val_every`` steps and resumed from when present; the resumed
+    run continues bit-identically (same device and threads) when the schedule is step-based
+    (``minutes`` = inf). The global torch RNG is left alone.
+    """
+    from .checkpoint import load_training_state, save_training_state
+
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     data = np.load(cfg.data)
     train, val = data["train_shapes"], data["val_shapes"]
     val_clean = val[: cfg.val_cases]
@@ -218,35 +229,42 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     mcfg = model_cfg or ModelConfig(appearance=cfg.appearance, annotation_sigmas=tuple(cfg.annotation_sigmas),
                                     skips=cfg.skips, appearance_sigmas=tuple(cfg.appearance_sigmas),
                                     encoder_appearance=cfg.encoder_appearance, appearance_gain=cfg.appearance_gain)
-    model = NeARModel(mcfg)
-    if cfg.init_from:
+    with torch.random.fork_rng(devices=[]):  # the initial weights are seeded without touching the global RNG
+        torch.manual_seed(cfg.seed)
+        model = NeARModel(mcfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step0, best, elapsed0 = 0, -1.0, 0.0
+    history: list[dict] = []
+    ema_loss = None
+    if cfg.resume and Path(cfg.resume).is_file():
+        info = load_training_state(cfg.resume, model, opt)
+        step0, extra = info["step"], info["extra"]
+        best, elapsed0, history, ema_loss = extra["best"], extra["seconds"], extra["history"], extra["ema_loss"]
+        log(f"resumed at step {step0} (best val Dice {best:.4f})")
+    elif cfg.init_from:
         warm_start(model, cfg.init_from)
         log(f"warm start from {cfg.init_from}")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step0, best = 0, -1.0
-    if cfg.resume and Path(cfg.resume).is_file():
-        ck = torch.load(cfg.resume, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step0, best = ck["step"], ck["best"]
-        rng = np.random.default_rng(cfg.seed + step0)
-        log(f"resumed at step {step0} (best val Dice {best:.4f})")
     budget = cfg.minutes * 60.0
-    t0 = time.time()
-    history: list[dict] = []
-    pool = ThreadPoolExecutor(1)  # distortion of the next batch overlaps this step's backward pass
-    submit = lambda: pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15,  # noqa: E731
-                                 cfg.appearance, tuple(cfg.annotation_sigmas), tuple(model.cfg.appearance_sigmas),
-                                 tuple(cfg.families) if cfg.errors == "library" else None)
-    nxt = submit()
-    bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
+    t0 = time.time() - elapsed0
+    pool = ThreadPoolExecutor(1)  # the next batch is made while this step runs
+
+    def submit(step: int):
+        rng, _ = _step_rng(cfg.seed, step)
+        return pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15,
+                           cfg.appearance, tuple(cfg.annotation_sigmas), tuple(model.cfg.appearance_sigmas),
+                           tuple(cfg.families) if cfg.errors == "library" else None)
+
     step = step0
-    ema_loss = None
+    nxt = submit(step)
+    bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
     while step < cfg.max_steps and time.time() - t0 < budget:
         clean, noisy, context = nxt.result()
-        nxt = submit()
-        # cosine decay over the *time* budget when it is the binding limit
-        frac = max(step / max(1, cfg.max_steps), (time.time() - t0) / budget)
+        nxt = submit(step + 1)
+        _, gen = _step_rng(cfg.seed, step)
+        # cosine decay over the steps, or over the time budget when that is the binding limit
+        frac = step / max(1, cfg.max_steps)
+        if math.isfinite(budget):
+            frac = max(frac, (time.time() - t0) / budget)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         pts = sample_points(clean, noisy, cfg.points, gen)
@@ -275,19 +293,24 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
         bar.update(1)
         if step % cfg.val_every == 0:
             v = validate(model, val_clean, val_noisy, val_ct)
-            history.append({"step": step, "minutes": round((time.time() - t0) / 60, 2), "loss": round(ema_loss, 4), "val_dice": round(v, 4)})
+            history.append({"step": step, "minutes": round((time.time() - t0) / 60, 2), "loss": round(ema_loss, 4),
+                            "val_dice": round(v, 4)})
             log(json.dumps(history[-1]))
             if v > best:
                 best = v
                 save_prior(cfg.out, model, {"step": step, "val_dice_direct": v})
             if cfg.resume:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best}, cfg.resume)
+                save_training_state(cfg.resume, model, opt, step,
+                                    extra={"best": best, "seconds": time.time() - t0, "history": history,
+                                           "ema_loss": ema_loss})
     bar.close()
-    pool.shutdown()
+    pool.shutdown(cancel_futures=True)
     v = validate(model, val_clean, val_noisy, val_ct)
     if v > best:
         best = v
         save_prior(cfg.out, model, {"step": step, "val_dice_direct": v})
-    facts = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "best_val_dice_direct": best, "history": history}
+    facts = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "best_val_dice_direct": best,
+             "errors": cfg.errors, "families": list(cfg.families) if cfg.errors == "library" else ["paper"],
+             "history": history}
     log(json.dumps({k: v for k, v in facts.items() if k != "history"}))
     return facts
