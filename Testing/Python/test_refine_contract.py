@@ -104,13 +104,14 @@ def test_prior_cache_is_bounded_releasable_and_sees_rewritten_files(tmp_path):
     assert cache.get(a, "cpu")[0] is first and len(cache) == 1
     cache.get(b, "cpu")
     assert len(cache) == 1, "the least recently used prior is dropped"
-    assert cache.get(a, "cpu")[0] is not first
+    second, _ = cache.get(a, "cpu")
+    assert second is not first
     # the same file rewritten with other weights is loaded anew
     _tiny_prior(a, 3)
     st = os.stat(a)
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     reloaded, meta = cache.get(a, "cpu")
-    assert meta == {"seed": 3}
+    assert reloaded is not second and meta == {"seed": 3}
     assert cache.release() == 1 and len(cache) == 0
     assert cache.release() == 0
 
@@ -121,6 +122,16 @@ def test_module_cache_release():
     assert len(PRIOR_CACHE) >= 1
     assert release_priors() >= 1 and len(PRIOR_CACHE) == 0
     assert get_prior(None, "cpu")[0] is not model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_release_returns_gpu_memory():
+    cache = PriorCache()
+    base = torch.cuda.memory_allocated()
+    cache.get(DEFAULT_PRIOR, "cuda")
+    assert torch.cuda.memory_allocated() > base
+    assert cache.release() == 1
+    assert torch.cuda.memory_allocated() == base
 
 
 # ------------------------------------------------------------------------------------- RNG
