@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, seed=0):
-        sp.add_argument("--prior", help="prior .safetensors file (default: the shipped adrenal prior)")
+        sp.add_argument("--prior", help="name (adrenal) or .safetensors path (default: adrenal; S+A with an image)")
         sp.add_argument("--preset", default="default", choices=["fast", "default", "quality"])
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--seed", type=int, default=seed)
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (not the masks' or images' folder): <case>.nii.gz, study_prior.*, "
                    "summary.csv, " + CHECKPOINT_NAME)
     s.add_argument("--label", help="label value (or .seg.nrrd segment name) of multilabel masks")
-    s.add_argument("--prior", help="prior to warm-start from (default: the shipped adrenal prior)")
+    s.add_argument("--prior", help="prior to warm-start from: name (adrenal) or .safetensors path (default: adrenal)")
     s.add_argument("--recipe", default="fast", choices=["fast", "paper"],
                    help="fast (default): warm start, surface sampling, early stop; paper: the paper's recipe")
     s.add_argument("--epochs", type=int, help="maximum epochs (default: 60 fast, 1500 paper)")

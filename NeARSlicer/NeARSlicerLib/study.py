@@ -193,7 +193,7 @@ def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
     """The model to train: the prior itself (fast) or a random one of the prior's architecture (paper)."""
     if cfg.recipe == "fast":
         # a fresh copy: we own and train it
-        return load_prior(prior_path or default_prior(bool(cfg.appearance and any_image)), device)
+        return load_prior(prior_path, device, with_image=bool(cfg.appearance and any_image))
     arch, meta = ModelConfig(), {}
     path = Path(prior_path) if prior_path else default_prior(False)
     if prior_path or path.is_file():
