@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import NeARError
+from .errors import NeARError, RefinementError
 
 ALAN_REL = Path("data/alan64/alan64_trainval.npz")
 CHECKPOINT_NAME = "checkpoint.safetensors"  # study mode's resume file in --out (no pickle)
@@ -332,6 +332,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.simplefilter("ignore", UserWarning)  # engine warnings are printed as one-liners instead
     try:
         return int(args.func(args) or 0)
+    except RefinementError as exc:  # the engine failed on valid input: not the user's error
+        if args.debug:
+            raise
+        print(f"nearslicer: error: {exc}", file=sys.stderr)
+        return 1
     except NeARError as exc:
         if args.debug:
             raise
