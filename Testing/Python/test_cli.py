@@ -21,6 +21,12 @@ def _oblique_grid(shape):
     return Grid(shape=shape, spacing=(0.8, 0.8, 1.5), origin=(-20.0, 13.5, 101.0), direction=tuple(rot.ravel()))
 
 
+def _lps_centroid(img: sitk.Image) -> np.ndarray:
+    """Centre of the set voxels in LPS mm, by SimpleITK's own index-to-physical mapping."""
+    kji = np.argwhere(sitk.GetArrayFromImage(img) > 0).mean(0)
+    return np.array(img.TransformContinuousIndexToPhysicalPoint([float(v) for v in kji[::-1]]))
+
+
 def test_refine_nifti_oblique_anisotropic(tmp_path, capsys):
     truth = adrenal_phantom(seed=21, shape=(48, 80, 80), spacing=(0.8, 0.8, 1.5))
     noisy = distort(truth, seed=3)
@@ -32,6 +38,25 @@ def test_refine_nifti_oblique_anisotropic(tmp_path, capsys):
     refined, rgrid, _ = read_mask(str(out))
     assert rgrid.same_as(grid), "output must have the input's exact geometry"
     assert refined.shape == noisy.shape and set(np.unique(refined)) <= {0, 1}
+    # placement, not only the header: the result lies on the truth (a mirrored or shifted array
+    # would not; mirroring this one moves its centre by 20 mm), centres in LPS from SimpleITK
+    assert dice(refined, truth) > dice(noisy, truth) + 0.03
+    truth_img = grid.to_sitk(truth.astype(np.uint8))
+    assert np.linalg.norm(_lps_centroid(sitk.ReadImage(str(out))) - _lps_centroid(truth_img)) < 0.5 * 1.5
+
+    # the same voxels on an axis-aligned grid (same spacing, other origin): mapped by SimpleITK with
+    # the known rigid transform, the two results coincide
+    plain = Grid(shape=truth.shape, spacing=grid.spacing, origin=(0.0, 0.0, 0.0))
+    src_plain, out_plain = tmp_path / "plain.nii.gz", tmp_path / "plain_refined.nii.gz"
+    write_mask(str(src_plain), noisy.astype(np.uint8), plain)
+    assert main(["refine", "--mask", str(src_plain), "--out", str(out_plain), "--preset", "fast"]) == 0
+    ref_plain = sitk.ReadImage(str(out_plain))
+    to_oblique = sitk.AffineTransform(3)  # LPS of the plain grid -> LPS of the oblique grid
+    to_oblique.SetMatrix(grid.direction)
+    to_oblique.SetTranslation(grid.origin)
+    mapped = sitk.Resample(sitk.ReadImage(str(out)), ref_plain, to_oblique, sitk.sitkNearestNeighbor, 0)
+    assert dice(sitk.GetArrayFromImage(mapped), sitk.GetArrayFromImage(ref_plain)) >= 0.95
+    assert np.all(np.abs(_lps_centroid(mapped) - _lps_centroid(ref_plain)) < 0.5 * np.array(grid.spacing))
     # the report shows the numbers of the files written, computed by the real code path
     facts = read_report_facts(str(rep))
     source, _, _ = read_mask(str(src))
