@@ -148,8 +148,14 @@ def cmd_train_prior(args) -> int:
     from .errors import InputError
     from .train import TrainConfig, train_prior
 
+    from .output_safety import check_output_folder, check_outputs
+
     if not Path(args.data).is_file():
         raise InputError(f"training data not found: {args.data}")
+    # the prior (rewritten at every better validation) and the resume file are replaced by design;
+    # neither may be the training data or the warm-start prior
+    check_output_folder(Path(args.out).parent, create=True)
+    check_outputs([args.out, args.resume], [args.data, args.init_from], may_exist=[args.out, args.resume])
     sigmas = tuple(float(v) for v in args.annotation_sigmas.split(",") if v.strip())
     cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
                       batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume,

@@ -279,3 +279,13 @@ def test_refine_disk_full_half_way_writes_nothing(tmp_path, capsys, monkeypatch)
     assert rc == 1 and "No space left on device" in _err(capsys)
     assert out.read_bytes() == b"previous result"
     assert sorted(os.listdir(tmp_path)) == ["in.nii.gz", "o.nii.gz"]  # no probability, report or temp file
+
+
+def test_train_prior_refuses_to_write_over_its_data(tmp_path, capsys):
+    data = tmp_path / "shapes.npz"
+    np.savez(data, train_shapes=np.zeros((2, 8, 8, 8), np.uint8), val_shapes=np.zeros((1, 8, 8, 8), np.uint8))
+    before = data.read_bytes()
+    for extra in (["--out", str(data)], ["--out", str(tmp_path / "p.safetensors"), "--resume", str(data)]):
+        assert main(["train-prior", "--data", str(data), "--max-steps", "1", *extra]) == 2
+        assert "is the input" in _err(capsys)
+    assert data.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["shapes.npz"]
