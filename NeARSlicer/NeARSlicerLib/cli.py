@@ -112,6 +112,10 @@ def cmd_bench(args) -> int:
     from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR
     from .refine import RefineOptions
 
+    if args.json:  # checked before the (long) benchmark: not an input, folder present and writable
+        from .output_safety import check_outputs
+
+        check_outputs([args.json], [args.data, args.prior, args.prior_sa], may_exist=[args.json])
     if args.real_ct:
         folder = Path(args.real_ct)
         ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
