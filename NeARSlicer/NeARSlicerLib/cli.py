@@ -113,6 +113,10 @@ def cmd_bench(args) -> int:
     from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR
     from .refine import RefineOptions
 
+    if args.json:  # checked before the (long) benchmark: not an input, folder present and writable
+        from .output_safety import check_outputs
+
+        check_outputs([args.json], [args.data, args.prior, args.prior_sa], may_exist=[args.json])
     if args.errors == "all":
         families = list(FAMILIES) + ["mixture"]
     elif args.errors in ("paper", "v1"):
@@ -162,8 +166,14 @@ def cmd_train_prior(args) -> int:
     from .annotation_errors import ALL_FAMILIES
     from .train import TrainConfig, train_prior
 
+    from .output_safety import check_output_folder, check_outputs
+
     if not Path(args.data).is_file():
         raise InputError(f"training data not found: {args.data}")
+    # the prior (rewritten at every better validation) and the resume file are replaced by design;
+    # neither may be the training data or the warm-start prior
+    check_output_folder(Path(args.out).parent, create=True)
+    check_outputs([args.out, args.resume], [args.data, args.init_from], may_exist=[args.out, args.resume])
     sigmas = tuple(float(v) for v in args.annotation_sigmas.split(",") if v.strip())
     cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
                       batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume,

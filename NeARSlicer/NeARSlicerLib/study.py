@@ -21,9 +21,10 @@ Each case is cropped to its own isotropic working cube by ``geometry.to_working`
 [-1, 1] of each case's cube. Compute is counted in MLP point evaluations (forward, training and
 decoding) and conv-decoder passes (one per latent code decoded).
 
-Training is resumable: a checkpoint (model, codes, optimiser, step, random generator states,
-loss history) is written atomically every ``checkpoint_every`` steps and on cancel; resuming
-gives bit-identical results to an uninterrupted run on the CPU.
+Training is resumable: a checkpoint (model, codes, optimiser, step, the batch generator's state,
+loss history; safetensors + JSON via ``checkpoint.py``, never pickle) is written atomically every
+``checkpoint_every`` steps and on cancel; resuming gives bit-identical results to an
+uninterrupted run on the CPU. Outputs are written by ``study_output.py``.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from .fit import sample_fit_points
 from .geometry import Grid, to_source, to_working
 from .output_safety import check_outputs
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
-from .prior import default_prior, load_prior, save_prior
+from .prior import default_prior, load_prior
 from .refine import drop_islands
 from .study_output import StudyOutputs, save_study_prior, study_card, summary_row, write_study
 

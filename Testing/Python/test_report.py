@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -29,10 +28,8 @@ def test_report_png_with_image_and_metrics(tmp_path):
     ct = ct_phantom(m, seed=1)
     original, refined = opening(m, (1, 1, 1), 3.0), closing(m, (1, 1, 1), 3.0)
     path = tmp_path / "report.png"
-    t0 = time.perf_counter()
     save_report_png(path, ct, original, refined, (1.0, 1.0, 1.0), title="seed 1",
                     metrics={"dice": 0.9123, "nsd_1mm": 0.88, "iterations": 200})
-    assert time.perf_counter() - t0 < 2.0
     png = imread(str(path))
     assert png.ndim == 3 and png.shape[0] > 200 and png.shape[1] > 800
     red, blue = _colour_pixels(png)
