@@ -23,6 +23,7 @@ from NeARSlicerLib.annotation_errors import ALL_FAMILIES, FAMILIES
 from NeARSlicerLib.baselines import BASELINES
 from NeARSlicerLib.bench import alan_cases, real_ct_cases
 from NeARSlicerLib.metrics import dice, normalized_surface_dice
+from NeARSlicerLib.output_safety import atomic_write_text
 from NeARSlicerLib.prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR
 from NeARSlicerLib.refine import RefineOptions, refine_mask
 from NeARSlicerLib.train import TrainConfig, train_prior
@@ -99,10 +100,7 @@ def main() -> None:
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
 
     def save():
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(out_path.name + ".partial")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(out_path)
+        atomic_write_text(out_path, json.dumps(results, indent=1))
 
     s_new = train_stage(work, "adrenal_lib_s", args.s_minutes, ALL_FAMILIES, DEFAULT_PRIOR)
     val = np.load(ALAN)["val_shapes"][: args.cases]

@@ -15,6 +15,7 @@ import numpy as np
 
 from NeARSlicerLib.annotation_errors import FAMILIES
 from NeARSlicerLib.bench import BenchCase, alan_cases, identity_grid, real_ct_cases
+from NeARSlicerLib.output_safety import atomic_write_text
 from NeARSlicerLib.metrics import dice, normalized_surface_dice, normalized_surface_dice_voxels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def main() -> None:
             print(f"\n{tag}")
             for name, r in out[tag].items():
                 print(f"  {name:28s} DSC {r['dsc']:6.2f}  NSD {r['nsd']:6.2f}  (voxel NSD {r['nsd_voxels']:6.2f})")
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    atomic_write_text(Path(args.out), json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
