@@ -129,20 +129,24 @@ def main() -> None:
         results["clean"] = score_rows(cases, {"shipped prior (library)": RefineOptions(prior=str(s_new), **default)},
                                       work, "clean")
         save()
-    sa_new = train_stage(work, "adrenal_lib_sa", args.sa_minutes, ALL_FAMILIES, DEFAULT_SA_PRIOR, appearance=True)
+    # --sa-minutes 0: no S+A retraining; the shipped adrenal_sa_v1 is scored on the library's errors
+    sa_new = (train_stage(work, "adrenal_lib_sa", args.sa_minutes, ALL_FAMILIES, DEFAULT_SA_PRIOR, appearance=True)
+              if args.sa_minutes > 0 else None)
     if "sa:mixture" not in results:
         print("== score S+A mixture", flush=True)
         cases = alan_cases(val, appearance=True, family="mixture")
         methods = {**BASELINES, "S (library)": RefineOptions(prior=str(s_new), appearance=False, **default),
-                   "S+A adrenal_sa_v1": RefineOptions(prior=str(DEFAULT_SA_PRIOR), **default),
-                   "S+A (library)": RefineOptions(prior=str(sa_new), **default)}
+                   "S+A adrenal_sa_v1": RefineOptions(prior=str(DEFAULT_SA_PRIOR), **default)}
+        if sa_new is not None:
+            methods["S+A (library)"] = RefineOptions(prior=str(sa_new), **default)
         results["sa:mixture"] = score_rows(cases, methods, work, "sa_mixture")
         save()
     if "realct:thick_slice" not in results and (REAL_CT / "ct.nii.gz").is_file():
         print("== score real CT thick-slice", flush=True)
         cases = real_ct_cases(REAL_CT / "ct.nii.gz", REAL_CT / "seg.nii.gz", (8, 9), per_label=8, family="thick_slice")
         methods = {**BASELINES, "S (library)": RefineOptions(prior=str(s_new), appearance=False, **default),
-                   "S+A (library)": RefineOptions(prior=str(sa_new), **default),
+                   "S+A " + ("(library)" if sa_new else "adrenal_sa_v1"): RefineOptions(prior=str(sa_new or DEFAULT_SA_PRIOR),
+                                                                                      **default),
                    "S adrenal_v1": RefineOptions(prior=str(DEFAULT_PRIOR), appearance=False, **default)}
         results["realct:thick_slice"] = score_rows(cases, methods, work, "realct_thick")
         save()
