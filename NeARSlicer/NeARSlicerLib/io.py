@@ -9,7 +9,6 @@ file in the destination folder is renamed over the target only once fully writte
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import nrrd
@@ -18,6 +17,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid, check_volume_shape
+from .output_safety import atomic_write as _atomic_write
 
 __all__ = ["read_mask", "read_image", "write_mask", "write_image", "write_segmentation", "read_segments",
            "atomic_write"]
@@ -245,30 +245,10 @@ def read_image(path: str) -> Tuple[np.ndarray, Grid]:
 
 # --- writing ----------------------------------------------------------------------------------
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
-
-    Same folder so os.replace is a rename on one file system; the temp name keeps the real
-    extension because SimpleITK/pynrrd choose the format from it.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"output folder does not exist: {folder}")
-    base = os.path.basename(path)
-    ext = next((e for e in (_SEG_EXT,) + _SITK_EXTS + (".png",) if base.lower().endswith(e)), "")
-    fd, tmp = tempfile.mkstemp(prefix=f".{base[: len(base) - len(ext)]}.", suffix=f".part{ext}", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600; give the result the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Run ``write(tmp)`` on a unique temporary file beside ``path``, then rename it onto ``path``
+    (see :mod:`output_safety`: fsynced, the real extension kept so SimpleITK/pynrrd pick the
+    format, the target unchanged and no temporary file left if ``write`` fails)."""
+    _atomic_write(path, write)
 
 
 def _binary(mask: np.ndarray, grid: Grid, what: str = "mask") -> np.ndarray:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, load_training_state, save_training_state
 from .decode import decode_logits, model_query
 from .device import pick_device
 from .errors import Cancelled, InputError
@@ -52,7 +53,7 @@ from .prior import default_prior, load_prior, save_prior
 from .refine import drop_islands
 
 RECIPES = ("fast", "paper")
-CHECKPOINT_FORMAT = "nearslicer-study-1"
+CHECKPOINT_FORMAT = "nearslicer-study-2"  # -1 was a torch.save (pickle) file: refused
 Progress = Callable[[float, str], None]
 
 
@@ -202,8 +203,11 @@ def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
     # the paper's model: the decoder sees only z and the MLP reads features, p and a(p), not the annotation
     arch = ModelConfig.from_dict({**arch.to_dict(), "appearance": bool(cfg.appearance and any_image),
                                   "annotation_sigmas": (), "skips": False})
-    torch.manual_seed(cfg.seed)  # the random initialisation is part of the recipe
-    return NeARModel(arch).to(device), meta
+    # the random initialisation is part of the recipe; fork_rng leaves the caller's global RNG alone
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = NeARModel(arch)
+    return model.to(device), meta
 
 
 @torch.no_grad()
@@ -284,30 +288,15 @@ def _epoch_order(cfg: StudyConfig, n: int, epoch: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, str(tmp))
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, fingerprint: dict) -> dict:
-    try:
-        ck = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"checkpoint {path} is not readable ({reason})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not a NeARSlicer study checkpoint")
-    theirs = dict(ck.get("fingerprint") or {})
+def _check_fingerprint(path: Path, theirs: dict, fingerprint: dict) -> None:
+    """Refuse a checkpoint made for other cases or settings (epochs, patience... may change)."""
+    theirs = dict(theirs or {})
     if isinstance(theirs.get("model"), dict):  # fields added to ModelConfig since then take their defaults
         theirs["model"] = json.loads(json.dumps(ModelConfig.from_dict(theirs["model"]).to_dict()))
     if theirs != fingerprint:
         diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
         raise InputError(f"checkpoint {path} was made for other cases or settings (differs in: {', '.join(diff)}); "
                          "delete it or start without resuming")
-    return ck
 
 
 # ------------------------------------------------------------------------------------ the study
@@ -377,28 +366,31 @@ def run_study(
     ck_path = Path(checkpoint) if checkpoint else None
     resumed_from = None
     if ck_path is not None and ck_path.is_file() and resume:
-        ck = _load_checkpoint(ck_path, fingerprint)
-        model.load_state_dict(ck["model"])
+        # safetensors + JSON (checkpoint.py): a pickled or corrupt file is refused, never loaded
+        _, head = load_checkpoint(ck_path)
+        extra = (head.get("extra") or {})
+        if extra.get("format") != CHECKPOINT_FORMAT:
+            raise InputError(f"{ck_path} is not a NeARSlicer study checkpoint")
+        _check_fingerprint(ck_path, extra.get("fingerprint"), fingerprint)
+        ck = load_training_state(ck_path, model, opt, generators={"gen": gen})
+        saved = ck["tensors"].get("latents")
+        if saved is None or tuple(saved.shape) != (len(latents), model.cfg.latent_dim):
+            raise InputError(f"checkpoint {ck_path} holds no latent codes for these {len(latents)} cases")
         with torch.no_grad():
-            for z, saved in zip(latents, ck["latents"]):
-                z.copy_(saved.to(device))
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
-        np.random.set_state(ck["numpy_rng"])
-        state = ck["state"]
+            for z, code in zip(latents, saved):
+                z.copy_(code.to(device))
+        state = ck["extra"]["state"]
         resumed_from = state["step"]
         report(0.02, f"resumed from step {state['step']} (epoch {state['epoch']})")
 
     def save_now() -> None:
         if ck_path is None:
             return
-        _save_checkpoint(ck_path, {
-            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": state,
-            "model": model.state_dict(), "latents": torch.stack([z.detach().cpu() for z in latents]),
-            "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-        })
+        # the global RNGs are not saved: training draws only from ``gen``
+        save_training_state(ck_path, model, opt, state["step"],
+                            extra={"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": state},
+                            generators={"gen": gen},
+                            tensors={"latents": torch.stack([z.detach().cpu() for z in latents])})
 
     # ------------------------------------------------------------------ training
     n = len(prep)
@@ -556,51 +548,21 @@ def write_study(result: StudyResult, cases: Sequence[StudyCase], out_dir: str) -
 
 
 # ---------------------------------------------------------------------------- finding the cases
-MASK_EXTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
-
-
 def case_name(path: str | Path) -> str:
     """File name without its image extension: ``case1.nii.gz`` -> ``case1``."""
-    base = Path(path).name
-    for ext in MASK_EXTS:
-        if base.lower().endswith(ext):
-            return base[: len(base) - len(ext)]
-    return base
+    from .cases import case_stem
 
-
-def _volume_files(folder: Path, what: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise InputError(f"{what} folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(MASK_EXTS)
-                   and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"{what} folder {folder} holds no .nii, .nii.gz, .nrrd or .seg.nrrd files")
-    out: dict[str, Path] = {}
-    for p in files:
-        name = case_name(p)
-        if name in out:
-            raise InputError(f"two {what} files share the case name {name!r}: {out[name].name} and {p.name}")
-        out[name] = p
-    return out
-
-
-def _listing(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(sorted(names)[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return case_stem(path)
 
 
 def find_cases(masks_dir: str, images_dir: Optional[str] = None) -> list[tuple[str, Path, Optional[Path]]]:
-    """(name, mask file, image file or None) for every mask in ``masks_dir``, matched by case name
-    (file name without extension) to the images in ``images_dir``; extra images are ignored."""
-    masks = _volume_files(Path(masks_dir), "masks")
-    if images_dir is None:
-        return [(n, p, None) for n, p in masks.items()]
-    images = _volume_files(Path(images_dir), "images")
-    missing = [n for n in masks if n not in images]
-    if missing:
-        raise InputError(f"no image in {images_dir} for {len(missing)} mask(s): {_listing(missing)} "
-                         "(files are matched by name, e.g. masks/case1.nii.gz <-> images/case1.nii.gz)")
-    return [(n, p, images[n]) for n, p in masks.items()]
+    """(name, mask file, image file or None) of every case: ``masks_dir`` alone is read with the case
+    rules shared with Slicer's batch (``NeARSlicerLib.cases``: sub-folders, flat image + segmentation
+    pairs, or a folder of masks); with ``images_dir`` masks are matched to images by name."""
+    from .cases import discover_cases, match_folders, usable_cases
+
+    found = discover_cases(masks_dir) if images_dir is None else match_folders(masks_dir, images_dir)
+    return [(c.name, c.segmentation, c.image) for c in usable_cases(found)]
 
 
 def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[str]]]:

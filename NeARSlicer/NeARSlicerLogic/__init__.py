@@ -20,8 +20,10 @@ from .common import (
     REFINED_SUFFIX,
     formatStats,
 )
-from .logic import NeARSlicerLogic, RefinementJob, RefinementWorker
-from .study import discoverCases
+from .batch import discoverCases
+from .compute import RefinementWorker
+from .job import RefinementJob
+from .logic import NeARSlicerLogic
 
 __all__ = [
     "NeARSlicerLogic",

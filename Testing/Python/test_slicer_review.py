@@ -97,7 +97,8 @@ def test_geometry_from_the_segmentation_when_no_volume(logic, ct_case):
     assert without.image is None and without.options["appearance"] is True
     assert without.grid.same_as(with_volume.grid)
     assert np.array_equal(without.mask, with_volume.mask)
-    assert without.referenceNode.GetScene() is None, "the geometry node is not added to the scene"
+    assert without.geometrySource == "segmentation" and with_volume.geometrySource == "volume"
+    assert np.allclose(without.ijkToLocal, with_volume.ijkToLocal)
 
 
 def test_apply_adds_optional_review_outputs(applied):

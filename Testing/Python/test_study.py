@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from NeARSlicerLib.checkpoint import load_checkpoint
 from NeARSlicerLib.cli import main
 from NeARSlicerLib.distort import distort
 from NeARSlicerLib.errors import Cancelled, InputError
@@ -90,10 +91,11 @@ def test_resume_is_bit_identical(tmp_path, tiny_prior, recipe):
         calls["n"] += 1
         return calls["n"] > 3  # asked once before each step
 
-    ck = tmp_path / "ck.pt"
+    ck = tmp_path / "ck.safetensors"
     with pytest.raises(Cancelled):
         run_study(cases, tiny_prior, cfg, checkpoint=str(ck), cancel=cancel_after_three_steps)
-    assert ck.is_file() and torch.load(ck, weights_only=False)["state"]["step"] == 3  # mid-epoch (2 steps/epoch)
+    assert ck.is_file() and load_checkpoint(ck)[1]["step"] == 3  # mid-epoch (2 steps/epoch); no pickle
+    assert os.listdir(tmp_path) == ["ck.safetensors"]  # no temp file left
     resumed = run_study(cases, tiny_prior, cfg, checkpoint=str(ck))
     assert resumed.info["resumed_from_step"] == 3
     assert resumed.losses == whole.losses and resumed.steps == whole.steps == 6
