@@ -156,6 +156,7 @@ class Worker:
 
     def study(self, request: dict, report: Reporter) -> dict:
         """``run_study`` on the cases of the request; optionally saves the trained prior."""
+        from .errors import InputError
         from .study import StudyCase, StudyConfig, run_study, save_study_prior
 
         folder = Path(request["dir"])
@@ -167,7 +168,10 @@ class Worker:
         recipe = config.pop("recipe", "fast")
         if "milestones" in config:
             config["milestones"] = tuple(config["milestones"])
-        cfg = StudyConfig.for_recipe(recipe, **config)
+        try:
+            cfg = StudyConfig.for_recipe(recipe, **config)
+        except TypeError as exc:
+            raise InputError(f"unknown study option: {one_line(str(exc))}") from None
         result = run_study(cases, request.get("prior"), cfg, out_dir=request.get("out_dir"),
                            checkpoint=request.get("checkpoint"), progress=report)
         if request.get("prior_out"):

@@ -419,8 +419,9 @@ class EngineProcess:
         return job.result
 
     def wait(self, timeout: Optional[float] = None, progress: Optional[Callable[[float, str], None]] = None,
-             cancel=None, interval_s: float = 0.05):
-        """Block until the job ends and return ``result()``; ``cancel`` (callable or Event) cancels it."""
+             cancel=None, tick: Optional[Callable[[], None]] = None, interval_s: float = 0.05):
+        """Block until the job ends and return ``result()``; ``cancel`` (callable or Event) cancels it;
+        ``tick()`` is called on every round (e.g. to let a GUI repaint)."""
         cancelled = _cancel_function(cancel)
         deadline = None if timeout is None else time.monotonic() + timeout
         last = None
@@ -437,6 +438,8 @@ class EngineProcess:
             if deadline is not None and time.monotonic() > deadline:
                 self.cancel()
                 raise EngineError(f"the refinement engine did not finish within {timeout:.0f} s; it was stopped")
+            if tick is not None:
+                tick()
             time.sleep(interval_s)
 
     def refine(self, mask: np.ndarray, grid: Any, image: Optional[np.ndarray] = None,

@@ -21,14 +21,14 @@ from .common import (
     formatStats,
 )
 from .batch import discoverCases
-from .compute import RefinementWorker
+from .compute import RefinementRun
 from .job import RefinementJob
 from .logic import NeARSlicerLogic
 
 __all__ = [
     "NeARSlicerLogic",
     "RefinementJob",
-    "RefinementWorker",
+    "RefinementRun",
     "REFINED_SUFFIX",
     "ORIGINAL_SUFFIX",
     "REFINED_COLOR",

@@ -1,8 +1,8 @@
 """Batch refinement of cases from files: ``refineStudy`` for the Python console. No Qt.
 
 Works through the public API of the module logic it is given (``prepareRefinement``,
-``computeRefinement``, ``applyRefinement``, ``refinementStats``, ``setJobResult``), so the engine
-call stays in one place. Cases in a folder are found by ``NeARSlicerLib.cases``, the rule the CLI
+``computeRefinement``, ``computeStudy``, ``applyRefinement``, ``refinementStats``, ``setJobResult``), so
+the engine calls stay in one place (the engine process). Cases in a folder are found by ``NeARSlicerLib.cases``, the rule the CLI
 uses too.
 """
 
@@ -114,8 +114,6 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
     """
     from types import SimpleNamespace
 
-    from NeARSlicerLib.study import StudyCase, StudyConfig, run_study, save_study_prior
-
     record = outputs.record
     report = progress or (lambda fraction, message="": None)
     loaded = []  # (caseName, nodes, segmentationNode, outputNode, jobs)
@@ -146,18 +144,18 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
         jobs = [job for entry in loaded for job in entry[4]]
         if not jobs:
             return
-        studyCases = [StudyCase(f"{entry[0]}/{job.segmentName}", job.mask, job.grid, job.image)
-                      for entry in loaded for job in entry[4]]
-        config = StudyConfig.for_recipe("fast", **{"appearance": bool(options.get("appearance", True)),
-                                                   "seed": int(options.get("seed", 0)),
-                                                   "device": options.get("device") or "auto", **studyOptions})
-        result = run_study(studyCases, options.get("prior") or None, config,
-                           progress=lambda f, m: report(0.1 + 0.8 * f, f"study: {m}"), cancel=cancelled)
+        studyCases = [SimpleNamespace(name=f"{entry[0]}/{job.segmentName}", mask=job.mask, grid=job.grid,
+                                      image=job.image) for entry in loaded for job in entry[4]]
+        config = {"recipe": "fast", "appearance": bool(options.get("appearance", True)),
+                  "seed": int(options.get("seed", 0)), "device": options.get("device") or "auto", **studyOptions}
+        # the engine process trains the model and saves it (atomically) as the study prior
+        result = logic.computeStudy(studyCases, options.get("prior") or None, config,
+                                    priorOut=str(outputs.priorPath),
+                                    progress=lambda f, m: report(0.1 + 0.8 * f, f"study: {m}"), cancel=cancelled)
         for job, studyCase, mask, prob, seconds in zip(jobs, studyCases, result.masks, result.probabilities,
                                                         result.case_seconds):
             own = [w for w in result.warnings if w.startswith(f"case {studyCase.name}:")]
             logic.setJobResult(job, SimpleNamespace(mask=mask, probability=prob, warnings=own), seconds)
-        outputs.writeStudyPrior(lambda path: save_study_prior(result, path))
         for index, (caseName, nodes, segmentationNode, outputNode, caseJobs) in enumerate(loaded):
             report(0.9 + 0.1 * index / len(loaded), f"{caseName}: writing")
             outputPath = outputs.segmentationPath(caseName)

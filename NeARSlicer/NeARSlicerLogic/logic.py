@@ -3,14 +3,15 @@
 A thin facade over plain modules, one job each:
 
 * ``extract``  -- scene -> engine inputs (checks, working grid, crop, arrays, geometry);
-* ``compute``  -- the engine call (``computeRefinement``), the only place the engine runs;
+* ``compute``  -- the engine calls, sent to the engine process (``engine``): torch never runs in Slicer;
 * ``apply``    -- engine result -> ``"<name> (NeAR)"`` segment; accept / remove;
 * ``review``   -- comparison display, surfaces, report PNG;
 * ``batch``    -- ``refineStudy`` over cases from files.
 
 One refinement is three steps so that the GUI can run the slow middle one off the main thread:
-:meth:`prepareRefinement` (main thread), :meth:`computeRefinement` (any thread, touches no node),
-:meth:`applyRefinement` (main thread, all or nothing). :meth:`refineSegment` does the three in a row.
+:meth:`prepareRefinement` (main thread), :meth:`computeRefinement` (the engine process; blocks) or
+:meth:`startRefinement` (the same, polled by the widget's timer), :meth:`applyRefinement` (main thread,
+all or nothing). :meth:`refineSegment` does the three in a row.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from . import apply, batch, compute, extract, review
+from . import engine as engines
 from .job import RefinementJob, attachResult
 
 
@@ -34,6 +36,19 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
     def __init__(self, parent=None):
         ScriptedLoadableModuleLogic.__init__(self, parent)
         self.lastStats: dict = {}
+        self.engine = None  # an EngineProcess; None: the session's shared one (engine.sharedEngine)
+
+    # ------------------------------------------------------------------ the engine process
+    def engineProcess(self):
+        """The ``EngineProcess`` refinements of this logic run in."""
+        return self.engine if self.engine is not None else engines.sharedEngine()
+
+    def shutdownEngine(self) -> None:
+        """Stop the engine process now (any running job is cancelled); the next job starts a new one."""
+        if self.engine is not None:
+            self.engine.close()
+        else:
+            engines.shutdownEngine()
 
     # ------------------------------------------------------------------ one refinement, in steps
     def prepareRefinement(self, volumeNode, segmentationNode, segmentId, **options) -> RefinementJob:
@@ -41,8 +56,17 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
         return extract.prepareJob(volumeNode, segmentationNode, segmentId, **options)
 
     def computeRefinement(self, job: RefinementJob, progress=None, cancel=None):
-        """Run the engine on the prepared arrays. Touches no MRML node, so it may run in a thread."""
-        return compute.computeRefinement(job, progress=progress, cancel=cancel)
+        """Run the engine on the prepared arrays in the engine process; blocks until done. Touches no node."""
+        return compute.computeRefinement(job, self.engineProcess(), progress=progress, cancel=cancel)
+
+    def computeStudy(self, cases, prior, config: dict, priorOut=None, progress=None, cancel=None):
+        """Study mode in the engine process (blocking); see ``compute.computeStudy``."""
+        return compute.computeStudy(self.engineProcess(), cases, prior, config, priorOut=priorOut,
+                                    progress=progress, cancel=cancel)
+
+    def startRefinement(self, job: RefinementJob) -> compute.RefinementRun:
+        """Start the engine on the prepared arrays and return at once; poll the returned run (GUI timer)."""
+        return compute.RefinementRun(self.engineProcess(), job).start()
 
     def applyRefinement(self, job: RefinementJob, showResult=True) -> str:
         """Add the computed result as ``"<name> (NeAR)"`` (main thread, all or nothing); return its id."""
