@@ -90,7 +90,7 @@ class Worker:
 
         device = pick_device("auto")
         self.send({"type": "ready", "protocol": PROTOCOL, "pid": os.getpid(), "python": sys.executable,
-                   "torch": torch.__version__, "device": str(device)})
+                   "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device)})
         while True:
             try:
                 line = self.requests.get(timeout=self.idle_timeout_s if self.idle_timeout_s > 0 else None)

@@ -96,7 +96,10 @@ class JobStatus:
 
 
 @dataclass
-class _Job:
+class EngineJob:
+    """A submitted job (returned by the ``submit_*`` methods): pass it to ``poll``/``result``/``cancel``
+    to be sure of reading this job even if the engine has been given another one since."""
+
     id: int
     kind: str  # refine | study | warm
     folder: Path
@@ -104,7 +107,7 @@ class _Job:
     input_mask: Optional[np.ndarray] = None
     proc: Any = None  # the process the request was sent to
     fraction: float = 0.0
-    message: str = "starting the engine"
+    message: str = ""
     done: bool = False
     cancelled: bool = False
     resend: bool = False  # the worker exited for idleness before reading the request
@@ -170,7 +173,7 @@ class EngineProcess:
         self.ready: dict = {}  # the worker's "ready" message (pid, torch version, device)
         self._lock = threading.Lock()
         self._proc: Optional[subprocess.Popen] = None
-        self._job: Optional[_Job] = None
+        self._job: Optional[EngineJob] = None
         self._ids = itertools.count(1)
         self._session: Optional[Path] = None
         self._last_active = 0.0
@@ -234,7 +237,7 @@ class EngineProcess:
 
     def _read(self, proc: subprocess.Popen) -> None:
         """Reader thread of one worker: applies its messages to the job sent to it."""
-        said_bye = False
+        said_bye = started = False
         for line in proc.stdout:
             try:
                 message = read_message(line)
@@ -242,7 +245,7 @@ class EngineProcess:
                 continue
             kind = message.get("type")
             if kind == "ready":
-                self.ready = message
+                self.ready, started = message, True
                 continue
             if kind == "bye":
                 said_bye = True
@@ -273,7 +276,6 @@ class EngineProcess:
             if said_bye and code == 0:  # it left for idleness before reading the job: send it again
                 job.resend = True
                 return
-        started = bool(self.ready) and self.ready.get("pid") == proc.pid
         log_tail = _tail(self.log_path) if self.log_path else ""
         if started:
             text = (f"the refinement engine stopped unexpectedly ({_exit_text(code)}). Nothing was changed; "
@@ -283,7 +285,7 @@ class EngineProcess:
             text = f"the refinement engine could not start with {self.python} ({_exit_text(code)}): {last}"
         self._end(job, error=EngineStopped(text, code, log_tail))
 
-    def _finish(self, job: _Job, message: dict) -> None:
+    def _finish(self, job: EngineJob, message: dict) -> None:
         try:
             arrays = load_arrays(job.folder / message["file"]) if message.get("file") else {}
             result = self._build_result(job, message, arrays)
@@ -293,7 +295,7 @@ class EngineProcess:
         self._end(job, result=result)
 
     @staticmethod
-    def _build_result(job: _Job, message: dict, arrays: dict):
+    def _build_result(job: EngineJob, message: dict, arrays: dict):
         if job.kind == "refine":
             mask = arrays["mask"]
             original = np.asarray(job.input_mask) > 0
@@ -312,7 +314,7 @@ class EngineProcess:
                 info=dict(message.get("info", {})), config=dict(message.get("config", {})))
         return {k: v for k, v in message.items() if k not in ("id", "type")}
 
-    def _end(self, job: _Job, result: Any = None, error: Optional[BaseException] = None) -> None:
+    def _end(self, job: EngineJob, result: Any = None, error: Optional[BaseException] = None) -> None:
         with self._lock:
             if job.done:
                 return
@@ -323,17 +325,22 @@ class EngineProcess:
         shutil.rmtree(job.folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ jobs
-    def _new_job(self, kind: str) -> _Job:
+    def _new_job(self, kind: str) -> EngineJob:
         if self.busy:
             raise EngineError("the refinement engine is busy with another job: wait for it or cancel it")
         job_id = next(self._ids)
         folder = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=self._session_folder()))
-        return _Job(id=job_id, kind=kind, folder=folder, request={"id": job_id, "cmd": kind, "dir": str(folder)})
+        return EngineJob(id=job_id, kind=kind, folder=folder, request={"id": job_id, "cmd": kind, "dir": str(folder)})
 
-    def _launch(self, job: _Job) -> None:
+    def _launch(self, job: EngineJob) -> None:
         """Send ``job`` to a live worker (starting one if needed)."""
+        job.message = "waiting for the engine" if self.running else "starting the engine (torch, the prior)"
         for attempt in range(2):
-            self.start()
+            try:
+                self.start()
+            except EngineError:
+                shutil.rmtree(job.folder, ignore_errors=True)
+                raise
             with self._lock:
                 job.proc, job.resend = self._proc, False
                 job.done, job.error = False, None
@@ -347,7 +354,7 @@ class EngineProcess:
                     self._end(job, error=EngineError("could not send the job to the refinement engine"))
 
     def submit_refine(self, mask: np.ndarray, grid: Any, image: Optional[np.ndarray] = None,
-                      options: Optional[dict] = None) -> None:
+                      options: Optional[dict] = None) -> EngineJob:
         """Start refining ``mask`` ([k, j, i] on ``grid``, a ``geometry.Grid``); ``image`` in HU, optional.
 
         ``options``: the fields of ``refine.RefineOptions`` as a dict. Returns at once; see poll/wait.
@@ -365,10 +372,11 @@ class EngineProcess:
         job.input_mask = mask
         job.request.update(grid=grid_to_dict(grid), options=jsonable(options or {}))
         self._launch(job)
+        return job
 
     def submit_study(self, cases: Sequence[Any], prior: Optional[str] = None, config: Optional[dict] = None,
                      prior_out: Optional[str] = None, out_dir: Optional[str] = None,
-                     checkpoint: Optional[str] = None) -> None:
+                     checkpoint: Optional[str] = None) -> EngineJob:
         """Start a study on ``cases`` (objects with name, mask, grid, image like ``study.StudyCase``).
 
         ``config``: ``study.StudyConfig`` fields (``recipe`` picks the defaults); ``prior_out``: where
@@ -390,26 +398,29 @@ class EngineProcess:
         job.request.update(cases=entries, prior=prior, config=jsonable(config or {}),
                            prior_out=prior_out, out_dir=out_dir, checkpoint=checkpoint)
         self._launch(job)
+        return job
 
-    def submit_warm(self, options: Optional[dict] = None) -> None:
+    def submit_warm(self, options: Optional[dict] = None) -> EngineJob:
         """Start the worker and load the prior ``options`` (prior, appearance, device) would use."""
         job = self._new_job("warm")
         job.request.update(options=jsonable(options or {}))
         self._launch(job)
+        return job
 
-    def poll(self) -> JobStatus:
-        """The current job's progress; never blocks (a GUI timer calls it)."""
-        job = self._job
+    def poll(self, job: Optional[EngineJob] = None) -> JobStatus:
+        """Progress of ``job`` (default: the latest); never blocks (a GUI timer calls it)."""
+        current = self._job
+        if current is not None and current.resend and not current.done:
+            self._launch(current)
+        job = job or current
         if job is None:
             return JobStatus(0.0, "", True)
-        if job.resend and not job.done:
-            self._launch(job)
         with self._lock:
             return JobStatus(job.fraction, job.message, job.done, job.error, job.cancelled)
 
-    def result(self):
+    def result(self, job: Optional[EngineJob] = None):
         """The finished job's result; raises its error (InputError, PriorError, Cancelled, EngineError)."""
-        job = self._job
+        job = job or self._job
         if job is None:
             raise EngineError("no job was submitted to the refinement engine")
         if not job.done:
@@ -419,24 +430,26 @@ class EngineProcess:
         return job.result
 
     def wait(self, timeout: Optional[float] = None, progress: Optional[Callable[[float, str], None]] = None,
-             cancel=None, tick: Optional[Callable[[], None]] = None, interval_s: float = 0.05):
-        """Block until the job ends and return ``result()``; ``cancel`` (callable or Event) cancels it;
-        ``tick()`` is called on every round (e.g. to let a GUI repaint)."""
+             cancel=None, tick: Optional[Callable[[], None]] = None, interval_s: float = 0.05,
+             job: Optional[EngineJob] = None):
+        """Block until ``job`` (default: the latest) ends and return its result; ``cancel`` (callable or
+        Event) cancels it; ``tick()`` is called on every round (e.g. to let a GUI repaint)."""
+        job = job or self._job
         cancelled = _cancel_function(cancel)
         deadline = None if timeout is None else time.monotonic() + timeout
         last = None
         while True:
-            status = self.poll()
+            status = self.poll(job)
             if progress is not None and (status.fraction, status.message) != last and status.error is None:
                 last = (status.fraction, status.message)
                 progress(status.fraction, status.message)
             if status.done:
-                return self.result()
+                return self.result(job)
             if cancelled is not None and cancelled():
-                self.cancel()
-                return self.result()
+                self.cancel(job)
+                return self.result(job)
             if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
+                self.cancel(job)
                 raise EngineError(f"the refinement engine did not finish within {timeout:.0f} s; it was stopped")
             if tick is not None:
                 tick()
@@ -445,21 +458,23 @@ class EngineProcess:
     def refine(self, mask: np.ndarray, grid: Any, image: Optional[np.ndarray] = None,
                options: Optional[dict] = None, progress=None, cancel=None) -> EngineResult:
         """``submit_refine`` then ``wait``: the blocking form."""
-        self.submit_refine(mask, grid, image, options)
-        return self.wait(progress=progress, cancel=cancel)
+        job = self.submit_refine(mask, grid, image, options)
+        return self.wait(progress=progress, cancel=cancel, job=job)
 
     def study(self, cases: Sequence[Any], prior: Optional[str] = None, config: Optional[dict] = None,
               progress=None, cancel=None, **paths) -> StudyOutcome:
         """``submit_study`` then ``wait``: the blocking form."""
-        self.submit_study(cases, prior, config, **paths)
-        return self.wait(progress=progress, cancel=cancel)
+        job = self.submit_study(cases, prior, config, **paths)
+        return self.wait(progress=progress, cancel=cancel, job=job)
 
-    def cancel(self) -> None:
-        """Stop the current job now: the worker is killed (the next job starts a new one)."""
+    def cancel(self, job: Optional[EngineJob] = None) -> None:
+        """Stop the current job (or ``job``, if it is still the current one) now: the worker is killed
+        (the next job starts a new one)."""
         with self._lock:
-            job = self._job
-            if job is None or job.done:
+            current = self._job
+            if current is None or current.done or (job is not None and job is not current):
                 return
+            job = current
             job.cancelled = True
             proc = self._proc
         self._end(job, error=Cancelled("refinement cancelled"))

@@ -48,8 +48,8 @@ def computeRefinement(job: RefinementJob, engine: EngineProcess, progress=None, 
     :param cancel: a callable or ``threading.Event``; when set, the engine is stopped and ``Cancelled`` raised.
     """
     cancelled = cancelFunction(cancel)
-    engine.submit_refine(job.mask, job.grid, job.image, job.options)
-    result = engine.wait(progress=progress, cancel=cancelled, tick=_keepResponsive)
+    handle = engine.submit_refine(job.mask, job.grid, job.image, job.options)
+    result = engine.wait(progress=progress, cancel=cancelled, tick=_keepResponsive, job=handle)
     attachResult(job, result, result.seconds)
     return result
 
@@ -58,8 +58,8 @@ def computeStudy(engine: EngineProcess, cases: Sequence, prior: Optional[str], c
                  priorOut: Optional[str] = None, progress=None, cancel=None) -> StudyOutcome:
     """Study mode in the engine (blocking): ``cases`` have name, mask, grid, image; ``config`` holds
     ``StudyConfig`` fields (``recipe`` picks the defaults); the trained prior is saved to ``priorOut``."""
-    engine.submit_study(cases, prior, config, prior_out=priorOut)
-    return engine.wait(progress=progress, cancel=cancelFunction(cancel), tick=_keepResponsive)
+    handle = engine.submit_study(cases, prior, config, prior_out=priorOut)
+    return engine.wait(progress=progress, cancel=cancelFunction(cancel), tick=_keepResponsive, job=handle)
 
 
 class RefinementRun:
@@ -77,10 +77,11 @@ class RefinementRun:
         self.error: Optional[BaseException] = None
         self.done = False
         self.started = 0.0
+        self._handle = None  # the EngineJob: read by its handle, never "whatever the engine runs now"
 
     def start(self) -> "RefinementRun":
         self.started = time.perf_counter()
-        self.engine.submit_refine(self.job.mask, self.job.grid, self.job.image, self.job.options)
+        self._handle = self.engine.submit_refine(self.job.mask, self.job.grid, self.job.image, self.job.options)
         return self
 
     @property
@@ -93,14 +94,14 @@ class RefinementRun:
             return True
         removed = _nodeRemovedError(self.job)
         if removed is not None:
-            self.engine.cancel()
+            self.engine.cancel(self._handle)
             self.error, self.done = removed, True
             return True
-        status = self.engine.poll()
+        status = self.engine.poll(self._handle)
         self.fraction, self.message = status.fraction, status.message
         if status.done:
             try:
-                result = self.engine.result()
+                result = self.engine.result(self._handle)
                 attachResult(self.job, result, result.seconds)
             except Exception as exc:  # reported by the caller, in the main thread
                 self.error = exc
@@ -110,7 +111,7 @@ class RefinementRun:
     def cancel(self) -> None:
         """Stop the engine now (it is killed within 2 s); the scene is not touched."""
         if not self.done:
-            self.engine.cancel()
+            self.engine.cancel(self._handle)
             self.poll()
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> bool:

@@ -93,6 +93,18 @@ def test_input_error_comes_back_as_its_one_line_message(engine, case):
     assert engine.pid == pid and engine.running, "an error ends the job, not the worker"
 
 
+def test_a_job_handle_reads_its_own_result_after_a_newer_job(engine, case):
+    mask, grid = case
+    first = engine.submit_refine(mask, grid, options={"preset": "fast"})
+    engine.wait(job=first, timeout=240)
+    second = engine.submit_refine(np.zeros_like(mask), grid, options={"preset": "fast"})
+    while not engine.poll(second).done:
+        time.sleep(0.02)
+    assert engine.poll(first).done and engine.result(first).mask.any()
+    with pytest.raises(InputError, match="mask is empty"):
+        engine.result(second)
+
+
 def test_unexpected_exception_is_one_line_internal_error(engine, case):
     mask, grid = case
     with pytest.raises(EngineError) as info:
