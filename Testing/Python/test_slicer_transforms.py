@@ -24,13 +24,19 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
 ANGLE = np.deg2rad(20.0)
 
 
-def _rigid(translation=(12.5, -7.25, 4.0), axis=(1.0, 2.0, 3.0)) -> np.ndarray:
+def _rigid(centre, translation=(12.5, -7.25, 4.0), axis=(1.0, 2.0, 3.0)) -> np.ndarray:
+    """Rotation by ANGLE about ``axis`` through ``centre`` (RAS mm), then ``translation`` (mm)."""
     axis = np.asarray(axis, float) / np.linalg.norm(axis)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(ANGLE) * k + (1 - np.cos(ANGLE)) * k @ k  # Rodrigues
     matrix = np.eye(4)
-    matrix[:3, :3] = np.eye(3) + np.sin(ANGLE) * k + (1 - np.cos(ANGLE)) * k @ k  # Rodrigues
-    matrix[:3, 3] = translation
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = np.asarray(centre, float) - rotation @ np.asarray(centre, float) + np.asarray(translation)
     return matrix
+
+
+def _centre(segmentation, segment_id):
+    return np.array(segmentation.GetSegmentCenterRAS(segment_id))
 
 
 def _transform(matrix, name="moved"):
@@ -120,10 +126,12 @@ def test_identity_result_lands_on_the_original_under_transforms(logic, ct_case, 
     ones), a result equal to the input is shown exactly where the original is, and the transforms stay."""
     volume, segmentation, labels = ct_case
     segment_id = labels[LEFT_ADRENAL_LABEL]
+    centre = _centre(segmentation, segment_id)
     if moved in ("volume", "both"):
-        volume.SetAndObserveTransformNodeID(_transform(_rigid()).GetID())
+        volume.SetAndObserveTransformNodeID(_transform(_rigid(centre)).GetID())
     if moved in ("segmentation", "both"):
-        segmentation.SetAndObserveTransformNodeID(_transform(_rigid((-6.0, 9.5, -3.0), (3.0, -1.0, 1.0))).GetID())
+        segmentation.SetAndObserveTransformNodeID(
+            _transform(_rigid(centre, (-6.0, 9.5, -3.0), (3.0, -1.0, 1.0))).GetID())
     transforms = (volume.GetTransformNodeID(), segmentation.GetTransformNodeID())
     job, new_id = _identity_refine(logic, volume, segmentation, segment_id)
     assert (volume.GetTransformNodeID(), segmentation.GetTransformNodeID()) == transforms, "transforms kept"
@@ -136,7 +144,7 @@ def test_identity_result_lands_on_the_original_under_transforms(logic, ct_case, 
 def _engine_case(logic, ct_case, moved):
     require_engine()
     volume, segmentation, labels = ct_case
-    matrix = _rigid()
+    matrix = _rigid(_centre(segmentation, labels[LEFT_ADRENAL_LABEL]))
     node = _transform(matrix)
     if moved == "volume":  # a registered CT with its segmentation: both under one transform
         volume.SetAndObserveTransformNodeID(node.GetID())
