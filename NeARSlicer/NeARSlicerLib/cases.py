@@ -12,7 +12,8 @@ A folder holds any mix of:
 
 Entries that cannot be used (an image with no segmentation, two segmentations for one image, a
 sub-folder with two images) are returned with ``error`` set, so a caller can report them.
-Only file names are looked at; nothing is read.
+Only file names are looked at; nothing is read. ``NAME.NeAR.seg.nrrd`` files (results written
+beside their inputs) are never cases.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Optional
 from .errors import InputError
 
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".seg.nhdr", ".seg.nii.gz", ".seg.nii")
+# what Slicer's batch writes beside the inputs when it refines a folder into itself: never a case
+NEAR_OUTPUT_SUFFIX = ".NeAR.seg.nrrd"
 IMAGE_SUFFIXES = SEGMENTATION_SUFFIXES + (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _WORDS = r"seg|segmentation|label|labels|labelmap|mask|masks|annotation|annotations"
 _SEGMENTATION_WORD = re.compile(rf"(^|[_\-.\s])({_WORDS})([_\-.\s]|$)", re.IGNORECASE)
@@ -71,7 +74,8 @@ def _segmentation_key(name: str) -> str:
 
 def _image_files(folder: Path) -> list:
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and image_stem(p.name) is not None)
+                  if p.is_file() and not p.name.startswith(".") and image_stem(p.name) is not None
+                  and not p.name.lower().endswith(NEAR_OUTPUT_SUFFIX.lower()))
 
 
 def _folder_case(sub: Path) -> Optional[Case]:

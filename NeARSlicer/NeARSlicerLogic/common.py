@@ -65,15 +65,6 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CONTEXT_MM = 72.0
 
 
-def cropBox(mask, spacing, padMm):
-    """``(lo, hi)`` [k, j, i] of the mask's bounding box grown by ``padMm`` (spacing is i, j, k)."""
-    nonzero = np.nonzero(mask)
-    pad = np.ceil(float(padMm) / np.asarray(spacing, float)[::-1]).astype(int) + 1
-    lo = np.maximum(np.array([a.min() for a in nonzero]) - pad, 0)
-    hi = np.minimum(np.array([a.max() + 1 for a in nonzero]) + pad, mask.shape)
-    return lo, hi
-
-
 def cancelFunction(cancel) -> Optional[Callable[[], bool]]:
     """Accept a callable, a ``threading.Event`` (or anything with ``is_set``), or None."""
     if cancel is None:

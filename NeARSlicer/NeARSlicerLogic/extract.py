@@ -59,6 +59,9 @@ def segmentStorageGeometry(segmentationNode, segmentId):
     labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
     if labelmap is None:
         return None
+    extent = labelmap.GetExtent()
+    if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]:
+        return None
     matrix = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(matrix)
     return slicer.util.arrayFromVTKMatrix(matrix), tuple(labelmap.GetExtent())

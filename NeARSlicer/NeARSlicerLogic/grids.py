@@ -165,7 +165,14 @@ def volumeOnGrid(volumeNode, segmentationNode, ijkToLocal: np.ndarray, shape) ->
 
 
 def writeSegment(segmentationNode, segmentId: str, mask: np.ndarray, ijkToLocal: np.ndarray) -> None:
-    """Replace the segment's voxels by ``mask`` ([k, j, i], 0/1) on the grid; other segments are kept."""
+    """Replace the segment's voxels by ``mask`` ([k, j, i], 0/1) on the grid; other segments are kept.
+
+    The segment is first given a labelmap layer of its own: in a shared layer a voxel holds one
+    segment only, so writing a result that overlaps its original there would erase the original.
+    """
+    segmentation = segmentationNode.GetSegmentation()
+    if segmentation.GetNumberOfSegments() > 1:
+        segmentation.SeparateSegmentLabelmap(segmentId)
     image = orientedImage(ijkToLocal, mask.shape, (np.asarray(mask) > 0).astype(np.uint8))
     if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
             image, segmentationNode, segmentId, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):

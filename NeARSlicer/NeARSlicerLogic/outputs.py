@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from NeARSlicerLib.cases import NEAR_OUTPUT_SUFFIX
 from NeARSlicerLib.output_safety import (
     SummaryWriter,
     atomic_path,
@@ -28,7 +29,7 @@ from . import io as nio
 
 SUMMARY_COLUMNS = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
 OUTPUT_SUFFIX = ".seg.nrrd"
-BESIDE_SUFFIX = ".NeAR.seg.nrrd"  # used when <case>.seg.nrrd is an input file in the output folder
+BESIDE_SUFFIX = NEAR_OUTPUT_SUFFIX  # used when <case>.seg.nrrd is an input file in the output folder
 STUDY_PRIOR = "study_prior.safetensors"
 
 

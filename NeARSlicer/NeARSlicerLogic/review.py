@@ -132,6 +132,7 @@ def saveReport(path, segmentationNode, refinedId, volumeNode=None, title=None, s
     """Write the review picture as a PNG: original (red) vs refined (blue) outlines on orthogonal
     slices through the CT with the numbers (the engine's report), and, when offscreen rendering
     works, both surfaces in 3D beside it. Returns the path."""
+    from NeARSlicerLib.output_safety import atomic_path, check_outputs
     from NeARSlicerLib.report import save_report_png
 
     segment = segmentationNode.GetSegmentation().GetSegment(refinedId)
@@ -150,19 +151,23 @@ def saveReport(path, segmentationNode, refinedId, volumeNode=None, title=None, s
     if title is None:
         title = f"{stats.get('segmentName', segment.GetName())}: original (red) vs NeAR (blue)"
     path = str(path)
-    save_report_png(path, image, original, refined, spacing, title=title, metrics=metrics)
-    if surfaces:
-        try:
-            render = renderSurfaces(segmentationNode, [originalId, refinedId],
-                                         [ORIGINAL_REVIEW_COLOR, REFINED_COLOR], [0.3, 1.0])
-            _appendPanel(path, render, "3D: original (red), NeAR (blue)")
-        except Exception as exc:  # no offscreen OpenGL here: the slice report alone is still useful
-            logging.warning("NeAR report: 3D surfaces not rendered (%s)", exc)
+    check_outputs([path], overwrite=True)  # folder there and writable, before rendering anything
+    # slices and 3D panel go into one temporary file, renamed onto ``path`` when whole
+    with atomic_path(path) as tmp:
+        save_report_png(tmp, image, original, refined, spacing, title=title, metrics=metrics)
+        if surfaces:
+            try:
+                render = renderSurfaces(segmentationNode, [originalId, refinedId],
+                                        [ORIGINAL_REVIEW_COLOR, REFINED_COLOR], [0.3, 1.0])
+                _appendPanel(tmp, render, "3D: original (red), NeAR (blue)")
+            except Exception as exc:  # no offscreen OpenGL here: the slice report alone is still useful
+                logging.warning("NeAR report: 3D surfaces not rendered (%s)", exc)
     return path
 
 
 def _appendPanel(path, panel, title):
-    """Put ``panel`` (RGB uint8) with ``title`` to the right of the PNG at ``path`` (rewritten)."""
+    """Put ``panel`` (RGB uint8) with ``title`` to the right of the PNG at ``path`` (rewritten; the
+    caller's temporary file)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.image import imread
@@ -180,4 +185,4 @@ def _appendPanel(path, panel, title):
     right.imshow(panel, interpolation="bilinear")
     right.axis("off")
     right.set_title(title, fontsize=10)
-    figure.savefig(path, dpi=dpi, facecolor="white")
+    figure.savefig(path, dpi=dpi, facecolor="white", format="png")

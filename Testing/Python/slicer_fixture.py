@@ -38,7 +38,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO_ROOT / "NeARSlicer"
-SHARED_DIR = REPO_ROOT.parent / "shared"
+# <repo>/../shared (NEARSLICER_SHARED points elsewhere, as for the CLI): real data, not in the repository
+SHARED_DIR = Path(os.environ.get("NEARSLICER_SHARED") or REPO_ROOT.parent / "shared")
 SHARED_DATA = SHARED_DIR / "data"
 LEFT_ADRENAL_LABEL = 9
 RIGHT_ADRENAL_LABEL = 8

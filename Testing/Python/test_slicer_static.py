@@ -212,6 +212,9 @@ def test_module_file_keeps_logic_out():
 
 def test_dependency_installer_never_touches_slicer_packages(monkeypatch):
     sys.path.insert(0, str(MODULE_DIR))
+    from slicer_fixture import import_slicer_core
+
+    import_slicer_core()  # the package imports the module base class (a stand-in without the app)
     from NeARSlicerLogic import dependencies as D
 
     monkeypatch.setattr(D, "_importable", lambda name: False)  # pretend nothing is installed
