@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .baselines import BASELINES
+from .annotation_errors import corrupt
 from .distort import distort
 from .errors import InputError
 from .geometry import Grid, to_working
@@ -53,23 +54,29 @@ def identity_grid(shape: tuple[int, int, int], spacing: float = 1.0) -> Grid:
                 direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
 
-def alan_cases(shapes: np.ndarray, appearance: bool = False) -> list[BenchCase]:
-    """Distorted clean shapes (1 mm); with ``appearance`` a synthetic CT around each clean shape."""
+def alan_cases(shapes: np.ndarray, appearance: bool = False, family: Optional[str] = None) -> list[BenchCase]:
+    """Distorted clean shapes (1 mm); with ``appearance`` a synthetic CT around each clean shape.
+
+    ``family``: an ``annotation_errors`` family (or ``mixture``) instead of the v1 generator
+    (``distort``); case i always gets seed ``BENCH_SEED + i``.
+    """
     from .phantom import ct_phantom
 
     cases = []
     for i, clean in enumerate(shapes):
         clean = np.asarray(clean, bool)
         image = ct_phantom(clean, seed=BENCH_SEED + i) if appearance else None
-        cases.append(BenchCase(f"val{i:03d}", clean, distort(clean, seed=BENCH_SEED + i), identity_grid(clean.shape),
-                               image))
+        noisy = (distort(clean, seed=BENCH_SEED + i) if family is None
+                 else corrupt(clean, (1.0, 1.0, 1.0), family, BENCH_SEED + i, image=image))
+        cases.append(BenchCase(f"val{i:03d}", clean, noisy, identity_grid(clean.shape), image))
     return cases
 
 
 def real_ct_cases(ct_path: Union[str, Path], seg_path: Union[str, Path], labels: Sequence[int] = (8, 9),
-                  per_label: int = 10, fov_mm: float = 64.0) -> list[BenchCase]:
+                  per_label: int = 10, fov_mm: float = 64.0, family: Optional[str] = None) -> list[BenchCase]:
     """Cases from a real CT and its label map: each label's mask and the CT are resampled onto a
-    1 mm cube of side ``fov_mm`` around the label (the truth), distorted with ``per_label`` seeds."""
+    1 mm cube of side ``fov_mm`` around the label (the truth), distorted with ``per_label`` seeds
+    (``family``: an ``annotation_errors`` family instead of the v1 generator)."""
     from .io import read_image, read_mask
 
     image, igrid = read_image(str(ct_path))
@@ -83,8 +90,10 @@ def real_ct_cases(ct_path: Union[str, Path], seg_path: Union[str, Path], labels:
         work = to_working(mask > 0, grid, image, margin_mm=8.0, spacing_mm=1.0, min_fov_mm=fov_mm)
         truth = work.mask >= 0.5
         for s in range(per_label):
-            cases.append(BenchCase(f"label{label}_d{s}", truth, distort(truth, seed=BENCH_SEED + 100 * label + s),
-                                   work.grid, work.image))
+            seed = BENCH_SEED + 100 * label + s
+            noisy = (distort(truth, seed=seed) if family is None
+                     else corrupt(truth, work.grid.spacing, family, seed, image=work.image))
+            cases.append(BenchCase(f"label{label}_d{s}", truth, noisy, work.grid, work.image))
     return cases
 
 
@@ -147,6 +156,12 @@ def run_bench(
         "settings": {"seed_base": BENCH_SEED, "torch_threads": torch.get_num_threads(),
                      "machine": platform.machine(), "methods": info},
     }
+
+
+def best_smoothing(result: dict) -> str:
+    """Name of the smoothing baseline with the highest mean DSC in ``result`` (chosen with hindsight)."""
+    names = [n for n in result["table"] if n in BASELINES]
+    return max(names, key=lambda n: result["table"][n]["dsc_mean"])
 
 
 def format_table(result: dict) -> str:

@@ -76,15 +76,16 @@ def load_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], di
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    kind = _sniff(path)
-    if kind is not None:
-        raise CheckpointError(f"checkpoint {path} is {kind}; NeARSlicer never loads pickle (it can run code). "
-                              "Delete it and re-create it with this version (start without resuming)")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        # sniffed only now: a valid safetensors header length can start with pickle's magic bytes
+        kind = _sniff(path)
+        if kind is not None:
+            raise CheckpointError(f"checkpoint {path} is {kind}; NeARSlicer never loads pickle (it can run code). "
+                                  "Delete it and re-create it with this version (start without resuming)") from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason}); "
                               "delete it and start without resuming") from None
@@ -208,4 +209,11 @@ def load_training_state(path: Union[str, Path], model: torch.nn.Module, optimize
 
 def is_pickle(path: Union[str, os.PathLike]) -> bool:
     """True if ``path`` looks like a pickle or torch.save file (which NeARSlicer refuses to load)."""
-    return Path(path).is_file() and _sniff(Path(path)) is not None
+    path = Path(path)
+    if not path.is_file() or _sniff(path) is None:
+        return False
+    try:
+        with safe_open(str(path), framework="pt"):
+            return False  # a safetensors file whose header length happens to look like pickle's magic
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return True

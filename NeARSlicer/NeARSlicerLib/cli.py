@@ -2,6 +2,11 @@
 
 Errors are one line on stderr with a non-zero exit code (2: bad input or prior, 1: other);
 ``--debug`` shows the traceback instead.
+
+Outputs (``output_safety``): an input is never modified; every output path is checked before any
+computation (not an input, folder present and writable, existing files replaced only with
+``--overwrite``); each file appears whole or not at all, and refine's --out/--probability/--report
+appear together or not at all.
 """
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import NeARError
+from .errors import NeARError, RefinementError
 
 ALAN_REL = Path("data/alan64/alan64_trainval.npz")
+CHECKPOINT_NAME = "checkpoint.safetensors"  # study mode's resume file in --out (no pickle)
 
 
 def shared_dir() -> Optional[Path]:
@@ -45,8 +51,12 @@ def cmd_refine(args) -> int:
 
     from .io import read_image, read_mask, write_image, write_mask
     from .metrics import dice
+    from .output_safety import atomic_paths, check_outputs
     from .refine import refine_mask
 
+    # every output is checked (not an input, new or --overwrite, folder writable) before computing
+    check_outputs([args.out, args.probability, args.report], [args.mask, args.image, args.prior],
+                  overwrite=args.overwrite)
     mask, grid, _ = read_mask(args.mask, label=args.label)
     image = None
     if args.image:
@@ -59,18 +69,20 @@ def cmd_refine(args) -> int:
     res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, _options(args), progress=cb))
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
-    # every output is computed before the first one is written; each write is atomic
-    write_mask(args.out, res.mask, grid)
-    if args.probability:
-        write_image(args.probability, res.probability, grid)
-    if args.report:
-        from .report import save_report_png
+    score = dice(mask, res.mask)
+    # all outputs are written to temporary files first, then renamed together: all or none appear
+    with atomic_paths([args.out, args.probability, args.report]) as (out_tmp, prob_tmp, report_tmp):
+        write_mask(out_tmp, res.mask, grid)
+        if prob_tmp:
+            write_image(prob_tmp, res.probability, grid)
+        if report_tmp:
+            from .report import save_report_png
 
-        save_report_png(args.report, image, mask, res.mask, grid.spacing, title=Path(args.mask).name,
-                        metrics={"Dice(input, refined)": dice(mask, res.mask)})
+            save_report_png(report_tmp, image, mask, res.mask, grid.spacing, title=Path(args.mask).name,
+                            metrics={"Dice(input, refined)": score})
     print(f"refined {Path(args.mask).name}: {int(mask.sum())} -> {int(res.mask.sum())} voxels "
           f"(+{int(res.added.sum())} / -{int(res.removed.sum())}), Dice(input, refined) "
-          f"{dice(mask, res.mask):.3f}, {res.seconds:.1f} s on {res.info['device']}; wrote {args.out}")
+          f"{score:.3f}, {res.seconds:.1f} s on {res.info['device']}; wrote {args.out}")
     return 0
 
 
@@ -88,52 +100,66 @@ def _run_with_bar(fn):
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, seed=args.seed, options=_options(args))
+    run_demo(args.out, seed=args.seed, options=_options(args), overwrite=args.overwrite)
     return 0
 
 
 def cmd_bench(args) -> int:
     import numpy as np
 
-    from .bench import alan_cases, format_table, real_ct_cases, run_bench, write_json
+    from .annotation_errors import FAMILIES
+    from .bench import alan_cases, best_smoothing, format_table, real_ct_cases, run_bench, write_json
     from .errors import InputError
     from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR
     from .refine import RefineOptions
 
-    if args.real_ct:
-        folder = Path(args.real_ct)
-        ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
-        if not (ct.is_file() and seg.is_file()):
-            raise InputError(f"--real-ct {folder} needs ct.nii.gz and seg.nii.gz (like ../shared/data/totalseg_example)")
-        labels = [int(v) for v in args.labels.split(",") if v.strip()]
-        cases = real_ct_cases(ct, seg, labels, per_label=args.per_label)
-        with_images = True
+    if args.errors == "all":
+        families = list(FAMILIES) + ["mixture"]
+    elif args.errors in ("paper", "v1"):
+        families = [None]  # distort.py with the v1 benchmark's seeds (the README's first tables)
+    elif args.errors in FAMILIES or args.errors == "mixture":
+        families = [args.errors]
     else:
-        if not Path(args.data).is_file():
-            raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
-        shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
-        cases = alan_cases(shapes, appearance=args.appearance)
-        with_images = args.appearance
-    common = dict(preset=args.preset, device=args.device, seed=args.seed)
-    if with_images:
-        s_prior, sa_prior = args.prior or str(DEFAULT_PRIOR), args.prior_sa or str(DEFAULT_SA_PRIOR)
-        variants = {"NeAR S": RefineOptions(prior=s_prior, appearance=False, **common),
-                    "NeAR S+A": RefineOptions(prior=sa_prior, **common)}
-        studies = {"NeAR S, study": (s_prior, False), "NeAR S+A, study": (sa_prior, True)} if args.study else None
-    else:
-        variants = {"NeAR": RefineOptions(prior=args.prior, **common)}
-        studies = {"NeAR, study": (args.prior, False)} if args.study else None
-    result = run_bench(cases, variants=variants, studies=studies)
-    table = format_table(result)
-    print(table)
+        raise InputError(f"unknown --errors {args.errors!r}: use one of {', '.join(FAMILIES)}, mixture, all or paper")
+    results = {}
+    for family in families:
+        if args.real_ct:
+            folder = Path(args.real_ct)
+            ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
+            if not (ct.is_file() and seg.is_file()):
+                raise InputError(f"--real-ct {folder} needs ct.nii.gz and seg.nii.gz (like ../shared/data/totalseg_example)")
+            labels = [int(v) for v in args.labels.split(",") if v.strip()]
+            cases = real_ct_cases(ct, seg, labels, per_label=args.per_label, family=family)
+            with_images = True
+        else:
+            if not Path(args.data).is_file():
+                raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
+            shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
+            cases = alan_cases(shapes, appearance=args.appearance, family=family)
+            with_images = args.appearance
+        common = dict(preset=args.preset, device=args.device, seed=args.seed)
+        if with_images:
+            s_prior, sa_prior = args.prior or str(DEFAULT_PRIOR), args.prior_sa or str(DEFAULT_SA_PRIOR)
+            variants = {"NeAR S": RefineOptions(prior=s_prior, appearance=False, **common),
+                        "NeAR S+A": RefineOptions(prior=sa_prior, **common)}
+            studies = {"NeAR S, study": (s_prior, False), "NeAR S+A, study": (sa_prior, True)} if args.study else None
+        else:
+            variants = {"NeAR": RefineOptions(prior=args.prior, **common)}
+            studies = {"NeAR, study": (args.prior, False)} if args.study else None
+        result = run_bench(cases, variants=variants, studies=studies)
+        name = family or "paper"
+        print(f"\nerrors: {name} (best smoothing: {best_smoothing(result)})")
+        print(format_table(result))
+        results[name] = result
     if args.json:
-        write_json(result, args.json)
+        write_json(results if len(results) > 1 else next(iter(results.values())), args.json)
         print(f"wrote {args.json}")
     return 0
 
 
 def cmd_train_prior(args) -> int:
     from .errors import InputError
+    from .annotation_errors import ALL_FAMILIES
     from .train import TrainConfig, train_prior
 
     if not Path(args.data).is_file():
@@ -142,7 +168,8 @@ def cmd_train_prior(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
                       batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume,
                       init_from=args.init_from, annotation_sigmas=sigmas, appearance=args.appearance,
-                      lr=args.lr, val_every=args.val_every)
+                      lr=args.lr, val_every=args.val_every, errors=args.errors,
+                      families=tuple(f for f in ALL_FAMILIES if f not in set(args.hold_out or [])))
     train_prior(cfg)
     return 0
 
@@ -167,8 +194,7 @@ def cmd_study(args) -> int:
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
     cases = load_cases(args.masks, args.images, args.manifest, label=args.label)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ck = out / "checkpoint.pt"
+    ck = out / CHECKPOINT_NAME
     print(f"study: {len(cases)} cases, recipe {cfg.recipe}, up to {cfg.epochs} epochs"
           + (f", resuming from {ck}" if args.resume and ck.is_file() else ""))
     # a first Ctrl-C stops at the next step boundary with a checkpoint saved; a second one at once
@@ -190,8 +216,9 @@ def cmd_study(args) -> int:
                 bar.set_postfix_str(msg, refresh=False)
                 bar.update(max(0, int(f * 1000) - bar.n))
 
+            # run_study checks every output (folder, collisions, --overwrite) before training
             res = run_study(cases, args.prior, cfg, out_dir=str(out), checkpoint=str(ck), progress=cb,
-                            cancel=lambda: stop["asked"], resume=args.resume)
+                            cancel=lambda: stop["asked"], resume=args.resume, overwrite=args.overwrite)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -213,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, seed=0):
-        sp.add_argument("--prior", help="prior .safetensors file (default: the shipped adrenal prior)")
+        sp.add_argument("--prior", help="name (adrenal) or .safetensors path (default: adrenal; S+A with an image)")
         sp.add_argument("--preset", default="default", choices=["fast", "default", "quality"])
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--seed", type=int, default=seed)
@@ -228,12 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--probability", help="also write the occupancy probability map")
     r.add_argument("--shape-only", action="store_true",
                    help="do not use --image's intensities: shape-only refinement")
+    r.add_argument("--overwrite", action="store_true", help="replace outputs that exist (never an input)")
     common(r)
     r.set_defaults(func=cmd_refine)
 
     d = sub.add_parser("demo", help="built-in demo on a synthetic phantom (no data needed)")
     d.add_argument("--out", default="nearslicer-demo", help="output folder")
     d.add_argument("--shape-only", action="store_true", help="skip the S+A run: shape-only refinement only")
+    d.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --out")
     common(d)
     d.set_defaults(func=cmd_demo)
 
@@ -250,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-label", type=int, default=10, help="distortions of each --real-ct label")
     b.add_argument("--prior-sa", help="S+A prior (default: the shipped one)")
     b.add_argument("--study", action="store_true", help="also run study mode (fast recipe) on all cases")
+    b.add_argument("--errors", default="paper", metavar="FAMILY",
+                   help="annotation errors of the cases: paper (the v1 generator, default), an error-library family "
+                        "(overpaint, slab, thick_slice, holes, leak, missing_part, oversmooth), mixture, or all")
     common(b)
     b.set_defaults(func=cmd_bench)
 
@@ -268,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--annotation-sigmas", default="0,1,2",
                    help="blur sigmas (voxels) of the annotation inputs of the MLP; '' = the paper's MLP")
     t.add_argument("--appearance", action="store_true", help="train S+A on synthetic CT phantoms")
+    t.add_argument("--errors", default="library", choices=["library", "paper"],
+                   help="annotation errors to train on: the error library's mixture, or the paper's generator only")
+    t.add_argument("--hold-out", action="append", metavar="FAMILY",
+                   help="leave this error family out of training (repeatable), e.g. thick_slice")
     t.set_defaults(func=cmd_train_prior)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")
@@ -277,13 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="folder of CTs named like the masks (optional: shape-only without)")
     s.add_argument("--manifest", help="CSV with columns name, mask and optionally image, label (instead of folders)")
     s.add_argument("--out", required=True,
-                   help="output folder: <case>.nii.gz, study_prior.*, summary.csv, checkpoint.pt")
+                   help="output folder (not the masks' or images' folder): <case>.nii.gz, study_prior.*, "
+                   "summary.csv, " + CHECKPOINT_NAME)
     s.add_argument("--label", help="label value (or .seg.nrrd segment name) of multilabel masks")
-    s.add_argument("--prior", help="prior to warm-start from (default: the shipped adrenal prior)")
+    s.add_argument("--prior", help="prior to warm-start from: name (adrenal) or .safetensors path (default: adrenal)")
     s.add_argument("--recipe", default="fast", choices=["fast", "paper"],
                    help="fast (default): warm start, surface sampling, early stop; paper: the paper's recipe")
     s.add_argument("--epochs", type=int, help="maximum epochs (default: 60 fast, 1500 paper)")
-    s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
+    s.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME} if it exists")
+    s.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier study in --out")
     s.add_argument("--shape-only", action="store_true", help="ignore the images even with an S+A prior")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--seed", type=int, default=0)
@@ -296,6 +334,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.simplefilter("ignore", UserWarning)  # engine warnings are printed as one-liners instead
     try:
         return int(args.func(args) or 0)
+    except RefinementError as exc:  # the engine failed on valid input: not the user's error
+        if args.debug:
+            raise
+        print(f"nearslicer: error: {exc}", file=sys.stderr)
+        return 1
     except NeARError as exc:
         if args.debug:
             raise

@@ -16,15 +16,22 @@ from .bench import identity_grid
 from .distort import distort
 from .io import write_image, write_mask
 from .metrics import dice, normalized_surface_dice
+from .output_safety import atomic_paths, check_output_folder, check_outputs
 from .phantom import adrenal_phantom, ct_phantom
 from .refine import RefineOptions, refine_mask
 from .report import save_report_png
 
 
-def run_demo(out_dir: str | Path, seed: int = 0, options: Optional[RefineOptions] = None, log=print) -> dict:
-    """Run the demo into ``out_dir``; returns DSC/NSD (fractions) of the input and both refinements."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+FILES = ("ct.nii.gz", "truth.nii.gz", "input.nii.gz", "refined_shape_only.nii.gz", "refined.nii.gz", "report.png")
+
+
+def run_demo(out_dir: str | Path, seed: int = 0, options: Optional[RefineOptions] = None, log=print,
+             overwrite: bool = False) -> dict:
+    """Run the demo into ``out_dir`` (created if needed); returns DSC/NSD (fractions) of the input and
+    both refinements. The files are checked first (existing ones are replaced only with
+    ``overwrite``) and appear together or not at all."""
+    out = check_output_folder(out_dir, create=True)
+    check_outputs([out / f for f in FILES], [], overwrite=overwrite)
     truth = adrenal_phantom(seed=seed)
     ct = ct_phantom(truth, seed=seed)
     noisy = distort(truth, seed=seed + 1)
@@ -41,14 +48,15 @@ def run_demo(out_dir: str | Path, seed: int = 0, options: Optional[RefineOptions
     (d0, n0), (d1, n1), (d2, n2) = scores_of(noisy), scores_of(shape_only.mask > 0), scores_of(refined)
     scores = {"dsc_before": d0, "nsd_before": n0, "dsc_shape_only": d1, "nsd_shape_only": n1,
               "dsc_after": d2, "nsd_after": n2, "seconds": res.seconds, "appearance": res.info["appearance"]}
-    write_image(str(out / "ct.nii.gz"), ct, grid)
-    write_mask(str(out / "truth.nii.gz"), truth.astype(np.uint8), grid)
-    write_mask(str(out / "input.nii.gz"), noisy.astype(np.uint8), grid)
-    write_mask(str(out / "refined_shape_only.nii.gz"), shape_only.mask, grid)
-    write_mask(str(out / "refined.nii.gz"), res.mask, grid)
-    save_report_png(str(out / "report.png"), ct, noisy, refined, spacing,
-                    title="NeARSlicer demo: synthetic adrenal phantom in synthetic CT",
-                    metrics={"DSC before": d0, "DSC after": d2, "NSD before": n0, "NSD after": n2})
+    with atomic_paths([out / f for f in FILES]) as (ct_p, truth_p, input_p, shape_p, refined_p, report_p):
+        write_image(ct_p, ct, grid)
+        write_mask(truth_p, truth.astype(np.uint8), grid)
+        write_mask(input_p, noisy.astype(np.uint8), grid)
+        write_mask(shape_p, shape_only.mask, grid)
+        write_mask(refined_p, res.mask, grid)
+        save_report_png(report_p, ct, noisy, refined, spacing,
+                        title="NeARSlicer demo: synthetic adrenal phantom in synthetic CT",
+                        metrics={"DSC before": d0, "DSC after": d2, "NSD before": n0, "NSD after": n2})
     log(f"input              DSC {100 * d0:.1f}  NSD {100 * n0:.1f}")
     log(f"refined, S         DSC {100 * d1:.1f}  NSD {100 * n1:.1f}  ({shape_only.seconds:.1f} s)")
     if res is not shape_only:

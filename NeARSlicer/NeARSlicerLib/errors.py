@@ -15,3 +15,8 @@ class PriorError(NeARError):
 
 class Cancelled(NeARError):
     """The caller's cancel callback asked to stop; nothing was written."""
+
+
+class RefinementError(NeARError, RuntimeError):
+    """Refinement failed inside the engine (a bug, out of memory, a device fault); the message
+    names the cause in one line and the original exception is chained. Inputs are untouched."""

@@ -166,11 +166,22 @@ def _plain_permissions(tmp: str, target: Path) -> None:
     try:
         mode = stat.S_IMODE(os.stat(str(target)).st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
+        mode = 0o666 & ~_umask()
     with contextlib.suppress(OSError):
         os.chmod(tmp, mode)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where possible (setting it, even briefly, would
+    affect files other threads create meanwhile, e.g. in Slicer)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _remove(path: Optional[str]) -> None:
@@ -219,13 +230,13 @@ def atomic_paths(paths: Sequence[Optional[PathLike]]) -> Iterator[List[Optional[
     """
     targets = _targets(paths)
     temps: List[Optional[str]] = []
-    try:
-        for t in targets:
+    for t in targets:
+        try:
             temps.append(_new_temp(t) if t is not None else None)
-    except OSError as exc:
-        for tmp in temps:
-            _remove(tmp)
-        raise OutputError(f"cannot write to output folder ({exc})") from None
+        except OSError as exc:
+            for tmp in temps:
+                _remove(tmp)
+            raise OutputError(f"cannot write to output folder {t.parent} ({exc.strerror or exc})") from None
     try:
         yield list(temps)
         for tmp, t in zip(temps, targets):

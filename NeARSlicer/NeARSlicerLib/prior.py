@@ -3,7 +3,9 @@ training facts in its metadata (and in a human-readable JSON card beside it)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError
@@ -11,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import PriorError
 from .model import ModelConfig, NeARModel
+from .output_safety import atomic_write
 
 PRIOR_DIR = Path(__file__).resolve().parent / "priors"
 DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v1.safetensors"  # shape-only (S)
@@ -18,9 +21,72 @@ DEFAULT_SA_PRIOR = PRIOR_DIR / "adrenal_sa_v1.safetensors"  # shape + appearance
 FORMAT = "nearslicer-prior-1"
 
 
+@dataclass(frozen=True)
+class PriorPair:
+    """The shipped priors of one anatomy: shape-only (S) and, optionally, shape + appearance (S+A)."""
+
+    shape: Path
+    appearance: Optional[Path] = None
+
+
+# name -> files. Each name NAME is addressable as NAME (S+A with an image when installed, else S),
+# NAME-s and NAME-sa; a new anatomy is one more entry here.
+PRIORS: dict[str, PriorPair] = {"adrenal": PriorPair(DEFAULT_PRIOR, DEFAULT_SA_PRIOR)}
+DEFAULT_NAME = "adrenal"
+
+
+def prior_names() -> list[str]:
+    """Every name ``resolve_prior`` accepts."""
+    names = []
+    for name, pair in PRIORS.items():
+        names += [name, f"{name}-s"] + ([f"{name}-sa"] if pair.appearance is not None else [])
+    return names
+
+
+def resolve_prior_named(name_or_path: str | Path | None, with_image: bool) -> tuple[Optional[str], Path]:
+    """(registry name or None for a file, prior file) for a name, a path or None (the default pair).
+
+    A pair name gives its S+A prior when ``with_image`` and that file is installed, else its S
+    prior; NAME-s / NAME-sa force one. Names are looked up before paths (write ``./adrenal`` for a
+    file of that name). Raises PriorError for an unknown name, a missing file or a forced prior
+    that is not installed."""
+    if name_or_path is None or str(name_or_path).strip() == "":
+        name_or_path = DEFAULT_NAME
+    text = str(name_or_path).strip()
+    key = text.lower()
+    base, variant = key, None
+    for suffix in ("-sa", "-s"):
+        if key.endswith(suffix) and key[: -len(suffix)] in PRIORS:
+            base, variant = key[: -len(suffix)], suffix[1:]
+            break
+    if base in PRIORS:
+        pair = PRIORS[base]
+        sa_installed = pair.appearance is not None and pair.appearance.is_file()
+        if variant == "sa":
+            if not sa_installed:
+                raise PriorError(f"prior {key!r} is not installed (missing {pair.appearance})")
+            return key, pair.appearance
+        if variant is None and with_image and sa_installed:
+            return f"{base}-sa", pair.appearance
+        if not pair.shape.is_file():
+            raise PriorError(f"prior {base + '-s'!r} is not installed (missing {pair.shape})")
+        return f"{base}-s", pair.shape
+    path = Path(text).expanduser()
+    if path.is_file():
+        return None, path
+    if path.suffix or "/" in text or "\\" in text:
+        raise PriorError(f"prior file not found: {path}")
+    raise PriorError(f"unknown prior {text!r}: use one of {', '.join(prior_names())} or a .safetensors path")
+
+
+def resolve_prior(name_or_path: str | Path | None, with_image: bool) -> Path:
+    """The prior file for a name (see ``prior_names``), a path, or None (the default adrenal pair)."""
+    return resolve_prior_named(name_or_path, with_image)[1]
+
+
 def default_prior(with_image: bool) -> Path:
     """The shipped prior to use: S+A when an image is used (and that prior is installed), else S."""
-    return DEFAULT_SA_PRIOR if with_image and DEFAULT_SA_PRIOR.is_file() else DEFAULT_PRIOR
+    return resolve_prior(None, with_image)
 
 
 def save_prior(path: str | Path, model: NeARModel, meta: dict | None = None,
@@ -31,22 +97,23 @@ def save_prior(path: str | Path, model: NeARModel, meta: dict | None = None,
     gives float32 weights.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # training writes into a new folder
     tensors = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.state_dict().items()}
     header = {
         "format": FORMAT,
         "config": json.dumps(model.cfg.to_dict()),
         "meta": json.dumps(meta or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(path)
+    # a unique temporary name (concurrent trainings never collide), fsync, then rename
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     return path
 
 
-def load_prior(path: str | Path | None = None, device: torch.device | str = "cpu") -> tuple[NeARModel, dict]:
-    """Load a prior (``None``: the shipped adrenal prior). Raises PriorError with the reason."""
-    path = Path(path) if path else DEFAULT_PRIOR
+def load_prior(path: str | Path | None = None, device: torch.device | str = "cpu",
+               with_image: bool = False) -> tuple[NeARModel, dict]:
+    """Load a prior by path or name (``None``: the shipped adrenal prior; S+A only when
+    ``with_image``, see ``resolve_prior``). Raises PriorError with the reason."""
+    path = resolve_prior(path, with_image)
     if not path.is_file():
         raise PriorError(f"prior file not found: {path}")
     try:

@@ -7,9 +7,11 @@ Arrays are [k, j, i]; geometry follows ``geometry.Grid`` (LPS, mm).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,11 +22,11 @@ from scipy import ndimage
 
 from .decode import decode_probability
 from .device import pick_device
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, NeARError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
 from .model import NeARModel, window_hu
-from .prior import default_prior, load_prior
+from .prior import load_prior, resolve_prior, resolve_prior_named
 
 @dataclass(frozen=True)
 class Preset:
@@ -50,8 +52,8 @@ Progress = Callable[[float, str], None]
 class RefineOptions:
     """User-facing knobs of one refinement."""
 
-    # path of a .safetensors prior; None = a shipped adrenal prior: S+A when an image is given
-    # (and ``appearance``), else shape-only
+    # a prior name (``prior.prior_names()``: "adrenal", "adrenal-s", "adrenal-sa") or a .safetensors
+    # path; None = "adrenal": its S+A prior when an image is given (and ``appearance``), else S
     prior: Optional[str] = None
     appearance: bool = True  # use the image, if one is given and the prior was trained with it
     preset: str = "default"  # fast | default | quality
@@ -77,20 +79,63 @@ class RefineResult:
     info: dict = field(default_factory=dict)
 
 
-_PRIOR_CACHE: dict[tuple[str, str], tuple[NeARModel, dict]] = {}
-_CACHE_LOCK = threading.Lock()
+class PriorCache:
+    """Loaded priors, keyed by (file, its size and time, device), at most ``capacity`` of them
+    (least recently used dropped first). Cached models are never modified; ``release()`` drops
+    them all, e.g. when a long-lived worker goes idle, so that their (GPU) memory is returned."""
 
+    def __init__(self, capacity: int = 2) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, tuple[NeARModel, dict]] = OrderedDict()
+        self._lock = threading.Lock()
 
-def get_prior(path: Optional[str], device: torch.device) -> tuple[NeARModel, dict]:
-    """Load a prior once per (file, device); later calls reuse it (it is never modified)."""
-    p = str(Path(path).resolve() if path else default_prior(False))
-    key = (p, str(device))
-    with _CACHE_LOCK:
-        if key not in _PRIOR_CACHE:
-            model, meta = load_prior(p, device)
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, path: Path, device: torch.device | str) -> tuple[NeARModel, dict]:
+        """The prior in file ``path`` on ``device``, loaded on first use (a rewritten file is reloaded)."""
+        path = Path(path).resolve()
+        try:
+            st = os.stat(path)
+            key = (str(path), st.st_size, st.st_mtime_ns, str(device))
+        except OSError:
+            key = None  # load_prior raises its clear "not found"
+        with self._lock:
+            if key is not None and key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            model, meta = load_prior(path, device)
             model.requires_grad_(False)
-            _PRIOR_CACHE[key] = (model, meta)
-        return _PRIOR_CACHE[key]
+            if key is not None:
+                self._items[key] = (model, meta)
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+            return model, meta
+
+    def release(self) -> int:
+        """Drop every cached prior (callers still holding one keep it); returns how many were dropped."""
+        with self._lock:
+            n = len(self._items)
+            on_cuda = any(next(m.parameters()).is_cuda for m, _ in self._items.values())
+            self._items.clear()
+        if on_cuda and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return n
+
+
+PRIOR_CACHE = PriorCache()
+
+
+def get_prior(path: Optional[str], device: torch.device | str) -> tuple[NeARModel, dict]:
+    """A cached prior by name or path (None: the shipped shape-only adrenal prior); never modify it."""
+    return PRIOR_CACHE.get(resolve_prior(path, with_image=False), device)
+
+
+def release_priors() -> int:
+    """Free the models held by ``PRIOR_CACHE`` (for idle workers); returns how many were dropped."""
+    return PRIOR_CACHE.release()
 
 
 def fit_config(options: RefineOptions) -> tuple[FitConfig, int]:
@@ -149,17 +194,40 @@ def refine_mask(
 ) -> RefineResult:
     """Refine one binary mask ([k, j, i] on ``grid``); ``image`` in HU on the same grid, optional.
 
-    Deterministic for a given ``options.seed`` on a given device. Raises InputError,
-    PriorError or Cancelled; the inputs are untouched in every case.
+    Deterministic for a given ``options.seed`` on a given device; only local random generators
+    are used (the global torch RNG is neither read nor reseeded). Raises InputError, PriorError,
+    Cancelled, or RefinementError for any failure inside the engine (its cause chained); the
+    inputs are untouched in every case.
     """
+    try:
+        result = _refine(mask, grid, image, options or RefineOptions(), progress or (lambda f, m: None), cancel)
+    except NeARError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a torch/numpy failure becomes one clear line
+        raise RefinementError(_failure_message(exc)) from exc
+    for w in result.warnings:
+        warnings.warn(w, stacklevel=2)
+    return result
+
+
+def _failure_message(exc: BaseException) -> str:
+    """One line naming the cause of an internal failure, with a hint where there is one."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    cause = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    hint = ""
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        hint = " (out of memory: try the 'fast' preset, device 'cpu' or a smaller margin)"
+    return f"refinement failed inside the engine: {cause}{hint}"
+
+
+def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
+            report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
     t0 = time.perf_counter()
-    opts = options or RefineOptions()
-    report = progress or (lambda f, m: None)
     check_inputs(np.asarray(mask), grid, image)
     cfg, n_flips = fit_config(opts)
     device = pick_device(opts.device)
-    prior_path = opts.prior or str(default_prior(image is not None and opts.appearance))
-    model, meta = get_prior(prior_path, device)
+    prior_name, prior_path = resolve_prior_named(opts.prior, with_image=image is not None and opts.appearance)
+    model, meta = PRIOR_CACHE.get(prior_path, device)
     notes: list[str] = []
 
     report(0.0, "cropping and resampling to the working grid")
@@ -176,7 +244,7 @@ def refine_mask(
     if image is not None and opts.appearance and not model.cfg.appearance:
         notes.append("this prior is shape-only: the image was not used")
 
-    torch.manual_seed(opts.seed)
+    # the only randomness is fit_latent's point sampling, from its own seeded generator
     n = case.mask.shape[0]
     target = torch.from_numpy(np.ascontiguousarray(case.mask, dtype=np.float32))[None, None].to(device)
     appearance = None
@@ -210,8 +278,6 @@ def refine_mask(
     original = np.asarray(mask) > 0
     if not refined.any():
         notes.append("the refined mask is empty: the prior found no plausible shape in this annotation")
-    for w in notes:
-        warnings.warn(w, stacklevel=2)
     seconds = time.perf_counter() - t0
     report(1.0, "done")
     return RefineResult(
@@ -231,6 +297,7 @@ def refine_mask(
             "working_shape": tuple(case.mask.shape),
             "working_spacing_mm": opts.spacing_mm,
             "final_loss": losses[-1] if losses else None,
-            "prior": prior_path,
+            "prior": str(prior_path),
+            "prior_name": prior_name,  # registry name ("adrenal-sa"...), None for a file given by path
         },
     )

@@ -7,6 +7,7 @@ backend, so it is safe inside Slicer and on servers. Arrays are ``[k, j, i]``; s
 
 from __future__ import annotations
 
+import json
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -15,9 +16,12 @@ from matplotlib.figure import Figure
 from skimage import measure
 
 from .errors import InputError
-from .io import atomic_write
+from .output_safety import atomic_write
 
-__all__ = ["save_report_png"]
+__all__ = ["save_report_png", "append_panel_png", "read_report_facts"]
+
+# PNG text chunk holding the reported numbers as JSON, so they can be checked against the files
+_FACTS_KEY = "NeARSlicer"
 
 _ORIGINAL = "#e41a1c"   # red
 _REFINED = "#1f5bff"    # blue
@@ -45,6 +49,31 @@ def _fmt(value) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
     return str(value)
+
+
+def _json_value(value):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return str(value)
+
+
+def read_report_facts(path: str) -> dict:
+    """The numbers a report PNG shows (``title``, ``original_voxels``, ``refined_voxels``,
+    ``spacing``, ``metrics``), read back from its text chunk; ``{}`` for a PNG without them."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = dict(getattr(im, "text", {}) or {})
+    return json.loads(text[_FACTS_KEY]) if _FACTS_KEY in text else {}
+
+
+def _save_png(fig: Figure, path: str, facts: dict, **kwargs) -> None:
+    meta = {_FACTS_KEY: json.dumps(facts)} if facts else {}
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", metadata=meta, **kwargs))
 
 
 def save_report_png(path: str, image_or_None: Optional[np.ndarray], original_mask: np.ndarray,
@@ -127,4 +156,27 @@ def save_report_png(path: str, image_or_None: Optional[np.ndarray], original_mas
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    facts = {"title": title, "original_voxels": int(orig.sum()), "refined_voxels": int(ref.sum()),
+             "spacing": [si, sj, sk], "metrics": {k: _json_value(v) for k, v in (metrics or {}).items()}}
+    _save_png(fig, path, facts)
+
+
+def append_panel_png(path: str, panel: np.ndarray, title: str) -> None:
+    """Put ``panel`` (RGB(A) array, e.g. a 3D rendering) with ``title`` to the right of the report
+    PNG at ``path``. The file is rewritten atomically and keeps its reported numbers."""
+    from matplotlib.image import imread
+
+    report = imread(path)
+    facts = read_report_facts(path)
+    height, width = report.shape[:2]
+    side, dpi = height, 100.0
+    fig = Figure(figsize=((width + side) / dpi, height / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    left = fig.add_axes([0.0, 0.0, width / (width + side), 1.0])
+    left.imshow(report, interpolation="nearest")
+    left.axis("off")
+    right = fig.add_axes([width / (width + side), 0.02, side / (width + side), 0.86])
+    right.imshow(np.asarray(panel), interpolation="bilinear")
+    right.axis("off")
+    right.set_title(title, fontsize=10)
+    _save_png(fig, path, facts, dpi=dpi, facecolor="white")

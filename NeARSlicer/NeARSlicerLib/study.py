@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -47,10 +46,11 @@ from .device import pick_device
 from .errors import Cancelled, InputError
 from .fit import sample_fit_points
 from .geometry import Grid, to_source, to_working
-from .metrics import dice
+from .output_safety import check_outputs
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
 from .prior import default_prior, load_prior, save_prior
 from .refine import drop_islands
+from .study_output import StudyOutputs, save_study_prior, study_card, summary_row, write_study
 
 RECIPES = ("fast", "paper")
 CHECKPOINT_FORMAT = "nearslicer-study-2"  # -1 was a torch.save (pickle) file: refused
@@ -65,6 +65,8 @@ class StudyCase:
     mask: np.ndarray
     grid: Grid
     image: Optional[np.ndarray] = None
+    mask_path: Optional[str] = None  # the files it was read from: outputs must never replace them
+    image_path: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -141,11 +143,7 @@ class StudyResult:
 
     def rows(self, inputs: Sequence[np.ndarray]) -> list[dict]:
         """Summary rows: case, voxels before/after, Dice(input, refined), seconds."""
-        return [
-            {"case": n, "voxels_before": int(np.count_nonzero(a)), "voxels_after": int(m.sum()),
-             "dice_input_refined": round(dice(a, m), 4), "seconds": round(s, 2)}
-            for n, a, m, s in zip(self.names, inputs, self.masks, self.case_seconds)
-        ]
+        return [summary_row(n, a, m, s) for n, a, m, s in zip(self.names, inputs, self.masks, self.case_seconds)]
 
 
 @dataclass
@@ -195,7 +193,7 @@ def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
     """The model to train: the prior itself (fast) or a random one of the prior's architecture (paper)."""
     if cfg.recipe == "fast":
         # a fresh copy: we own and train it
-        return load_prior(prior_path or default_prior(bool(cfg.appearance and any_image)), device)
+        return load_prior(prior_path, device, with_image=bool(cfg.appearance and any_image))
     arch, meta = ModelConfig(), {}
     path = Path(prior_path) if prior_path else default_prior(False)
     if prior_path or path.is_file():
@@ -309,6 +307,7 @@ def run_study(
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
     resume: bool = True,
+    overwrite: bool = False,
 ) -> StudyResult:
     """Train a NeAR model and one latent code per case on ``cases`` jointly, then decode every case.
 
@@ -316,14 +315,23 @@ def run_study(
     architecture to copy (paper recipe). ``checkpoint``: a file written every
     ``cfg.checkpoint_every`` steps and on cancel; when it exists and ``resume`` is true, training
     continues from it (an error if it belongs to other cases or settings). ``out_dir``: if given,
-    :func:`write_study` writes the masks, the trained prior, its card and summary.csv there.
-    Raises InputError, PriorError or Cancelled; the inputs are never modified.
+    the outputs are checked before training (``study_output.StudyOutputs``: not the inputs'
+    folder, no output an input, existing outputs only replaced with ``overwrite``); each refined
+    mask and its summary row are written as soon as the case is decoded, then the trained prior
+    and its card. Raises InputError (OutputError), PriorError or Cancelled; the inputs are never
+    modified.
     """
     t0 = time.perf_counter()
     cfg = cfg or StudyConfig()
     report = progress or (lambda f, m: None)
     _check_config(cfg)
     check_cases(cases)
+    outputs = None
+    if out_dir is not None:  # every output is checked before any computation
+        outputs = StudyOutputs(out_dir, cases, overwrite=overwrite, checkpoint=checkpoint, other_inputs=[prior_path])
+    if checkpoint is not None:
+        check_outputs([checkpoint], [*(p for c in cases for p in (c.mask_path, c.image_path)), prior_path],
+                      may_exist=[checkpoint])
     device = pick_device(cfg.device)
     names = [c.name for c in cases]
     any_image = any(c.image is not None for c in cases)
@@ -467,6 +475,8 @@ def run_study(
         probs.append(prob)
         masks.append(mask)
         case_seconds.append(time.perf_counter() - t_case + share)
+        if outputs is not None:
+            outputs.case_done(c, mask, case_seconds[-1])
 
     for w in notes:
         warnings.warn(w, stacklevel=2)
@@ -481,70 +491,10 @@ def run_study(
               "prior": str(prior_path or default_prior(use_app)) if cfg.recipe == "fast" else None,
               "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep]},
     )
-    if out_dir is not None:
-        write_study(result, cases, out_dir)
+    if outputs is not None:
+        outputs.finish(result)
     report(1.0, "done")
     return result
-
-
-# -------------------------------------------------------------------------------------- outputs
-def study_card(result: StudyResult) -> dict:
-    """Facts about a study-trained prior, for its metadata and JSON card."""
-    cfg = result.config
-    card = {
-        "kind": "nearslicer study prior",
-        "recipe": cfg.recipe,
-        "cases": list(result.names),
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "stopped_early": result.stopped_early,
-        "final_loss": result.losses[-1] if result.losses else None,
-        "seconds": round(result.train_seconds, 1),
-        "mlp_point_evals": result.mlp_point_evals,
-        "decoder_passes": result.decoder_passes,
-        "appearance": bool(result.info.get("appearance")),
-        "config": cfg.to_dict(),
-        "warm_start": result.info.get("prior"),
-        # the encoder is not trained in study mode: a paper-recipe model has a random one
-        "encoder_trained": cfg.recipe == "fast",
-        "fov_mm": float((result.info.get("prior_meta") or {}).get("fov_mm", 64.0)),
-        "note": "trained transductively on the listed cases' own (imperfect) annotations; "
-                "NeAR: Yang, Shi et al., MICCAI 2022",
-    }
-    return card
-
-
-def save_study_prior(result: StudyResult, path: str | Path) -> Path:
-    """The study-trained model as a reusable prior (safetensors) with its JSON card beside it."""
-    card = study_card(result)
-    prior = save_prior(path, result.model, card)
-    card_path = prior.with_suffix(".json")
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, card_path)
-    return prior
-
-
-def write_study(result: StudyResult, cases: Sequence[StudyCase], out_dir: str) -> Path:
-    """Write ``<name>.nii.gz`` refined masks, ``study_prior.safetensors`` + ``study_prior.json`` and
-    ``summary.csv`` into ``out_dir`` (created if needed); every file is written atomically."""
-    from .io import atomic_write, write_mask
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for c, m in zip(cases, result.masks):
-        write_mask(str(out / f"{c.name}.nii.gz"), m, c.grid)
-    save_study_prior(result, out / "study_prior.safetensors")
-    rows = result.rows([c.mask for c in cases])
-
-    def write_csv(path: str) -> None:
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(str(out / "summary.csv"), write_csv)
-    return out
 
 
 # ---------------------------------------------------------------------------- finding the cases
@@ -628,9 +578,10 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
                                      f"spacing {igrid.spacing} vs {grid.spacing})")
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
-        cases.append(StudyCase(name, mask, grid, image))
+        cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None))
     return cases
 
 
-__all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "load_cases",
+__all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "save_study_prior",
+           "load_cases",
            "find_cases", "read_manifest", "case_name", "check_cases", "RECIPES"]

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from scipy import ndimage as ndi
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .annotation_errors import ALL_FAMILIES, corrupt, mixture
 from .distort import DistortionParams, distort
 from .metrics import dice
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres
@@ -53,6 +55,8 @@ class TrainConfig:
     init_from: str | None = None  # warm start from another prior (e.g. the shape-only one)
     annotation_sigmas: tuple[float, ...] = (0.0, 1.0, 2.0)  # () trains the paper's MLP
     skips: bool = True  # encoder -> decoder skips; False trains the paper's decoder
+    errors: str = "library"  # "library": annotation_errors.mixture; "paper": distort.py only (the v1 priors)
+    families: tuple[str, ...] = ALL_FAMILIES  # error families drawn in training (leave one out: drop it here)
 
 
 def random_distortion(rng: np.random.Generator) -> DistortionParams:
@@ -76,24 +80,33 @@ def augment(shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_clean: float = 0.15,
-               appearance: bool = False, sigmas: tuple[float, ...] = (), app_sigmas: tuple[float, ...] = (0.0,)):
+               appearance: bool = False, sigmas: tuple[float, ...] = (), app_sigmas: tuple[float, ...] = (0.0,),
+               families: Optional[tuple[str, ...]] = None):
     """(clean, noisy, context) tensors (B, C, 64, 64, 64).
 
     ``context`` holds what ``NeARModel.context`` would compute (the annotation blurred with
     each of ``sigmas``, then the windowed phantom CT blurred with each of ``app_sigmas``), made
     here with scipy in the loader thread because 3D blurs in torch are slow on CPUs; None when
     there is nothing to hold. The phantoms' scanner and tissue values vary (``ct_phantom(vary=True)``).
+    ``families``: draw errors from ``annotation_errors.mixture`` over these families (the phantom
+    CT is passed so that leaks follow similar-looking tissue); None: the v1 recipe (``distort``).
     """
     clean, noisy, ctx = [], [], []
     for i in idx:
         c = augment(shapes[i], rng)
-        d = c if rng.random() < p_clean else distort(c, seed=int(rng.integers(2**31)), params=random_distortion(rng))
+        hu = ct_phantom(c, seed=int(rng.integers(2**31)), vary=True) if appearance else None
+        if rng.random() < p_clean:
+            d = c
+        elif families is None:
+            d = distort(c, seed=int(rng.integers(2**31)), params=random_distortion(rng))
+        else:
+            d = mixture(c, (1.0, 1.0, 1.0), rng, families, image=hu)[0]
         clean.append(c)
         noisy.append(d)
         chans = [ndi.gaussian_filter(d.astype(np.float32), s, mode="constant", truncate=3.0) if s > 0
                  else d.astype(np.float32) for s in sigmas]
         if appearance:
-            a = window_np(ct_phantom(c, seed=int(rng.integers(2**31)), vary=True))
+            a = window_np(hu)
             chans += [ndi.gaussian_filter(a, s, mode="nearest", truncate=3.0) if s > 0 else a for s in app_sigmas]
         if chans:
             ctx.append(np.stack(chans))
@@ -107,6 +120,12 @@ def make_batch(shapes: np.ndarray, idx: np.ndarray, rng: np.random.Generator, p_
     t = F.grid_sample(t, grid, align_corners=False, padding_mode="border")
     clean_t = (t[:, :1] > 0.5).float()
     return clean_t, t[:, 1:2], (t[:, 2:] if t.shape[1] > 2 else None)
+
+
+def _val_case(shape: np.ndarray, seed: int, families: Sequence[str]) -> np.ndarray:
+    """A fixed validation annotation: one of ``families`` (cycled by seed) at a set severity."""
+    fam = list(families)[seed % len(families)]
+    return corrupt(shape, (1.0, 1.0, 1.0), fam, seed)
 
 
 def window_np(hu: np.ndarray) -> np.ndarray:
@@ -179,50 +198,73 @@ def warm_start(model: NeARModel, prior_path: str) -> None:
     model.load_state_dict(own)
 
 
+def _step_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The random streams of one training step, derived from (seed, step) alone, so that a resumed
+    run draws exactly what an uninterrupted one draws (the next batch is prepared ahead)."""
+    return np.random.default_rng([seed, step]), torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
 def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=print) -> dict:
-    """Train and save the prior; returns the training facts written to its metadata."""
+    """Train and save the prior; returns the training facts written to its metadata.
+
+    With ``cfg.resume`` a checkpoint (safetensors + JSON: weights, Adam state, step, best, history,
+    elapsed time) is written every ``val_every`` steps and resumed from when present; the resumed
+    run continues bit-identically (same device and threads) when the schedule is step-based
+    (``minutes`` = inf). The global torch RNG is left alone.
+    """
+    from .checkpoint import load_training_state, save_training_state
+
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     data = np.load(cfg.data)
     train, val = data["train_shapes"], data["val_shapes"]
     val_clean = val[: cfg.val_cases]
-    val_noisy = np.stack([distort(v, seed=10_000 + i) for i, v in enumerate(val_clean)])
+    if cfg.errors == "library":
+        # checkpoints are chosen on the trained families only: a held-out family stays unseen
+        val_noisy = np.stack([_val_case(v, 10_000 + i, cfg.families) for i, v in enumerate(val_clean)])
+    else:
+        val_noisy = np.stack([distort(v, seed=10_000 + i) for i, v in enumerate(val_clean)])
     val_ct = (window_np(np.stack([ct_phantom(v, seed=10_000 + i) for i, v in enumerate(val_clean)]))
               if cfg.appearance else None)
 
     mcfg = model_cfg or ModelConfig(appearance=cfg.appearance, annotation_sigmas=tuple(cfg.annotation_sigmas),
                                     skips=cfg.skips, appearance_sigmas=tuple(cfg.appearance_sigmas),
                                     encoder_appearance=cfg.encoder_appearance, appearance_gain=cfg.appearance_gain)
-    model = NeARModel(mcfg)
-    if cfg.init_from:
+    with torch.random.fork_rng(devices=[]):  # the initial weights are seeded without touching the global RNG
+        torch.manual_seed(cfg.seed)
+        model = NeARModel(mcfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step0, best, elapsed0 = 0, -1.0, 0.0
+    history: list[dict] = []
+    ema_loss = None
+    if cfg.resume and Path(cfg.resume).is_file():
+        info = load_training_state(cfg.resume, model, opt)
+        step0, extra = info["step"], info["extra"]
+        best, elapsed0, history, ema_loss = extra["best"], extra["seconds"], extra["history"], extra["ema_loss"]
+        log(f"resumed at step {step0} (best val Dice {best:.4f})")
+    elif cfg.init_from:
         warm_start(model, cfg.init_from)
         log(f"warm start from {cfg.init_from}")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step0, best = 0, -1.0
-    if cfg.resume and Path(cfg.resume).is_file():
-        ck = torch.load(cfg.resume, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step0, best = ck["step"], ck["best"]
-        rng = np.random.default_rng(cfg.seed + step0)
-        log(f"resumed at step {step0} (best val Dice {best:.4f})")
     budget = cfg.minutes * 60.0
-    t0 = time.time()
-    history: list[dict] = []
-    pool = ThreadPoolExecutor(1)  # distortion of the next batch overlaps this step's backward pass
-    submit = lambda: pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15,  # noqa: E731
-                                 cfg.appearance, tuple(cfg.annotation_sigmas), tuple(model.cfg.appearance_sigmas))
-    nxt = submit()
-    bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
+    t0 = time.time() - elapsed0
+    pool = ThreadPoolExecutor(1)  # the next batch is made while this step runs
+
+    def submit(step: int):
+        rng, _ = _step_rng(cfg.seed, step)
+        return pool.submit(make_batch, train, rng.integers(len(train), size=cfg.batch), rng, 0.15,
+                           cfg.appearance, tuple(cfg.annotation_sigmas), tuple(model.cfg.appearance_sigmas),
+                           tuple(cfg.families) if cfg.errors == "library" else None)
+
     step = step0
-    ema_loss = None
+    nxt = submit(step)
+    bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
     while step < cfg.max_steps and time.time() - t0 < budget:
         clean, noisy, context = nxt.result()
-        nxt = submit()
-        # cosine decay over the *time* budget when it is the binding limit
-        frac = max(step / max(1, cfg.max_steps), (time.time() - t0) / budget)
+        nxt = submit(step + 1)
+        _, gen = _step_rng(cfg.seed, step)
+        # cosine decay over the steps, or over the time budget when that is the binding limit
+        frac = step / max(1, cfg.max_steps)
+        if math.isfinite(budget):
+            frac = max(frac, (time.time() - t0) / budget)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         pts = sample_points(clean, noisy, cfg.points, gen)
@@ -251,19 +293,24 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
         bar.update(1)
         if step % cfg.val_every == 0:
             v = validate(model, val_clean, val_noisy, val_ct)
-            history.append({"step": step, "minutes": round((time.time() - t0) / 60, 2), "loss": round(ema_loss, 4), "val_dice": round(v, 4)})
+            history.append({"step": step, "minutes": round((time.time() - t0) / 60, 2), "loss": round(ema_loss, 4),
+                            "val_dice": round(v, 4)})
             log(json.dumps(history[-1]))
             if v > best:
                 best = v
                 save_prior(cfg.out, model, {"step": step, "val_dice_direct": v})
             if cfg.resume:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best}, cfg.resume)
+                save_training_state(cfg.resume, model, opt, step,
+                                    extra={"best": best, "seconds": time.time() - t0, "history": history,
+                                           "ema_loss": ema_loss})
     bar.close()
-    pool.shutdown()
+    pool.shutdown(cancel_futures=True)
     v = validate(model, val_clean, val_noisy, val_ct)
     if v > best:
         best = v
         save_prior(cfg.out, model, {"step": step, "val_dice_direct": v})
-    facts = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "best_val_dice_direct": best, "history": history}
+    facts = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "best_val_dice_direct": best,
+             "errors": cfg.errors, "families": list(cfg.families) if cfg.errors == "library" else ["paper"],
+             "history": history}
     log(json.dumps({k: v for k, v in facts.items() if k != "history"}))
     return facts

@@ -1,5 +1,9 @@
 """The nearslicer command line, end to end on temporary files."""
+import errno
+import os
+
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from NeARSlicerLib.cli import main
@@ -8,6 +12,7 @@ from NeARSlicerLib.geometry import Grid
 from NeARSlicerLib.io import read_mask, write_mask
 from NeARSlicerLib.metrics import dice
 from NeARSlicerLib.phantom import adrenal_phantom
+from NeARSlicerLib.report import read_report_facts
 
 
 def _oblique_grid(shape):
@@ -27,8 +32,15 @@ def test_refine_nifti_oblique_anisotropic(tmp_path, capsys):
     refined, rgrid, _ = read_mask(str(out))
     assert rgrid.same_as(grid), "output must have the input's exact geometry"
     assert refined.shape == noisy.shape and set(np.unique(refined)) <= {0, 1}
-    assert rep.is_file() and rep.stat().st_size > 10_000
-    assert "refined mask.nii.gz" in capsys.readouterr().out
+    # the report shows the numbers of the files written, computed by the real code path
+    facts = read_report_facts(str(rep))
+    source, _, _ = read_mask(str(src))
+    assert facts["title"] == "mask.nii.gz"
+    assert facts["original_voxels"] == int(source.sum()) and facts["refined_voxels"] == int(refined.sum())
+    assert facts["metrics"]["Dice(input, refined)"] == pytest.approx(dice(source, refined), abs=1e-12)
+    assert np.allclose(facts["spacing"], grid.spacing)
+    text = capsys.readouterr().out
+    assert "refined mask.nii.gz" in text and f"Dice(input, refined) {dice(source, refined):.3f}" in text
 
 
 def test_refine_real_ct_multilabel(tmp_path, shared_data):
@@ -100,6 +112,15 @@ def test_demo(tmp_path, capsys):
     noisy, _, _ = read_mask(str(tmp_path / "input.nii.gz"))
     refined, _, _ = read_mask(str(tmp_path / "refined.nii.gz"))
     assert dice(refined, truth) > dice(noisy, truth)
+    # the report's numbers are those of the files written
+    facts = read_report_facts(str(tmp_path / "report.png"))
+    assert facts["metrics"]["DSC before"] == pytest.approx(dice(noisy, truth), abs=1e-12)
+    assert facts["metrics"]["DSC after"] == pytest.approx(dice(refined, truth), abs=1e-12)
+    # a second demo into the same folder does not replace the first one's files without --overwrite
+    files = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
+    assert main(["demo", "--out", str(tmp_path), "--preset", "fast"]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)} == files
 
 
 def test_bench_appearance_and_real_ct(tmp_path, shared_data, capsys):
@@ -126,3 +147,108 @@ def test_bench_appearance_and_real_ct(tmp_path, shared_data, capsys):
 def test_bench_real_ct_folder_must_hold_ct_and_seg(tmp_path, capsys):
     assert main(["bench", "--real-ct", str(tmp_path)]) == 2
     assert "needs ct.nii.gz and seg.nii.gz" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- output safety (issue 10)
+def _case(tmp_path):
+    truth = adrenal_phantom(seed=5)
+    grid = Grid(truth.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    src = tmp_path / "in.nii.gz"
+    write_mask(str(src), distort(truth, seed=2).astype(np.uint8), grid)
+    return src
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fails the test if refinement starts: these refusals must come before any computation."""
+    import NeARSlicerLib.refine as refine
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("refine_mask was called although an output was refused")
+
+    monkeypatch.setattr(refine, "refine_mask", refuse)
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_refine_out_equal_to_mask_is_refused(tmp_path, capsys, no_compute):
+    src = _case(tmp_path)
+    before = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.nii.gz").symlink_to(src)
+    for out in (src, tmp_path / "sub" / ".." / "in.nii.gz", tmp_path / "link.nii.gz"):
+        rc = main(["refine", "--mask", str(src), "--out", str(out), "--overwrite"])
+        assert rc == 2 and "is the input" in _err(capsys)
+    rc = main(["refine", "--mask", str(src), "--out", str(tmp_path / "o.nii.gz"), "--report", str(src)])
+    assert rc == 2 and "is the input" in _err(capsys)
+    rc = main(["refine", "--mask", str(src), "--out", str(tmp_path / "o.nii.gz"),
+               "--probability", str(tmp_path / "o.nii.gz")])
+    assert rc == 2 and "two outputs are the same file" in _err(capsys)
+    prior = tmp_path / "prior.safetensors"
+    prior.write_bytes(b"weights")
+    rc = main(["refine", "--mask", str(src), "--out", str(tmp_path / "o.nii.gz"), "--prior", str(prior),
+               "--probability", str(prior), "--overwrite"])
+    assert rc == 2 and "is the input" in _err(capsys) and prior.read_bytes() == b"weights"
+    assert src.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["in.nii.gz", "link.nii.gz", "prior.safetensors", "sub"]
+
+
+def test_refine_missing_report_folder_fails_before_writing_anything(tmp_path, capsys, no_compute):
+    src = _case(tmp_path)
+    out, prob = tmp_path / "o.nii.gz", tmp_path / "p.nii.gz"
+    rc = main(["refine", "--mask", str(src), "--out", str(out), "--probability", str(prob),
+               "--report", str(tmp_path / "missing" / "dir" / "r.png")])
+    err = _err(capsys)
+    assert rc == 2 and "output folder" in err and "missing" in err and "does not exist" in err
+    assert sorted(os.listdir(tmp_path)) == ["in.nii.gz"]  # neither --out nor --probability
+
+
+def test_refine_unwritable_folder_is_refused_before_computing(tmp_path, capsys, no_compute, monkeypatch):
+    import NeARSlicerLib.output_safety as osafe
+
+    src = _case(tmp_path)
+
+    def refuse(*args, **kwargs):  # what a read-only mount answers (root ignores folder modes)
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(osafe.tempfile, "mkstemp", refuse)
+    rc = main(["refine", "--mask", str(src), "--out", str(tmp_path / "o.nii.gz")])
+    assert rc == 2 and "cannot write to output folder" in _err(capsys)
+    assert sorted(os.listdir(tmp_path)) == ["in.nii.gz"]
+
+
+def test_refine_existing_output_needs_overwrite(tmp_path, capsys):
+    src = _case(tmp_path)
+    out = tmp_path / "o.nii.gz"
+    out.write_bytes(b"an earlier result")
+    rc = main(["refine", "--mask", str(src), "--out", str(out), "--preset", "fast"])
+    assert rc == 2 and f"output {out} exists; pass --overwrite to replace it" in _err(capsys)
+    assert out.read_bytes() == b"an earlier result"
+    assert main(["refine", "--mask", str(src), "--out", str(out), "--preset", "fast", "--overwrite"]) == 0
+    refined, _, _ = read_mask(str(out))
+    assert refined.any() and sorted(os.listdir(tmp_path)) == ["in.nii.gz", "o.nii.gz"]
+
+
+def test_refine_disk_full_half_way_writes_nothing(tmp_path, capsys, monkeypatch):
+    """The report (written last) fails half-way: --out and --probability are not created / changed."""
+    import NeARSlicerLib.report as report
+
+    src = _case(tmp_path)
+    out, prob, rep = tmp_path / "o.nii.gz", tmp_path / "p.nrrd", tmp_path / "r.png"
+    out.write_bytes(b"previous result")
+
+    def disk_full(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report, "save_report_png", disk_full)
+    rc = main(["refine", "--mask", str(src), "--out", str(out), "--probability", str(prob), "--report", str(rep),
+               "--preset", "fast", "--overwrite"])
+    assert rc == 1 and "No space left on device" in _err(capsys)
+    assert out.read_bytes() == b"previous result"
+    assert sorted(os.listdir(tmp_path)) == ["in.nii.gz", "o.nii.gz"]  # no probability, report or temp file

@@ -255,4 +255,6 @@ def test_unwritable_folder_refused_even_as_root(tmp_path, monkeypatch):
     monkeypatch.setattr(osafe.tempfile, "mkstemp", refuse)
     with pytest.raises(OutputError, match=r"cannot write to output folder .* \(Permission denied\)"):
         check_outputs([tmp_path / "out.nii.gz"], [])
+    with pytest.raises(OutputError, match=rf"cannot write to output folder {tmp_path} \(Permission denied\)"):
+        atomic_write_text(tmp_path / "x.txt", "x")
     assert _files(tmp_path) == []

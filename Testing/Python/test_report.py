@@ -12,7 +12,8 @@ from matplotlib.image import imread
 from NeARSlicerLib.baselines import closing, opening
 from NeARSlicerLib.errors import InputError
 from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
-from NeARSlicerLib.report import save_report_png
+from NeARSlicerLib.metrics import dice
+from NeARSlicerLib.report import append_panel_png, read_report_facts, save_report_png
 
 
 def _colour_pixels(png: np.ndarray) -> tuple:
@@ -66,3 +67,47 @@ def test_report_rejects_mismatched_inputs(tmp_path):
     with pytest.raises(InputError, match="report image shape"):
         save_report_png(tmp_path / "x.png", np.zeros((10, 10, 9)), a, a, (1, 1, 1))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_report_numbers_are_those_of_the_masks(tmp_path):
+    m = adrenal_phantom(2)
+    original, refined = opening(m, (1, 1, 1), 3.0), closing(m, (1, 1, 1), 3.0)
+    path = tmp_path / "r.png"
+    save_report_png(path, None, original, refined, (0.8, 0.9, 1.5), title="case 2",
+                    metrics={"Dice": dice(original, refined), "steps": np.int64(7)})
+    facts = read_report_facts(str(path))
+    assert facts == {"title": "case 2", "original_voxels": int(original.sum()), "refined_voxels": int(refined.sum()),
+                     "spacing": [0.8, 0.9, 1.5], "metrics": {"Dice": dice(original, refined), "steps": 7}}
+    assert 0.3 < facts["metrics"]["Dice"] < 1.0  # a real overlap, not a placeholder
+
+
+def test_append_panel_is_atomic_and_keeps_the_numbers(tmp_path, monkeypatch):
+    m = adrenal_phantom(3)
+    path = tmp_path / "r.png"
+    save_report_png(path, None, m, closing(m, (1, 1, 1), 3.0), (1, 1, 1), metrics={"Dice": 0.5})
+    before = path.read_bytes()
+    h, w = imread(str(path)).shape[:2]
+    panel = np.zeros((64, 64, 3), np.uint8)
+    panel[..., 1] = 200  # green: easy to find
+    append_panel_png(str(path), panel, "3D")
+    png = imread(str(path))
+    assert png.shape[0] == h and png.shape[1] == w + h  # the panel is a square of the report's height
+    green = (png[..., 1] > 0.7) & (png[..., 0] < 0.2) & (png[..., 2] < 0.2)
+    assert green[:, w:].sum() > 0.3 * h * h and green[:, :w].sum() == 0
+    assert read_report_facts(str(path))["metrics"] == {"Dice": 0.5}
+    assert os.listdir(tmp_path) == ["r.png"]
+
+    # a failing write leaves the report as it was
+    appended = path.read_bytes()
+    from matplotlib.figure import Figure
+
+    def disk_full(self, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        append_panel_png(str(path), panel, "3D")
+    assert path.read_bytes() == appended != before
+    assert os.listdir(tmp_path) == ["r.png"]

@@ -148,11 +148,16 @@ def test_cli_study_end_to_end(tmp_path, tiny_prior, capsys, with_images):
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["case"] for r in rows] == ["case0", "case1"]
     assert set(rows[0]) == {"case", "voxels_before", "voxels_after", "dice_input_refined", "seconds"}
-    assert (out / "checkpoint.pt").is_file()
+    assert (out / "checkpoint.safetensors").is_file()
     assert "study of 2 cases" in capsys.readouterr().out
+    # the outputs of a finished study are not replaced without --overwrite, and nothing is computed
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(args + ["--resume"]) == 2
+    assert "case0.nii.gz exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
     # resuming a finished study only decodes again, with the same result
     before = read_mask(str(out / "case0.nii.gz"))[0]
-    assert main(args + ["--resume"]) == 0
+    assert main(args + ["--resume", "--overwrite"]) == 0
     assert np.array_equal(read_mask(str(out / "case0.nii.gz"))[0], before)
     assert json.loads((out / "study_prior.json").read_text())["steps"] == 2
 
@@ -212,3 +217,91 @@ def test_study_bad_inputs(tmp_path, tiny_prior, capsys):
         StudyConfig.for_recipe("slow")
     with pytest.raises(InputError, match="at least one case"):
         run_study([], tiny_prior)
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_study_out_equal_to_an_input_folder_is_refused(tmp_path, tiny_prior, capsys):
+    masks, imgs, _ = _write_folders(tmp_path)
+    before_m, before_i = _snapshot(masks), _snapshot(imgs)
+    for out, inputs in ((masks, ["--masks", str(masks)]), (imgs, ["--masks", str(masks), "--images", str(imgs)]),
+                        (tmp_path / "images" / ".." / "masks", ["--masks", str(masks)])):
+        rc = main(["study", *inputs, "--out", str(out), "--prior", tiny_prior, "--epochs", "1", "--overwrite"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "holds the study's input case0.nii.gz" in err and "choose another output folder" in err
+    # a manifest naming a mask inside the output folder: the same rule
+    man = tmp_path / "cases.csv"
+    man.write_text("name,mask\nx,masks/case0.nii.gz\n")
+    assert main(["study", "--manifest", str(man), "--out", str(masks), "--prior", tiny_prior]) == 2
+    assert "holds the study's input" in capsys.readouterr().err
+    assert _snapshot(masks) == before_m and _snapshot(imgs) == before_i
+
+
+def test_study_checks_outputs_before_training(tmp_path, tiny_prior, capsys):
+    masks, _, _ = _write_folders(tmp_path, images=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case1.nii.gz").write_bytes(b"an earlier result")
+    rc = main(["study", "--masks", str(masks), "--out", str(out), "--prior", tiny_prior, "--epochs", "1"])
+    assert rc == 2 and "case1.nii.gz exists; pass --overwrite" in capsys.readouterr().err
+    assert _snapshot(out) == {"case1.nii.gz": b"an earlier result"}  # no checkpoint: training never started
+    # warm-starting from the prior an earlier study left in --out must not replace it
+    prior = out / "study_prior.safetensors"
+    prior.write_bytes(open(tiny_prior, "rb").read())
+    rc = main(["study", "--masks", str(masks), "--out", str(out), "--prior", str(prior), "--overwrite"])
+    assert rc == 2 and "study_prior.safetensors is the input" in capsys.readouterr().err
+    assert prior.read_bytes() == open(tiny_prior, "rb").read()
+    prior.unlink()
+    # an unreadable folder: refused before training too (the probe fails as on a read-only mount)
+    import NeARSlicerLib.output_safety as osafe
+
+    real = osafe.tempfile.mkstemp
+    osafe.tempfile.mkstemp = lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+    try:
+        rc = main(["study", "--masks", str(masks), "--out", str(tmp_path / "ro"), "--prior", tiny_prior])
+    finally:
+        osafe.tempfile.mkstemp = real
+    assert rc == 2 and "cannot write to output folder" in capsys.readouterr().err
+
+
+def test_study_summary_rows_are_written_as_cases_finish(tmp_path, tiny_prior):
+    cases = _small_cases(3)
+    out = tmp_path / "out"
+    calls = {"n": 0}
+
+    def cancel_at_second_case():
+        calls["n"] += 1
+        return calls["n"] > 1  # epochs=0: asked only before decoding each case
+
+    with pytest.raises(Cancelled):
+        run_study(cases, tiny_prior, StudyConfig(epochs=0), out_dir=str(out), cancel=cancel_at_second_case)
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["case"] for r in rows] == ["s0"]  # the finished case is kept; nothing half-written
+    refined = read_mask(str(out / "s0.nii.gz"))[0]
+    assert int(rows[0]["voxels_after"]) == int(refined.sum())
+    assert float(rows[0]["dice_input_refined"]) == round(dice(cases[0].mask, refined), 4)
+    assert sorted(p.name for p in out.iterdir()) == ["s0.nii.gz", "summary.csv"]
+
+
+@pytest.mark.parametrize("kind", ["pickle", "corrupt"])
+def test_study_refuses_pickled_or_corrupt_checkpoint(tmp_path, tiny_prior, capsys, kind):
+    masks, _, _ = _write_folders(tmp_path, images=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    ck = out / "checkpoint.safetensors"
+    if kind == "pickle":
+        torch.save({"format": "nearslicer-study-1", "state": {"step": 1}}, ck)  # the old resume format
+    else:
+        ck.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": truncated")
+    before = ck.read_bytes()
+    rc = main(["study", "--masks", str(masks), "--out", str(out), "--prior", tiny_prior, "--epochs", "1",
+               "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    if kind == "pickle":
+        assert "is a torch.save (zip + pickle) file; NeARSlicer never loads pickle" in err
+    else:
+        assert "checkpoint.safetensors is corrupt or truncated" in err
+    assert ck.read_bytes() == before and _snapshot(out) == {"checkpoint.safetensors": before}
