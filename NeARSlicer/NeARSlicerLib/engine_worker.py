@@ -116,7 +116,7 @@ class Worker:
                 self.send({"id": job_id, "type": "result", **reply})
             except Exception as exc:  # every failure is one reply; the worker serves the next job
                 kind, message = describe_error(exc)
-                if kind in ("InternalError", "OutOfMemory"):
+                if kind in ("InternalError", "OutOfMemory", "RefinementError"):
                     log.error("job %s failed:\n%s", job_id, traceback.format_exc())
                 else:
                     log.info("job %s: %s: %s", job_id, kind, message)
@@ -190,15 +190,15 @@ class Worker:
     def warm(self, request: dict, report: Reporter) -> dict:
         """Load a prior ahead of the first job (``prior``, ``appearance``, ``device`` as in RefineOptions)."""
         from .device import pick_device
-        from .prior import default_prior
-        from .refine import get_prior
+        from .prior import resolve_prior
+        from .refine import PRIOR_CACHE
 
         options = request.get("options") or {}
-        path = options.get("prior") or str(default_prior(bool(options.get("appearance", True))))
+        path = resolve_prior(options.get("prior"), with_image=bool(options.get("appearance", True)))
         device = pick_device(options.get("device", "auto"))
-        get_prior(path, device)
+        PRIOR_CACHE.get(path, device)
         report(1.0, "prior loaded")
-        return {"prior": path, "device": str(device)}
+        return {"prior": str(path), "device": str(device)}
 
 
 def protocol_stream() -> IO[bytes]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .engine_protocol import INPUT_FILE, grid_to_dict, jsonable, load_arrays, read_message, \
     save_arrays, write_message
-from .errors import Cancelled, InputError, NeARError, PriorError
+from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the folder that holds NeARSlicerLib
 STOP_GRACE_S = 0.8  # terminate, then kill after this long; both together stay under 2 s
@@ -49,7 +49,9 @@ class EngineStopped(EngineError):
         self.exit_code, self.log_tail = exit_code, log_tail
 
 
-_ERRORS = {"InputError": InputError, "PriorError": PriorError, "Cancelled": Cancelled}
+# the engine's own errors come back as themselves; anything else as EngineError ("internal error: ...")
+_ERRORS = {"InputError": InputError, "PriorError": PriorError, "Cancelled": Cancelled,
+           "RefinementError": RefinementError}
 
 
 @dataclass
@@ -315,6 +317,9 @@ class EngineProcess:
         return {k: v for k, v in message.items() if k not in ("id", "type")}
 
     def _end(self, job: EngineJob, result: Any = None, error: Optional[BaseException] = None) -> None:
+        if job.done:
+            return
+        shutil.rmtree(job.folder, ignore_errors=True)  # before ``done``: a finished job has no files left
         with self._lock:
             if job.done:
                 return
@@ -322,7 +327,6 @@ class EngineProcess:
             if error is None:
                 job.fraction, job.message = 1.0, "done"
             self._last_active = time.monotonic()
-        shutil.rmtree(job.folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ jobs
     def _new_job(self, kind: str) -> EngineJob:

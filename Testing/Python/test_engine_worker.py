@@ -105,14 +105,34 @@ def test_a_job_handle_reads_its_own_result_after_a_newer_job(engine, case):
         engine.result(second)
 
 
-def test_unexpected_exception_is_one_line_internal_error(engine, case):
+def test_a_failure_inside_the_engine_is_one_line(engine, case):
+    """refine_mask's own RefinementError comes back as itself; the traceback stays in the worker's log."""
+    from NeARSlicerLib.errors import RefinementError
+
     mask, grid = case
-    with pytest.raises(EngineError) as info:
+    with pytest.raises(RefinementError) as info:
         engine.refine(mask, grid, options={"preset": "fast", "margin_mm": "wide"})
     text = str(info.value)
-    assert text.startswith("internal error: TypeError: ") and "\n" not in text and "Traceback" not in text
+    assert text.startswith("refinement failed inside the engine: TypeError: ") and "\n" not in text
     assert "Traceback" in engine.log_path.read_text(), "the traceback goes to the worker's log"
     assert engine.refine(mask, grid, options={"preset": "fast"}).mask.any(), "the worker serves the next job"
+
+
+def test_an_unexpected_exception_outside_refine_mask_is_one_line_internal_error(engine, case, tmp_path):
+    """An unknown study option fails in the worker's own code, before the engine: one line, no traceback."""
+    from NeARSlicerLib.study import StudyCase
+
+    mask, grid = case
+    with pytest.raises(InputError, match=r"^unknown study option: .*'epochz'"):
+        engine.study([StudyCase("a", mask, grid)], None, {"epochz": 3})
+    # a study whose case list names a file that is not there: an internal error of the worker, one line
+    job = engine._new_job("study")
+    job.request.update(cases=[{"name": "a", "grid": {}, "file": "missing.npz"}], config={})
+    engine._launch(job)
+    with pytest.raises(EngineError) as info:
+        engine.wait(job=job, timeout=120)
+    text = str(info.value)
+    assert text.startswith("internal error: FileNotFoundError: ") and "\n" not in text and "Traceback" not in text
 
 
 def test_cancel_mid_run_stops_the_worker_within_2_s(case):
