@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -65,7 +66,8 @@ def main() -> None:
     args = ap.parse_args()
     device = pick_device(args.device)
     out: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "machine": platform.machine(), "python": platform.python_version(), "preset": "fast"}
+                 "machine": platform.machine(), "python": platform.python_version(), "preset": "fast",
+                 "cpus": os.cpu_count(), "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
     truth = adrenal_phantom(seed=0)
     mask = distort(truth, seed=1)
     grid = identity_grid(mask.shape)
@@ -78,6 +80,7 @@ def main() -> None:
               f"warm {row['warm_median_s']:.3f} s (max {row['warm_max_s']:.3f}) vs in-process "
               f"{row['in_process_median_s']:.3f} s: overhead {row['overhead_median_s']:+.3f} s; process boundary "
               f"{row['boundary_median_s']:.3f} s (max {row['boundary_max_s']:.3f})")
+    out["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # other work on the machine skews the timings
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
