@@ -23,7 +23,6 @@ from slicer.util import VTKObservationMixin
 
 from NeARSlicerLogic import (
     NeARSlicerLogic,
-    RefinementWorker,
     formatStats,
     installDependencies,
     missingRequirements,
@@ -104,7 +103,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._worker = None
+        self._run = None  # the RefinementRun in the engine process, polled by _timer
         self._timer = None
 
     def setup(self) -> None:
@@ -120,7 +119,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
-        self._timer.timeout.connect(self._pollWorker)
+        self._timer.timeout.connect(self._pollRun)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -137,7 +136,13 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self._cancelWorker()
+        # stop the timer first so that no poll runs on a half torn-down widget, then the engine process
+        if self._timer is not None:
+            self._timer.stop()
+        self._cancelRun()
+        self._run = None
+        if self.logic is not None:
+            self.logic.shutdownEngine()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -150,7 +155,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._cancelWorker()
+        self._cancelRun()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -198,7 +203,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return parameters.inputSegmentation.GetSegmentation().GetSegment(parameters.refinedSegmentId) is not None
 
     def _updateButtons(self, caller=None, event=None) -> None:
-        running = self._worker is not None
+        running = self._run is not None
         parameters = self._parameterNode
         canRefine = bool(parameters and parameters.inputSegmentation and parameters.segmentId)
         self.ui.refineButton.enabled = running or canRefine
@@ -225,23 +230,21 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "NeAR: install Python packages"))
 
     def onRefineButton(self) -> None:
-        if self._worker is not None:  # the button reads "Cancel" while running
-            self._cancelWorker()
+        if self._run is not None:  # the button reads "Cancel" while running
+            self._cancelRun()
             return
         if not self._ensureDependencies():
             return
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay("NeAR refinement could not start.", waitCursor=True):
-            import NeARSlicerLib.refine  # noqa: F401  (import torch here, in the main thread)
-
             prior = str(parameters.priorPath) if str(parameters.priorPath) not in ("", ".") else None
             job = self.logic.prepareRefinement(
                 parameters.inputVolume, parameters.inputSegmentation, parameters.segmentId,
                 prior=prior, appearance=parameters.useAppearance, preset=parameters.preset,
                 device=parameters.device, seed=parameters.seed,
                 probabilityVolume=parameters.probabilityVolume, changeSegments=parameters.changeSegments)
-            self._worker = RefinementWorker(self.logic, job)
-            self._worker.start()
+            # the engine runs in its own process (started on first use, then kept warm); the timer polls it
+            self._run = self.logic.startRefinement(job)
             self._timer.start()
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setVisible(True)
@@ -250,43 +253,47 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Refining '{job.segmentName}'..."
             self._updateButtons()
 
-    def _cancelWorker(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+    def _cancelRun(self) -> None:
+        """Stop the engine process (within 2 s); the next timer tick reports the cancellation."""
+        if self._run is not None:
             self.ui.refineButton.text = "Cancelling..."
             self.ui.refineButton.enabled = False
+            self._run.cancel()
 
-    def _pollWorker(self) -> None:
-        worker = self._worker
-        if worker is None:
+    def _pollRun(self) -> None:
+        run = self._run
+        if run is None:
             self._timer.stop()
             return
-        self.ui.progressBar.setValue(int(round(100 * min(max(worker.fraction, 0.0), 1.0))))
-        self.ui.progressBar.setFormat(f"%p%  {worker.message}")
-        if not worker.done:
+        done = run.poll()
+        self.ui.progressBar.setValue(int(round(100 * min(max(run.fraction, 0.0), 1.0))))
+        self.ui.progressBar.setFormat(f"%p%  {run.message}")
+        if not done:
             return
         self._timer.stop()
-        self._worker = None
+        self._run = None
         self.ui.progressBar.setVisible(False)
         try:
-            self._finishRefinement(worker)
+            self._finishRefinement(run)
         finally:
             self._updateButtons()
 
-    def _finishRefinement(self, worker) -> None:
-        if worker.cancelled:
+    def _finishRefinement(self, run) -> None:
+        if run.cancelled:
             self.ui.statusLabel.text = "Refinement cancelled; the scene was not changed."
             return
-        if worker.error is not None:
-            self.ui.statusLabel.text = f"Refinement failed; the scene was not changed: {worker.error}"
-            slicer.util.errorDisplay(f"NeAR refinement failed: {worker.error}",
-                                     detailedText=_formatException(worker.error))
+        if run.error is not None:
+            # one-line messages (bad input, engine stopped, internal error); details in the engine's log
+            self.ui.statusLabel.text = f"Refinement failed; the scene was not changed: {run.error}"
+            details = getattr(run.error, "log_tail", "")  # an engine that stopped: the end of its log
+            slicer.util.errorDisplay(f"NeAR refinement failed: {run.error}",
+                                     **({"detailedText": details} if details else {}))
             return
         with slicer.util.tryWithErrorDisplay("Adding the refined segment failed; the scene was not changed."):
-            newSegmentId = self.logic.applyRefinement(worker.job)
+            newSegmentId = self.logic.applyRefinement(run.job)
             self._parameterNode.refinedSegmentId = newSegmentId
-            text = formatStats(worker.job.stats)
-            for warning in worker.job.stats.get("warnings", []):
+            text = formatStats(run.job.stats)
+            for warning in run.job.stats.get("warnings", []):
                 text += f"\nNote: {warning}"
             self.ui.statusLabel.text = text
 
@@ -322,12 +329,6 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.saveReport(path, parameters.inputSegmentation, parameters.refinedSegmentId,
                                   parameters.inputVolume)
             self.ui.statusLabel.text = f"Report saved: {path}"
-
-
-def _formatException(exc) -> str:
-    import traceback
-
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 #

@@ -317,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_prior)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")
-    s.add_argument("--masks", help="folder of masks (.nii.gz, .nii, .nrrd, .seg.nrrd), one case per file")
+    s.add_argument("--masks", help="folder of cases: masks (.nii.gz, .nii, .nrrd, .seg.nrrd), one case per file, or image + "
+                        "segmentation pairs (NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz) or one sub-folder per case "
+                        "(the same rules as Slicer's refineStudy)")
     s.add_argument("--images", help="folder of CTs named like the masks (optional: shape-only without)")
     s.add_argument("--manifest", help="CSV with columns name, mask and optionally image, label (instead of folders)")
     s.add_argument("--out", required=True,

@@ -499,51 +499,21 @@ def run_study(
 
 
 # ---------------------------------------------------------------------------- finding the cases
-MASK_EXTS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd")
-
-
 def case_name(path: str | Path) -> str:
     """File name without its image extension: ``case1.nii.gz`` -> ``case1``."""
-    base = Path(path).name
-    for ext in MASK_EXTS:
-        if base.lower().endswith(ext):
-            return base[: len(base) - len(ext)]
-    return base
+    from .cases import case_stem
 
-
-def _volume_files(folder: Path, what: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise InputError(f"{what} folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(MASK_EXTS)
-                   and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"{what} folder {folder} holds no .nii, .nii.gz, .nrrd or .seg.nrrd files")
-    out: dict[str, Path] = {}
-    for p in files:
-        name = case_name(p)
-        if name in out:
-            raise InputError(f"two {what} files share the case name {name!r}: {out[name].name} and {p.name}")
-        out[name] = p
-    return out
-
-
-def _listing(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(sorted(names)[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return case_stem(path)
 
 
 def find_cases(masks_dir: str, images_dir: Optional[str] = None) -> list[tuple[str, Path, Optional[Path]]]:
-    """(name, mask file, image file or None) for every mask in ``masks_dir``, matched by case name
-    (file name without extension) to the images in ``images_dir``; extra images are ignored."""
-    masks = _volume_files(Path(masks_dir), "masks")
-    if images_dir is None:
-        return [(n, p, None) for n, p in masks.items()]
-    images = _volume_files(Path(images_dir), "images")
-    missing = [n for n in masks if n not in images]
-    if missing:
-        raise InputError(f"no image in {images_dir} for {len(missing)} mask(s): {_listing(missing)} "
-                         "(files are matched by name, e.g. masks/case1.nii.gz <-> images/case1.nii.gz)")
-    return [(n, p, images[n]) for n, p in masks.items()]
+    """(name, mask file, image file or None) of every case: ``masks_dir`` alone is read with the case
+    rules shared with Slicer's batch (``NeARSlicerLib.cases``: sub-folders, flat image + segmentation
+    pairs, or a folder of masks); with ``images_dir`` masks are matched to images by name."""
+    from .cases import discover_cases, match_folders, usable_cases
+
+    found = discover_cases(masks_dir) if images_dir is None else match_folders(masks_dir, images_dir)
+    return [(c.name, c.segmentation, c.image) for c in usable_cases(found)]
 
 
 def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[str]]]:

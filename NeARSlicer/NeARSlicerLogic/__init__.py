@@ -20,13 +20,15 @@ from .common import (
     REFINED_SUFFIX,
     formatStats,
 )
-from .logic import NeARSlicerLogic, RefinementJob, RefinementWorker
-from .study import discoverCases
+from .batch import discoverCases
+from .compute import RefinementRun
+from .job import RefinementJob
+from .logic import NeARSlicerLogic
 
 __all__ = [
     "NeARSlicerLogic",
     "RefinementJob",
-    "RefinementWorker",
+    "RefinementRun",
     "REFINED_SUFFIX",
     "ORIGINAL_SUFFIX",
     "REFINED_COLOR",

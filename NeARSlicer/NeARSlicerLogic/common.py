@@ -65,16 +65,7 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CONTEXT_MM = 72.0
 
 
-def _cropBox(mask, spacing, padMm):
-    """``(lo, hi)`` [k, j, i] of the mask's bounding box grown by ``padMm`` (spacing is i, j, k)."""
-    nonzero = np.nonzero(mask)
-    pad = np.ceil(float(padMm) / np.asarray(spacing, float)[::-1]).astype(int) + 1
-    lo = np.maximum(np.array([a.min() for a in nonzero]) - pad, 0)
-    hi = np.minimum(np.array([a.max() + 1 for a in nonzero]) + pad, mask.shape)
-    return lo, hi
-
-
-def _cancelFunction(cancel) -> Optional[Callable[[], bool]]:
+def cancelFunction(cancel) -> Optional[Callable[[], bool]]:
     """Accept a callable, a ``threading.Event`` (or anything with ``is_set``), or None."""
     if cancel is None:
         return None
@@ -85,11 +76,11 @@ def _cancelFunction(cancel) -> Optional[Callable[[], bool]]:
     raise TypeError("cancel must be a callable returning bool or a threading.Event")
 
 
-def _nodeIds(scene) -> set:
+def nodeIds(scene) -> set:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 
 
-def _tag(segment, name: str, default: str = "") -> str:
+def segmentTag(segment, name: str, default: str = "") -> str:
     """A segment tag's value (``vtkSegment.GetTag`` returns it through an output argument)."""
     value = vtk.reference("")
     return str(value.get()) if segment is not None and segment.GetTag(name, value) else default

@@ -152,7 +152,9 @@ def test_failure_while_writing_the_result_rolls_back(logic, ct_case, mrml_scene,
                             changeSegments=True, probabilityVolume=True)
     before = scene_state(mrml_scene)
     arrays = segment_arrays(segmentation, volume)
-    real = slicer.util.updateSegmentBinaryLabelmapFromArray
+    from NeARSlicerLogic import grids
+
+    real = grids.writeSegment
     calls = []
 
     def flaky(*args, **kwargs):
@@ -161,7 +163,7 @@ def test_failure_while_writing_the_result_rolls_back(logic, ct_case, mrml_scene,
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(slicer.util, "updateSegmentBinaryLabelmapFromArray", flaky)
+    monkeypatch.setattr(grids, "writeSegment", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         logic.applyRefinement(job)
     monkeypatch.undo()

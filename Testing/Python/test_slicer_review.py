@@ -97,7 +97,8 @@ def test_geometry_from_the_segmentation_when_no_volume(logic, ct_case):
     assert without.image is None and without.options["appearance"] is True
     assert without.grid.same_as(with_volume.grid)
     assert np.array_equal(without.mask, with_volume.mask)
-    assert without.referenceNode.GetScene() is None, "the geometry node is not added to the scene"
+    assert without.geometrySource == "segmentation" and with_volume.geometrySource == "volume"
+    assert np.allclose(without.ijkToLocal, with_volume.ijkToLocal)
 
 
 def test_apply_adds_optional_review_outputs(applied):
@@ -195,6 +196,32 @@ def test_save_report_png(logic, applied, tmp_path):
     path = logic.saveReport(tmp_path / "report.png", applied["segmentation"], applied["new_id"], applied["volume"])
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.png"], "no temporary file left behind"
+
+
+def test_report_into_a_missing_folder_writes_nothing(logic, applied, tmp_path):
+    from NeARSlicerLib.errors import InputError
+
+    with pytest.raises(InputError, match="does not exist"):
+        logic.saveReport(tmp_path / "missing" / "report.png", applied["segmentation"], applied["new_id"],
+                         applied["volume"], surfaces=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reported_numbers_match_the_segments(logic, applied):
+    """The stored statistics (shown in the status line and the report) agree with the segments in the
+    scene, recomputed here: voxel counts, mL from the voxel size, Dice(original, refined)."""
+    from NeARSlicerLib.metrics import dice
+
+    stats = logic.refinementStats(applied["segmentation"], applied["new_id"])
+    _, original, refined, spacing = logic.segmentArrays(applied["segmentation"], applied["segment_id"],
+                                                        applied["new_id"], applied["volume"])
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    assert stats["voxelsBefore"] == int(original.sum()) and stats["voxelsAfter"] == int(refined.sum())
+    assert stats["volumeBeforeMl"] == pytest.approx(original.sum() * voxel_ml)
+    assert stats["volumeAfterMl"] == pytest.approx(refined.sum() * voxel_ml)
+    assert stats["dice"] == pytest.approx(dice(original, refined), abs=1e-9)
+    assert stats["voxelsAfter"] > stats["voxelsBefore"], "the stand-in result is the segment dilated"
 
 
 def test_empty_engine_result_adds_an_empty_segment(logic, ct_case, mrml_scene):

@@ -173,13 +173,19 @@ def test_logic_imports_without_qt():
     assert "NeARSlicerLogic" in names
     code = (
         "import sys\n"
-        "for name in ('qt', 'ctk', 'PythonQt', 'slicer.ScriptedLoadableModule', 'slicer.parameterNodeWrapper'):\n"
+        "for name in ('qt', 'ctk', 'PythonQt', 'slicer.parameterNodeWrapper'):\n"
         "    sys.modules[name] = None  # any import of these raises ImportError\n"
         f"sys.path.insert(0, {str(MODULE_DIR)!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "try:\n"
         "    import slicer\n"
+        "    from slicer import vtkMRMLScene\n"
         "except ImportError:\n"
         "    print('NO-SLICER'); raise SystemExit(0)\n"
+        "# the application's slicer.ScriptedLoadableModule imports Qt itself; the logic only takes its\n"
+        "# base class from there, so a Qt-free stand-in shows that nothing else pulls Qt in\n"
+        "import slicer_fixture\n"
+        "slicer_fixture.install_module_base_stub(slicer)\n"
         "import NeARSlicerLogic\n"
         "logic = NeARSlicerLogic.NeARSlicerLogic()\n"
         "assert logic.moduleName == 'NeARSlicer', logic.moduleName\n"
@@ -206,6 +212,9 @@ def test_module_file_keeps_logic_out():
 
 def test_dependency_installer_never_touches_slicer_packages(monkeypatch):
     sys.path.insert(0, str(MODULE_DIR))
+    from slicer_fixture import import_slicer_core
+
+    import_slicer_core()  # the package imports the module base class (a stand-in without the app)
     from NeARSlicerLogic import dependencies as D
 
     monkeypatch.setattr(D, "_importable", lambda name: False)  # pretend nothing is installed

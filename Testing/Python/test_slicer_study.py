@@ -108,7 +108,7 @@ def test_refine_study_folder_and_failures_are_recorded(logic, mrml_scene, tmp_pa
     for row in rows:
         by_case.setdefault(row["case"], []).append(row)
     assert set(by_case) == {"patientA", "patientB", "broken"}
-    assert "one image and one segmentation" in by_case["broken"][0]["error"]
+    assert "needs one segmentation and at most one image" in by_case["broken"][0]["error"]
     # no segment given: every segment of the multilabel map is refined
     assert len(by_case["patientA"]) == len(by_case["patientB"]) > 10
     assert "GPU out of memory" in by_case["patientA"][0]["error"]
@@ -129,7 +129,8 @@ def test_refine_study_cancel_stops_the_batch(logic, mrml_scene, tmp_path, monkey
     with pytest.raises(Cancelled):
         logic.refineStudy([(str(CT_PATH), str(SEG_PATH), 9), (str(CT_PATH), str(SEG_PATH), 8)], tmp_path)
     assert scene_state(mrml_scene) == before
-    assert _read_csv(tmp_path / "nearslicer_summary.csv") == []
+    # rows are appended as cases finish: cancelled before the first one, no summary was written
+    assert not (tmp_path / "nearslicer_summary.csv").exists()
 
 
 def test_discover_cases(tmp_path):
@@ -182,3 +183,153 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
     model, _ = load_prior(out / "study_prior.safetensors")  # reusable as a prior
     assert model.cfg.appearance
     assert _read_csv(out / "nearslicer_summary.csv") == rows
+
+
+# ------------------------------------------------------------------ output safety of the batch
+def _digest(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _stand_in_engine(logic, monkeypatch, calls):
+    """The engine replaced by a dilation; statistics from the logic's own code (setJobResult)."""
+    from scipy import ndimage as ndi
+
+    def compute(job, progress=None, cancel=None):
+        calls.append(job.segmentName)
+        logic.setJobResult(job, fake_result(job.mask, ndi.binary_dilation(job.mask)), seconds=0.01)
+
+    monkeypatch.setattr(logic, "computeRefinement", compute)
+
+
+def _pair_folder(tmp_path, logic):
+    """``case1.nii.gz`` + ``case1.seg.nrrd`` (real files, three segments) in one folder."""
+    import shutil
+
+    import NeARSlicerLogic as L
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    shutil.copyfile(CT_PATH, folder / "case1.nii.gz")
+    volume = L.loadVolumeFile(str(CT_PATH), name="ct")
+    segmentation, labels = L.loadLabelmapAsSegmentation(str(SEG_PATH), volume, name="seg")
+    keep = {labels[8], labels[9], labels[1]}
+    for index in reversed(range(segmentation.GetSegmentation().GetNumberOfSegments())):
+        segment_id = segmentation.GetSegmentation().GetNthSegmentID(index)
+        if segment_id not in keep:
+            segmentation.GetSegmentation().RemoveSegment(segment_id)
+    L.saveSegmentationFile(segmentation, folder / "case1.seg.nrrd")
+    L.removeNodes([segmentation, volume])
+    return folder
+
+
+def test_batch_into_the_input_folder_never_touches_user_files(logic, mrml_scene, tmp_path, monkeypatch):
+    """NAME.nii.gz + NAME.seg.nrrd refined into their own folder: the user's files stay byte-identical,
+    the result goes beside them as NAME.NeAR.seg.nrrd with every refined segment and its tags."""
+    require_totalseg_data()
+    slicerio = pytest.importorskip("slicerio")
+    folder = _pair_folder(tmp_path, logic)
+    inputs = _digest(folder)
+    calls = []
+    _stand_in_engine(logic, monkeypatch, calls)
+    before = scene_state(mrml_scene)
+    rows = logic.refineStudy(folder, folder)
+    assert scene_state(mrml_scene) == before
+    assert len(calls) == 3 and all(r["error"] == "" for r in rows), rows
+    after = _digest(folder)
+    assert {k: after[k] for k in inputs} == inputs, "an input file was modified"
+    assert set(after) == set(inputs) | {"case1.NeAR.seg.nrrd", "nearslicer_summary.csv"}
+    assert {r["output"] for r in rows} == {str(folder / "case1.NeAR.seg.nrrd")}
+    # read back by slicerio (not Slicer): originals and refined segments, names and NeAR tags kept
+    written = slicerio.read_segmentation(str(folder / "case1.NeAR.seg.nrrd"))
+    names = sorted(s["name"] for s in written["segments"])
+    assert names == sorted([f"Label_{n}" for n in (1, 8, 9)] + [f"Label_{n} (NeAR)" for n in (1, 8, 9)])
+    refined = [s for s in written["segments"] if s["name"].endswith(" (NeAR)")]
+    assert all(s.get("tags", {}).get("NeARSlicer.Role") == "refined" for s in refined), refined
+    assert all(s.get("tags", {}).get("NeARSlicer.SourceSegmentID") for s in refined)
+    # the CSV on disk holds exactly the returned rows
+    assert _read_csv(folder / "nearslicer_summary.csv") == rows
+
+
+def test_batch_refuses_to_replace_an_output_before_computing(logic, mrml_scene, tmp_path, monkeypatch):
+    require_totalseg_data()
+    from NeARSlicerLib.errors import InputError
+
+    folder = _pair_folder(tmp_path, logic)
+    calls = []
+    _stand_in_engine(logic, monkeypatch, calls)
+    logic.refineStudy(folder, folder)
+    first = _digest(folder)
+    calls.clear()
+    with pytest.raises(InputError, match=r"case1\.NeAR\.seg\.nrrd exists"):
+        logic.refineStudy(folder, folder)
+    assert calls == [], "nothing may be computed before the outputs are known to be writable"
+    assert _digest(folder) == first
+    # with overwrite the NeAR output is replaced, the user's files still are not; rows are appended
+    logic.refineStudy(folder, folder, overwrite=True)
+    second = _digest(folder)
+    assert second["case1.nii.gz"] == first["case1.nii.gz"] and second["case1.seg.nrrd"] == first["case1.seg.nrrd"]
+    assert len(_read_csv(folder / "nearslicer_summary.csv")) == 3
+
+
+def test_batch_summary_rows_are_appended_as_cases_finish(logic, mrml_scene, tmp_path, monkeypatch):
+    """A cancel in the second case keeps the first case's rows on disk (no truncation up front)."""
+    require_totalseg_data()
+    from NeARSlicerLib.errors import Cancelled
+
+    calls = []
+
+    def compute(job, progress=None, cancel=None):
+        calls.append(job.segmentName)
+        if len(calls) > 1:
+            raise Cancelled("refinement cancelled")
+        logic.setJobResult(job, fake_result(job.mask, job.mask), seconds=0.01)
+
+    monkeypatch.setattr(logic, "computeRefinement", compute)
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        logic.refineStudy([(str(CT_PATH), str(SEG_PATH), 9), (str(CT_PATH), str(SEG_PATH), 8)], out)
+    rows = _read_csv(out / "nearslicer_summary.csv")
+    assert [(r["case"], r["segment"], r["error"]) for r in rows] == [("totalseg_example", "Label_9", "")]
+
+
+def _mixed_folder(root):
+    """Sub-folder cases, flat pairs in three naming styles, and a lone segmentation (shape only)."""
+    for name in ("a/ct.nii.gz", "a/seg.nii.gz", "b/image.nrrd", "b/b.seg.nrrd", "p1.nii.gz", "p1.seg.nrrd",
+                 "p10.nii.gz", "p10_seg.nii.gz", "p2.nrrd", "p2-label.nrrd", "lonely_mask.nii.gz", "notes.txt"):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    return root
+
+
+def test_cli_and_slicer_find_the_same_cases(tmp_path):
+    """The CLI (nearslicer study --masks DIR) and Slicer (refineStudy(DIR) / discoverCases) read one
+    folder the same way. Before, the CLI took every file (CTs too) as a mask and ignored sub-folders,
+    and Slicer matched p1 to p10_seg by prefix."""
+    import NeARSlicerLogic as L
+    from NeARSlicerLib.study import find_cases
+
+    folder = _mixed_folder(tmp_path / "mixed")
+    slicer_cases = [(c["name"], c["volume"] and os.path.basename(c["volume"]), os.path.basename(c["segmentation"]))
+                    for c in L.discoverCases(folder)]
+    cli_cases = [(name, image and image.name, mask.name) for name, mask, image in find_cases(str(folder))]
+    assert slicer_cases == cli_cases
+    assert sorted(cli_cases, key=str) == sorted([
+        ("a", "ct.nii.gz", "seg.nii.gz"), ("b", "image.nrrd", "b.seg.nrrd"), ("p1", "p1.nii.gz", "p1.seg.nrrd"),
+        ("p10", "p10.nii.gz", "p10_seg.nii.gz"), ("p2", "p2.nrrd", "p2-label.nrrd"),
+        ("lonely", None, "lonely_mask.nii.gz")], key=str)
+
+
+def test_unusable_entries_are_listed_by_slicer_and_refused_by_the_cli(tmp_path):
+    import NeARSlicerLogic as L
+    from NeARSlicerLib.errors import InputError
+    from NeARSlicerLib.study import find_cases
+
+    folder = _mixed_folder(tmp_path / "mixed")
+    (folder / "p3.nii.gz").write_bytes(b"")  # an image without a segmentation
+    errors = [c for c in L.discoverCases(folder) if c.get("error")]
+    assert [c["name"] for c in errors] == ["p3"] and "no segmentation file" in errors[0]["error"]
+    with pytest.raises(InputError, match="p3.nii.gz: no segmentation file"):
+        find_cases(str(folder))

@@ -1,0 +1,67 @@
+"""One refinement's data, from the scene to the engine and back: ``RefinementJob``. No Qt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from NeARSlicerLib.errors import NeARError
+
+
+@dataclass
+class RefinementJob:
+    """Everything one refinement needs, taken from the scene by ``extract.prepareJob``.
+
+    The arrays are on the *working grid*: the volume's grid, or the segmentation's own grid when that
+    is finer (or when there is no volume), cropped to a box around the segment. ``ijkToLocal`` maps
+    that grid into the segmentation node's own coordinates (before its parent transform), where the
+    result is written back; ``grid`` is the same grid in world LPS for the engine.
+    """
+
+    segmentationNode: Any
+    segmentId: str
+    segmentName: str
+    volumeNode: Any  # None: geometry from the segmentation itself, no appearance
+    mask: np.ndarray  # uint8 [k, j, i]
+    image: Optional[np.ndarray]  # float32 HU [k, j, i] or None
+    grid: Any  # NeARSlicerLib.geometry.Grid (world, LPS)
+    ijkToLocal: np.ndarray  # 4x4: voxel (i, j, k) of the arrays -> segmentation-node RAS (mm)
+    options: dict  # keyword arguments of RefineOptions
+    geometrySource: str = "volume"  # "volume" | "segmentation": whose grid the arrays are on
+    probabilityVolume: bool = False
+    changeSegments: bool = False
+    cropOffset: tuple = (0, 0, 0)  # [k, j, i] of the arrays' first voxel in the full working grid
+    fullShape: tuple = ()  # [k, j, i] shape of the full working grid
+    result: Any = None  # RefineResult once computed
+    stats: dict = field(default_factory=dict)
+    newSegmentId: Optional[str] = None
+
+
+def attachResult(job: RefinementJob, result, seconds: float) -> None:
+    """Attach an engine result (``.mask`` on the job's grid, ``.warnings``) and its statistics (mL from
+    the grid's voxel size, Dice(original, refined)) to ``job``."""
+    from NeARSlicerLib.metrics import dice
+
+    refined = np.asarray(result.mask) > 0
+    if refined.shape != job.mask.shape:
+        raise NeARError(f"engine returned a mask of shape {refined.shape}, expected {job.mask.shape}")
+    voxelMl = float(np.prod(job.grid.spacing)) / 1000.0
+    before, after = int(job.mask.sum()), int(refined.sum())
+    job.result = result
+    job.stats = {
+        "segmentName": job.segmentName,
+        "segmentId": job.segmentId,
+        "voxelsBefore": before,
+        "voxelsAfter": after,
+        "volumeBeforeMl": before * voxelMl,
+        "volumeAfterMl": after * voxelMl,
+        "volumeChangePercent": 100.0 * (after - before) / before if before else float("nan"),
+        "dice": float(dice(job.mask, refined)),
+        "seconds": float(seconds),
+        "preset": job.options.get("preset"),
+        "appearance": job.image is not None,
+        "geometry": job.geometrySource,
+        "warnings": list(getattr(result, "warnings", []) or []),
+    }
