@@ -143,7 +143,7 @@ def discover_cases(folder) -> list:
              if c is not None]
     cases += _flat_cases(_image_files(folder))
     if not cases:
-        raise InputError(f"no cases found in {folder}: no .nii.gz, .nii, .nrrd, .mha or .seg.nrrd files")
+        raise InputError(f"case folder {folder} holds no .nii.gz, .nii, .nrrd, .mha or .seg.nrrd files: no cases")
     return _unique_names(cases)
 
 
