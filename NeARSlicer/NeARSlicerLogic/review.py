@@ -133,7 +133,7 @@ def saveReport(path, segmentationNode, refinedId, volumeNode=None, title=None, s
     slices through the CT with the numbers (the engine's report), and, when offscreen rendering
     works, both surfaces in 3D beside it. Returns the path."""
     from NeARSlicerLib.output_safety import atomic_path, check_outputs
-    from NeARSlicerLib.report import save_report_png
+    from NeARSlicerLib.report import append_panel_png, save_report_png
 
     segment = segmentationNode.GetSegmentation().GetSegment(refinedId)
     originalId = sourceSegmentId(segmentationNode, refinedId)
@@ -159,30 +159,7 @@ def saveReport(path, segmentationNode, refinedId, volumeNode=None, title=None, s
             try:
                 render = renderSurfaces(segmentationNode, [originalId, refinedId],
                                         [ORIGINAL_REVIEW_COLOR, REFINED_COLOR], [0.3, 1.0])
-                _appendPanel(tmp, render, "3D: original (red), NeAR (blue)")
+                append_panel_png(tmp, render, "3D: original (red), NeAR (blue)")
             except Exception as exc:  # no offscreen OpenGL here: the slice report alone is still useful
                 logging.warning("NeAR report: 3D surfaces not rendered (%s)", exc)
     return path
-
-
-def _appendPanel(path, panel, title):
-    """Put ``panel`` (RGB uint8) with ``title`` to the right of the PNG at ``path`` (rewritten; the
-    caller's temporary file)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.image import imread
-
-    report = imread(path)
-    height, width = report.shape[:2]
-    side = height
-    dpi = 100.0
-    figure = Figure(figsize=((width + side) / dpi, height / dpi), dpi=dpi)
-    FigureCanvasAgg(figure)
-    left = figure.add_axes([0.0, 0.0, width / (width + side), 1.0])
-    left.imshow(report, interpolation="nearest")
-    left.axis("off")
-    right = figure.add_axes([width / (width + side), 0.02, side / (width + side), 0.86])
-    right.imshow(panel, interpolation="bilinear")
-    right.axis("off")
-    right.set_title(title, fontsize=10)
-    figure.savefig(path, dpi=dpi, facecolor="white", format="png")
