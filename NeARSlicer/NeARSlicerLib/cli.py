@@ -179,7 +179,9 @@ def cmd_train_prior(args) -> int:
                       batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume,
                       init_from=args.init_from, annotation_sigmas=sigmas, appearance=args.appearance,
                       lr=args.lr, val_every=args.val_every, errors=args.errors,
-                      families=tuple(f for f in ALL_FAMILIES if f not in set(args.hold_out or [])))
+                      families=tuple(f for f in ALL_FAMILIES if f not in set(args.hold_out or [])),
+                      source=args.source, appearance_norm=args.appearance_norm, device=args.device,
+                      workers=args.workers, points=args.points, reuse=args.reuse)
     train_prior(cfg)
     return 0
 
@@ -314,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotation errors to train on: the error library's mixture, or the paper's generator only")
     t.add_argument("--hold-out", action="append", metavar="FAMILY",
                    help="leave this error family out of training (repeatable), e.g. thick_slice")
+    t.add_argument("--source", default="alan", choices=["alan", "anatomy"],
+                   help="alan: adrenal shapes at 1 mm; anatomy: generated anatomy-like shapes + rescaled ALAN "
+                        "(the general prior, working scale chosen per structure)")
+    t.add_argument("--appearance-norm", default="window", choices=["window", "case"],
+                   help="S+A image normalisation: the CT window (HU) or per case relative to the annotation (any modality)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    t.add_argument("--workers", type=int, default=0, help="processes making batches (0: one thread)")
+    t.add_argument("--points", type=int, default=4096, help="query points per shape and step")
+    t.add_argument("--reuse", type=int, default=1,
+                   help="steps served by each batch made on CPU, mirrored differently (for a GPU that outpaces the CPUs)")
     t.set_defaults(func=cmd_train_prior)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")
