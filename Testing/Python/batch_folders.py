@@ -122,3 +122,25 @@ def make_refine_study_folder(root: Path, cases: list) -> Path:
                      "error": "", "output": str(out_path)})
     summary.add({"case": "broken", "segment": "", "error": "InputError: needs one segmentation and at most one image"})
     return folder
+
+
+# ---------------------------------------------------------------------------------- fixtures
+import pytest  # noqa: E402  (fixtures for the test modules that import them)
+
+
+@pytest.fixture(scope="session")
+def phantom_cases():
+    """The refined phantom cases, computed once per test session (about 10 s on a busy CPU)."""
+    return refined_cases()
+
+
+@pytest.fixture
+def batch_folder(phantom_cases, tmp_path) -> Path:
+    """A fresh ``nearslicer batch`` folder for one test."""
+    return make_batch_folder(tmp_path, phantom_cases)
+
+
+@pytest.fixture
+def study_folder(phantom_cases, tmp_path) -> Path:
+    """A fresh Slicer ``refineStudy`` folder (older layout) for one test."""
+    return make_refine_study_folder(tmp_path, phantom_cases)
