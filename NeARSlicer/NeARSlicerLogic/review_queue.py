@@ -119,6 +119,38 @@ class ReviewQueue:
         out["undecided"] = out["total"] - out["failed"] - sum(out[s] for s in DECISIONS)
         return out
 
+    def tableRows(self) -> List[tuple]:
+        """One text tuple per row for a table: case, segment, change %, Dice, confidence, review."""
+        def number(value, fmt):
+            return "" if value is None else format(value, fmt)
+
+        return [(row.case, row.segment, number(row.change_percent, "+.1f"), number(row.dice, ".3f"),
+                 number(row.confidence, ".2f"), "failed" if row.failed else row.review.replace("_", " "))
+                for row in self.rows]
+
+    def describe(self) -> str:
+        """A status line: where the reviewer is, the shown case's numbers, what is left."""
+        if self.summaryPath is None:
+            return "No batch open."
+        counts = self.counts()
+        left = f"{counts['undecided']} of {counts['total'] - counts['failed']} cases left to review"
+        if counts["failed"]:
+            left += f", {counts['failed']} failed in the batch"
+        row = self.current
+        if row is None or self.segmentationNode is None:
+            return f"{self.folder.name}: {left}."
+        numbers = []
+        if row.change_percent is not None:
+            numbers.append(f"volume {row.change_percent:+.1f} %")
+        if row.dice is not None:
+            numbers.append(f"Dice(original, refined) {row.dice:.3f}")
+        if row.confidence is not None:
+            numbers.append(f"confidence {row.confidence:.2f}")
+        decided = f" -- {row.review.replace('_', ' ')}" if row.review else ""
+        shown = "" if self.volumeNode is not None else " (no CT recorded)"
+        return (f"{self.index + 1}/{len(self.rows)}: {row.case} / {row.segment}{shown}: {', '.join(numbers)}"
+                f"{decided}. Red: original, blue: refined. {left}.")
+
     # ------------------------------------------------------------------ the scene
     def close(self) -> None:
         """Remove the nodes this queue added to the scene (never others)."""

@@ -284,3 +284,21 @@ def test_report_reads_a_case_accepted_in_slicer(mrml_scene, batch_folder):
     text = build_report(batch_folder, full_reports=False).read_text()
     row = text.split('data-case="case04"', 1)[1].split("</tr>", 1)[0]
     assert 'data-review="accepted"' in row and "<img" in row and "not shown" not in row
+
+
+def test_table_rows_and_status_line(mrml_scene, batch_folder):
+    """What the module's table and status line show (the widget only copies these)."""
+    queue = _queue()
+    assert queue.describe() == "No batch open." and queue.tableRows() == []
+    row = queue.open(batch_folder)
+    table = queue.tableRows()
+    assert len(table) == 5 and all(len(r) == 6 for r in table)  # the .ui's six columns
+    assert table[0][:2] == (row.case, "1") and table[0][2] == f"{row.change_percent:+.1f}"
+    assert table[0][3] == f"{row.dice:.3f}" and table[-1][5] == "failed"
+    line = queue.describe()
+    assert line.startswith(f"1/5: {row.case} / 1: volume {row.change_percent:+.1f} %")
+    assert "4 of 4 cases left to review, 1 failed in the batch" in line
+    queue.decide("accepted")
+    assert queue.tableRows()[0][5] == "accepted" and "-- accepted" in queue.describe()
+    assert "3 of 4 cases left" in queue.describe()
+    queue.close()
