@@ -148,7 +148,7 @@ class ReviewQueue:
             numbers.append(f"confidence {row.confidence:.2f}")
         decided = f" -- {row.review.replace('_', ' ')}" if row.review else ""
         shown = "" if self.volumeNode is not None else " (no CT recorded)"
-        return (f"{self.index + 1}/{len(self.rows)}: {row.case} / {row.segment}{shown}: {', '.join(numbers)}"
+        return (f"{self.index + 1}/{len(self.rows)}: {_label(row)}{shown}: {', '.join(numbers)}"
                 f"{decided}. Red: original, blue: refined. {left}.")
 
     # ------------------------------------------------------------------ the scene
@@ -166,7 +166,7 @@ class ReviewQueue:
             raise InputError(f"no case {index} in the review queue ({len(self.rows)} rows)")
         row = self.rows[index]
         if row.failed:
-            raise InputError(f"case {row.case} / {row.segment} failed in the batch ({row.error}); nothing to review")
+            raise InputError(f"case {_label(row)} failed in the batch ({row.error}); nothing to review")
         self.close()
         nodes = []
         try:
@@ -177,7 +177,7 @@ class ReviewQueue:
                 nodes.append(volumeNode)
             output = row.path("output", self.folder)
             if output is None or not output.is_file():
-                raise InputError(f"output of {row.case} / {row.segment} not found: {output}")
+                raise InputError(f"output of {_label(row)} not found: {output}")
             if nio.isSegmentationFile(output):
                 segmentationNode, _ = nio.loadSegmentationFile(str(output), name=f"{row.case} review")
                 nodes.append(segmentationNode)
@@ -218,8 +218,13 @@ class ReviewQueue:
                     nio.saveSegmentationFile(self.segmentationNode, tmp)
         set_review(self.summaryPath, row.case, row.segment, status)
         row.raw["review"] = status
-        logging.info("NeAR review: %s / %s %s", row.case, row.segment, status)
+        logging.info("NeAR review: %s %s", _label(row), status)
         return row
+
+
+def _label(row: BatchRow) -> str:
+    """'case / segment' (the case alone when the row names no segment)."""
+    return f"{row.case} / {row.segment}" if row.segment else row.case
 
 
 def _segmentPair(segmentationNode, name: str, fileName: str):
@@ -263,7 +268,7 @@ def _maskPair(row: BatchRow, folder: Path, output: Path, nodes: list):
 
     maskPath = row.path("mask", folder)
     if maskPath is None or not maskPath.is_file():
-        raise InputError(f"input mask of {row.case} / {row.segment} not found: {maskPath}")
+        raise InputError(f"input mask of {_label(row)} not found: {maskPath}")
     original, _, _ = read_mask(str(maskPath), label=row.text("label") or None)
     reference = nio.loadVolumeFile(str(output), name=f"{row.case} refined__labelmap", labelmap=True)
     try:

@@ -25,6 +25,7 @@ CONTRACT_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxe
 OLD_COLUMNS = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
 SPACING = (1.5, 1.5, 1.5)
 SHAPE = (36, 44, 44)
+# Rows as nearslicer batch writes them: a label map's structure is "Label_<value>", a .seg.nrrd's its name.
 # (case name, phantom seed, error family): different families give different volume changes
 CASES = [("case01", 1, "overpaint"), ("case02", 2, "holes"), ("case03", 3, "missing_part"), ("case04", 4, "slab")]
 SEGMENT = "left adrenal"
@@ -91,7 +92,7 @@ def make_batch_folder(root: Path, cases: list) -> Path:
             write_mask(out_path, case["refined"], case["grid"])
         info = case["info"]
         confidence = info.get("confidence")
-        summary.add({"case": case["name"], "segment": SEGMENT if seg_input else "1", "label": SEGMENT if seg_input else "",
+        summary.add({"case": case["name"], "segment": SEGMENT if seg_input else "Label_1", "label": "1",
                      "mask": str(mask_path), "image": str(ct_path), "output": str(out_path),
                      "voxels_before": int(case["rough"].sum()), "voxels_after": int(case["refined"].sum()),
                      "dice": f"{_dice(case['rough'], case['refined']):.4f}",
@@ -99,7 +100,7 @@ def make_batch_folder(root: Path, cases: list) -> Path:
                      "action": info.get("action", "refined"), "prior": str(info.get("prior_name") or info.get("prior", "")),
                      "seconds": f"{case['seconds']:.2f}", "host": "test", "error": ""})
     # a case that failed: recorded with its error, no output
-    summary.add({"case": "case99", "segment": "1", "mask": str(inputs / "case99_mask.nii.gz"),
+    summary.add({"case": "case99", "segment": "", "mask": str(inputs / "case99_mask.nii.gz"),
                  "error": "InputError: mask is empty", "seconds": "0.01", "host": "test"})
     return batch
 

@@ -206,7 +206,7 @@ def test_report_page_files_and_output_safety(batch_folder):
     assert inputs_html.read_text() == "a user's file"
     (batch_folder / "summary.csv").write_text((batch_folder / "summary.csv").read_text().replace(
         "case01.html", "case01_ct.nii.gz", 1))
-    set_review(batch_folder, "case03", "1", "rejected")
+    set_review(batch_folder, "case03", "Label_1", "rejected")
     build_report(batch_folder, overwrite=True)
     rows = {r["data-case"]: r for r in _parse(page.read_text()).rows}
     assert rows["case03"]["data-review"] == "rejected", "a decision shows once the page is made again"
@@ -255,8 +255,8 @@ def _thumbnail_bands(pixels, x0=18, x1=400):
 def test_screenshot_shows_one_row_per_case(batch_folder, tmp_path):
     from PIL import Image
 
-    set_review(batch_folder, "case02", "1", "accepted")  # decisions show in the picture too
-    set_review(batch_folder, "case03", "1", "needs_edit")
+    set_review(batch_folder, "case02", "Label_1", "accepted")  # decisions show in the picture too
+    set_review(batch_folder, "case03", "Label_1", "needs_edit")
     page = build_report(batch_folder)
     assert [r["data-review"] for r in _parse(page.read_text()).rows] == ["", "accepted", "needs_edit", "", ""]
     shot = browser.screenshot(browser.url_of(page), tmp_path / "report.png", 1400, 900)

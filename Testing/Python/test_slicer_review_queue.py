@@ -264,7 +264,7 @@ def test_bad_use_is_refused_clearly(mrml_scene, batch_folder, tmp_path):
     with pytest.raises(InputError, match="not a batch folder"):
         queue.open(tmp_path)
     queue.open(batch_folder, load=False)
-    with pytest.raises(InputError, match="case99 / 1 failed in the batch"):
+    with pytest.raises(InputError, match=r"case case99 failed in the batch \(InputError: mask is empty\)"):
         queue.load(len(queue.rows) - 1)
     queue.load(0)
     with pytest.raises(InputError, match="a decision is one of accepted, rejected, needs_edit"):
@@ -293,10 +293,10 @@ def test_table_rows_and_status_line(mrml_scene, batch_folder):
     row = queue.open(batch_folder)
     table = queue.tableRows()
     assert len(table) == 5 and all(len(r) == 6 for r in table)  # the .ui's six columns
-    assert table[0][:2] == (row.case, "1") and table[0][2] == f"{row.change_percent:+.1f}"
+    assert table[0][:2] == (row.case, "Label_1") and table[0][2] == f"{row.change_percent:+.1f}"
     assert table[0][3] == f"{row.dice:.3f}" and table[-1][5] == "failed"
     line = queue.describe()
-    assert line.startswith(f"1/5: {row.case} / 1: volume {row.change_percent:+.1f} %")
+    assert line.startswith(f"1/5: {row.case} / Label_1: volume {row.change_percent:+.1f} %")
     assert "4 of 4 cases left to review, 1 failed in the batch" in line
     queue.decide("accepted")
     assert queue.tableRows()[0][5] == "accepted" and "-- accepted" in queue.describe()
