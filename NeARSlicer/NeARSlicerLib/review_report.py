@@ -20,6 +20,7 @@ import os
 import re
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
+from urllib.parse import quote
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -395,7 +396,8 @@ def build_report(batch: Union[str, os.PathLike], out: Optional[Union[str, os.Pat
     pictures = [p for _, _, thumb, full in planned for p in (thumb, full) if p is not None]
     if assets.is_dir():
         check_outputs(pictures, inputs, overwrite=overwrite)
-    check_output_folder(assets, create=bool(planned))
+    if planned:
+        check_output_folder(assets, create=True)
 
     links = {}
     notes = {}
@@ -422,8 +424,8 @@ def build_report(batch: Union[str, os.PathLike], out: Optional[Union[str, os.Pat
         except (InputError, OSError, ValueError) as exc:
             notes[index] = f"not shown: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
-    def rel(path: Optional[Path]) -> Optional[str]:
-        return None if path is None else os.path.relpath(path, out.parent).replace(os.sep, "/")
+    def rel(path: Optional[Path]) -> Optional[str]:  # a relative URL: the page and its folder move together
+        return None if path is None else quote(os.path.relpath(path, out.parent).replace(os.sep, "/"))
 
     rows_html = [_row_html(i, row, rel(links.get(i, (None, None))[0]), rel(links.get(i, (None, None))[1]),
                            notes.get(i, "")) for i, row in enumerate(rows)]

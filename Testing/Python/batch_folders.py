@@ -97,7 +97,7 @@ def make_batch_folder(root: Path, cases: list) -> Path:
                      "voxels_before": int(case["rough"].sum()), "voxels_after": int(case["refined"].sum()),
                      "dice": f"{_dice(case['rough'], case['refined']):.4f}",
                      "confidence": "" if confidence is None else f"{float(confidence):.4f}",
-                     "action": info.get("action", "refined"), "prior": str(info.get("prior_name") or info.get("prior", "")),
+                     "action": info.get("action") or "", "prior": str(info.get("prior_name") or info.get("prior", "")),
                      "seconds": f"{case['seconds']:.2f}", "host": "test", "error": ""})
     # a case that failed: recorded with its error, no output
     summary.add({"case": "case99", "segment": "", "mask": str(inputs / "case99_mask.nii.gz"),

@@ -12,6 +12,7 @@ import hashlib
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -188,7 +189,7 @@ def test_report_page_files_and_output_safety(batch_folder):
     assert len(images) == 4, "one thumbnail per refined row, none for the failed case"
     for _, link in parsed.links:
         assert not re.match(r"[a-z]+:", link), f"page links {link}: everything is beside it"
-        assert (page.parent / link).is_file(), f"{link} missing"
+        assert (page.parent / unquote(link)).is_file(), f"{link} missing"
     assert len([1 for tag, href in parsed.links if tag == "a"]) == 4, "each thumbnail opens the case's full report"
     # existing page: refused, left as it was; --overwrite replaces it
     before = _digest(page)
@@ -215,13 +216,21 @@ def test_report_page_files_and_output_safety(batch_folder):
 def test_report_of_a_refine_study_folder_and_a_missing_output(study_folder):
     (study_folder / "case02.seg.nrrd").unlink()
     (study_folder / "review").mkdir()
-    page = build_report(study_folder, out=study_folder / "review" / "index.html")
+    page = build_report(study_folder, out=study_folder / "review" / "week 1 #2.html")  # a name URLs must escape
     text = page.read_text()
     assert report_facts(page) == {"n-cases": 5, "n-failed": 1, "rows": 5}
     assert "case02.seg.nrrd not found" in text
     assert "no CT recorded for this case" in text, "refineStudy does not record the CT: said, not hidden"
-    assert len([1 for tag, _ in _parse(text).links if tag == "img"]) == 3
-    assert (study_folder / "review" / "index_files").is_dir()
+    images = [src for tag, src in _parse(text).links if tag == "img"]
+    assert len(images) == 3 and all(src.startswith("week%201%20%232_files/") for src in images)
+    assert all((page.parent / unquote(src)).is_file() for src in images)
+
+
+def test_report_of_a_batch_where_every_case_failed(tmp_path):
+    (tmp_path / "summary.csv").write_text("case,segment,error\na,,InputError: mask is empty\n")
+    page = build_report(tmp_path)
+    assert report_facts(page) == {"n-cases": 1, "n-failed": 1, "rows": 1}
+    assert "InputError: mask is empty" in page.read_text() and not (tmp_path / "report_files").exists()
 
 
 def test_cli_report(batch_folder, capsys):
