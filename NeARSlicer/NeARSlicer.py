@@ -27,6 +27,7 @@ from NeARSlicerLogic import (
     installDependencies,
     missingRequirements,
 )
+from NeARSlicerLogic.review_queue import ReviewQueue
 
 __all__ = ["NeARSlicer", "NeARSlicerWidget", "NeARSlicerLogic", "NeARSlicerTest", "NeARSlicerParameterNode"]
 
@@ -105,6 +106,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None  # the RefinementRun in the engine process, polled by _timer
         self._timer = None
+        self._reviewQueue = None  # the batch review queue (NeARSlicerLogic.review_queue)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -132,6 +134,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.acceptButton.connect("clicked(bool)", self.onAcceptButton)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReportButton)
+        self._setupBatchReview()
 
         self.initializeParameterNode()
 
@@ -143,6 +146,8 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None
         if self.logic is not None:
             self.logic.shutdownEngine()
+        if self._reviewQueue is not None:
+            self._reviewQueue.close()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -157,6 +162,9 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self._cancelRun()
         self.setParameterNode(None)
+        if self._reviewQueue is not None:
+            self._reviewQueue.close()
+            self._updateBatchReview()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -331,6 +339,82 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Report saved: {path}"
 
 
+    # ------------------------------------------------------------------ batch review (logic: ReviewQueue)
+    REVIEW_ORDERS = ("change", "confidence")  # the items of reviewOrderComboBox, in order
+
+    def _setupBatchReview(self) -> None:
+        self._reviewQueue = ReviewQueue()
+        self.ui.reviewOpenButton.connect("clicked(bool)", self.onReviewOpenButton)
+        self.ui.reviewOrderComboBox.connect("currentIndexChanged(int)", self.onReviewOrderChanged)
+        self.ui.reviewTable.connect("cellDoubleClicked(int,int)", self.onReviewTableActivated)
+        self.ui.reviewNextButton.connect("clicked(bool)", lambda: self._reviewStep(self._reviewQueue.next))
+        self.ui.reviewPreviousButton.connect("clicked(bool)", lambda: self._reviewStep(self._reviewQueue.previous))
+        self.ui.reviewAcceptButton.connect("clicked(bool)", lambda: self.onReviewDecision("accepted"))
+        self.ui.reviewRejectButton.connect("clicked(bool)", lambda: self.onReviewDecision("rejected"))
+        self.ui.reviewNeedsEditButton.connect("clicked(bool)", lambda: self.onReviewDecision("needs_edit"))
+        self.ui.reviewTable.horizontalHeader().setStretchLastSection(True)
+        self._updateBatchReview()
+
+    def onReviewOpenButton(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Open a refined batch folder")
+        if not folder:
+            return
+        order = self.REVIEW_ORDERS[max(self.ui.reviewOrderComboBox.currentIndex, 0)]
+        with slicer.util.tryWithErrorDisplay("Could not open the batch folder.", waitCursor=True):
+            self._reviewQueue.open(folder, order=order)
+            self._resetFocalPoints()
+        self._updateBatchReview()
+
+    def onReviewOrderChanged(self, index) -> None:
+        if self._reviewQueue.rows:
+            self._reviewQueue.setOrder(self.REVIEW_ORDERS[max(index, 0)])
+        self._updateBatchReview()
+
+    def onReviewTableActivated(self, row, column) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not show this case.", waitCursor=True):
+            self._reviewQueue.load(row)
+            self._resetFocalPoints()
+        self._updateBatchReview()
+
+    def _reviewStep(self, step) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not show the case.", waitCursor=True):
+            if step() is not None:
+                self._resetFocalPoints()
+        self._updateBatchReview()
+
+    def onReviewDecision(self, status) -> None:
+        """Record the decision in the batch (Accept also in the case's .seg.nrrd), then go on."""
+        with slicer.util.tryWithErrorDisplay("Could not record the decision; the batch files were not changed.",
+                                             waitCursor=True):
+            self._reviewQueue.decide(status)
+            if self._reviewQueue.next() is not None:
+                self._resetFocalPoints()
+        self._updateBatchReview()
+
+    def _resetFocalPoints(self) -> None:
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            for index in range(layoutManager.threeDViewCount):
+                layoutManager.threeDWidget(index).threeDView().resetFocalPoint()
+
+    def _updateBatchReview(self) -> None:
+        queue = self._reviewQueue
+        table = self.ui.reviewTable
+        rows = queue.tableRows()
+        table.setRowCount(len(rows))
+        for r, values in enumerate(rows):
+            for c, text in enumerate(values):
+                table.setItem(r, c, qt.QTableWidgetItem(text))
+        if 0 <= queue.index < len(rows):
+            table.selectRow(queue.index)
+        loaded = queue.segmentationNode is not None
+        for button in (self.ui.reviewAcceptButton, self.ui.reviewRejectButton, self.ui.reviewNeedsEditButton):
+            button.enabled = loaded
+        self.ui.reviewNextButton.enabled = bool(rows)
+        self.ui.reviewPreviousButton.enabled = bool(rows)
+        self.ui.reviewStatusLabel.text = queue.describe()
+
+
 #
 # NeARSlicerTest
 #
@@ -482,6 +566,8 @@ class NeARSlicerTest(ScriptedLoadableModuleTest):
         slicer.util.selectModule("NeARSlicer")
         widget = slicer.modules.NeARSlicerWidget
         for name in ("inputVolumeSelector", "inputSegmentationSelector", "segmentSelector", "refineButton",
-                     "compareButton", "acceptButton", "progressBar", "statusLabel"):
+                     "compareButton", "acceptButton", "progressBar", "statusLabel", "reviewOpenButton",
+                     "reviewOrderComboBox", "reviewNextButton", "reviewPreviousButton", "reviewAcceptButton",
+                     "reviewRejectButton", "reviewNeedsEditButton", "reviewStatusLabel"):
             self.assertTrue(hasattr(widget.ui, name), name)
         self.delayDisplay("Module panel: passed")

@@ -246,6 +246,18 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .review_report import build_report
+
+    def progress(done: int, total: int, what: str) -> None:
+        print(f"report: {done + 1}/{total} {what}", file=sys.stderr)
+
+    out = build_report(args.batch, args.out, overwrite=args.overwrite, full_reports=not args.no_full,
+                       progress=progress if args.verbose else None)
+    print(f"wrote {out} (pictures in {out.parent / (out.stem + '_files')})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nearslicer", description="Neural Annotation Refinement (NeAR) of segmentations.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -348,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_study)
+
+    rp = sub.add_parser("report", help="an HTML page to review a refined batch (opens from disk, no network)")
+    rp.add_argument("--batch", required=True, help="batch output folder (summary.csv of nearslicer batch, or "
+                    "nearslicer_summary.csv of Slicer's refineStudy)")
+    rp.add_argument("--out", help="the page (default: BATCH/report.html); pictures go to <page name>_files/ beside it")
+    rp.add_argument("--no-full", action="store_true", help="thumbnails only, no full report picture per case")
+    rp.add_argument("--overwrite", action="store_true", help="replace an earlier page and its pictures")
+    rp.add_argument("--verbose", action="store_true", help="print each case as its pictures are drawn")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

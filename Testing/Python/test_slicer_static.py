@@ -245,3 +245,64 @@ def test_dependency_installer_never_touches_slicer_packages(monkeypatch):
     assert calls[0] == "torch>=2.1"
     assert calls[1][:2] == ["scipy>=1.10", "scikit-image>=0.21"]
     assert "numpy==" in seen_constraints[0]
+
+
+# ------------------------------------------------------------------ batch review section
+REVIEW_BUTTONS = {"reviewOpenButton": None, "reviewNextButton": "Alt+N", "reviewPreviousButton": "Alt+P",
+                  "reviewAcceptButton": "Alt+A", "reviewRejectButton": "Alt+R", "reviewNeedsEditButton": "Alt+D"}
+MENU_MNEMONICS = {"Alt+F", "Alt+E", "Alt+V", "Alt+H"}  # Slicer's File, Edit, View, Help menus
+
+
+def _descendants(widget):
+    return {w.get("name"): w for w in widget.iter("widget")}
+
+
+def _property(widget, name):
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop.findtext("string") or prop.findtext("bool") or prop.findtext("enum") or prop.findtext("set")
+    return None
+
+
+def test_batch_review_section_has_its_widgets_and_shortcuts():
+    section = _ui_widgets()["batchReviewCollapsibleButton"]
+    assert section.get("class") == "ctkCollapsibleButton" and _property(section, "text") == "Review a batch"
+    inside = _descendants(section)
+    for name in list(REVIEW_BUTTONS) + ["reviewOrderComboBox", "reviewTable", "reviewStatusLabel"]:
+        assert name in inside, f"{name} is not in the batch review section"
+    shortcuts = {}
+    for name, key in REVIEW_BUTTONS.items():
+        assert _property(inside[name], "shortcut") == key, name
+        if key:
+            assert key in _property(inside[name], "toolTip"), f"{name}'s tooltip names its shortcut"
+            shortcuts[key] = name
+    assert len(shortcuts) == 5 and not set(shortcuts) & MENU_MNEMONICS
+    columns = [c.findtext("property/string") for c in inside["reviewTable"].findall("column")]
+    assert columns == ["case", "segment", "change %", "Dice", "confidence", "review"]
+    orders = [i.findtext("property/string") for i in inside["reviewOrderComboBox"].findall("item")]
+    assert orders == ["largest change first", "lowest confidence first"]
+
+
+def test_batch_review_wiring_calls_the_queue_logic():
+    """Every review button is connected; the widget only calls what ReviewQueue has; its order names
+    are the queue's, in the combo box's order."""
+    text = MODULE_PY.read_text()
+    for name in REVIEW_BUTTONS:
+        assert re.search(rf'self\.ui\.{name}\.connect\("clicked\(bool\)"', text), f"{name} is not connected"
+    for decision in ("accepted", "rejected", "needs_edit"):
+        assert f'self.onReviewDecision("{decision}")' in text
+    tree = ast.parse((MODULE_DIR / "NeARSlicerLogic" / "review_queue.py").read_text())
+    queue = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ReviewQueue")
+    members = {n.name for n in queue.body if isinstance(n, ast.FunctionDef)}
+    members |= {t.attr for n in ast.walk(queue) if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    used = set(re.findall(r"(?:self\._reviewQueue|queue)\.(\w+)", text))
+    assert used and used <= members, f"the widget calls what ReviewQueue lacks: {sorted(used - members)}"
+    orders = next(n for n in ast.walk(_module_ast()) if isinstance(n, ast.Assign)
+                  and any(getattr(t, "id", "") == "REVIEW_ORDERS" for t in n.targets))
+    values = [c.value for c in orders.value.elts]
+    assert values == ["change", "confidence"]
+    status = ast.parse((MODULE_DIR / "NeARSlicerLib" / "review_status.py").read_text())
+    engine_orders = next(n for n in status.body if isinstance(n, ast.Assign)
+                         and any(getattr(t, "id", "") == "ORDERS" for t in n.targets))
+    assert values == [c.value for c in engine_orders.value.elts]
