@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from .annotation_errors import ALL_FAMILIES, corrupt
 from .appearance import normalise
-from .device import pick_device
 from .distort import distort
 from .metrics import dice
 from .model import Condition, ModelConfig, NeARModel, gaussian_blur, sample_volume, voxel_centres
@@ -177,9 +176,25 @@ def warm_start(model: NeARModel, prior_path: str) -> None:
     model.load_state_dict(own)
 
 
-def _step_gen(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """The torch stream of one training step (on ``device``), from (seed, step) alone."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+def _step_gen(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    """The torch stream of one training step (on ``device``), from (seed, step, rank) alone."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step + rank * 7_919_111)
+
+
+class TrainLoss(torch.nn.Module):
+    """The loss of one batch as a module (so that DistributedDataParallel can wrap it): occupancy
+    BCE against the clean shape at ``pts`` plus ``latent_reg`` * mean ||z||^2."""
+
+    def __init__(self, model: NeARModel, latent_reg: float):
+        super().__init__()
+        self.model, self.latent_reg = model, latent_reg
+
+    def forward(self, noisy: torch.Tensor, image: torch.Tensor | None, context: torch.Tensor | None,
+                pts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        z, feats = m.encoder.features(noisy, image if m.cfg.encoder_appearance else None)
+        logits = m(z, pts, Condition(context, feats if m.cfg.skips else None))
+        return F.binary_cross_entropy_with_logits(logits, target) + self.latent_reg * z.pow(2).mean()
 
 
 def validation_set(cfg: TrainConfig, val: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -215,9 +230,13 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     processes), the model trains on ``device`` (CUDA when present with ``auto``).
     """
     from .checkpoint import load_training_state, save_training_state
+    from .distributed import Distributed
 
     torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    ctx = Distributed.from_env(cfg.device)  # under torchrun: this process's rank and device
+    device = ctx.device
+    if not ctx.main:
+        log = lambda *_: None  # noqa: E731 - only rank 0 reports
     data = np.load(cfg.data)
     val_clean, val_noisy, val_img = validation_set(cfg, data["val_shapes"])
 
@@ -244,27 +263,32 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     budget = cfg.minutes * 60.0
     t0 = time.time() - elapsed0
     stream = BatchStream(cfg.data if cfg.source in ("alan", "anatomy") else None, "train_shapes",
-                         cfg.data_spec(), cfg.seed, cfg.batch, workers=cfg.workers)
+                         cfg.data_spec(), cfg.seed, cfg.batch, workers=cfg.workers, rank=ctx.rank)
+    loss_fn = ctx.wrap(TrainLoss(model, cfg.latent_reg))
     sigmas = tuple(model.cfg.annotation_sigmas)
     app_sigmas = tuple(model.cfg.appearance_sigmas) if model.cfg.appearance else ()
 
     def save_best(v: float, step: int) -> None:
-        save_prior(cfg.out, model, {**card, "step": step, "val_dice_direct": v})
+        save_prior(cfg.out, model, {**card, "step": step, "val_dice_direct": v, "processes": ctx.world})
 
     step = step0
-    bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5)
+    bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5, disable=not ctx.main)
     try:
-        while step < cfg.max_steps and time.time() - t0 < budget:
+        while step < cfg.max_steps:
+            # cosine decay over the steps, or over the time budget when that is the binding limit;
+            # every process takes the same rate and stops at the same step
+            frac = step / max(1, cfg.max_steps)
+            if math.isfinite(budget):
+                frac = max(frac, (time.time() - t0) / budget)
+            frac, stop = ctx.agree([frac, float(time.time() - t0 >= budget)])
+            if stop:
+                break
             raw = stream.get(step // max(1, cfg.reuse))
-            gen = _step_gen(cfg.seed, step, device)
+            gen = _step_gen(cfg.seed, step, device, ctx.rank)
             flip = ()
             if step % max(1, cfg.reuse):  # a re-used batch: another mirror image of it
                 bits = int(torch.randint(1, 8, (1,), generator=gen, device=device).item())
                 flip = tuple(d for d, bit in zip((2, 3, 4), (1, 2, 4)) if bits & bit)
-            # cosine decay over the steps, or over the time budget when that is the binding limit
-            frac = step / max(1, cfg.max_steps)
-            if math.isfinite(budget):
-                frac = max(frac, (time.time() - t0) / budget)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
             clean, noisy, image = finish_batch(raw, device, flip)
@@ -282,16 +306,14 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
             context = torch.cat(chans, 1) if chans else None
             pts = sample_points(clean, noisy, cfg.points, gen)
             target = sample_volume(clean, pts).clamp(0, 1)
-            z, feats = model.encoder.features(noisy, image if model.cfg.encoder_appearance else None)
-            logits = model(z, pts, Condition(context, feats if model.cfg.skips else None))
-            loss = F.binary_cross_entropy_with_logits(logits, target) + cfg.latent_reg * z.pow(2).mean()
+            loss = loss_fn(noisy, image, context, pts, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
             bar.update(1)
-            if step % cfg.val_every == 0:
+            if step % cfg.val_every == 0 and ctx.main:
                 v = validate(model, val_clean, val_noisy, val_img)
                 history.append({"step": step, "minutes": round((time.time() - t0) / 60, 2),
                                 "loss": round(ema_loss, 4), "val_dice": round(v, 4)})
@@ -306,12 +328,14 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     finally:
         bar.close()
         stream.close()
-    v = validate(model, val_clean, val_noisy, val_img)
-    if v > best:
-        best = v
-        save_best(v, step)
+    if ctx.main:
+        v = validate(model, val_clean, val_noisy, val_img)
+        if v > best:
+            best = v
+            save_best(v, step)
+    ctx.barrier()
     facts = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "best_val_dice_direct": best,
              "errors": cfg.errors, "families": list(cfg.families) if cfg.errors == "library" else ["paper"],
-             "source": cfg.source, "device": str(device), "history": history}
+             "source": cfg.source, "device": str(device), "processes": ctx.world, "history": history}
     log(json.dumps({k: v for k, v in facts.items() if k != "history"}))
     return facts

@@ -152,13 +152,14 @@ def _init_worker(data_path: Optional[str], key: str) -> None:
     _WORKER_SHAPES = np.load(data_path)[key] if data_path else None
 
 
-def _worker_raw(spec: DataSpec, seed: int, step: int, batch: int) -> RawBatch:
-    return make_raw(_WORKER_SHAPES, spec, step_rng(seed, step), batch)
+def _worker_raw(spec: DataSpec, seed: int, step: int, batch: int, rank: int) -> RawBatch:
+    return make_raw(_WORKER_SHAPES, spec, step_rng(seed, step, rank), batch)
 
 
-def step_rng(seed: int, step: int) -> np.random.Generator:
-    """The numpy stream of one step, from (seed, step) alone."""
-    return np.random.default_rng([seed, step])
+def step_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
+    """The numpy stream of one step, from (seed, step) alone; data-parallel process ``rank`` > 0
+    draws its own stream (rank 0 draws what a single process draws)."""
+    return np.random.default_rng([seed, step] if rank == 0 else [seed, step, rank])
 
 
 class BatchStream:
@@ -168,8 +169,8 @@ class BatchStream:
     """
 
     def __init__(self, data_path: Optional[str], key: str, spec: DataSpec, seed: int, batch: int,
-                 workers: int = 0, ahead: Optional[int] = None):
-        self.spec, self.seed, self.batch = spec, seed, batch
+                 workers: int = 0, ahead: Optional[int] = None, rank: int = 0):
+        self.spec, self.seed, self.batch, self.rank = spec, seed, batch, rank
         self._pending: "OrderedDict[int, Future]" = OrderedDict()
         self._last: Optional[tuple[int, RawBatch]] = None
         if workers > 0:
@@ -185,8 +186,9 @@ class BatchStream:
 
     def _submit(self, step: int) -> Future:
         if self._local is not None or isinstance(self._pool, ThreadPoolExecutor):
-            return self._pool.submit(make_raw, self._local, self.spec, step_rng(self.seed, step), self.batch)
-        return self._pool.submit(_worker_raw, self.spec, self.seed, step, self.batch)
+            return self._pool.submit(make_raw, self._local, self.spec, step_rng(self.seed, step, self.rank),
+                                     self.batch)
+        return self._pool.submit(_worker_raw, self.spec, self.seed, step, self.batch, self.rank)
 
     def get(self, step: int) -> RawBatch:
         """The batch of ``step``; steps must be asked for in non-decreasing order."""
