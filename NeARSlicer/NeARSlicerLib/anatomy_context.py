@@ -1,0 +1,179 @@
+"""Synthetic image context around any structure: CT in HU, or MR-like in arbitrary units.
+
+One tissue layout (the structure, a background, neighbouring organs, sometimes touching it, now and
+then gas) is drawn first; a modality then maps tissues to intensities. CT contrasts span fat,
+soft tissue, contrast-enhanced organs and bone; MR has no HU: fat bright or dark, organ contrasts
+permuted, a smooth bias field and a random global scale and offset. Arrays are ``[k, j, i]``;
+``spacing_mm`` is the isotropic voxel size; every draw comes from the ``rng`` passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+
+__all__ = ["synthetic_context", "TISSUES", "CT_HU_RANGES"]
+
+TISSUES = ("fat", "soft", "enhanced", "bone", "air")
+# HU ranges drawn from, per tissue (bone: cancellous interior; its cortex is brighter, up to 1200).
+CT_HU_RANGES: Dict[str, tuple] = {
+    "fat": (-120.0, -60.0), "soft": (20.0, 70.0), "enhanced": (100.0, 250.0),
+    "bone": (300.0, 450.0), "air": (-1000.0, -900.0),
+}
+_CORTEX_HU = (500.0, 1200.0)
+
+
+@dataclass
+class _Layout:
+    """Region map (0 background, 1 the structure, 2.. neighbours) and each region's tissue."""
+
+    regions: np.ndarray
+    tissue: List[str] = field(default_factory=list)
+
+
+def _surface_points(mask: np.ndarray) -> np.ndarray:
+    surf = mask & ~ndimage.binary_erosion(mask)
+    pts = np.argwhere(surf)
+    return pts if len(pts) else np.argwhere(mask)
+
+
+def _quadric(shape: tuple, centre: np.ndarray, radii: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """sum((R^T (x - c) / r)^2) over the grid (voxel units); <= 1 inside the ellipsoid."""
+    g = [np.arange(s, dtype=np.float32) - np.float32(c) for s, c in zip(shape, centre)]
+    q = np.zeros(shape, dtype=np.float32)
+    for a in range(3):
+        proj = (rot[0, a] * g[0][:, None, None] + rot[1, a] * g[1][None, :, None] + rot[2, a] * g[2][None, None, :])
+        q += (proj / np.float32(radii[a])) ** 2
+    return q
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.diag(r))[None, :]
+
+
+def _layout(mask: np.ndarray, rng: np.random.Generator) -> _Layout:
+    """The structure, a background and 1-3 neighbours (touching it with probability ~0.6 each)."""
+    regions = np.zeros(mask.shape, dtype=np.int8)
+    regions[mask] = 1
+    background = "soft" if rng.random() < 0.2 else "fat"
+    structure = str(rng.choice(["soft", "enhanced", "bone"], p=[0.45, 0.38, 0.17]))
+    layout = _Layout(regions, [background, structure])
+    surf = _surface_points(mask)
+    centroid = np.argwhere(mask).mean(axis=0)
+    n = min(mask.shape)
+    for _ in range(int(rng.integers(1, 4))):
+        p = surf[int(rng.integers(len(surf)))].astype(float)
+        d = p - centroid + rng.normal(size=3) * 2.0
+        d /= max(np.linalg.norm(d), 1e-6)
+        rot = _rotation(rng)
+        radii = rng.uniform(0.1, 0.45, size=3) * n
+        r_along = 1.0 / np.sqrt(np.sum(((rot.T @ d) / radii) ** 2))
+        gap = -rng.uniform(1.0, 3.0) if rng.random() < 0.6 else rng.uniform(1.5, 5.0)
+        inside = (_quadric(mask.shape, p + d * (r_along + gap), radii, rot) <= 1.0) & (regions == 0)
+        tissue = str(rng.choice(["soft", "enhanced", "bone", "fat"], p=[0.45, 0.35, 0.12, 0.08]))
+        regions[inside] = len(layout.tissue)
+        layout.tissue.append(tissue)
+    if rng.random() < 0.3:  # bowel gas: a few pockets near the structure
+        for _ in range(int(rng.integers(1, 4))):
+            p = surf[int(rng.integers(len(surf)))].astype(float)
+            d = p - centroid
+            d /= max(np.linalg.norm(d), 1e-6)
+            radii = rng.uniform(0.03, 0.1, size=3) * n
+            centre = p + d * (radii.max() + rng.uniform(-1.0, 3.0))
+            inside = (_quadric(mask.shape, centre, radii, _rotation(rng)) <= 1.0) & (regions != 1)
+            regions[inside] = len(layout.tissue)
+            layout.tissue.append("air")
+    return layout
+
+
+def _texture(rng: np.random.Generator, shape: tuple, sigma_vox: float) -> np.ndarray:
+    """A smooth random field of unit standard deviation."""
+    f = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=sigma_vox)
+    return f / max(float(f.std()), 1e-6)
+
+
+def _fill(layout: _Layout, values: Dict[str, float], jitter: float, texture_amp: Dict[str, float],
+          rng: np.random.Generator, bone_rim: float, spacing_mm: float) -> np.ndarray:
+    """Piecewise-constant tissues with a per-region jitter and texture; bone regions get a cortex."""
+    shape = layout.regions.shape
+    img = np.zeros(shape, dtype=np.float32)
+    tex = _texture(rng, shape, sigma_vox=max(0.8, 2.0 / spacing_mm))
+    for rid, tissue in enumerate(layout.tissue):
+        where = layout.regions == rid
+        if not where.any():
+            continue
+        img[where] = values[tissue] + rng.normal(0.0, jitter) + texture_amp[tissue] * tex[where]
+        if tissue == "bone":
+            # the cortex: a rim ~1.5 mm (at least one voxel) thick
+            depth = max(1, int(round(1.5 / spacing_mm)))
+            rim = where & ~ndimage.binary_erosion(where, iterations=depth)
+            img[rim] = bone_rim
+    return img
+
+
+def _psf_sigma(rng: np.random.Generator, spacing_mm: float) -> float:
+    """Partial-volume blur (voxels): a 0.5-1.5 mm scanner PSF plus at least 0.4 voxel."""
+    return float(np.clip(np.hypot(rng.uniform(0.5, 1.5) / spacing_mm, 0.4), 0.4, 1.5))
+
+
+def _ct(layout: _Layout, rng: np.random.Generator, spacing_mm: float) -> np.ndarray:
+    values = {t: rng.uniform(*CT_HU_RANGES[t]) for t in TISSUES}
+    amp = {"fat": 10.0, "soft": 6.0, "enhanced": 10.0, "bone": 40.0, "air": 15.0}
+    img = _fill(layout, values, jitter=8.0, texture_amp=amp, rng=rng,
+                bone_rim=rng.uniform(*_CORTEX_HU), spacing_mm=spacing_mm)
+    img = ndimage.gaussian_filter(img, sigma=_psf_sigma(rng, spacing_mm))
+    noise = rng.normal(0.0, 1.0, size=img.shape).astype(np.float32)
+    noise = ndimage.gaussian_filter(noise, sigma=rng.uniform(0.0, 0.7))  # reconstruction-kernel grain
+    img += noise * (rng.uniform(5.0, 30.0) / max(float(noise.std()), 1e-6))
+    return np.clip(img, -1024.0, 3071.0).astype(np.float32)
+
+
+def _mr(layout: _Layout, rng: np.random.Generator, spacing_mm: float) -> np.ndarray:
+    """MR-like: tissue contrasts permuted, fat bright (T1/T2) or dark (fat-suppressed), no HU."""
+    organ_levels = rng.permutation(rng.uniform(0.15, 0.9, size=3))
+    values = {"soft": organ_levels[0], "enhanced": organ_levels[1],
+              "fat": rng.uniform(0.75, 1.0) if rng.random() < 0.6 else rng.uniform(0.03, 0.15),
+              "air": rng.uniform(0.0, 0.04)}
+    values["bone"] = values["fat"] * rng.uniform(0.6, 0.9)  # fatty marrow inside a dark cortex
+    amp = {t: 0.03 for t in TISSUES}
+    img = _fill(layout, values, jitter=0.03, texture_amp=amp, rng=rng,
+                bone_rim=rng.uniform(0.0, 0.08), spacing_mm=spacing_mm)
+    img = ndimage.gaussian_filter(img, sigma=_psf_sigma(rng, spacing_mm))
+    # A smooth multiplicative bias field (coil sensitivity): a few percent to ~40 % across the cube.
+    bias = ndimage.gaussian_filter(rng.normal(size=tuple(max(2, s // 8) for s in img.shape)), sigma=1.0)
+    bias = ndimage.zoom(bias / max(float(bias.std()), 1e-6), [s / b for s, b in zip(img.shape, bias.shape)], order=1)
+    img = img * np.exp(rng.uniform(0.05, 0.35) * bias[: img.shape[0], : img.shape[1], : img.shape[2]])
+    sigma = rng.uniform(0.01, 0.05)
+    real = img + rng.normal(0.0, sigma, size=img.shape)
+    imag = rng.normal(0.0, sigma, size=img.shape)
+    img = np.sqrt(real * real + imag * imag)  # magnitude images: Rician noise, never negative
+    return (img * rng.uniform(50.0, 4000.0) + rng.uniform(0.0, 300.0)).astype(np.float32)
+
+
+def synthetic_context(mask: np.ndarray, spacing_mm: float, rng: np.random.Generator,
+                      modality: str = "CT") -> np.ndarray:
+    """An image (float32, same shape as ``mask``) with the structure ``mask`` in plausible context.
+
+    ``"CT"``: HU; the structure is soft tissue (20..70), contrast-enhanced (100..250) or bone
+    (300..450 with a 500..1200 cortex), in fat (-120..-60) or soft tissue, with 1-3 neighbours of
+    any of these tissues (often touching it), sometimes gas (-1000..-900), partial-volume blur and
+    5-30 HU noise. ``"MR"``: arbitrary positive units, same layout, contrasts permuted."""
+    m = np.asarray(mask).astype(bool)
+    if m.ndim != 3:
+        raise InputError(f"expected a 3D mask, got {m.ndim} dimensions")
+    if not m.any():
+        raise InputError("mask is empty")
+    spacing = float(spacing_mm)
+    if not np.isfinite(spacing) or spacing <= 0:
+        raise InputError(f"spacing_mm must be positive, got {spacing_mm}")
+    kind = str(modality).upper()
+    if kind not in ("CT", "MR"):
+        raise InputError(f"modality must be 'CT' or 'MR', got {modality!r}")
+    layout = _layout(m, rng)
+    return _ct(layout, rng, spacing) if kind == "CT" else _mr(layout, rng, spacing)
