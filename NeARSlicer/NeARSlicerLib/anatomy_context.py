@@ -42,14 +42,21 @@ def _surface_points(mask: np.ndarray) -> np.ndarray:
     return pts if len(pts) else np.argwhere(mask)
 
 
-def _quadric(shape: tuple, centre: np.ndarray, radii: np.ndarray, rot: np.ndarray) -> np.ndarray:
-    """sum((R^T (x - c) / r)^2) over the grid (voxel units); <= 1 inside the ellipsoid."""
-    g = [np.arange(s, dtype=np.float32) - np.float32(c) for s, c in zip(shape, centre)]
-    q = np.zeros(shape, dtype=np.float32)
+def _ellipsoid_mask(shape: tuple, centre: np.ndarray, radii: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """Voxels inside the ellipsoid ``|R^T (x - c) / r| <= 1`` (voxel units), evaluated in its box."""
+    out = np.zeros(shape, dtype=bool)
+    half = np.sqrt(((rot * radii[None, :]) ** 2).sum(axis=1))
+    lo = np.maximum(np.floor(centre - half).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + half).astype(int) + 1, shape)
+    if np.any(hi <= lo):
+        return out
+    g = [np.arange(lo[a], hi[a], dtype=np.float32) - np.float32(centre[a]) for a in range(3)]
+    q = np.zeros(tuple(hi - lo), dtype=np.float32)
     for a in range(3):
         proj = (rot[0, a] * g[0][:, None, None] + rot[1, a] * g[1][None, :, None] + rot[2, a] * g[2][None, None, :])
         q += (proj / np.float32(radii[a])) ** 2
-    return q
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = q <= 1.0
+    return out
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
@@ -75,7 +82,7 @@ def _layout(mask: np.ndarray, rng: np.random.Generator) -> _Layout:
         radii = rng.uniform(0.1, 0.45, size=3) * n
         r_along = 1.0 / np.sqrt(np.sum(((rot.T @ d) / radii) ** 2))
         gap = -rng.uniform(1.0, 3.0) if rng.random() < 0.6 else rng.uniform(1.5, 5.0)
-        inside = (_quadric(mask.shape, p + d * (r_along + gap), radii, rot) <= 1.0) & (regions == 0)
+        inside = _ellipsoid_mask(mask.shape, p + d * (r_along + gap), radii, rot) & (regions == 0)
         tissue = str(rng.choice(["soft", "enhanced", "bone", "fat"], p=[0.45, 0.35, 0.12, 0.08]))
         regions[inside] = len(layout.tissue)
         layout.tissue.append(tissue)
@@ -86,7 +93,7 @@ def _layout(mask: np.ndarray, rng: np.random.Generator) -> _Layout:
             d /= max(np.linalg.norm(d), 1e-6)
             radii = rng.uniform(0.03, 0.1, size=3) * n
             centre = p + d * (radii.max() + rng.uniform(-1.0, 3.0))
-            inside = (_quadric(mask.shape, centre, radii, _rotation(rng)) <= 1.0) & (regions != 1)
+            inside = _ellipsoid_mask(mask.shape, centre, radii, _rotation(rng)) & (regions != 1)
             regions[inside] = len(layout.tissue)
             layout.tissue.append("air")
     return layout
@@ -94,7 +101,7 @@ def _layout(mask: np.ndarray, rng: np.random.Generator) -> _Layout:
 
 def _texture(rng: np.random.Generator, shape: tuple, sigma_vox: float) -> np.ndarray:
     """A smooth random field of unit standard deviation."""
-    f = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=sigma_vox)
+    f = ndimage.gaussian_filter(rng.standard_normal(size=shape, dtype=np.float32), sigma=sigma_vox)
     return f / max(float(f.std()), 1e-6)
 
 
@@ -103,7 +110,7 @@ def _fill(layout: _Layout, values: Dict[str, float], jitter: float, texture_amp:
     """Piecewise-constant tissues with a per-region jitter and texture; bone regions get a cortex."""
     shape = layout.regions.shape
     img = np.zeros(shape, dtype=np.float32)
-    tex = _texture(rng, shape, sigma_vox=max(0.8, 2.0 / spacing_mm))
+    tex = _texture(rng, shape, sigma_vox=float(np.clip(2.0 / spacing_mm, 0.8, 3.0)))
     for rid, tissue in enumerate(layout.tissue):
         where = layout.regions == rid
         if not where.any():
@@ -128,10 +135,22 @@ def _ct(layout: _Layout, rng: np.random.Generator, spacing_mm: float) -> np.ndar
     img = _fill(layout, values, jitter=8.0, texture_amp=amp, rng=rng,
                 bone_rim=rng.uniform(*_CORTEX_HU), spacing_mm=spacing_mm)
     img = ndimage.gaussian_filter(img, sigma=_psf_sigma(rng, spacing_mm))
-    noise = rng.normal(0.0, 1.0, size=img.shape).astype(np.float32)
+    noise = rng.standard_normal(size=img.shape, dtype=np.float32)
     noise = ndimage.gaussian_filter(noise, sigma=rng.uniform(0.0, 0.7))  # reconstruction-kernel grain
     img += noise * (rng.uniform(5.0, 30.0) / max(float(noise.std()), 1e-6))
     return np.clip(img, -1024.0, 3071.0).astype(np.float32)
+
+
+def _bias_field(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """A smooth field of unit standard deviation: a random quadratic polynomial over the cube, as a
+    coil's sensitivity varies slowly across it."""
+    x = [np.linspace(-1.0, 1.0, s, dtype=np.float32) for s in shape]
+    axes = [x[0][:, None, None], x[1][None, :, None], x[2][None, None, :]]
+    field = np.zeros(shape, dtype=np.float32)
+    for a in range(3):
+        field = field + np.float32(rng.normal()) * axes[a] + np.float32(0.5 * rng.normal()) * axes[a] ** 2
+        field = field + np.float32(0.5 * rng.normal()) * axes[a] * axes[(a + 1) % 3]
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
 
 
 def _mr(layout: _Layout, rng: np.random.Generator, spacing_mm: float) -> np.ndarray:
@@ -145,13 +164,10 @@ def _mr(layout: _Layout, rng: np.random.Generator, spacing_mm: float) -> np.ndar
     img = _fill(layout, values, jitter=0.03, texture_amp=amp, rng=rng,
                 bone_rim=rng.uniform(0.0, 0.08), spacing_mm=spacing_mm)
     img = ndimage.gaussian_filter(img, sigma=_psf_sigma(rng, spacing_mm))
-    # A smooth multiplicative bias field (coil sensitivity): a few percent to ~40 % across the cube.
-    bias = ndimage.gaussian_filter(rng.normal(size=tuple(max(2, s // 8) for s in img.shape)), sigma=1.0)
-    bias = ndimage.zoom(bias / max(float(bias.std()), 1e-6), [s / b for s, b in zip(img.shape, bias.shape)], order=1)
-    img = img * np.exp(rng.uniform(0.05, 0.35) * bias[: img.shape[0], : img.shape[1], : img.shape[2]])
-    sigma = rng.uniform(0.01, 0.05)
-    real = img + rng.normal(0.0, sigma, size=img.shape)
-    imag = rng.normal(0.0, sigma, size=img.shape)
+    img = img * np.exp(rng.uniform(0.05, 0.35) * _bias_field(rng, img.shape))
+    sigma = np.float32(rng.uniform(0.01, 0.05))
+    real = img + sigma * rng.standard_normal(size=img.shape, dtype=np.float32)
+    imag = sigma * rng.standard_normal(size=img.shape, dtype=np.float32)
     img = np.sqrt(real * real + imag * imag)  # magnitude images: Rician noise, never negative
     return (img * rng.uniform(50.0, 4000.0) + rng.uniform(0.0, 300.0)).astype(np.float32)
 
