@@ -139,8 +139,9 @@ def _organ(rng: np.random.Generator) -> list:
         d = rng.normal(size=3)
         d /= np.linalg.norm(d)
         on_surface = d / np.sqrt(np.sum((d / r) ** 2))
-        lobe_r = r * rng.uniform(0.3, 0.6, size=3)
-        prims.append(_ell(on_surface * rng.uniform(0.55, 0.85), lobe_r, _random_rotation(rng)))
+        # rounded lobes bulging from the surface (not spikes): nearly isotropic, half buried
+        lobe_r = float(np.mean(r)) * rng.uniform(0.3, 0.5) * rng.uniform(0.8, 1.2, size=3)
+        prims.append(_ell(on_surface * rng.uniform(0.6, 0.85), lobe_r, _random_rotation(rng)))
     if rng.random() < 0.5:  # a concave visceral face (spleen, liver)
         cut_r = r * np.array([rng.uniform(0.6, 0.9), rng.uniform(0.6, 0.9), 1.0])
         prims.append(_ell((0, 0, -r[2] - cut_r[2] * rng.uniform(0.6, 0.85)), cut_r, add=False))
@@ -167,7 +168,7 @@ def _kidney(rng: np.random.Generator) -> list:
 
 def _vessel(rng: np.random.Generator) -> list:
     pts = _smooth_path(rng, np.zeros(3), rng.normal(size=3), 100.0, wiggle=rng.uniform(0.3, 1.2))
-    r0 = 100.0 / rng.uniform(6.0, 30.0) / 2.0
+    r0 = 100.0 / rng.uniform(4.0, 20.0) / 2.0
     t = np.linspace(0, 1, len(pts))
     radii = r0 * (1.0 + 0.15 * np.sin(2 * np.pi * t * rng.uniform(0.5, 1.5) + rng.uniform(0, 6)))
     if rng.random() < 0.15:  # an aneurysm-like bulge
@@ -177,7 +178,7 @@ def _vessel(rng: np.random.Generator) -> list:
 
 def _branching(rng: np.random.Generator) -> list:
     trunk = _smooth_path(rng, np.zeros(3), rng.normal(size=3), 100.0, wiggle=rng.uniform(0.2, 0.8))
-    r0 = 100.0 / rng.uniform(8.0, 18.0) / 2.0
+    r0 = 100.0 / rng.uniform(5.0, 12.0) / 2.0
     t = np.linspace(0, 1, len(trunk))
     prims: list = [_Tube(trunk, r0 * (1.0 - 0.3 * t))]
     tang = np.gradient(trunk, axis=0)
