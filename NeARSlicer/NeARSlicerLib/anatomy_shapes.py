@@ -558,12 +558,15 @@ def _touches_border(mask: np.ndarray) -> bool:
 # --- domain summary (the prior card's "domain" entry) -------------------------------------------
 
 def elongation(mask: np.ndarray) -> float:
-    """sqrt(largest / smallest principal variance) of the voxel coordinates: 1 for a ball."""
+    """sqrt(largest / smallest principal variance) of the voxel positions: about 1 for a ball.
+
+    A voxel's own extent (variance 1/12 per axis) is added, so a one-voxel-thin sheet stays finite;
+    the same measure as the out-of-domain check's (``domain.shape_facts``) on an isotropic grid."""
     pts = np.argwhere(mask).astype(float)
     if len(pts) < 4:
         return 1.0
-    ev = np.linalg.eigvalsh(np.cov(pts.T))
-    return float(np.sqrt(ev[-1] / max(ev[0], 1e-6)))
+    ev = np.linalg.eigvalsh(np.cov(pts.T) + np.eye(3) / 12.0)
+    return float(np.sqrt(ev[-1] / max(ev[0], 1e-9)))
 
 
 def shape_topology(mask: np.ndarray) -> Dict[str, int]:
@@ -585,9 +588,10 @@ def shape_topology(mask: np.ndarray) -> Dict[str, int]:
 def domain_of(shapes: Sequence[AnatomyShape]) -> dict:
     """Training-domain summary for a prior card's ``"domain"`` entry (contract 3).
 
-    ``size_mm``, ``elongation``, ``holes`` and ``euler`` are ``[min, max]`` over ``shapes``;
-    ``size_mm_p`` and ``elongation_p`` the 1st-99th percentile range (robust to rare extremes);
-    ``classes`` the class names seen and ``n`` the number of shapes."""
+    In the out-of-domain check's format (``domain.measure_domain``): ``size_mm`` and ``elongation``
+    are the 0.5-99.5 percentile ranges, ``components`` the most connected components (26-connected)
+    of a shape, ``shapes`` the count and ``what`` a description; added: the full ``size_mm_range`` /
+    ``elongation_range``, ``holes`` and ``euler`` ``[min, max]`` (topology) and the ``classes`` seen."""
     if len(shapes) == 0:
         raise InputError("domain_of needs at least one shape")
     sizes = np.array([s.size_mm for s in shapes])
@@ -595,36 +599,45 @@ def domain_of(shapes: Sequence[AnatomyShape]) -> dict:
     topo = [shape_topology(s.mask) for s in shapes]
     holes = [t["holes"] for t in topo]
     euler = [t["euler"] for t in topo]
+    components = max(int(ndimage.label(s.mask, structure=np.ones((3, 3, 3)))[1]) for s in shapes)
+    classes = sorted({s.cls for s in shapes})
+
+    def pct(x: np.ndarray, digits: int) -> list:
+        return [round(float(v), digits) for v in np.percentile(x, [0.5, 99.5])]
 
     def span(x: np.ndarray, digits: int) -> list:
         return [round(float(np.min(x)), digits), round(float(np.max(x)), digits)]
 
     return {
-        "size_mm": span(sizes, 1),
-        "size_mm_p": [round(float(v), 1) for v in np.percentile(sizes, [1, 99])],
-        "elongation": span(elong, 2),
-        "elongation_p": [round(float(v), 2) for v in np.percentile(elong, [1, 99])],
+        "size_mm": pct(sizes, 1),
+        "elongation": pct(elong, 2),
+        "components": components,
+        "shapes": len(shapes),
+        "what": f"procedural anatomy shapes ({', '.join(classes)})",
+        "size_mm_range": span(sizes, 1),
+        "elongation_range": span(elong, 2),
         "holes": [int(min(holes)), int(max(holes))],
         "euler": [int(min(euler)), int(max(euler))],
-        "classes": sorted({s.cls for s in shapes}),
-        "n": len(shapes),
+        "classes": classes,
     }
 
 
 from .anatomy_context import synthetic_context  # noqa: E402  (re-exported: one import for callers)
 
 
-def anatomy_study_cases(seed: int, n: int, classes: Sequence[str] = HELD_OUT_CLASSES,
-                        grid: int = 64, extent_voxels: Tuple[int, int] = (32, 48)) -> List[dict]:
-    """A reproducible synthetic study: ``n`` clean shapes of ``classes`` with CT context.
+def anatomy_study_cases(seed: int, n: int, classes: Sequence[str] = HELD_OUT_CLASSES, grid: int = 64,
+                        extent_voxels: Tuple[int, int] = (32, 48), modality: str = "CT") -> List[dict]:
+    """A reproducible synthetic study: ``n`` clean shapes of ``classes`` (default: the held-out
+    ones, which no general prior trained on) each with an image around it.
 
     Each case is a dict with ``mask`` (bool ``[k, j, i]``), ``spacing_mm`` (isotropic), ``cls``,
-    ``size_mm`` and ``image`` (float32 HU). The same ``seed`` always gives the same cases."""
+    ``size_mm`` and ``image`` (float32: HU for ``"CT"``, arbitrary units for ``"MR"``). The same
+    ``seed`` always gives the same cases."""
     rng = np.random.default_rng(seed)
     cases = []
     for _ in range(int(n)):
         shape = random_anatomy(rng, classes, n=grid, extent_voxels=extent_voxels)
-        image = synthetic_context(shape.mask, shape.spacing_mm, rng, modality="CT")
+        image = synthetic_context(shape.mask, shape.spacing_mm, rng, modality=modality)
         cases.append({"mask": shape.mask, "spacing_mm": shape.spacing_mm, "cls": shape.cls,
                       "size_mm": shape.size_mm, "image": image})
     return cases

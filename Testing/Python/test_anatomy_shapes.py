@@ -162,10 +162,12 @@ def test_domain_summary_covers_its_shapes():
     shapes = [random_anatomy(rng, ["vessel", "vertebra"]) for _ in range(8)]
     d = domain_of(shapes)
     sizes = [s.size_mm for s in shapes]
-    assert d["size_mm"][0] <= min(sizes) + 0.05 and d["size_mm"][1] >= max(sizes) - 0.05
-    assert d["classes"] == sorted({s.cls for s in shapes}) and d["n"] == 8
-    assert d["elongation"][0] >= 1.0 and d["elongation"][0] <= d["elongation"][1]
-    assert d["classes"] == ["vertebra", "vessel"] and d["holes"] == [0, 1]  # tubes none, the canal one
+    assert d["size_mm_range"] == [round(min(sizes), 1), round(max(sizes), 1)]
+    assert d["size_mm_range"][0] <= d["size_mm"][0] <= d["size_mm"][1] <= d["size_mm_range"][1]
+    assert d["classes"] == ["vertebra", "vessel"] and d["shapes"] == 8 and d["components"] == 1
+    assert "vertebra" in d["what"]
+    assert 1.0 <= d["elongation"][0] <= d["elongation"][1]
+    assert d["holes"] == [0, 1]  # tubes have none, a vertebra its canal
     with pytest.raises(InputError):
         domain_of([])
 
@@ -179,6 +181,11 @@ def test_topology_of_known_solids():
     torus = (np.sqrt(k * k + j * j) - 12) ** 2 + i * i <= 16
     assert shape_topology(torus)["holes"] == 1
     assert elongation(ball) == pytest.approx(1.0, abs=0.05)
+
+
+def test_study_cases_in_mr():
+    cases = anatomy_study_cases(seed=2, n=2, classes=["organ"], modality="MR")
+    assert all(c["cls"] == "organ" and c["image"].min() >= 0.0 for c in cases)
 
 
 def test_study_cases_are_held_out_reproducible_and_have_ct():
