@@ -520,7 +520,7 @@ def random_anatomy(rng: np.random.Generator, classes: Optional[Sequence[str]] = 
     """One random shape of a class drawn uniformly from ``classes`` (default: all ``CLASSES``).
 
     The mask is ``(n, n, n)`` bool ``[k, j, i]``, one connected component (6-connectivity), randomly
-    oriented, centred and at least ``(n - extent)/2 - 1`` voxels from the border; its longest
+    oriented, centred (its design's bounding box) and never touching the border; its longest
     bounding-box side spans ``extent_voxels[0]..extent_voxels[1]`` voxels and ``spacing_mm`` makes
     that side a random physical size in the class's ``SIZE_RANGE_MM`` (log-uniform).
     """
