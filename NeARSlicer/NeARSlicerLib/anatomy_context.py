@@ -10,14 +10,15 @@ permuted, a smooth bias field and a random global scale and offset. Arrays are `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import InputError
 
-__all__ = ["synthetic_context", "TISSUES", "CT_HU_RANGES"]
+__all__ = ["synthetic_context", "typical_tissue", "TISSUES", "STRUCTURE_TISSUES", "CT_HU_RANGES",
+           "CLASS_TISSUE_WEIGHTS"]
 
 TISSUES = ("fat", "soft", "enhanced", "bone", "air")
 # HU ranges drawn from, per tissue (bone: cancellous interior; its cortex is brighter, up to 1200).
@@ -26,6 +27,21 @@ CT_HU_RANGES: Dict[str, tuple] = {
     "bone": (300.0, 450.0), "air": (-1000.0, -900.0),
 }
 _CORTEX_HU = (500.0, 1200.0)
+STRUCTURE_TISSUES = ("soft", "enhanced", "bone")
+# What each anatomy class usually is on a CT (weights of STRUCTURE_TISSUES): a vertebra is bone, a
+# vessel mostly contrast-filled, a node or a bowel loop mostly soft tissue.
+CLASS_TISSUE_WEIGHTS: Dict[str, Tuple[float, float, float]] = {
+    "organ": (0.5, 0.5, 0.0), "kidney": (0.4, 0.6, 0.0), "vessel": (0.35, 0.65, 0.0),
+    "branching": (0.35, 0.65, 0.0), "bowel": (0.7, 0.3, 0.0), "plate": (0.75, 0.05, 0.2),
+    "shell": (0.7, 0.3, 0.0), "vertebra": (0.05, 0.0, 0.95), "gland": (0.6, 0.4, 0.0), "node": (0.8, 0.2, 0.0),
+}
+
+
+def typical_tissue(cls: str, rng: np.random.Generator) -> str:
+    """A CT tissue for a structure of anatomy class ``cls``, drawn from ``CLASS_TISSUE_WEIGHTS``."""
+    if cls not in CLASS_TISSUE_WEIGHTS:
+        raise InputError(f"unknown anatomy class {cls!r}")
+    return str(rng.choice(STRUCTURE_TISSUES, p=CLASS_TISSUE_WEIGHTS[cls]))
 
 
 @dataclass
@@ -64,12 +80,13 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))[None, :]
 
 
-def _layout(mask: np.ndarray, rng: np.random.Generator) -> _Layout:
+def _layout(mask: np.ndarray, rng: np.random.Generator, tissue: Optional[str] = None) -> _Layout:
     """The structure, a background and 1-3 neighbours (touching it with probability ~0.6 each)."""
     regions = np.zeros(mask.shape, dtype=np.int8)
     regions[mask] = 1
     background = "soft" if rng.random() < 0.2 else "fat"
-    structure = str(rng.choice(["soft", "enhanced", "bone"], p=[0.45, 0.38, 0.17]))
+    drawn = str(rng.choice(["soft", "enhanced", "bone"], p=[0.45, 0.38, 0.17]))  # drawn either way: same stream
+    structure = tissue or drawn
     layout = _Layout(regions, [background, structure])
     surf = _surface_points(mask)
     centroid = np.argwhere(mask).mean(axis=0)
@@ -173,13 +190,15 @@ def _mr(layout: _Layout, rng: np.random.Generator, spacing_mm: float) -> np.ndar
 
 
 def synthetic_context(mask: np.ndarray, spacing_mm: float, rng: np.random.Generator,
-                      modality: str = "CT") -> np.ndarray:
+                      modality: str = "CT", tissue: Optional[str] = None) -> np.ndarray:
     """An image (float32, same shape as ``mask``) with the structure ``mask`` in plausible context.
 
     ``"CT"``: HU; the structure is soft tissue (20..70), contrast-enhanced (100..250) or bone
     (300..450 with a 500..1200 cortex), in fat (-120..-60) or soft tissue, with 1-3 neighbours of
     any of these tissues (often touching it), sometimes gas (-1000..-900), partial-volume blur and
-    5-30 HU noise. ``"MR"``: arbitrary positive units, same layout, contrasts permuted."""
+    5-30 HU noise. ``"MR"``: arbitrary positive units, same layout, contrasts permuted.
+    ``tissue`` ("soft", "enhanced" or "bone") fixes the structure's tissue (e.g. ``typical_tissue``
+    of its class); None draws it."""
     m = np.asarray(mask).astype(bool)
     if m.ndim != 3:
         raise InputError(f"expected a 3D mask, got {m.ndim} dimensions")
@@ -191,5 +210,7 @@ def synthetic_context(mask: np.ndarray, spacing_mm: float, rng: np.random.Genera
     kind = str(modality).upper()
     if kind not in ("CT", "MR"):
         raise InputError(f"modality must be 'CT' or 'MR', got {modality!r}")
-    layout = _layout(m, rng)
+    if tissue is not None and tissue not in STRUCTURE_TISSUES:
+        raise InputError(f"tissue must be one of {', '.join(STRUCTURE_TISSUES)}, got {tissue!r}")
+    layout = _layout(m, rng, tissue)
     return _ct(layout, rng, spacing) if kind == "CT" else _mr(layout, rng, spacing)

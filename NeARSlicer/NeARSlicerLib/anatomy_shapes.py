@@ -16,11 +16,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .anatomy_context import synthetic_context, typical_tissue  # re-exported: one import for callers
 from .errors import InputError
 from .phantom import _random_rotation
 
 __all__ = ["CLASSES", "HELD_OUT_CLASSES", "SIZE_RANGE_MM", "AnatomyShape", "random_anatomy",
-           "synthetic_context", "domain_of", "shape_topology", "elongation", "anatomy_study_cases"]
+           "synthetic_context", "typical_tissue", "domain_of", "shape_topology", "elongation", "anatomy_study_cases"]
 
 # Longest bounding-box side (mm) of each class: plausible adult ranges.
 SIZE_RANGE_MM: Dict[str, Tuple[float, float]] = {
@@ -622,22 +623,21 @@ def domain_of(shapes: Sequence[AnatomyShape]) -> dict:
     }
 
 
-from .anatomy_context import synthetic_context  # noqa: E402  (re-exported: one import for callers)
-
-
 def anatomy_study_cases(seed: int, n: int, classes: Sequence[str] = HELD_OUT_CLASSES, grid: int = 64,
                         extent_voxels: Tuple[int, int] = (32, 48), modality: str = "CT") -> List[dict]:
     """A reproducible synthetic study: ``n`` clean shapes of ``classes`` (default: the held-out
     ones, which no general prior trained on) each with an image around it.
 
     Each case is a dict with ``mask`` (bool ``[k, j, i]``), ``spacing_mm`` (isotropic), ``cls``,
-    ``size_mm`` and ``image`` (float32: HU for ``"CT"``, arbitrary units for ``"MR"``). The same
+    ``size_mm`` and ``image`` (float32: HU for ``"CT"``, arbitrary units for ``"MR"``; the structure's
+    tissue typical of its class, ``typical_tissue``). The same
     ``seed`` always gives the same cases."""
     rng = np.random.default_rng(seed)
     cases = []
     for _ in range(int(n)):
         shape = random_anatomy(rng, classes, n=grid, extent_voxels=extent_voxels)
-        image = synthetic_context(shape.mask, shape.spacing_mm, rng, modality=modality)
+        image = synthetic_context(shape.mask, shape.spacing_mm, rng, modality=modality,
+                                  tissue=typical_tissue(shape.cls, rng))
         cases.append({"mask": shape.mask, "spacing_mm": shape.spacing_mm, "cls": shape.cls,
                       "size_mm": shape.size_mm, "image": image})
     return cases

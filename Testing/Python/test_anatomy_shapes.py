@@ -134,6 +134,25 @@ def test_ct_context_has_a_neighbour_touching_the_structure_sometimes():
     assert 3 <= touching <= 12
 
 
+def test_class_tissues_cover_every_class_and_a_vertebra_is_bone():
+    from NeARSlicerLib.anatomy_context import CLASS_TISSUE_WEIGHTS, typical_tissue
+
+    assert set(CLASS_TISSUE_WEIGHTS) == set(CLASSES)
+    assert all(abs(sum(w) - 1.0) < 1e-9 for w in CLASS_TISSUE_WEIGHTS.values())
+    rng = np.random.default_rng(21)
+    bone = 0
+    for _ in range(6):
+        s = random_anatomy(rng, ["vertebra"])
+        img = synthetic_context(s.mask, s.spacing_mm, rng, tissue=typical_tissue("vertebra", rng))
+        bone += np.median(img[s.mask]) > 270.0
+    assert bone >= 4
+    s = random_anatomy(rng, ["node"])
+    forced = synthetic_context(s.mask, s.spacing_mm, rng, tissue="enhanced")
+    assert 85.0 < np.median(forced[_interior(s.mask)]) < 270.0
+    with pytest.raises(InputError, match="tissue"):
+        synthetic_context(s.mask, s.spacing_mm, rng, tissue="liver")
+
+
 def test_mr_context_is_not_hu_and_varies_in_scale():
     rng = np.random.default_rng(12)
     medians = []
