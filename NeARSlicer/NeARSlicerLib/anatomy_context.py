@@ -149,7 +149,8 @@ def _psf_sigma(rng: np.random.Generator, spacing_mm: float) -> float:
 def _ct(layout: _Layout, rng: np.random.Generator, spacing_mm: float) -> np.ndarray:
     values = {t: rng.uniform(*CT_HU_RANGES[t]) for t in TISSUES}
     amp = {"fat": 10.0, "soft": 6.0, "enhanced": 10.0, "bone": 40.0, "air": 15.0}
-    img = _fill(layout, values, jitter=8.0, texture_amp=amp, rng=rng,
+    # regions of one tissue differ by ~12 HU (liver vs muscle): a same-tissue neighbour is low-contrast, not invisible
+    img = _fill(layout, values, jitter=12.0, texture_amp=amp, rng=rng,
                 bone_rim=rng.uniform(*_CORTEX_HU), spacing_mm=spacing_mm)
     img = ndimage.gaussian_filter(img, sigma=_psf_sigma(rng, spacing_mm))
     noise = rng.standard_normal(size=img.shape, dtype=np.float32)
