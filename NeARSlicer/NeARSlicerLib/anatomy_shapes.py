@@ -20,7 +20,7 @@ from .anatomy_context import synthetic_context, typical_tissue  # re-exported: o
 from .errors import InputError
 from .phantom import _random_rotation
 
-__all__ = ["CLASSES", "HELD_OUT_CLASSES", "SIZE_RANGE_MM", "AnatomyShape", "random_anatomy",
+__all__ = ["CLASSES", "HELD_OUT_CLASSES", "SIZE_RANGE_MM", "EXPECTED_HOLES", "AnatomyShape", "random_anatomy",
            "synthetic_context", "typical_tissue", "domain_of", "shape_topology", "elongation", "anatomy_study_cases"]
 
 # Longest bounding-box side (mm) of each class: plausible adult ranges.
@@ -40,6 +40,13 @@ CLASSES: Tuple[str, ...] = tuple(SIZE_RANGE_MM)
 # Kept out of training for the held-out benchmark: one tube-like, one compact. Neither is among the
 # real example CT's benchmark structures, so holding them out costs the real-CT benchmark nothing.
 HELD_OUT_CLASSES: Tuple[str, ...] = ("branching", "node")
+# Through-holes of each class (a vertebra's canal); a shape that rasterised otherwise (a pinhole in
+# an oblique sheet) is drawn again. Tubes that touch themselves (bowel, vessel trees) form loops
+# naturally, so any number is allowed there. No class has cavities.
+EXPECTED_HOLES: Dict[str, Optional[int]] = {
+    "organ": 0, "kidney": 0, "vessel": 0, "branching": None, "bowel": None, "plate": 0, "shell": 0,
+    "vertebra": 1, "gland": 0, "node": 0,
+}
 
 
 @dataclass
@@ -546,9 +553,16 @@ def random_anatomy(rng: np.random.Generator, classes: Optional[Sequence[str]] = 
                 break
             ext = _extent(mask)
             if lo_e <= ext <= hi_e and not _touches_border(mask):
+                if not _topology_ok(cls, mask):
+                    break  # a new design and orientation
                 return AnatomyShape(mask, size_mm / ext, cls, size_mm)
             scale *= target / ext
     raise RuntimeError(f"could not generate a {cls!r} shape within {extent_voxels} voxels")  # pragma: no cover
+
+
+def _topology_ok(cls: str, mask: np.ndarray) -> bool:
+    topo = shape_topology(mask)
+    return topo["cavities"] == 0 and EXPECTED_HOLES[cls] in (None, topo["holes"])
 
 
 def _touches_border(mask: np.ndarray) -> bool:
