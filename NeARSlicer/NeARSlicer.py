@@ -27,6 +27,7 @@ from NeARSlicerLogic import (
     installDependencies,
     missingRequirements,
 )
+from NeARSlicerLogic.priorchoice import describePrior, priorFromChoice
 from NeARSlicerLogic.review_queue import ReviewQueue
 
 __all__ = ["NeARSlicer", "NeARSlicerWidget", "NeARSlicerLogic", "NeARSlicerTest", "NeARSlicerParameterNode"]
@@ -72,7 +73,7 @@ class NeARSlicerParameterNode:
     """Everything the user chose in the module panel (saved with the scene).
 
     inputVolume, inputSegmentation: what to refine (the segment id is kept in ``segmentId``).
-    preset, useAppearance, priorPath, device, seed: engine options.
+    preset, useAppearance, priorChoice (+ priorPath for "file"), device, seed: engine options.
     probabilityVolume, changeSegments: extra review outputs.
     refinedSegmentId: the last result, for Compare / Accept / Save report.
     """
@@ -82,7 +83,9 @@ class NeARSlicerParameterNode:
     segmentId: str = ""
     preset: Annotated[str, Choice(["fast", "default", "quality"])] = "default"
     useAppearance: bool = True
-    priorPath: pathlib.Path = pathlib.Path()
+    # auto: the adrenal prior for a segment named (or with terminology) adrenal gland, else the general one
+    priorChoice: Annotated[str, Choice(["auto", "adrenal", "general", "file"])] = "auto"
+    priorPath: pathlib.Path = pathlib.Path()  # used when priorChoice is "file"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     seed: Annotated[int, WithinRange(0, 999999)] = 0
     probabilityVolume: bool = False
@@ -228,6 +231,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segment = parameters.inputSegmentation.GetSegmentation().GetSegment(parameters.refinedSegmentId)
             accepted = segment.HasTag("NeARSlicer.Accepted")
         self.ui.acceptButton.enabled = hasResult and not accepted
+        self.ui.priorPathLineEdit.enabled = bool(parameters and parameters.priorChoice == "file")
 
     # ------------------------------------------------------------------ refine / cancel
     def _ensureDependencies(self) -> bool:
@@ -245,7 +249,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay("NeAR refinement could not start.", waitCursor=True):
-            prior = str(parameters.priorPath) if str(parameters.priorPath) not in ("", ".") else None
+            prior = priorFromChoice(parameters.priorChoice, str(parameters.priorPath))
             job = self.logic.prepareRefinement(
                 parameters.inputVolume, parameters.inputSegmentation, parameters.segmentId,
                 prior=prior, appearance=parameters.useAppearance, preset=parameters.preset,
@@ -301,6 +305,9 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             newSegmentId = self.logic.applyRefinement(run.job)
             self._parameterNode.refinedSegmentId = newSegmentId
             text = formatStats(run.job.stats)
+            usedPrior = describePrior(getattr(run.job.result, "info", None))
+            if usedPrior:
+                text += f"\n{usedPrior}"
             for warning in run.job.stats.get("warnings", []):
                 text += f"\nNote: {warning}"
             self.ui.statusLabel.text = text

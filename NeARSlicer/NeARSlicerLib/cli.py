@@ -40,11 +40,27 @@ def default_alan() -> str:
     return str(s / ALAN_REL) if s else str(Path("../shared") / ALAN_REL)
 
 
-def _options(args):
+def _options(args, structure: Optional[str] = None):
     from .refine import RefineOptions
 
     return RefineOptions(prior=args.prior, preset=args.preset, device=args.device, seed=args.seed,
-                         appearance=not getattr(args, "shape_only", False))
+                         appearance=not getattr(args, "shape_only", False), structure=structure)
+
+
+def structure_of(mask_path: str, given: Optional[str], info: dict) -> Optional[str]:
+    """What the mask is, for ``--prior auto``: ``--structure``, else the .seg.nrrd segment's name,
+    else the name of a single-structure mask file (TotalSegmentator writes adrenal_gland_left.nii.gz)."""
+    if given:
+        return given
+    if info.get("segment"):
+        return str(info["segment"])
+    if len(info.get("labels") or []) <= 1:
+        name = Path(mask_path).name
+        for ext in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+            if name.lower().endswith(ext):
+                return name[: -len(ext)]
+        return Path(name).stem
+    return None
 
 
 def cmd_refine(args) -> int:
@@ -57,7 +73,8 @@ def cmd_refine(args) -> int:
     # every output is checked (not an input, new or --overwrite, folder writable) before computing
     check_outputs([args.out, args.probability, args.report], [args.mask, args.image, args.prior],
                   overwrite=args.overwrite)
-    mask, grid, _ = read_mask(args.mask, label=args.label)
+    mask, grid, mask_info = read_mask(args.mask, label=args.label)
+    structure = structure_of(args.mask, args.structure, mask_info)
     image = None
     if args.image:
         image, igrid = read_image(args.image)
@@ -66,7 +83,7 @@ def cmd_refine(args) -> int:
 
             raise InputError(f"image {args.image} and mask {args.mask} are on different grids "
                              f"(shape {igrid.shape} vs {grid.shape}, spacing {igrid.spacing} vs {grid.spacing})")
-    res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, _options(args), progress=cb))
+    res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, _options(args, structure), progress=cb))
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
     score = dice(mask, res.mask)
@@ -82,7 +99,8 @@ def cmd_refine(args) -> int:
                             metrics={"Dice(input, refined)": score})
     print(f"refined {Path(args.mask).name}: {int(mask.sum())} -> {int(res.mask.sum())} voxels "
           f"(+{int(res.added.sum())} / -{int(res.removed.sum())}), Dice(input, refined) "
-          f"{score:.3f}, {res.seconds:.1f} s on {res.info['device']}; wrote {args.out}")
+          f"{score:.3f}, {res.seconds:.1f} s on {res.info['device']}, prior "
+          f"{res.info.get('prior_name') or res.info.get('prior')}; wrote {args.out}")
     return 0
 
 
@@ -264,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, seed=0):
-        sp.add_argument("--prior", help="name (adrenal) or .safetensors path (default: adrenal; S+A with an image)")
+        sp.add_argument("--prior", help="auto (default: adrenal for an adrenal gland, else the general anatomy "
+                        "prior), adrenal, anatomy (-s / -sa to force shape-only / shape + appearance) or a "
+                        ".safetensors path; S+A with an image")
         sp.add_argument("--preset", default="default", choices=["fast", "default", "quality"])
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--seed", type=int, default=seed)
@@ -280,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shape-only", action="store_true",
                    help="do not use --image's intensities: shape-only refinement")
     r.add_argument("--overwrite", action="store_true", help="replace outputs that exist (never an input)")
+    r.add_argument("--structure", help="what the mask is (e.g. 'left adrenal gland', 'spleen'), for --prior auto; "
+                   "default: the .seg.nrrd segment's name or the mask file's name")
     common(r)
     r.set_defaults(func=cmd_refine)
 

@@ -3,6 +3,8 @@ training facts in its metadata (and in a human-readable JSON card beside it)."""
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,6 +20,9 @@ from .output_safety import atomic_write
 PRIOR_DIR = Path(__file__).resolve().parent / "priors"
 DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v1.safetensors"  # shape-only (S)
 DEFAULT_SA_PRIOR = PRIOR_DIR / "adrenal_sa_v1.safetensors"  # shape + appearance (S+A)
+# the general prior, trained on procedurally generated anatomy (``anatomy_shapes``); shipped separately
+ANATOMY_PRIOR = PRIOR_DIR / "anatomy_v1.safetensors"
+ANATOMY_SA_PRIOR = PRIOR_DIR / "anatomy_sa_v1.safetensors"
 FORMAT = "nearslicer-prior-1"
 
 
@@ -31,28 +36,80 @@ class PriorPair:
 
 # name -> files. Each name NAME is addressable as NAME (S+A with an image when installed, else S),
 # NAME-s and NAME-sa; a new anatomy is one more entry here.
-PRIORS: dict[str, PriorPair] = {"adrenal": PriorPair(DEFAULT_PRIOR, DEFAULT_SA_PRIOR)}
-DEFAULT_NAME = "adrenal"
+PRIORS: dict[str, PriorPair] = {
+    "adrenal": PriorPair(DEFAULT_PRIOR, DEFAULT_SA_PRIOR),
+    "anatomy": PriorPair(ANATOMY_PRIOR, ANATOMY_SA_PRIOR),
+}
+AUTO = "auto"  # the default: chosen from the structure's name (``choose_prior``)
+DEFAULT_NAME = AUTO
+ADRENAL_NAME, GENERAL_NAME = "adrenal", "anatomy"
+
+# What names an adrenal gland: English, TotalSegmentator (adrenal_gland_left), Latin, German,
+# French, Spanish, and the SNOMED CT code of "Adrenal gland" in Slicer terminology strings. Not a
+# bare "suprarenal": the suprarenal aorta is no gland.
+_ADRENAL_WORDS = ("adrenal", "suprarenal gland", "glandula suprarenalis", "glandula suprarrenal", "nebenniere",
+                  "surrenale", "23451007")
+# ... unless it names a lesion of it: an adrenal adenoma is a round nodule, not a gland's Y shape.
+_LESION_WORDS = ("tumor", "tumour", "mass", "lesion", "nodule", "adenoma", "metasta", "carcinoma", "cyst",
+                 "pheochromocytoma", "incidentaloma")
+
+
+def is_adrenal_structure(structure: Optional[str]) -> bool:
+    """Whether a segment name / terminology text / label name names an adrenal gland (not a lesion)."""
+    if not structure:
+        return False
+    plain = unicodedata.normalize("NFKD", str(structure)).encode("ascii", "ignore").decode()  # é -> e
+    text = re.sub(r"[\s_\-]+", " ", plain.lower())
+    return any(w in text for w in _ADRENAL_WORDS) and not any(w in text for w in _LESION_WORDS)
 
 
 def prior_names() -> list[str]:
     """Every name ``resolve_prior`` accepts."""
-    names = []
+    names = [AUTO]
     for name, pair in PRIORS.items():
         names += [name, f"{name}-s"] + ([f"{name}-sa"] if pair.appearance is not None else [])
     return names
 
 
-def resolve_prior_named(name_or_path: str | Path | None, with_image: bool) -> tuple[Optional[str], Path]:
-    """(registry name or None for a file, prior file) for a name, a path or None (the default pair).
+def _installed(pair: PriorPair, with_image: bool) -> bool:
+    """Whether ``resolve_prior_named`` can serve this pair's plain name."""
+    return pair.shape.is_file() or (with_image and pair.appearance is not None and pair.appearance.is_file())
 
-    A pair name gives its S+A prior when ``with_image`` and that file is installed, else its S
-    prior; NAME-s / NAME-sa force one. Names are looked up before paths (write ``./adrenal`` for a
-    file of that name). Raises PriorError for an unknown name, a missing file or a forced prior
-    that is not installed."""
-    if name_or_path is None or str(name_or_path).strip() == "":
-        name_or_path = DEFAULT_NAME
-    text = str(name_or_path).strip()
+
+def choose_prior(name: Optional[str], structure: Optional[str], with_image: bool) -> tuple[Optional[str], Path, str]:
+    """(registry name or None for a file, prior file, note) for a prior name, path or ``auto``.
+
+    ``auto`` (also None or ""): the adrenal pair when ``structure`` (a segment name, Slicer
+    terminology text or label name) names an adrenal gland, else the general ``anatomy`` pair; while
+    no anatomy prior is installed, the adrenal pair with a ``note`` saying so. Any other name or
+    path is resolved as given (``resolve_prior_named``), with an empty note. Raises PriorError."""
+    key = "" if name is None else str(name).strip()
+    if key.lower() not in ("", AUTO):
+        got_name, path = _resolve_given(key, with_image)
+        return got_name, path, ""
+    if is_adrenal_structure(structure):
+        return (*_resolve_given(ADRENAL_NAME, with_image), "")
+    general = PRIORS[GENERAL_NAME]
+    if _installed(general, with_image):
+        return (*_resolve_given(GENERAL_NAME, with_image), "")
+    what = f"'{structure}' is not named as an adrenal gland" if structure else "the structure is not named"
+    note = (f"{what} and no general anatomy prior is installed (missing {general.shape}): the adrenal "
+            "prior was used, which knows adrenal-gland shapes only")
+    return (*_resolve_given(ADRENAL_NAME, with_image), note)
+
+
+def resolve_prior_named(name_or_path: str | Path | None, with_image: bool,
+                        structure: Optional[str] = None) -> tuple[Optional[str], Path]:
+    """(registry name or None for a file, prior file) for a name, a path or None / ``auto``.
+
+    None / ``auto`` choose from ``structure`` (``choose_prior``). A pair name gives its S+A prior
+    when ``with_image`` and that file is installed, else its S prior; NAME-s / NAME-sa force one.
+    Names are looked up before paths (write ``./adrenal`` for a file of that name). Raises
+    PriorError for an unknown name, a missing file or a forced prior that is not installed."""
+    return choose_prior(None if name_or_path is None else str(name_or_path), structure, with_image)[:2]
+
+
+def _resolve_given(text: str, with_image: bool) -> tuple[Optional[str], Path]:
     key = text.lower()
     base, variant = key, None
     for suffix in ("-sa", "-s"):
@@ -79,13 +136,14 @@ def resolve_prior_named(name_or_path: str | Path | None, with_image: bool) -> tu
     raise PriorError(f"unknown prior {text!r}: use one of {', '.join(prior_names())} or a .safetensors path")
 
 
-def resolve_prior(name_or_path: str | Path | None, with_image: bool) -> Path:
-    """The prior file for a name (see ``prior_names``), a path, or None (the default adrenal pair)."""
-    return resolve_prior_named(name_or_path, with_image)[1]
+def resolve_prior(name_or_path: str | Path | None, with_image: bool, structure: Optional[str] = None) -> Path:
+    """The prior file for a name (see ``prior_names``), a path, or None (``auto``)."""
+    return resolve_prior_named(name_or_path, with_image, structure)[1]
 
 
 def default_prior(with_image: bool) -> Path:
-    """The shipped prior to use: S+A when an image is used (and that prior is installed), else S."""
+    """The prior ``auto`` gives for an unnamed structure: S+A when an image is used (and that prior
+    is installed), else S."""
     return resolve_prior(None, with_image)
 
 
@@ -111,7 +169,7 @@ def save_prior(path: str | Path, model: NeARModel, meta: dict | None = None,
 
 def load_prior(path: str | Path | None = None, device: torch.device | str = "cpu",
                with_image: bool = False) -> tuple[NeARModel, dict]:
-    """Load a prior by path or name (``None``: the shipped adrenal prior; S+A only when
+    """Load a prior by path or name (``None``: ``auto`` for an unnamed structure; S+A only when
     ``with_image``, see ``resolve_prior``). Raises PriorError with the reason."""
     path = resolve_prior(path, with_image)
     if not path.is_file():

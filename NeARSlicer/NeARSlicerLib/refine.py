@@ -26,7 +26,7 @@ from .errors import Cancelled, InputError, NeARError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
 from .model import NeARModel, window_hu
-from .prior import load_prior, resolve_prior, resolve_prior_named
+from .prior import choose_prior, load_prior, resolve_prior
 
 @dataclass(frozen=True)
 class Preset:
@@ -52,8 +52,8 @@ Progress = Callable[[float, str], None]
 class RefineOptions:
     """User-facing knobs of one refinement."""
 
-    # a prior name (``prior.prior_names()``: "adrenal", "adrenal-s", "adrenal-sa") or a .safetensors
-    # path; None = "adrenal": its S+A prior when an image is given (and ``appearance``), else S
+    # a prior name (``prior.prior_names()``: "auto", "adrenal", "anatomy", "adrenal-s", "anatomy-sa"...) or a
+    # .safetensors path; None = "auto" (from ``structure``): S+A when an image is given (and ``appearance``), else S
     prior: Optional[str] = None
     appearance: bool = True  # use the image, if one is given and the prior was trained with it
     preset: str = "default"  # fast | default | quality
@@ -64,6 +64,7 @@ class RefineOptions:
     min_island_mm3: float = 10.0  # refined islands smaller than this are dropped (never the largest); 0: keep all
     steps: Optional[int] = None  # overrides the preset's latent steps
     latent_reg: Optional[float] = None  # overrides the preset's lambda
+    structure: Optional[str] = None  # what the mask is (segment name / terminology): picks the ``auto`` prior
 
 
 @dataclass
@@ -226,9 +227,10 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     check_inputs(np.asarray(mask), grid, image)
     cfg, n_flips = fit_config(opts)
     device = pick_device(opts.device)
-    prior_name, prior_path = resolve_prior_named(opts.prior, with_image=image is not None and opts.appearance)
+    prior_name, prior_path, prior_note = choose_prior(opts.prior, opts.structure,
+                                                      with_image=image is not None and opts.appearance)
     model, meta = PRIOR_CACHE.get(prior_path, device)
-    notes: list[str] = []
+    notes: list[str] = [prior_note] if prior_note else []
 
     report(0.0, "cropping and resampling to the working grid")
     fov = float(meta.get("fov_mm", 64.0))

@@ -20,6 +20,7 @@ from NeARSlicerLib.errors import InputError
 from . import grids
 from .common import CONTEXT_MM, PRESETS
 from .job import RefinementJob
+from .priorchoice import segmentStructure
 
 GEOMETRIES = ("auto", "volume", "segmentation")
 
@@ -185,7 +186,8 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
             image = np.array(voxels, dtype=np.float32, copy=True)
 
     options = {"prior": prior or None, "appearance": bool(appearance), "preset": preset,
-               "device": device or "auto", "seed": int(seed)}
+               "device": device or "auto", "seed": int(seed),
+               "structure": segmentStructure(segmentationNode, segmentId) or None}  # for the auto prior
     if marginMm is not None:
         options["margin_mm"] = float(marginMm)
     if spacingMm is not None:

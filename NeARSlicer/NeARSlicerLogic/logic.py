@@ -92,7 +92,9 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
         :param segmentationNode: the segmentation; the result ``"<name> (NeAR)"`` is added to it,
           blue, and the original is shown red. The original segment and the volume are never changed.
         :param segmentId: id of the segment to refine.
-        :param prior: path of a prior (``.safetensors``); None for the shipped adrenal prior.
+        :param prior: a prior name (``"auto"``, ``"adrenal"``, ``"anatomy"``; ``-s`` / ``-sa`` to force
+          shape-only / shape + image) or a ``.safetensors`` path; None is ``"auto"``: the adrenal prior
+          when the segment's name or terminology names an adrenal gland, else the general one.
         :param appearance: use the volume's intensities (when the prior supports it).
         :param preset: ``"fast"``, ``"default"`` or ``"quality"``.
         :param device: ``"auto"``, ``"cpu"`` or ``"cuda"``.

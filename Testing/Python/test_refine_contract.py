@@ -40,9 +40,10 @@ def _tiny_prior(path, seed):
 # ------------------------------------------------------------------------------------- names
 def test_prior_names_resolve_to_the_shipped_pair(tmp_path):
     assert DEFAULT_SA_PRIOR.is_file(), "the S+A prior is shipped"
-    assert prior_names() == ["adrenal", "adrenal-s", "adrenal-sa"]
-    assert resolve_prior(None, with_image=False) == DEFAULT_PRIOR
-    assert resolve_prior(None, with_image=True) == DEFAULT_SA_PRIOR
+    assert prior_names()[:4] == ["auto", "adrenal", "adrenal-s", "adrenal-sa"]
+    # the default (auto) for an adrenal gland; other structures: test_prior_choice
+    assert resolve_prior(None, with_image=False, structure="left adrenal gland") == DEFAULT_PRIOR
+    assert resolve_prior(None, with_image=True, structure="adrenal_gland_right") == DEFAULT_SA_PRIOR
     assert resolve_prior_named("adrenal", with_image=True) == ("adrenal-sa", DEFAULT_SA_PRIOR)
     assert resolve_prior_named("Adrenal", with_image=False) == ("adrenal-s", DEFAULT_PRIOR)
     assert resolve_prior("adrenal-s", with_image=True) == DEFAULT_PRIOR  # forced S despite the image
@@ -52,7 +53,7 @@ def test_prior_names_resolve_to_the_shipped_pair(tmp_path):
 
 
 def test_prior_name_errors(tmp_path, monkeypatch):
-    with pytest.raises(PriorError, match=r"unknown prior 'liver': use one of adrenal, adrenal-s, adrenal-sa"):
+    with pytest.raises(PriorError, match=r"unknown prior 'liver': use one of auto, adrenal, adrenal-s, adrenal-sa"):
         resolve_prior("liver", with_image=False)
     with pytest.raises(PriorError, match="prior file not found"):
         resolve_prior(str(tmp_path / "gone.safetensors"), with_image=False)
