@@ -310,7 +310,8 @@ class SummaryWriter:
     """A CSV that gets one row per finished case, so an interrupted batch keeps the rows it made.
 
     * A new file is created at the first row (header + row).
-    * An existing file with the same columns is appended to: earlier rows are kept.
+    * An existing file with the same columns is appended to: earlier rows are kept. Columns that
+      others added after ours (a reviewer's ``review`` column) are kept, empty in new rows.
     * An existing file with other columns is refused (:class:`OutputError`) unless ``overwrite``.
     * ``overwrite=True``: the old file stays untouched until the first row, which replaces it.
 
@@ -329,7 +330,7 @@ class SummaryWriter:
         self._existing: Optional[List[str]] = None  # header of the file we append to
         if not overwrite and self.path.exists():
             header = self._read_header()
-            if header is not None and header != self.fieldnames:
+            if header is not None and header[: len(self.fieldnames)] != self.fieldnames:
                 raise OutputError(f"summary {self.path} has the columns {header}, not {self.fieldnames}; "
                                   "pass --overwrite to replace it or choose another file")
             self._existing = header
@@ -354,15 +355,19 @@ class SummaryWriter:
         if extra:
             raise ValueError(f"summary row has unknown columns {extra} (columns: {self.fieldnames})")
         buf = _io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.fieldnames, lineterminator="\n")
         old = b""
+        columns = self.fieldnames
         if not self._replace and self.path.exists():
             old = self.path.read_bytes()
             if old and not old.endswith(b"\n"):
                 old += b"\n"
+            header = self._read_header() if old.strip() else None
+            if header and header[: len(columns)] == columns:
+                columns = header  # keep the columns added after ours (e.g. review decisions)
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         if not old.strip():
             old = b""
             w.writeheader()
-        w.writerow({k: row.get(k, "") for k in self.fieldnames})
+        w.writerow({k: row.get(k, "") for k in columns})
         atomic_write_bytes(self.path, old + buf.getvalue().encode("utf-8"))
         self._replace = False

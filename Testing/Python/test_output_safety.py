@@ -258,3 +258,13 @@ def test_unwritable_folder_refused_even_as_root(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=rf"cannot write to output folder {tmp_path} \(Permission denied\)"):
         atomic_write_text(tmp_path / "x.txt", "x")
     assert _files(tmp_path) == []
+
+
+def test_summary_keeps_a_review_column_added_after_its_own(tmp_path):
+    """A reviewer's decisions (a trailing ``review`` column) survive a resumed batch appending rows."""
+    path = tmp_path / "summary.csv"
+    path.write_text("case,dice,review\na,0.9,accepted\n")
+    w = SummaryWriter(path, ["case", "dice"])
+    w.add({"case": "b", "dice": 0.8})
+    assert path.read_text() == "case,dice,review\na,0.9,accepted\nb,0.8,\n"
+    assert [r["review"] for r in w.rows()] == ["accepted", ""]
