@@ -16,7 +16,9 @@ from NeARSlicerLib.prior import DEFAULT_PRIOR, load_prior, save_prior  # noqa: E
 src, facts = sys.argv[1], json.loads(Path(sys.argv[2]).read_text())
 dest = Path(sys.argv[3]) if len(sys.argv) > 3 else DEFAULT_PRIOR
 model, meta = load_prior(src)
-meta = {**meta, **facts.get("meta", {}), "fov_mm": 64.0}
+meta = {**meta, **facts.get("meta", {})}
+if meta.get("scale", {}).get("mode", "fixed") == "fixed":
+    meta["fov_mm"] = 64.0  # a fixed-scale prior's working cube (an extent-scale prior sizes it per case)
 save_prior(dest, model, meta, dtype=torch.float16)
 card = {**facts, "file": dest.name, "architecture": model.cfg.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()), "meta": meta}
