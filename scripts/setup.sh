@@ -9,4 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,slicer]"
+# ray: the optional extra of nearslicer batch --ray, installed here so its tests run (CI too)
+.venv/bin/python -m pip install -q -e ".[test,slicer,ray]"
