@@ -158,9 +158,13 @@ class RayExecutor:
 
             raise InputError("--ray needs Ray: pip install 'nearslicer[ray]' (or pip install 'ray[default]')") from None
         started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=None if self.address in (None, "", "auto") else self.address, log_to_driver=False,
-                     include_dashboard=False)
+        if started_here and self.address in (None, "", "auto"):
+            try:  # the cluster `ray start` made on this machine (or RAY_ADDRESS)...
+                ray.init(address="auto", log_to_driver=False)
+            except ConnectionError:  # ...else a new one on this machine, stopped at the end
+                ray.init(log_to_driver=False, include_dashboard=False)
+        elif started_here:
+            ray.init(address=self.address, log_to_driver=False)
         try:
             remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
                                 max_retries=self.max_retries)(_ray_run_task)
