@@ -30,10 +30,10 @@ def two_node_cluster(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PACKAGE_DIR), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
+    try:  # torn down even when the start fails part-way (no Ray processes left behind)
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes(timeout=300)  # a busy 2-core machine starts nodes slowly
+        ray.init(address=cluster.address, log_to_driver=False)
         yield cluster, nodes
     finally:
         ray.shutdown()
