@@ -29,6 +29,8 @@ def two_node_cluster(monkeypatch):
     # the nodes' worker processes import the engine from this checkout
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PACKAGE_DIR), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # on a busy machine the head's metrics agent can take over a minute to start: wait for it longer
+    monkeypatch.setenv("RAY_agent_register_timeout_ms", "600000")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:  # torn down even when the start fails part-way (no Ray processes left behind)
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
