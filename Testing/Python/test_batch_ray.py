@@ -65,5 +65,3 @@ def test_ray_with_a_node_removed_mid_batch_gives_the_local_results(two_node_clus
     # every case exactly once (one row per case and segment), results identical to the local run
     assert stable_rows(rows) == stable_rows(read_summary(reference / "summary.csv"))
     assert same_masks(masks_of(out), masks_of(reference))
-    # the removed node's processes are really gone (Ray's own view of it lags by its heartbeat timeout)
-    assert not nodes[1].remaining_processes_alive()
