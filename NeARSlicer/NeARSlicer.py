@@ -562,7 +562,7 @@ class NeARSlicerTest(ScriptedLoadableModuleTest):
             self.assertEqual(len(rows), 2)
             self.assertEqual(rows[0]["error"], "")
             self.assertNotEqual(rows[1]["error"], "")
-            with open(os.path.join(folder, "out", "nearslicer_summary.csv")) as stream:
+            with open(os.path.join(folder, "out", "summary.csv")) as stream:
                 self.assertEqual(len(list(csv.DictReader(stream))), 2)
             loaded, _ = L.loadSegmentationFile(rows[0]["output"])
             self.assertEqual(loaded.GetSegmentation().GetNumberOfSegments(), 2)

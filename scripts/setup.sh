@@ -9,7 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,slicer]"
+# ray: the optional extra of nearslicer batch --ray, installed here so its tests run (CI too)
+.venv/bin/python -m pip install -q -e ".[test,slicer,ray]"
 # Headless Chromium for the HTML review report tests (Testing/Python/test_review_report.py): installed
 # when missing and this runs as root where apt-get exists (NEARSLICER_NO_APT=1 skips this); otherwise
 # those tests skip and say why.

@@ -40,32 +40,22 @@ def default_alan() -> str:
     return str(s / ALAN_REL) if s else str(Path("../shared") / ALAN_REL)
 
 
+def _option_fields(args) -> dict:
+    """The RefineOptions fields the refine options of the command line set (refine and batch share them)."""
+    return {"prior": args.prior, "preset": args.preset, "device": args.device, "seed": args.seed,
+            "appearance": not getattr(args, "shape_only", False)}
+
+
 def _options(args, structure: Optional[str] = None):
     from .refine import RefineOptions
 
-    return RefineOptions(prior=args.prior, preset=args.preset, device=args.device, seed=args.seed,
-                         appearance=not getattr(args, "shape_only", False), structure=structure)
-
-
-def structure_of(mask_path: str, given: Optional[str], info: dict) -> Optional[str]:
-    """What the mask is, for ``--prior auto``: ``--structure``, else the .seg.nrrd segment's name,
-    else the name of a single-structure mask file (TotalSegmentator writes adrenal_gland_left.nii.gz)."""
-    if given:
-        return given
-    if info.get("segment"):
-        return str(info["segment"])
-    if len(info.get("labels") or []) <= 1:
-        name = Path(mask_path).name
-        for ext in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-            if name.lower().endswith(ext):
-                return name[: -len(ext)]
-        return Path(name).stem
-    return None
+    return RefineOptions(**_option_fields(args), structure=structure)
 
 
 def cmd_refine(args) -> int:
 
-    from .io import read_image, read_mask, write_image, write_mask
+    from .batch import read_case_inputs, structure_of
+    from .io import write_image, write_mask
     from .metrics import dice
     from .output_safety import atomic_paths, check_outputs
     from .refine import refine_mask
@@ -73,16 +63,9 @@ def cmd_refine(args) -> int:
     # every output is checked (not an input, new or --overwrite, folder writable) before computing
     check_outputs([args.out, args.probability, args.report], [args.mask, args.image, args.prior],
                   overwrite=args.overwrite)
-    mask, grid, mask_info = read_mask(args.mask, label=args.label)
+    # the reading nearslicer batch shares: the same case gives the same mask (and prior) in both
+    mask, grid, image, mask_info = read_case_inputs(args.mask, args.image, args.label)
     structure = structure_of(args.mask, args.structure, mask_info)
-    image = None
-    if args.image:
-        image, igrid = read_image(args.image)
-        if not igrid.same_as(grid):
-            from .errors import InputError
-
-            raise InputError(f"image {args.image} and mask {args.mask} are on different grids "
-                             f"(shape {igrid.shape} vs {grid.shape}, spacing {igrid.spacing} vs {grid.spacing})")
     res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, _options(args, structure), progress=cb))
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
@@ -276,6 +259,35 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from dataclasses import replace
+
+    from .batch import cases_from_folder, read_manifest, run_batch
+    from .batch_executor import make_executor
+    from .errors import InputError
+
+    if bool(args.manifest) == bool(args.cases):
+        raise InputError("give one of --manifest CSV or --cases DIR")
+    cases = read_manifest(args.manifest) if args.manifest else cases_from_folder(args.cases)
+    if args.label is not None:  # a manifest's own label column wins
+        cases = [c if c.label is not None else replace(c, label=args.label) for c in cases]
+    executor = make_executor(args.workers, args.ray, args.gpus_per_task)
+    where = f"Ray ({args.ray})" if args.ray else ("this process" if args.workers == 0 else
+                                                 f"{executor.workers} worker process(es)")
+    print(f"batch: {len(cases)} cases on {where}; writing {Path(args.out).absolute()}", file=sys.stderr)
+    outcome = run_batch(cases, args.out, _option_fields(args), executor=executor, resume=args.resume,
+                        overwrite=args.overwrite)
+    rate = outcome.done / outcome.seconds * 60 if outcome.seconds > 0 else 0.0
+    print(f"batch: {outcome.done} case(s) refined or recorded in {outcome.seconds:.1f} s ({rate:.1f} cases/min), "
+          f"{outcome.skipped} already done, {outcome.failed} failed; summary {outcome.summary}")
+    if outcome.failed:
+        shown = ", ".join(outcome.failed_cases[:10]) + (" ..." if len(outcome.failed_cases) > 10 else "")
+        print(f"nearslicer: error: {outcome.failed} case(s) failed ({shown}); see the error column of "
+              f"{outcome.summary}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nearslicer", description="Neural Annotation Refinement (NeAR) of segmentations.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -361,6 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--reuse", type=int, default=1,
                    help="steps served by each batch made on CPU, mirrored differently (for a GPU that outpaces the CPUs)")
     t.set_defaults(func=cmd_train_prior)
+
+    bt = sub.add_parser("batch", help="refine many cases, one by one, on a local process pool or a Ray cluster")
+    bt.add_argument("--manifest", help="CSV with columns case,mask and optionally image,label (a value or a "
+                    ".seg.nrrd segment name); relative paths are relative to the CSV")
+    bt.add_argument("--cases", metavar="DIR", help="folder of cases (the rules of Slicer's batch: sub-folders, "
+                    "NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz pairs, or masks alone)")
+    bt.add_argument("--out", required=True, help="output folder: <case>.nii.gz or <case>.seg.nrrd, summary.csv")
+    bt.add_argument("--label", help="label value or segment name for cases without one (default: the only "
+                    "structure; every segment of a .seg.nrrd)")
+    bt.add_argument("--workers", type=int, help="local worker processes (default: one per core; 0: this process)")
+    bt.add_argument("--ray", metavar="auto|ADDRESS", help="run on a Ray cluster instead (pip install 'nearslicer[ray]')")
+    bt.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs (a fraction allowed) per case on Ray")
+    bt.add_argument("--resume", action="store_true", help="skip the cases an earlier run of this batch finished")
+    bt.add_argument("--overwrite", action="store_true", help="replace the outputs and summary of an earlier batch")
+    bt.add_argument("--shape-only", action="store_true", help="do not use the images' intensities")
+    common(bt)
+    bt.set_defaults(func=cmd_batch)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")
     s.add_argument("--masks", help="folder of cases: masks (.nii.gz, .nii, .nrrd, .seg.nrrd), one case per file, or image + "

@@ -21,7 +21,7 @@ from NeARSlicerLib.errors import Cancelled, InputError
 
 from . import io as nio
 from .common import cancelFunction
-from .outputs import CaseOutputs, SUMMARY_COLUMNS
+from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME
 
 __all__ = ["refineStudy", "discoverCases", "SUMMARY_COLUMNS"]
 
@@ -41,13 +41,26 @@ def discoverCases(folder) -> list:
             for c in discover_cases(folder)]
 
 
-def refineStudy(logic, cases, outputDir, progress=None, cancel=None, csvName="nearslicer_summary.csv",
-                study=False, studyOptions=None, overwrite=False, **options) -> list:
+def refineStudy(logic, cases, outputDir, progress=None, cancel=None, csvName=SUMMARY_NAME,
+                study=False, studyOptions=None, overwrite=False, workers=None, rayAddress=None, resume=False,
+                **options) -> list:
     """Refine cases from files; see ``NeARSlicerLogic.refineStudy``. Returns the summary rows."""
     outputDir = Path(outputDir)
     caseList = discoverCases(cases) if isinstance(cases, (str, os.PathLike)) else [_normalizeCase(c) for c in cases]
     usedNames: set = set()
     named = [(_uniqueCaseName(case, usedNames), case) for case in caseList]
+    if (workers is not None or rayAddress) and not study:
+        # the engine's own batch (nearslicer batch) in a child process: a process pool or Ray
+        from .batch_engine import runEngineBatch
+        from .engine import enginePython
+
+        if csvName != SUMMARY_NAME:
+            raise InputError(f"with workers/rayAddress the summary is {SUMMARY_NAME} (the batch contract)")
+        return runEngineBatch(enginePython(), cases, named, outputDir, progress=progress,
+                              cancel=cancelFunction(cancel), workers=workers, rayAddress=rayAddress,
+                              overwrite=overwrite, resume=resume, **options)
+    if resume:
+        raise InputError("resume needs workers or rayAddress (the engine's batch)")
     outputs = CaseOutputs(outputDir, csvName, [case for _, case in named], [name for name, _ in named],
                           overwrite=overwrite, study=study)
     cancelled = cancelFunction(cancel)
@@ -100,8 +113,12 @@ def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath
             and target.CopySegmentFromSegmentation(source, newId)):
         record({"case": caseName, "segment": job.segmentName, "error": "could not copy the segments to the output"})
         return False
+    info = getattr(job.result, "info", None) or {}
+    confidence = info.get("confidence")
     record({"case": caseName, "segment": job.segmentName, "voxels_before": stats["voxelsBefore"],
             "voxels_after": stats["voxelsAfter"], "dice": f"{stats['dice']:.4f}",
+            "confidence": "" if confidence is None else f"{float(confidence):.4f}", "action": info.get("action") or "",
+            "prior": info.get("prior_name") or info.get("prior") or "",
             "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
     return True
 

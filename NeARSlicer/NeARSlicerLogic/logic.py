@@ -147,8 +147,9 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
             raise
         return done
 
-    def refineStudy(self, cases, outputDir, progress=None, cancel=None, csvName="nearslicer_summary.csv",
-                    study=False, studyOptions=None, overwrite=False, **options) -> list:
+    def refineStudy(self, cases, outputDir, progress=None, cancel=None, csvName="summary.csv",
+                    study=False, studyOptions=None, overwrite=False, workers=None, rayAddress=None,
+                    resume=False, **options) -> list:
         """Refine a list of cases from files, for the Python console.
 
         :param cases: a folder (see :func:`NeARSlicerLogic.discoverCases`, the rules ``nearslicer study``
@@ -165,13 +166,20 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
           the segments jointly (warm-started from the prior), then every segment is decoded; the
           trained model is saved as ``study_prior.safetensors`` (+ ``.json`` card) in ``outputDir``.
         :param studyOptions: StudyConfig overrides for study mode (e.g. ``{"epochs": 30}``).
+        :param workers: run the cases with the engine's batch (``nearslicer batch``) in a child process on
+          a pool of this many worker processes; ``rayAddress`` (``"auto"`` or an address): on a Ray
+          cluster instead. The output folder is then the batch contract's (``<case>.nii.gz`` for
+          label-map inputs, ``<case>.seg.nrrd`` for .seg.nrrd inputs, ``summary.csv``), ``resume``
+          skips the cases an interrupted run finished, and the options are preset, device, prior,
+          appearance and seed. Default (neither): each segment in the session's engine process.
         :param options: refineSegment options (preset, device, prior, appearance, seed, ...).
         :returns: the CSV rows as dicts. Rows are appended to the CSV as cases finish. A failing case
           or segment is recorded with its error and the batch goes on; a cancel stops the batch (rows
           so far are kept) and raises ``Cancelled``.
         """
         return batch.refineStudy(self, cases, outputDir, progress=progress, cancel=cancel, csvName=csvName,
-                                 study=study, studyOptions=studyOptions, overwrite=overwrite, **options)
+                                 study=study, studyOptions=studyOptions, overwrite=overwrite, workers=workers,
+                                 rayAddress=rayAddress, resume=resume, **options)
 
     # ------------------------------------------------------------------ results
     @staticmethod

@@ -14,6 +14,7 @@ segment's name, color, terminology and tags (``NeARSlicer.*``).
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from NeARSlicerLib.cases import NEAR_OUTPUT_SUFFIX
@@ -27,10 +28,12 @@ from NeARSlicerLib.output_safety import (
 
 from . import io as nio
 
-SUMMARY_COLUMNS = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
+# the batch contract's columns (NeARSlicerLib.batch, shared with nearslicer batch and the review tools)
+from NeARSlicerLib.batch import SUMMARY_COLUMNS, SUMMARY_NAME  # noqa: E402,F401
 OUTPUT_SUFFIX = ".seg.nrrd"
 BESIDE_SUFFIX = NEAR_OUTPUT_SUFFIX  # used when <case>.seg.nrrd is an input file in the output folder
 STUDY_PRIOR = "study_prior.safetensors"
+_HOST = socket.gethostname()
 
 
 class CaseOutputs:
@@ -41,6 +44,10 @@ class CaseOutputs:
         self.outputDir = check_output_folder(outputDir, create=True)
         inputs = [p for case in cases for p in (case.get("volume"), case.get("segmentation")) if p]
         self._paths = {}
+        # absolute input paths (and a single segment spec) of each case, for its summary rows
+        self._inputs = {name: (_absolute(case.get("segmentation")), _absolute(case.get("volume")),
+                               "" if isinstance(case.get("segment"), (list, tuple)) or case.get("segment") is None
+                               else str(case.get("segment"))) for name, case in zip(names, cases)}
         for name in names:
             path = self.outputDir / f"{name}{OUTPUT_SUFFIX}"
             if any(same_file(path, source) for source in inputs):
@@ -65,8 +72,11 @@ class CaseOutputs:
         return self._paths[caseName]
 
     def record(self, row: dict) -> None:
-        """Append one summary row (all columns as text) to the CSV and to ``rows``."""
+        """Append one summary row (all columns as text) to the CSV and to ``rows``; ``host`` is this machine."""
         row = {key: str(row.get(key, "")) for key in SUMMARY_COLUMNS}
+        row["host"] = row["host"] or _HOST
+        mask, image, label = self._inputs.get(row["case"], ("", "", ""))
+        row["mask"], row["image"], row["label"] = row["mask"] or mask, row["image"] or image, row["label"] or label
         self._summary.add(row)
         self.rows.append(row)
 
@@ -79,3 +89,7 @@ class CaseOutputs:
     def writeStudyPrior(self, save) -> Path:
         """``save(path)`` writes the study prior (and its ``.json`` card) atomically itself."""
         return save(self.priorPath)
+
+
+def _absolute(path) -> str:
+    return str(Path(path).absolute()) if path else ""

@@ -18,7 +18,9 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     slicer_app,
 )
 
-CSV_COLUMNS = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
+# the batch contract's columns (shared with nearslicer batch)
+CSV_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
+               "confidence", "action", "prior", "seconds", "host", "error"]
 
 
 def _read_csv(path):
@@ -54,10 +56,13 @@ def test_refine_study_two_cases_and_a_failing_one(logic, mrml_scene, tmp_path):
         assert 0.0 <= float(row["dice"]) <= 1.0
         assert float(row["seconds"]) > 0.0
         assert row["output"].endswith(".seg.nrrd") and os.path.isfile(row["output"])
+        # the batch contract's columns: absolute inputs, the prior used (S+A: a CT was given), the host
+        assert row["mask"] == str(SEG_PATH.absolute()) and row["image"] == str(CT_PATH.absolute())
+        assert row["prior"] == "adrenal-sa" and row["host"]
     assert "FileNotFoundError" in failed["error"] and failed["output"] == ""
 
     # the CSV on disk says the same
-    assert _read_csv(out / "nearslicer_summary.csv") == rows
+    assert _read_csv(out / "summary.csv") == rows
 
     # each output is a segmentation holding the original and the refined segment, on the CT's grid
     for row in (ok, ok2):
@@ -130,7 +135,7 @@ def test_refine_study_cancel_stops_the_batch(logic, mrml_scene, tmp_path, monkey
         logic.refineStudy([(str(CT_PATH), str(SEG_PATH), 9), (str(CT_PATH), str(SEG_PATH), 8)], tmp_path)
     assert scene_state(mrml_scene) == before
     # rows are appended as cases finish: cancelled before the first one, no summary was written
-    assert not (tmp_path / "nearslicer_summary.csv").exists()
+    assert not (tmp_path / "summary.csv").exists()
 
 
 def test_discover_cases(tmp_path):
@@ -182,7 +187,7 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
     assert card["appearance"] is True and card["epochs"] == 3
     model, _ = load_prior(out / "study_prior.safetensors")  # reusable as a prior
     assert model.cfg.appearance
-    assert _read_csv(out / "nearslicer_summary.csv") == rows
+    assert _read_csv(out / "summary.csv") == rows
 
 
 # ------------------------------------------------------------------ output safety of the batch
@@ -239,7 +244,7 @@ def test_batch_into_the_input_folder_never_touches_user_files(logic, mrml_scene,
     assert len(calls) == 3 and all(r["error"] == "" for r in rows), rows
     after = _digest(folder)
     assert {k: after[k] for k in inputs} == inputs, "an input file was modified"
-    assert set(after) == set(inputs) | {"case1.NeAR.seg.nrrd", "nearslicer_summary.csv"}
+    assert set(after) == set(inputs) | {"case1.NeAR.seg.nrrd", "summary.csv"}
     assert {r["output"] for r in rows} == {str(folder / "case1.NeAR.seg.nrrd")}
     # read back by slicerio (not Slicer): originals and refined segments, names and NeAR tags kept
     written = slicerio.read_segmentation(str(folder / "case1.NeAR.seg.nrrd"))
@@ -249,7 +254,7 @@ def test_batch_into_the_input_folder_never_touches_user_files(logic, mrml_scene,
     assert all(s.get("tags", {}).get("NeARSlicer.Role") == "refined" for s in refined), refined
     assert all(s.get("tags", {}).get("NeARSlicer.SourceSegmentID") for s in refined)
     # the CSV on disk holds exactly the returned rows
-    assert _read_csv(folder / "nearslicer_summary.csv") == rows
+    assert _read_csv(folder / "summary.csv") == rows
 
 
 def test_batch_refuses_to_replace_an_output_before_computing(logic, mrml_scene, tmp_path, monkeypatch):
@@ -270,7 +275,7 @@ def test_batch_refuses_to_replace_an_output_before_computing(logic, mrml_scene, 
     logic.refineStudy(folder, folder, overwrite=True)
     second = _digest(folder)
     assert second["case1.nii.gz"] == first["case1.nii.gz"] and second["case1.seg.nrrd"] == first["case1.seg.nrrd"]
-    assert len(_read_csv(folder / "nearslicer_summary.csv")) == 3
+    assert len(_read_csv(folder / "summary.csv")) == 3
 
 
 def test_batch_summary_rows_are_appended_as_cases_finish(logic, mrml_scene, tmp_path, monkeypatch):
@@ -290,7 +295,7 @@ def test_batch_summary_rows_are_appended_as_cases_finish(logic, mrml_scene, tmp_
     out = tmp_path / "out"
     with pytest.raises(Cancelled):
         logic.refineStudy([(str(CT_PATH), str(SEG_PATH), 9), (str(CT_PATH), str(SEG_PATH), 8)], out)
-    rows = _read_csv(out / "nearslicer_summary.csv")
+    rows = _read_csv(out / "summary.csv")
     assert [(r["case"], r["segment"], r["error"]) for r in rows] == [("totalseg_example", "Label_9", "")]
 
 

@@ -1,0 +1,420 @@
+"""Batch refinement of many cases from files (``nearslicer batch``; Slicer's ``refineStudy`` too).
+
+Each case is refined exactly as ``nearslicer refine`` would refine it (:func:`read_case_inputs`,
+``refine_mask`` with the same options: same prior choice, S+A when an image is given, same seed =>
+same mask). The output folder follows one contract (README "Batch refinement"):
+
+* ``<out>/<case>.nii.gz``: the refined 0/1 mask on the input's grid, for label-map inputs;
+* ``<out>/<case>.seg.nrrd``: for ``.seg.nrrd`` inputs, every original segment plus a refined
+  ``"<name> (NeAR)"`` segment per refined one (``<case>.NeAR.seg.nrrd`` when ``<case>.seg.nrrd`` is
+  itself an input, i.e. a folder refined into itself);
+* ``<out>/summary.csv``: one row per case and segment (:data:`SUMMARY_COLUMNS`), the rows of a case
+  committed together (one atomic rewrite) as soon as it finishes; a failed case is a row with its
+  error and the batch goes on.
+
+Nothing lost: every output is checked before anything is computed (never an input, never an
+existing file unless ``overwrite``), each file is written atomically (``output_safety``). Resume:
+a case is done when the summary holds its rows and (they are errors or) its output exists; the
+other cases are run again, so an interrupted batch resumed ends with the rows and files of an
+uninterrupted one, none missing or twice.
+
+The per-case work (:func:`run_task`) is a plain function of a picklable :class:`CaseTask`, so the
+executors of ``batch_executor`` (in-process, a local process pool, Ray) run the same code.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import os
+import re
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+
+from .errors import InputError
+from .output_safety import OutputError, SummaryWriter, atomic_write_bytes, check_output_folder, check_outputs, same_file
+
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
+                   "confidence", "action", "prior", "seconds", "host", "error"]
+SEG_SUFFIX = ".seg.nrrd"
+BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
+MASK_SUFFIX = ".nii.gz"
+REFINED_COLOR = (0.2, 0.4, 1.0)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class BatchCase:
+    """One entry of a batch: absolute paths; ``label`` a value or segment name (None: the only one,
+    or every segment of a ``.seg.nrrd``); ``error`` set when the entry cannot be run."""
+
+    name: str
+    mask: str
+    image: Optional[str] = None
+    label: Optional[str] = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    """What a worker needs to refine one case: picklable, paths absolute."""
+
+    case: BatchCase
+    output: str
+    options: Dict[str, object] = field(default_factory=dict)  # RefineOptions fields
+
+
+# ------------------------------------------------------------------------------ case lists
+def read_manifest(path) -> List[BatchCase]:
+    """Cases of a CSV with columns ``case,mask`` and optionally ``image,label``; relative paths are
+    relative to the CSV's folder. A row with a bad entry (no mask, a name that is no file name, a
+    repeated name) becomes a case with ``error``; a file without the columns is an InputError."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"manifest not found: {path}")
+    with open(p, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+        if "case" not in cols or "mask" not in cols:
+            raise InputError(f"manifest {p.name} needs the columns case and mask (optional: image, label); found {cols}")
+        raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+               for row in reader]
+    base = p.resolve().parent
+
+    def absolute(value: str) -> Optional[str]:
+        return str(Path(os.path.join(base, os.path.expanduser(value)))) if value else None
+
+    cases = [BatchCase(r.get("case", ""), absolute(r.get("mask", "")) or "", absolute(r.get("image", "")),
+                       r.get("label") or None) for r in raw if any(r.values())]
+    return _checked_names(cases, f"manifest {p.name}")
+
+
+def cases_from_folder(folder) -> List[BatchCase]:
+    """Cases found in a folder by ``NeARSlicerLib.cases.discover_cases`` (the rule of Slicer's batch)."""
+    from .cases import discover_cases
+
+    found = discover_cases(folder)
+    cases = [BatchCase(c.name, str(Path(c.segmentation).absolute()) if c.segmentation else "",
+                       str(Path(c.image).absolute()) if c.image else None, None, c.error) for c in found]
+    return _checked_names(cases, f"folder {folder}")
+
+
+def _checked_names(cases: List[BatchCase], where: str) -> List[BatchCase]:
+    """Names become file names: refuse path separators and repeats (as errors of those entries)."""
+    count: Dict[str, int] = {}
+    for c in cases:
+        count[c.name] = count.get(c.name, 0) + 1
+    out = []
+    for c in cases:
+        error = c.error
+        if not error and not _SAFE_NAME.match(c.name or ""):
+            error = (f"case name {c.name!r} in {where} is not usable as a file name "
+                     "(letters, digits, '_', '-', '.'; not starting with '.')")
+        elif not error and count[c.name] > 1:
+            error = f"case name {c.name!r} appears {count[c.name]} times in {where}"
+        elif not error and not c.mask:
+            error = f"case {c.name}: no mask file given"
+        out.append(BatchCase(c.name, c.mask, c.image, c.label, error) if error != c.error else c)
+    return out
+
+
+# ------------------------------------------------------------------------------ one case
+def read_case_inputs(mask_path: str, image_path: Optional[str], label=None):
+    """(mask, grid, image or None, info) as ``nearslicer refine`` reads them (one structure)."""
+    from .io import read_mask
+
+    mask, grid, info = read_mask(mask_path, label=label)
+    return (mask, grid, _read_image_on(image_path, grid, mask_path), info)
+
+
+def structure_of(mask_path: str, given: Optional[str], info: dict) -> Optional[str]:
+    """What the mask is, for ``--prior auto``: ``given`` (``--structure``), else the .seg.nrrd segment's
+    name, else the name of a single-structure mask file (TotalSegmentator writes adrenal_gland_left.nii.gz)."""
+    if given:
+        return given
+    if info.get("segment"):
+        return str(info["segment"])
+    if len(info.get("labels") or []) <= 1:
+        name = Path(mask_path).name
+        for ext in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+            if name.lower().endswith(ext):
+                return name[: -len(ext)]
+        return Path(name).stem
+    return None
+
+
+def _read_image_on(image_path: Optional[str], grid, mask_path: str):
+    from .io import read_image
+
+    if not image_path:
+        return None
+    image, igrid = read_image(image_path)
+    if not igrid.same_as(grid):
+        raise InputError(f"image {image_path} and mask {mask_path} are on different grids "
+                         f"(shape {igrid.shape} vs {grid.shape}, spacing {igrid.spacing} vs {grid.spacing})")
+    return image
+
+
+def _segments_to_refine(case: BatchCase):
+    """[(segment name, label value, mask, structure)], grid, image or None, and (.seg.nrrd) every segment
+    of the file for the output. A label map gives one structure, chosen as ``nearslicer refine`` does; a
+    .seg.nrrd without a label gives each of its segments (not earlier NeAR results). ``structure`` is what
+    ``--prior auto`` reads, as ``nearslicer refine`` finds it."""
+    from .io import read_mask, read_segments
+
+    if not case.mask.lower().endswith(SEG_SUFFIX):
+        mask, grid, info = read_mask(case.mask, label=case.label)
+        return ([(f"Label_{info['label']}", info["label"], mask, structure_of(case.mask, None, info))], grid,
+                _read_image_on(case.image, grid, case.mask), None)
+    table, grid = read_segments(case.mask)
+    if case.label is not None:
+        mask, _, info = read_mask(case.mask, label=case.label)
+        chosen = [(info["segment"] or f"Label_{info['label']}", info["label"], mask, structure_of(case.mask, None, info))]
+    else:
+        chosen = [(s["name"], s["label_value"], s["mask"], s["name"]) for s in table if not s["name"].endswith(" (NeAR)")]
+        if not chosen:
+            raise InputError(f"segmentation {os.path.basename(case.mask)} has no segment to refine")
+        empty = [n for n, _, m, _ in chosen if not m.any()]
+        if empty:
+            raise InputError(f"mask is empty (segment(s) {empty} of {os.path.basename(case.mask)} have no voxels)")
+    return chosen, grid, _read_image_on(case.image, grid, case.mask), table
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for the summary: ``ErrorType: first line of the message``."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
+
+
+def _fmt(value, digits: int) -> str:
+    return "" if value is None else f"{float(value):.{digits}f}"
+
+
+def run_task(task: CaseTask) -> List[dict]:
+    """Refine one case and write its output (atomically); returns its summary rows (all columns).
+
+    Never raises for a bad case: the error is the rows' ``error``. The output is written only when
+    every segment of the case was refined (whole or absent). Safe to run twice (a retried task):
+    the output is replaced atomically with the same content.
+    """
+    from .refine import RefineOptions, refine_mask
+    from .metrics import dice
+    from .io import write_mask, write_segmentation
+
+    case, host = task.case, socket.gethostname()
+    base = {"case": case.name, "label": "" if case.label is None else str(case.label), "mask": case.mask,
+            "image": case.image or "", "host": host}
+    started = time.perf_counter()
+    if case.error:
+        return [{**base, "error": case.error}]
+    try:
+        # the output may never be one of this case's inputs (re-checked here, where it is written)
+        for source in (case.mask, case.image):
+            if source and same_file(task.output, source):
+                raise OutputError(f"output {task.output} is the input {source}; choose another output folder")
+        chosen, grid, image, table = _segments_to_refine(case)
+        options = RefineOptions(**task.options)
+        rows, refined = [], []
+        for name, value, mask, structure in chosen:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():  # the engine's notes are in res.warnings; no stderr noise per case
+                warnings.simplefilter("ignore", UserWarning)
+                res = refine_mask(mask, grid, image, options if options.structure else replace(options, structure=structure))
+            info = res.info
+            rows.append({**base, "segment": name, "label": str(value), "output": task.output,
+                         "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
+                         "dice": f"{dice(mask, res.mask):.4f}", "confidence": _fmt(info.get("confidence"), 4),
+                         "action": info.get("action") or "", "prior": info.get("prior_name") or info.get("prior") or "",
+                         "seconds": f"{time.perf_counter() - t0:.2f}", "error": ""})
+            refined.append((name, res.mask))
+        if table is not None:
+            segments = [(s["name"], s["mask"], s["color"] if len(s["color"]) == 3 else (0.5, 0.5, 0.5)) for s in table]
+            segments += [(f"{name} (NeAR)", m, REFINED_COLOR) for name, m in refined]
+            write_segmentation(task.output, segments, grid)
+        else:
+            write_mask(task.output, refined[0][1], grid)
+        return rows
+    except Exception as exc:  # noqa: BLE001 - recorded; the batch goes on
+        return [{**base, "segment": "" if case.label is None else str(case.label), "error": error_text(exc),
+                 "seconds": f"{time.perf_counter() - started:.2f}"}]
+
+
+# ------------------------------------------------------------------------------ outputs + summary
+def output_path(out_dir: Path, case: BatchCase) -> Path:
+    """``<out>/<case>.seg.nrrd`` for .seg.nrrd inputs (``<case>.NeAR.seg.nrrd`` when that is an
+    input of the case), else ``<out>/<case>.nii.gz``."""
+    if case.mask.lower().endswith(SEG_SUFFIX):
+        path = out_dir / f"{case.name}{SEG_SUFFIX}"
+        if any(p and same_file(path, p) for p in (case.mask, case.image)):
+            path = out_dir / f"{case.name}{BESIDE_SEG_SUFFIX}"
+        return path
+    return out_dir / f"{case.name}{MASK_SUFFIX}"
+
+
+class CaseSummary:
+    """``summary.csv`` of a batch: the rows of each finished case committed in one atomic rewrite.
+
+    Opened through :class:`output_safety.SummaryWriter` (same columns or refused; ``overwrite``
+    keeps the old file until the first case is committed).
+    """
+
+    def __init__(self, path: Path, overwrite: bool = False, drop_cases: Iterable[str] = ()):
+        self.writer = SummaryWriter(path, SUMMARY_COLUMNS, overwrite=overwrite)
+        self.path = self.writer.path
+        drop = set(drop_cases)
+        kept = [r for r in self.writer.rows() if r.get("case") not in drop]
+        self._text = self._render(kept, header=True) if kept else ""
+        self._dirty = bool(drop) and self.path.exists()  # rows of cases to redo are dropped at the first commit
+
+    @staticmethod
+    def _render(rows: Sequence[dict], header: bool) -> str:
+        buf = _io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+        if header:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in SUMMARY_COLUMNS})
+        return buf.getvalue()
+
+    def add_case(self, rows: Sequence[dict]) -> None:
+        self._text += self._render(rows, header=not self._text)
+        atomic_write_bytes(self.path, self._text.encode("utf-8"))
+        self._dirty = False
+
+    def flush(self) -> None:
+        """Commit the dropping of stale rows even if no case was added."""
+        if self._dirty:
+            atomic_write_bytes(self.path, (self._text or self._render([], header=True)).encode("utf-8"))
+            self._dirty = False
+
+
+def completed_cases(summary: Path) -> Dict[str, List[dict]]:
+    """Cases of an earlier run that are done: rows present and (errors, or the output file exists)."""
+    if not summary.is_file():
+        return {}
+    by_case: Dict[str, List[dict]] = {}
+    with open(summary, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            by_case.setdefault(row.get("case", ""), []).append(row)
+    done = {}
+    for name, rows in by_case.items():
+        outputs = {r.get("output") for r in rows if not r.get("error")}
+        if all(r.get("error") for r in rows) or (outputs and all(o and os.path.isfile(o) for o in outputs)):
+            done[name] = rows
+    return done
+
+
+@dataclass
+class BatchPlan:
+    """The tasks still to run, the cases skipped (resume) and the summary to append to."""
+
+    tasks: List[CaseTask]
+    skipped: List[str]
+    skipped_failed: List[str]  # skipped cases whose recorded rows are errors
+    summary: CaseSummary
+    out_dir: Path
+
+
+def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], resume: bool = False,
+               overwrite: bool = False) -> BatchPlan:
+    """Check every output before anything is computed and build the tasks.
+
+    Raises OutputError (an InputError) when an output is an input, when an output or the summary
+    exists without ``resume``/``overwrite``, or when the folder cannot be written.
+    """
+    if resume and overwrite:
+        raise InputError("give either --resume (continue a batch) or --overwrite (start it again), not both")
+    out = check_output_folder(out_dir, create=True)
+    summary_path = out / SUMMARY_NAME
+    done = completed_cases(summary_path) if resume else {}
+    if summary_path.exists() and not (resume or overwrite):
+        raise OutputError(f"{summary_path} exists: pass --resume to continue that batch or --overwrite to start again")
+    # inputs by resolved path and by inode: an output may be none of them (O(cases), not O(cases^2))
+    input_keys, input_inodes = set(), set()
+    for c in cases:
+        for p in (c.mask, c.image):
+            if p:
+                input_keys.add(os.path.normcase(os.path.realpath(p)))
+                try:
+                    st = os.stat(p)
+                    input_inodes.add((st.st_dev, st.st_ino))
+                except OSError:
+                    pass
+    tasks, skipped, skipped_failed, seen_outputs = [], [], [], set()
+    for c in cases:
+        if c.name in done:
+            skipped.append(c.name)
+            if any(r.get("error") for r in done[c.name]):
+                skipped_failed.append(c.name)
+            continue
+        target = output_path(out, c)
+        key = os.path.normcase(os.path.realpath(target))
+        inode = None
+        try:
+            st = os.stat(target)
+            inode = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
+        if not c.error:
+            if key in input_keys or (inode is not None and inode in input_inodes):
+                raise OutputError(f"output {target} of case {c.name} is an input file of the batch; choose another "
+                                  "--out (NeARSlicer never modifies an input)")
+            if key.lower() in seen_outputs:
+                raise OutputError(f"two cases would write {target}; rename one")
+            seen_outputs.add(key.lower())
+            # an output left by an interrupted run (no summary row yet) is ours to replace on resume
+            if target.exists() and not (overwrite or resume):
+                raise OutputError(f"output {target} exists; pass --overwrite to replace it or --resume to continue")
+        tasks.append(CaseTask(c, str(target), dict(options)))
+    check_outputs([summary_path], may_exist=[summary_path], overwrite=overwrite)
+    redo = [t.case.name for t in tasks]
+    summary = CaseSummary(summary_path, overwrite=overwrite and not resume, drop_cases=redo if resume else ())
+    return BatchPlan(tasks, skipped, skipped_failed, summary, out)
+
+
+@dataclass
+class BatchOutcome:
+    """Counts of a finished batch (rows are in ``summary``)."""
+
+    done: int
+    failed: int
+    skipped: int
+    seconds: float
+    summary: Path
+    failed_cases: List[str] = field(default_factory=list)
+
+
+def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, object]] = None, executor=None,
+              resume: bool = False, overwrite: bool = False,
+              on_case: Optional[Callable[[str, List[dict]], None]] = None, progress_bar: bool = True) -> BatchOutcome:
+    """Refine ``cases`` into ``out_dir`` with ``executor`` (``batch_executor``; default: in-process).
+
+    Rows are committed to ``summary.csv`` as each case finishes; ``on_case(name, rows)`` is called
+    after that. A tqdm bar with ETA goes to stderr when ``progress_bar``.
+    """
+    from tqdm import tqdm
+
+    from .batch_executor import SequentialExecutor
+
+    t0 = time.perf_counter()
+    plan = plan_batch(cases, out_dir, dict(options or {}), resume=resume, overwrite=overwrite)
+    executor = executor or SequentialExecutor()
+    failed: List[str] = list(plan.skipped_failed)  # an earlier run's failures still make the batch fail
+    done = 0
+    plan.summary.flush()
+    with tqdm(total=len(plan.tasks), desc="batch", unit="case", disable=not progress_bar, mininterval=0.5,
+              dynamic_ncols=True) as bar:
+        for task, rows in executor.map(plan.tasks):
+            plan.summary.add_case(rows)
+            done += 1
+            if any(r.get("error") for r in rows):
+                failed.append(task.case.name)
+                bar.set_postfix_str(f"{len(failed)} failed", refresh=False)
+            bar.update(1)
+            if on_case is not None:
+                on_case(task.case.name, rows)
+    return BatchOutcome(done, len(failed), len(plan.skipped), time.perf_counter() - t0, plan.summary.path, failed)

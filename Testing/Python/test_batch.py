@@ -1,0 +1,210 @@
+"""nearslicer batch: the engine batch, its local process pool, resume, bad rows, output safety."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batch_cases import make_cases, masks_of, read_summary, same_masks, stable_rows, write_manifest
+
+from NeARSlicerLib import cli
+from NeARSlicerLib.batch import SUMMARY_COLUMNS, cases_from_folder, read_manifest, run_batch
+from NeARSlicerLib.batch_executor import LocalExecutor, SequentialExecutor
+from NeARSlicerLib.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = {"preset": "fast", "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def six(tmp_path_factory):
+    """Six phantom cases (five CT + label map, one two-segment .seg.nrrd) and their sequential run."""
+    root = tmp_path_factory.mktemp("six")
+    rows = make_cases(root / "cases", 6)
+    manifest = write_manifest(root / "cases.csv", rows)
+    out = root / "sequential"
+    outcome = run_batch(read_manifest(manifest), out, FAST, executor=SequentialExecutor(), progress_bar=False)
+    assert outcome.failed == 0 and outcome.done == 6
+    return root, manifest, out
+
+
+def _digests(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_sequential_outputs_follow_the_contract(six):
+    root, manifest, out = six
+    rows = read_summary(out / "summary.csv")
+    with open(out / "summary.csv") as f:
+        assert f.readline().strip().split(",") == SUMMARY_COLUMNS
+    # one row per case and segment: five label maps + the two segments of the .seg.nrrd
+    assert sorted((r["case"], r["segment"]) for r in rows) == sorted(
+        [(f"c{k}", "Label_1") for k in range(5)] + [("c5", "left"), ("c5", "right")])
+    for r in rows:
+        assert r["error"] == "" and Path(r["output"]).is_absolute() and Path(r["output"]).is_file()
+        assert 0.85 < float(r["dice"]) <= 1.0 and len(r["dice"].split(".")[1]) == 4
+        assert int(r["voxels_before"]) > 1000 and int(r["voxels_after"]) > 1000
+        # the shipped S+A prior with a CT, the shape-only one without
+        assert r["prior"] == ("adrenal-sa" if r["image"] else "adrenal-s")
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"c{k}.nii.gz" for k in range(5)]
+                                                          + ["c5.seg.nrrd", "summary.csv"])
+    written = masks_of(out)
+    assert sorted(written["c5.seg.nrrd"]) == ["left", "left (NeAR)", "right", "right (NeAR)"]
+    from NeARSlicerLib.io import read_segments
+
+    originals = {s["name"]: s["mask"] for s in read_segments(str(root / "cases" / "c5.seg.nrrd"))[0]}
+    assert np.array_equal(written["c5.seg.nrrd"]["left"], originals["left"])  # the originals are kept
+    for r in rows:
+        refined = written[Path(r["output"]).name]
+        refined = refined["mask"] if "mask" in refined else refined[r["segment"] + " (NeAR)"]
+        assert int(refined.sum()) == int(r["voxels_after"])
+
+
+def test_batch_refines_like_nearslicer_refine(six, tmp_path):
+    """The same case through `nearslicer refine` gives the same mask as through the batch."""
+    root, _, out = six
+    target = tmp_path / "c1.nii.gz"
+    assert cli.main(["refine", "--mask", str(root / "cases" / "c1_seg.nii.gz"), "--image",
+                     str(root / "cases" / "c1.nii.gz"), "--out", str(target), "--preset", "fast"]) == 0
+    assert np.array_equal(masks_of(tmp_path)["c1.nii.gz"]["mask"], masks_of(out)["c1.nii.gz"]["mask"])
+
+
+def test_local_pool_gives_the_sequential_results(six, tmp_path):
+    root, manifest, out = six
+    pooled = tmp_path / "pool"
+    outcome = run_batch(read_manifest(manifest), pooled, FAST, executor=LocalExecutor(2), progress_bar=False)
+    assert outcome.done == 6 and outcome.failed == 0
+    assert same_masks(masks_of(pooled), masks_of(out))
+    assert stable_rows(read_summary(pooled / "summary.csv")) == stable_rows(read_summary(out / "summary.csv"))
+
+
+def test_cases_folder_uses_the_slicer_discovery(six):
+    root, _, _ = six
+    found = {c.name: (Path(c.mask).name, c.image and Path(c.image).name) for c in cases_from_folder(root / "cases")}
+    assert found == {**{f"c{k}": (f"c{k}_seg.nii.gz", f"c{k}.nii.gz") for k in range(5)}, "c5": ("c5.seg.nrrd", None)}
+
+
+def test_bad_manifest_rows_are_recorded_and_the_batch_goes_on(six, tmp_path, capsys):
+    root, _, out = six
+    cases = root / "cases"
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.io import write_mask
+
+    write_mask(str(tmp_path / "empty.nii.gz"), np.zeros((20, 20, 20), np.uint8), Grid((20, 20, 20), (1, 1, 1), (0, 0, 0)))
+    manifest = write_manifest(tmp_path / "m.csv", [
+        {"case": "good", "mask": str(cases / "c0_seg.nii.gz"), "image": str(cases / "c0.nii.gz"), "label": ""},
+        {"case": "missing", "mask": str(cases / "nope_seg.nii.gz"), "image": "", "label": ""},
+        {"case": "badlabel", "mask": str(cases / "c2_seg.nii.gz"), "image": "", "label": "7"},
+        {"case": "badname", "mask": str(cases / "c5.seg.nrrd"), "image": "", "label": "middle"},
+        {"case": "empty", "mask": "empty.nii.gz", "image": "", "label": ""},  # relative to the CSV
+        {"case": "seg", "mask": str(cases / "c5.seg.nrrd"), "image": "", "label": "right"},
+    ])
+    code = cli.main(["batch", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--workers", "0",
+                     "--preset", "fast"])
+    assert code == 1
+    assert "4 case(s) failed" in capsys.readouterr().err
+    rows = {r["case"]: r for r in read_summary(tmp_path / "out" / "summary.csv")}
+    assert set(rows) == {"good", "missing", "badlabel", "badname", "empty", "seg"}
+    assert "file not found" in rows["missing"]["error"] and rows["missing"]["output"] == ""
+    assert "label 7 not found in mask (labels present: [1])" in rows["badlabel"]["error"]
+    assert "label 'middle' not found in c5.seg.nrrd" in rows["badname"]["error"]
+    assert "mask is empty" in rows["empty"]["error"]
+    assert rows["good"]["error"] == "" and rows["seg"]["error"] == "" and rows["seg"]["segment"] == "right"
+    # failed cases leave no output; the good ones are the sequential run's masks
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "seg.seg.nrrd", "summary.csv"]
+    assert np.array_equal(masks_of(tmp_path / "out")["good.nii.gz"]["mask"], masks_of(out)["c0.nii.gz"]["mask"])
+    assert sorted(masks_of(tmp_path / "out")["seg.seg.nrrd"]) == ["left", "right", "right (NeAR)"]
+
+
+def test_manifest_without_its_columns_is_refused(tmp_path):
+    (tmp_path / "m.csv").write_text("name,mask\na,b.nii.gz\n")
+    with pytest.raises(InputError, match="needs the columns case and mask"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("case,mask\na,b.nii.gz\na,c.nii.gz\n../x,d.nii.gz\n")
+    errors = [c.error for c in read_manifest(tmp_path / "m.csv")]
+    assert "appears 2 times" in errors[0] and "appears 2 times" in errors[1]
+    assert "not usable as a file name" in errors[2]
+
+
+def _run_cli(args, env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "NeARSlicer"), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "NeARSlicerLib.cli", "batch", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_resume_after_a_killed_batch_gives_the_uninterrupted_results(six, tmp_path):
+    root, manifest, reference = six
+    out = tmp_path / "out"
+    proc = _run_cli(["--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast"])
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if (out / "summary.csv").exists() and len({r["case"] for r in read_summary(out / "summary.csv")}) >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_before = {r["case"] for r in read_summary(out / "summary.csv")}
+    assert 2 <= len(done_before) < 6, "the batch was not interrupted part-way"
+    # without --resume (or --overwrite) the folder of an earlier batch is refused, untouched
+    digests = _digests(out)
+    refused = _run_cli(["--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast"])
+    _, err = refused.communicate()
+    assert refused.returncode == 2 and b"pass --resume" in err and _digests(out) == digests
+    resumed = _run_cli(["--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast",
+                        "--resume"])
+    stdout, err = resumed.communicate()
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert f"{len(done_before)} already done" in stdout.decode()
+    rows = read_summary(out / "summary.csv")
+    assert stable_rows(rows) == stable_rows(read_summary(reference / "summary.csv"))  # none missing, none twice
+    assert same_masks(masks_of(out), masks_of(reference))
+    # a second resume has nothing left to do and changes nothing
+    again = _run_cli(["--manifest", str(manifest), "--out", str(out), "--workers", "0", "--resume"])
+    assert again.wait() == 0 and read_summary(out / "summary.csv") == rows
+
+
+def test_a_case_folder_refined_into_itself_never_touches_an_input(tmp_path):
+    """NAME.seg.nrrd in the output folder is an input: the result goes beside it (NAME.NeAR.seg.nrrd)
+    and every input file stays byte-identical; a label-map case whose output would be its own CT is
+    refused before anything is computed."""
+    folder = tmp_path / "cases"
+    make_cases(folder, 1)  # c0.seg.nrrd only
+    before = _digests(folder)
+    outcome = run_batch(cases_from_folder(folder), folder, FAST, progress_bar=False)
+    assert outcome.failed == 0
+    after = _digests(folder)
+    assert {k: after[k] for k in before} == before
+    assert set(after) == set(before) | {"c0.NeAR.seg.nrrd", "summary.csv"}
+    # the next discovery of that folder does not take the result for a case
+    assert [c.name for c in cases_from_folder(folder)] == ["c0"]
+
+    pairs = tmp_path / "pairs"
+    make_cases(pairs, 2, with_seg_nrrd=False)  # c0.nii.gz (CT) + c0_seg.nii.gz: the output c0.nii.gz is the CT
+    before = _digests(pairs)
+    from NeARSlicerLib.output_safety import OutputError
+
+    with pytest.raises(OutputError, match=r"c0\.nii\.gz of case c0 is an input file"):
+        run_batch(cases_from_folder(pairs), pairs, FAST, progress_bar=False)
+    assert _digests(pairs) == before
+
+
+def test_existing_outputs_need_overwrite(six, tmp_path):
+    root, manifest, _ = six
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c1.nii.gz").write_bytes(b"someone else's file")
+    with pytest.raises(InputError, match=r"c1\.nii\.gz exists; pass --overwrite"):
+        run_batch(read_manifest(manifest), out, FAST, progress_bar=False)
+    assert (out / "c1.nii.gz").read_bytes() == b"someone else's file" and not (out / "summary.csv").exists()
+    with pytest.raises(InputError, match="not both"):
+        run_batch(read_manifest(manifest), out, FAST, resume=True, overwrite=True, progress_bar=False)
