@@ -19,7 +19,7 @@ from .output_safety import atomic_write
 
 PRIOR_DIR = Path(__file__).resolve().parent / "priors"
 DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v2.safetensors"  # shape-only (S)
-DEFAULT_SA_PRIOR = PRIOR_DIR / "adrenal_sa_v2.safetensors"  # shape + appearance (S+A)
+DEFAULT_SA_PRIOR = PRIOR_DIR / "adrenal_sa_v1.safetensors"  # shape + appearance (S+A); see README on why not v2
 # the general prior, trained on procedurally generated anatomy (``anatomy_shapes``); shipped separately
 ANATOMY_PRIOR = PRIOR_DIR / "anatomy_v1.safetensors"
 ANATOMY_SA_PRIOR = PRIOR_DIR / "anatomy_sa_v1.safetensors"
