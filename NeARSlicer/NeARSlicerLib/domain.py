@@ -40,11 +40,11 @@ def shape_facts(mask: np.ndarray, spacing: Sequence[float]) -> ShapeFacts:
     sizes = np.bincount(labels.ravel())[1:] if n else np.zeros(0)
     keep = np.flatnonzero(sizes >= SPECK_FRACTION * sizes.max()) + 1
     core = np.isin(labels, keep)
-    idx = np.argwhere(core)
-    extent = (idx.max(0) - idx.min(0) + 1) * sp
-    pts = idx * sp
-    if len(pts) > 200_000:  # the principal axes of a big structure from a subsample
-        pts = pts[:: len(pts) // 200_000]
+    extent = np.array([np.ptp(np.flatnonzero(core.any(axis=tuple(a for a in range(3) if a != ax)))) + 1
+                       for ax in range(3)]) * sp
+    # the principal axes of a big structure from a strided subsample (no 10^7 x 3 index array)
+    stride = max(1, int(np.ceil((core.sum() / 200_000) ** (1 / 3))))
+    pts = np.argwhere(core[::stride, ::stride, ::stride]) * (sp * stride)
     ev = np.linalg.eigvalsh(np.cov((pts - pts.mean(0)).T) + np.eye(3) * (sp.min() ** 2) / 12.0)
     return ShapeFacts(float(extent.max()), float(np.sqrt(ev[-1] / max(ev[0], 1e-9))), int(len(keep)))
 

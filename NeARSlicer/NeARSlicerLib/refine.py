@@ -260,14 +260,16 @@ def working_scale(meta: dict, opts: RefineOptions) -> dict:
     mode = str(scale.get("mode", "fixed")).lower()
     if mode == "extent":
         cube = int(scale.get("cube_voxels", 64))
-        return {"extent_voxels": float(scale.get("extent_voxels", 40)), "min_fov_mm": 1e-3,
+        # the cube is exactly the prior's: its margin is the cube's, (cube - extent) / 2 voxels a side
+        return {"extent_voxels": float(scale.get("extent_voxels", 40)), "min_fov_mm": 1e-3, "margin_mm": 0.0,
                 "min_side_voxels": cube, "spacing_mm": 1.0, "max_side_voxels": max(MAX_WORKING_SIDE, cube)}
     if mode != "fixed":
         raise PriorError(f"the prior's card has an unknown scale mode {mode!r} (use 'fixed' or 'extent')")
     spacing = float(opts.spacing_mm if opts.spacing_mm is not None else scale.get("spacing_mm", 1.0))
     if not spacing > 0:
         raise InputError(f"spacing_mm must be positive, got {spacing}")
-    return {"spacing_mm": spacing, "min_fov_mm": fov, "max_side_voxels": MAX_WORKING_SIDE}
+    return {"spacing_mm": spacing, "min_fov_mm": fov, "margin_mm": float(opts.margin_mm),
+            "max_side_voxels": MAX_WORKING_SIDE}
 
 
 def _appearance(image: Optional[np.ndarray], opts: RefineOptions, meta: dict, model: NeARModel
@@ -315,8 +317,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     notes += domain_check(facts, meta.get("domain"))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
-    case = to_working(original, grid, image if use_appearance else None, margin_mm=opts.margin_mm,
-                      min_component_fraction=0.02, **scale)
+    case = to_working(original, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
     spacing = float(case.grid.spacing[0])
     side = case.mask.shape[0] * spacing
     if "extent_voxels" not in scale and side > 1.15 * fov:
@@ -362,12 +363,13 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         views.append((p.flip([d - 2 for d in dims]) if dims else p).cpu().numpy())
     prob_work = np.mean(views, axis=0)
     report(0.95, "mapping back to the input grid")
-    sig = conf_mod.signals(case.mask, views, spacing)
+    prob = to_source(prob_work, case.grid, grid).astype(np.float32)
+    refined = drop_islands(prob >= 0.5, grid.spacing, opts.min_island_mm3).astype(np.uint8)
+    sig = conf_mod.signals(original, refined, grid.spacing, views)
+    del views
     confidence = conf_mod.confidence(sig)
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
     if action == conf_mod.REFINED:
-        prob = to_source(prob_work, case.grid, grid).astype(np.float32)
-        refined = drop_islands(prob >= 0.5, grid.spacing, opts.min_island_mm3).astype(np.uint8)
         if not refined.any():
             notes.append("the refined mask is empty: the prior found no plausible shape in this annotation")
     else:
