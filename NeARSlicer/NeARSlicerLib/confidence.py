@@ -34,8 +34,11 @@ KEPT_PLAUSIBLE = "kept: already plausible"
 KEPT_UNCERTAIN = "kept: low confidence"
 REFINED = "refined"
 
-# logistic weights over the signals (see ``confidence``); calibrated by benchmarks/no_harm.py
-WEIGHTS = {"bias": 0.0, "deep_change": 0.0, "shell": 0.0, "disagreement": 0.0}
+# logistic weights over the signals (see ``confidence``), fitted by ``benchmarks/no_harm.py calibrate``
+# on the calibration cases only (14 ALAN val cases, 2 of them improved by refinement: see README)
+WEIGHTS = {"bias": 1.0, "deep_change": 0.0, "shell": -8.29, "disagreement": -116.638}
+# with a single view (the "fast" preset) the views' disagreement is unknown: the calibration cases' median
+TYPICAL_DISAGREEMENT = 0.0237
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def signals(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float
     deep = dict(profile)[DEEP_MM]
     masks = [np.asarray(v) >= 0.5 for v in views]
     pairs = [(a, b) for i, a in enumerate(masks) for b in masks[i + 1:]]
-    disagreement = float(np.mean([1.0 - _dice(a, b) for a, b in pairs])) if pairs else 0.0
+    disagreement = float(np.mean([1.0 - _dice(a, b) for a, b in pairs])) if pairs else TYPICAL_DISAGREEMENT
     return Signals(change=change, deep_change=deep, shell=max(change - deep, 0.0), disagreement=disagreement,
                    deep_profile=tuple(profile))
 

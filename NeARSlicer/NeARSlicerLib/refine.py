@@ -1,9 +1,15 @@
 """Single-case refinement, the engine's main entry point.
 
-``refine_mask`` crops the mask (and CT) to a 1 mm working cube, encodes the mask to an
-initial latent code, fits that code to the annotation, decodes the cube coarse to fine and
-maps the probability back onto the input grid. Inputs are never modified.
-Arrays are [k, j, i]; geometry follows ``geometry.Grid`` (LPS, mm).
+``refine_mask`` crops the mask (and CT) to a working cube at the prior's scale (its card's
+``scale``: 1 mm for the adrenal priors, or a spacing chosen so the structure spans a set number of
+voxels; never more than ``MAX_WORKING_SIDE`` voxels a side), encodes the mask to an initial latent
+code, fits that code to the annotation in each mirrored view, decodes the cube coarse to fine and
+maps the probability back onto the input grid. Then do no harm (``confidence.py``): when the
+confidence is below ``RefineOptions.keep_threshold`` the annotation is returned unchanged
+(``info["action"]`` says which). An image is read only when the prior's card accepts its
+modality (``modality.py``); a case outside the prior's training domain gets a warning
+(``domain.py``). Inputs are never modified. Arrays are [k, j, i]; geometry follows
+``geometry.Grid`` (LPS, mm).
 """
 from __future__ import annotations
 
@@ -268,7 +274,7 @@ def working_scale(meta: dict, opts: RefineOptions) -> dict:
     spacing = float(opts.spacing_mm if opts.spacing_mm is not None else scale.get("spacing_mm", 1.0))
     if not spacing > 0:
         raise InputError(f"spacing_mm must be positive, got {spacing}")
-    return {"spacing_mm": spacing, "min_fov_mm": fov, "margin_mm": float(opts.margin_mm),
+    return {"spacing_mm": spacing, "min_fov_mm": fov, "margin_mm": opts.margin_mm,
             "max_side_voxels": MAX_WORKING_SIDE}
 
 
