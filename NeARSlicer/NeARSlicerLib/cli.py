@@ -111,7 +111,8 @@ def cmd_refine(args) -> int:
                  "device": info.get("device"), "warnings": list(res.warnings)}
         print(json.dumps(facts))
         return 0
-    how = f"confidence {conf:.2f}" if isinstance(conf, (int, float)) else ""
+    how = (f"confidence {conf:.2f}" if isinstance(conf, (int, float))
+           else "no confidence (one view: use the default preset for do-no-harm)")
     if action != "refined":
         print(f"{action} {Path(args.mask).name} ({how} < keep threshold {info.get('keep_threshold')}): the "
               f"input was kept unchanged, {res.seconds:.1f} s on {info['device']}; wrote {args.out}")

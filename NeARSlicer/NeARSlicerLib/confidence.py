@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -37,8 +37,6 @@ REFINED = "refined"
 # logistic weights over the signals (see ``confidence``), fitted by ``benchmarks/no_harm.py calibrate``
 # on the calibration cases only (14 ALAN val cases, 2 of them improved by refinement: see README)
 WEIGHTS = {"bias": 1.0, "deep_change": 0.0, "shell": -8.29, "disagreement": -116.638}
-# with a single view (the "fast" preset) the views' disagreement is unknown: the calibration cases' median
-TYPICAL_DISAGREEMENT = 0.0237
 
 
 @dataclass(frozen=True)
@@ -48,11 +46,12 @@ class Signals:
     change: float
     deep_change: float
     shell: float
-    disagreement: float
+    disagreement: Optional[float]  # None with a single view
     deep_profile: tuple = ()  # (depth mm, fraction of the annotation's volume changed deeper than it)
 
     def as_dict(self) -> dict:
-        d = {k: round(float(getattr(self, k)), 5) for k in ("change", "deep_change", "shell", "disagreement")}
+        d = {k: (None if getattr(self, k) is None else round(float(getattr(self, k)), 5))
+             for k in ("change", "deep_change", "shell", "disagreement")}
         d["deep_profile"] = [[float(a), round(float(b), 5)] for a, b in self.deep_profile]
         return d
 
@@ -97,21 +96,25 @@ def signals(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float
     deep = dict(profile)[DEEP_MM]
     masks = [np.asarray(v) >= 0.5 for v in views]
     pairs = [(a, b) for i, a in enumerate(masks) for b in masks[i + 1:]]
-    disagreement = float(np.mean([1.0 - _dice(a, b) for a, b in pairs])) if pairs else TYPICAL_DISAGREEMENT
+    # one view (the "fast" preset): no disagreement to measure, so no calibrated confidence
+    disagreement = float(np.mean([1.0 - _dice(a, b) for a, b in pairs])) if pairs else None
     return Signals(change=change, deep_change=deep, shell=max(change - deep, 0.0), disagreement=disagreement,
                    deep_profile=tuple(profile))
 
 
-def confidence(sig: Signals, weights: dict = WEIGHTS) -> float:
-    """P(the refinement is better than the annotation), 0..1, from ``sig`` (logistic model)."""
+def confidence(sig: Signals, weights: dict = WEIGHTS) -> Optional[float]:
+    """P(the refinement is better than the annotation), 0..1, from ``sig`` (logistic model); None
+    without the mirrored views' disagreement (one view: the model was calibrated with four)."""
+    if sig.disagreement is None:
+        return None
     x = weights["bias"] + sum(weights[k] * getattr(sig, k) for k in weights if k != "bias")
     return 1.0 / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
 
 
-def decide(conf: float, sig: Signals, keep_threshold: float) -> str:
-    """The action: ``REFINED`` when ``conf >= keep_threshold``; else the annotation is kept, as
-    ``KEPT_PLAUSIBLE`` when the prior found little to correct, ``KEPT_UNCERTAIN`` when it changed
-    much but its views disagree."""
-    if conf >= keep_threshold:
+def decide(conf: Optional[float], sig: Signals, keep_threshold: float) -> str:
+    """The action: ``REFINED`` when ``conf >= keep_threshold`` (or no confidence could be measured:
+    one view); else the annotation is kept, as ``KEPT_PLAUSIBLE`` when the prior found little to
+    correct, ``KEPT_UNCERTAIN`` when it changed much but its views disagree."""
+    if conf is None or conf >= keep_threshold:
         return REFINED
     return KEPT_UNCERTAIN if sig.deep_change > 0.05 and sig.disagreement > 0.1 else KEPT_PLAUSIBLE

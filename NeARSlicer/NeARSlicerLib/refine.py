@@ -403,7 +403,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             "final_loss": losses[-1] if losses else None,
             "prior": str(prior_path),
             "prior_name": prior_name,  # registry name ("adrenal-sa"...), None for a file given by path
-            "confidence": round(float(confidence), 4),
+            "confidence": None if confidence is None else round(float(confidence), 4),  # None: one view
             "action": action,
             "keep_threshold": float(opts.keep_threshold),
             "modality": modality,  # "CT", "MR", "other"; "" without an image

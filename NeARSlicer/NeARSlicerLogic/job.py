@@ -81,7 +81,8 @@ def formatOutcome(stats: dict) -> str:
         return ""
     action = str(stats.get("action") or "")
     conf = stats.get("confidence")
-    confText = f"confidence {conf:.2f}" if isinstance(conf, (int, float)) else "confidence unknown"
+    confText = (f"confidence {conf:.2f}" if isinstance(conf, (int, float))
+                else "no confidence measured: the 'fast' preset has no mirrored views")
     image = "shape and image" if stats.get("appearance") else "shape only"
     if stats.get("modality"):
         image += f", image read as {stats['modality']}"

@@ -58,10 +58,10 @@ def alan_val(shared_data):
 
 
 # ------------------------------------------------------------------------------ do no harm
-@pytest.mark.parametrize("label, perturb", [(2, "noise"), (5, "stair"), (20, "noise")])
+@pytest.mark.parametrize("label, perturb", [(2, "noise"), (3, "stair"), (11, "noise")])
 def test_near_clean_real_structures_are_not_made_worse(example_ct, label, perturb):
-    """A right kidney, the liver and a large structure of the real CT, mildly perturbed at 3 mm:
-    the result is never worse than the input by more than 1 DSC against the clean label."""
+    """Three real structures of the example CT (labels 2, 3, 11), mildly perturbed at 3 mm: with the
+    default settings the result is never worse than the input by more than 1 DSC against the clean label."""
     ct, seg, grid = example_ct
     clean = seg == label
     rng = np.random.default_rng(label)
@@ -84,11 +84,12 @@ def test_kept_result_is_the_input_and_says_so(alan_val):
 
 
 def test_confidence_is_lower_on_a_case_made_worse(alan_val):
-    """Fixed small set: clean shapes (refinement can only lose) and shapes with blobs / slabs (the
-    prior removes them). Every case made worse gets a lower confidence than every case made better."""
+    """Fixed small set: clean shapes (refinement can only lose) and shapes with the errors of the
+    paper's generator (cubes, blobs: what the prior was trained to remove). Every case made worse
+    gets a lower confidence than every case made better."""
     g = grid_for((64, 64, 64))
     cases = [(alan_val[i], alan_val[i]) for i in (48, 50)]
-    cases += [(alan_val[i], corrupt(alan_val[i], (1, 1, 1), fam, 4000 + i)) for i, fam in ((52, "slab"), (53, "leak"))]
+    cases += [(alan_val[i], corrupt(alan_val[i], (1, 1, 1), "paper", 4000 + i)) for i in (52, 53)]
     rows = []
     for truth, annotation in cases:
         res = refine_mask(annotation, g, options=RefineOptions(keep_threshold=0.0))

@@ -35,7 +35,7 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
 
     volume, segmentation, labels = ct_case
     logic = L.NeARSlicerLogic()
-    job = logic.prepareRefinement(volume, segmentation, labels[LEFT_ADRENAL_LABEL], preset="fast")
+    job = logic.prepareRefinement(volume, segmentation, labels[LEFT_ADRENAL_LABEL], preset="default")
     result = refine_mask(job.mask, job.grid, job.image, RefineOptions(**job.options))
     logic.setJobResult(job, result, result.seconds)
     stats = job.stats
@@ -57,6 +57,7 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     ({"action": "refined", "confidence": 0.3}, "Refined with LOW confidence (confidence 0.30"),
     ({"action": "kept: already plausible", "confidence": 0.2}, "Kept the original (already plausible, confidence 0.20)"),
     ({"action": "refined", "confidence": 0.8, "outOfDomain": True}, "Refined (confidence 0.80"),
+    ({"action": "refined"}, "Refined (no confidence measured: the 'fast' preset has no mirrored views"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
