@@ -27,6 +27,7 @@ from NeARSlicerLogic import (
     installDependencies,
     missingRequirements,
 )
+from NeARSlicerLogic.job import formatOutcome
 from NeARSlicerLogic.priorchoice import describePrior, priorFromChoice
 from NeARSlicerLogic.review_queue import ReviewQueue
 
@@ -121,6 +122,11 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = NeARSlicerLogic()
         self.ui.progressBar.setVisible(False)
+        # what NeAR did with the last segment and how far to trust it, right above Accept
+        self.resultLabel = qt.QLabel("")
+        self.resultLabel.wordWrap = True
+        self.resultLabel.setVisible(False)
+        self.ui.reviewCollapsibleButton.layout().insertWidget(1, self.resultLabel)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
@@ -311,6 +317,8 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for warning in run.job.stats.get("warnings", []):
                 text += f"\nNote: {warning}"
             self.ui.statusLabel.text = text
+            self.resultLabel.text = formatOutcome(run.job.stats)
+            self.resultLabel.setVisible(bool(self.resultLabel.text))
 
     # ------------------------------------------------------------------ review
     def onCompareButton(self) -> None:
@@ -323,7 +331,10 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if layoutManager is not None:
                 for index in range(layoutManager.threeDViewCount):
                     layoutManager.threeDWidget(index).threeDView().resetFocalPoint()
-            self.ui.statusLabel.text = formatStats(self.logic.refinementStats(segmentation, parameters.refinedSegmentId))
+            stats = self.logic.refinementStats(segmentation, parameters.refinedSegmentId)
+            self.ui.statusLabel.text = formatStats(stats)
+            self.resultLabel.text = formatOutcome(stats)
+            self.resultLabel.setVisible(bool(self.resultLabel.text))
 
     def onAcceptButton(self) -> None:
         parameters = self._parameterNode

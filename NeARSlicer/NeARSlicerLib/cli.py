@@ -52,6 +52,17 @@ def _options(args, structure: Optional[str] = None):
     return RefineOptions(**_option_fields(args), structure=structure)
 
 
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
 def cmd_refine(args) -> int:
 
     from .batch import read_case_inputs, structure_of
@@ -66,7 +77,11 @@ def cmd_refine(args) -> int:
     # the reading nearslicer batch shares: the same case gives the same mask (and prior) in both
     mask, grid, image, mask_info = read_case_inputs(args.mask, args.image, args.label)
     structure = structure_of(args.mask, args.structure, mask_info)
-    res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, _options(args, structure), progress=cb))
+    options = _options(args, structure)
+    if args.keep_threshold is not None:
+        options.keep_threshold = args.keep_threshold
+    options.modality = args.modality
+    res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, options, progress=cb))
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
     score = dice(mask, res.mask)
@@ -80,10 +95,32 @@ def cmd_refine(args) -> int:
 
             save_report_png(report_tmp, image, mask, res.mask, grid.spacing, title=Path(args.mask).name,
                             metrics={"Dice(input, refined)": score})
+    info = res.info
+    action, conf = info.get("action", "refined"), info.get("confidence")
+    if args.json:
+        import json
+
+        facts = {"mask": str(Path(args.mask).resolve()), "output": str(Path(args.out).resolve()),
+                 "action": action, "confidence": conf, "keep_threshold": info.get("keep_threshold"),
+                 "modality": info.get("modality"), "appearance": info.get("appearance"),
+                 "prior": info.get("prior_name") or info.get("prior"),
+                 "working_spacing_mm": info.get("working_spacing_mm"), "size_mm": info.get("size_mm"),
+                 "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
+                 "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
+                 "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
+                 "device": info.get("device"), "warnings": list(res.warnings)}
+        print(json.dumps(facts))
+        return 0
+    how = (f"confidence {conf:.2f}" if isinstance(conf, (int, float))
+           else "no confidence (one view: use the default preset for do-no-harm)")
+    if action != "refined":
+        print(f"{action} {Path(args.mask).name} ({how} < keep threshold {info.get('keep_threshold')}): the "
+              f"input was kept unchanged, {res.seconds:.1f} s on {info['device']}; wrote {args.out}")
+        return 0
     print(f"refined {Path(args.mask).name}: {int(mask.sum())} -> {int(res.mask.sum())} voxels "
           f"(+{int(res.added.sum())} / -{int(res.removed.sum())}), Dice(input, refined) "
-          f"{score:.3f}, {res.seconds:.1f} s on {res.info['device']}, prior "
-          f"{res.info.get('prior_name') or res.info.get('prior')}; wrote {args.out}")
+          f"{score:.3f}, {how}, {res.seconds:.1f} s on {info['device']}, prior "
+          f"{info.get('prior_name') or info.get('prior')}; wrote {args.out}")
     return 0
 
 
@@ -314,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace outputs that exist (never an input)")
     r.add_argument("--structure", help="what the mask is (e.g. 'left adrenal gland', 'spleen'), for --prior auto; "
                    "default: the .seg.nrrd segment's name or the mask file's name")
+    r.add_argument("--keep-threshold", type=_fraction, default=None, metavar="C",
+                   help="do no harm: keep the input unchanged when the refinement's confidence is below C "
+                        "(0..1; 0 always refines; default: the engine's, 0.5)")
+    r.add_argument("--modality", help="the image's modality when known (DICOM Modality: CT, MR, ...); "
+                   "default: guessed from its intensities. A CT appearance prior reads CT only")
+    r.add_argument("--json", action="store_true",
+                   help="print the result's facts (action, confidence, modality, warnings...) as one JSON line")
     common(r)
     r.set_defaults(func=cmd_refine)
 

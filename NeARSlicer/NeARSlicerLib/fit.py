@@ -29,6 +29,9 @@ class FitConfig:
     decoder_lr: float = 1e-5
 
 
+MULTINOMIAL_MAX = 2 ** 24  # torch.multinomial's limit on the number of categories
+
+
 def surface_band(vol: torch.Tensor, width: int = 1) -> torch.Tensor:
     """Voxels of a (1, 1, n, n, n) soft mask within ``width`` voxels of its 0.5 level set."""
     b = (vol > 0.5).float()
@@ -40,8 +43,15 @@ def sample_fit_points(target: torch.Tensor, n_points: int, gen: torch.Generator)
     """(1, N, 3) points: 60% near the annotation's surface, 40% uniform in the cube."""
     r = target.shape[-1]
     n_band = int(0.6 * n_points)
-    w = surface_band(target).view(1, -1).float().cpu() + 1e-6
-    flat = torch.multinomial(w, n_band, replacement=True, generator=gen)
+    band = surface_band(target).view(-1).cpu()
+    if band.numel() <= MULTINOMIAL_MAX:
+        flat = torch.multinomial(band.float()[None] + 1e-6, n_band, replacement=True, generator=gen)
+    else:
+        # torch.multinomial takes at most 2^24 categories: draw uniformly among the band's voxels
+        where = band.nonzero().squeeze(1)
+        if where.numel() == 0:
+            where = torch.arange(band.numel())
+        flat = where[torch.randint(where.numel(), (1, n_band), generator=gen)]
     k, j, i = flat // (r * r), (flat // r) % r, flat % r
     ijk = torch.stack([i, j, k], -1).float() + torch.rand(1, n_band, 3, generator=gen)
     pts = torch.cat([ijk * (2.0 / r) - 1.0, torch.rand(1, n_points - n_band, 3, generator=gen) * 2 - 1], 1)

@@ -189,6 +189,9 @@ def to_working(
     spacing_mm: float = 1.0,
     min_fov_mm: float = 64.0,
     min_component_fraction: float = 0.0,
+    extent_voxels: Optional[float] = None,
+    min_side_voxels: int = 0,
+    max_side_voxels: Optional[int] = None,
 ) -> WorkingCase:
     """Resample ``mask`` (0/1, [k, j, i] on ``grid``) and ``image`` (HU) onto an isotropic cube.
 
@@ -197,6 +200,12 @@ def to_working(
     2 * margin_mm)`` mm and an even number of ``spacing_mm`` voxels per axis. With
     ``min_component_fraction`` > 0 the box ignores connected components smaller than that share
     of the largest one (they are still resampled where the cube covers them).
+
+    Scale: with ``extent_voxels`` the spacing is chosen instead so that the bounding box's longest
+    side spans that many voxels (a prior trained at a fixed *relative* scale); ``min_side_voxels``
+    is the smallest cube (voxels per side). ``max_side_voxels`` caps the cube: a larger one is
+    coarsened (spacing grows), so memory and time stay bounded for structures of any size.
+    The spacing used is ``result.grid.spacing``.
     """
     mask = np.asarray(mask)
     check_volume_shape(mask, "mask")
@@ -227,9 +236,17 @@ def to_working(
     hi_kji = np.array([a.max() for a in nz])
     centre_ijk = ((lo_kji + hi_kji) / 2.0)[::-1]
     extent_mm = ((hi_kji - lo_kji + 1)[::-1]) * np.asarray(grid.spacing)  # along i, j, k
-    side = max(float(min_fov_mm), float(extent_mm.max()) + 2.0 * margin_mm)
+    if extent_voxels is not None:
+        if not extent_voxels > 0:
+            raise InputError(f"extent_voxels must be positive, got {extent_voxels}")
+        # the finest source voxel bounds the useful detail of a tiny structure
+        spacing_mm = max(float(extent_mm.max()) / float(extent_voxels), 0.25 * float(min(grid.spacing)))
+    side = max(float(min_fov_mm), float(extent_mm.max()) + 2.0 * margin_mm, min_side_voxels * spacing_mm)
     n = int(math.ceil(side / spacing_mm - 1e-9))
     n += n % 2
+    if max_side_voxels is not None and n > max_side_voxels:
+        n = int(max_side_voxels) - int(max_side_voxels) % 2
+        spacing_mm = side / n
     centre_lps = grid.index_to_lps(centre_ijk)
     half = (n - 1) / 2.0 * spacing_mm
     origin = centre_lps - grid.direction_matrix() @ np.full(3, half)

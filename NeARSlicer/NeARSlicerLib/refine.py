@@ -1,9 +1,15 @@
 """Single-case refinement, the engine's main entry point.
 
-``refine_mask`` crops the mask (and CT) to a 1 mm working cube, encodes the mask to an
-initial latent code, fits that code to the annotation, decodes the cube coarse to fine and
-maps the probability back onto the input grid. Inputs are never modified.
-Arrays are [k, j, i]; geometry follows ``geometry.Grid`` (LPS, mm).
+``refine_mask`` crops the mask (and CT) to a working cube at the prior's scale (its card's
+``scale``: 1 mm for the adrenal priors, or a spacing chosen so the structure spans a set number of
+voxels; never more than ``MAX_WORKING_SIDE`` voxels a side), encodes the mask to an initial latent
+code, fits that code to the annotation in each mirrored view, decodes the cube coarse to fine and
+maps the probability back onto the input grid. Then do no harm (``confidence.py``): when the
+confidence is below ``RefineOptions.keep_threshold`` the annotation is returned unchanged
+(``info["action"]`` says which). An image is read only when the prior's card accepts its
+modality (``modality.py``); a case outside the prior's training domain gets a warning
+(``domain.py``). Inputs are never modified. Arrays are [k, j, i]; geometry follows
+``geometry.Grid`` (LPS, mm).
 """
 from __future__ import annotations
 
@@ -20,12 +26,17 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from . import confidence as conf_mod
+from . import modality as modality_mod
+from .confidence import DEFAULT_KEEP_THRESHOLD
 from .decode import decode_probability
+from .domain import check as domain_check, shape_facts
 from .device import pick_device
-from .errors import Cancelled, InputError, NeARError, RefinementError
+from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
 from .model import NeARModel, window_hu
+from .appearance import normalise_case
 from .prior import choose_prior, load_prior, resolve_prior
 
 @dataclass(frozen=True)
@@ -60,11 +71,16 @@ class RefineOptions:
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     margin_mm: float = 4.0  # around the bounding box; the cube is at least the prior's field of view
-    spacing_mm: float = 1.0
+    # working-cube spacing (mm) for a fixed-scale prior; None: the prior card's scale (adrenal: 1 mm)
+    spacing_mm: Optional[float] = None
     min_island_mm3: float = 10.0  # refined islands smaller than this are dropped (never the largest); 0: keep all
     steps: Optional[int] = None  # overrides the preset's latent steps
     latent_reg: Optional[float] = None  # overrides the preset's lambda
     structure: Optional[str] = None  # what the mask is (segment name / terminology): picks the ``auto`` prior
+    # do no harm (confidence.py): keep the annotation when the confidence is below this; 0: always refine
+    keep_threshold: float = DEFAULT_KEEP_THRESHOLD
+    # the image's modality when known (DICOM Modality "CT", "MR", ...); None: guessed from intensities
+    modality: Optional[str] = None
 
 
 @dataclass
@@ -221,29 +237,107 @@ def _failure_message(exc: BaseException) -> str:
     return f"refinement failed inside the engine: {cause}{hint}"
 
 
+MAX_WORKING_SIDE = 128  # voxels per side of the working cube; larger structures get a coarser spacing
+CARD_KEYS = ("scale", "domain", "appearance_norm", "modalities")  # read from the JSON card beside a prior
+
+
+def card_meta(prior_path: Path, meta: dict) -> dict:
+    """The prior's metadata with the card's ``scale``, ``domain``, ``appearance_norm`` and
+    ``modalities`` (``<prior>.json`` beside the file, its ``"meta"``) laid over the file's own.
+
+    The card is where these facts are kept for priors whose weights must not change (the shipped
+    adrenal priors); an unreadable card is ignored (the file's metadata stands)."""
+    import json
+
+    card = Path(prior_path).with_suffix(".json")
+    try:
+        extra = json.loads(card.read_text()).get("meta", {}) if card.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        extra = {}
+    merged = dict(meta)
+    merged.update({k: extra[k] for k in CARD_KEYS if isinstance(extra, dict) and k in extra})
+    return merged
+
+
+def working_scale(meta: dict, opts: RefineOptions) -> dict:
+    """``to_working`` scale arguments for a prior: a fixed spacing (``{"mode": "fixed",
+    "spacing_mm": s}``, the default, 1 mm) or one chosen per case so that the structure spans
+    ``extent_voxels`` of the prior's cube (``{"mode": "extent", "extent_voxels": 40}``)."""
+    scale = meta.get("scale") or {"mode": "fixed"}
+    fov = float(meta.get("fov_mm", 64.0))
+    mode = str(scale.get("mode", "fixed")).lower()
+    if mode == "extent":
+        cube = int(scale.get("cube_voxels", 64))
+        # the cube is exactly the prior's: its margin is the cube's, (cube - extent) / 2 voxels a side
+        return {"extent_voxels": float(scale.get("extent_voxels", 40)), "min_fov_mm": 1e-3, "margin_mm": 0.0,
+                "min_side_voxels": cube, "spacing_mm": 1.0, "max_side_voxels": max(MAX_WORKING_SIDE, cube)}
+    if mode != "fixed":
+        raise PriorError(f"the prior's card has an unknown scale mode {mode!r} (use 'fixed' or 'extent')")
+    spacing = float(opts.spacing_mm if opts.spacing_mm is not None else scale.get("spacing_mm", 1.0))
+    if not spacing > 0:
+        raise InputError(f"spacing_mm must be positive, got {spacing}")
+    return {"spacing_mm": spacing, "min_fov_mm": fov, "margin_mm": opts.margin_mm,
+            "max_side_voxels": MAX_WORKING_SIDE}
+
+
+def _appearance(image: Optional[np.ndarray], opts: RefineOptions, meta: dict, model: NeARModel
+                ) -> tuple[bool, str, list[str]]:
+    """(read the image?, modality, notes): the image is read only by an appearance prior whose card
+    accepts its modality (``modality.accepts``)."""
+    if image is None:
+        return False, "", []
+    found = modality_mod.guess(image, opts.modality)
+    if not (model.cfg.appearance and opts.appearance):
+        return False, found.modality, []
+    if modality_mod.accepts(meta, found.modality):
+        return True, found.modality, []
+    norm = str(meta.get("appearance_norm", "window"))
+    trained = ", ".join(meta.get("modalities") or ["CT"])
+    return False, found.modality, [
+        f"the image does not look like CT ({found.reason}; read as {found.modality}) but this appearance prior "
+        f"reads {trained} ({'a fixed HU window' if norm != 'case' else 'per-case intensities'}): "
+        "the image was not used, the segment was refined by shape only"]
+
+
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
             report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
     t0 = time.perf_counter()
     check_inputs(np.asarray(mask), grid, image)
+    if not 0.0 <= float(opts.keep_threshold) <= 1.0:
+        raise InputError(f"keep_threshold must be in [0, 1], got {opts.keep_threshold}")
     cfg, n_flips = fit_config(opts)
     device = pick_device(opts.device)
     prior_name, prior_path, prior_note = choose_prior(opts.prior, opts.structure,
                                                       with_image=image is not None and opts.appearance)
     model, meta = PRIOR_CACHE.get(prior_path, device)
     notes: list[str] = [prior_note] if prior_note else []
+    meta = card_meta(prior_path, meta)
+    use_appearance, modality, image_notes = _appearance(image, opts, meta, model)
+    if image_notes and prior_name is not None:
+        # refused image: the same anatomy's shape-only prior, not the S+A one reading a blank image
+        shape_name, shape_path, _ = choose_prior(opts.prior, opts.structure, with_image=False)
+        if shape_path != prior_path:
+            prior_name, prior_path = shape_name, shape_path
+            model, meta = PRIOR_CACHE.get(prior_path, device)
+            meta = card_meta(prior_path, meta)
+    notes += image_notes
 
     report(0.0, "cropping and resampling to the working grid")
+    original = np.asarray(mask) > 0
+    facts = shape_facts(original, grid.spacing)
+    notes += domain_check(facts, meta.get("domain"))
     fov = float(meta.get("fov_mm", 64.0))
-    case = to_working(np.asarray(mask) > 0, grid, image, margin_mm=opts.margin_mm, spacing_mm=opts.spacing_mm,
-                      min_fov_mm=fov, min_component_fraction=0.02)
-    side = case.mask.shape[0] * opts.spacing_mm
-    if side > 1.15 * fov:
+    scale = working_scale(meta, opts)
+    case = to_working(original, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
+    spacing = float(case.grid.spacing[0])
+    side = case.mask.shape[0] * spacing
+    if "extent_voxels" not in scale and side > 1.15 * fov:
         notes.append(f"the segment ({side:.0f} mm cube) is larger than the prior's {fov:.0f} mm field of view: "
                      "the prior is applied at a reduced scale")
     if case.touches_border:
         notes.append("the mask touches the border of its volume: the refined surface there is extrapolated")
-    use_appearance = bool(model.cfg.appearance and opts.appearance and image is not None)
-    if image is not None and opts.appearance and not model.cfg.appearance:
+    if image is not None and opts.appearance and not model.cfg.appearance \
+            and not any("refined by shape only" in n for n in notes):
         notes.append("this prior is shape-only: the image was not used")
 
     # the only randomness is fit_latent's point sampling, from its own seeded generator
@@ -251,9 +345,15 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     target = torch.from_numpy(np.ascontiguousarray(case.mask, dtype=np.float32))[None, None].to(device)
     appearance = None
     if use_appearance:
-        appearance = window_hu(torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32)))[None, None].to(device)
+        work_image = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))
+        if str(meta.get("appearance_norm", "window")).lower() == "case":
+            # relative to the annotation, as the prior was trained (appearance.normalise_case)
+            work_image = torch.from_numpy(normalise_case(case.image, case.mask, (spacing,) * 3))
+        else:
+            work_image = window_hu(work_image)
+        appearance = work_image[None, None].to(device)
     flips = FLIPS[:n_flips]
-    prob_sum = torch.zeros_like(target[0, 0])
+    views: list[np.ndarray] = []
     losses: list[float] = []
     for index, dims in enumerate(flips):
         # each mirrored view is encoded, fitted and decoded on its own, then mirrored back
@@ -272,14 +372,22 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             raise Cancelled("refinement cancelled")
         report(0.05 + 0.85 * (index + 0.8) / len(flips), f"decoding the refined surface ({index + 1}/{len(flips)})")
         p = decode_probability(fitted, z, n, context)
-        prob_sum += p.flip([d - 2 for d in dims]) if dims else p
-    prob_work = (prob_sum / len(flips)).cpu().numpy()
+        views.append((p.flip([d - 2 for d in dims]) if dims else p).cpu().numpy())
+    prob_work = np.mean(views, axis=0)
     report(0.95, "mapping back to the input grid")
     prob = to_source(prob_work, case.grid, grid).astype(np.float32)
     refined = drop_islands(prob >= 0.5, grid.spacing, opts.min_island_mm3).astype(np.uint8)
-    original = np.asarray(mask) > 0
-    if not refined.any():
-        notes.append("the refined mask is empty: the prior found no plausible shape in this annotation")
+    sig = conf_mod.signals(original, refined, grid.spacing, views)
+    del views
+    confidence = conf_mod.confidence(sig)
+    action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
+    if action == conf_mod.REFINED:
+        if not refined.any():
+            notes.append("the refined mask is empty: the prior found no plausible shape in this annotation")
+    else:
+        # do no harm: the annotation is returned unchanged (the prior's proposal is not applied)
+        refined = original.astype(np.uint8)
+        prob = original.astype(np.float32)
     seconds = time.perf_counter() - t0
     report(1.0, "done")
     return RefineResult(
@@ -297,9 +405,16 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             "decoder_steps": cfg.decoder_steps,
             "appearance": use_appearance,
             "working_shape": tuple(case.mask.shape),
-            "working_spacing_mm": opts.spacing_mm,
+            "working_spacing_mm": spacing,
             "final_loss": losses[-1] if losses else None,
             "prior": str(prior_path),
             "prior_name": prior_name,  # registry name ("adrenal-sa"...), None for a file given by path
+            "confidence": None if confidence is None else round(float(confidence), 4),  # None: one view
+            "action": action,
+            "keep_threshold": float(opts.keep_threshold),
+            "modality": modality,  # "CT", "MR", "other"; "" without an image
+            "signals": sig.as_dict(),
+            "out_of_domain": any(w.startswith("out of the prior's domain") for w in notes),
+            "size_mm": round(facts.size_mm, 1),
         },
     )

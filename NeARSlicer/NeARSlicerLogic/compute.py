@@ -41,6 +41,42 @@ def _nodeRemovedError(job: RefinementJob) -> Optional[InputError]:
     return None
 
 
+def volumeModality(volumeNode) -> Optional[str]:
+    """The volume's DICOM Modality ("CT", "MR", ...) when the scene knows it, else None (the engine
+    then guesses it from the intensities). Read from the node's ``DICOM.Modality`` attribute or the
+    subject-hierarchy attribute that Slicer's DICOM import sets on the series item."""
+    if volumeNode is None:
+        return None
+    value = volumeNode.GetAttribute("DICOM.Modality")
+    if value:
+        return str(value)
+    try:
+        import slicer
+
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode() if slicer.mrmlScene is not None else None
+        item = shNode.GetItemByDataNode(volumeNode) if shNode is not None else 0
+        while item:
+            value = shNode.GetItemAttribute(item, "DICOM.Modality")
+            if value:
+                return str(value)
+            item = shNode.GetItemParent(item)
+            if item == shNode.GetSceneItemID():
+                break
+    except (AttributeError, TypeError):  # a scene without subject hierarchy (tests, old Slicer)
+        return None
+    return None
+
+
+def engineOptions(job: RefinementJob) -> dict:
+    """The job's RefineOptions fields, with the volume's modality when the scene knows it."""
+    options = dict(job.options)
+    if job.image is not None and not options.get("modality"):
+        modality = volumeModality(job.volumeNode)
+        if modality:
+            options["modality"] = modality
+    return options
+
+
 def computeRefinement(job: RefinementJob, engine: EngineProcess, progress=None, cancel=None):
     """Run the engine on the job's arrays (blocking); set ``job.result`` and ``job.stats``; return the result.
 
@@ -48,7 +84,7 @@ def computeRefinement(job: RefinementJob, engine: EngineProcess, progress=None, 
     :param cancel: a callable or ``threading.Event``; when set, the engine is stopped and ``Cancelled`` raised.
     """
     cancelled = cancelFunction(cancel)
-    handle = engine.submit_refine(job.mask, job.grid, job.image, job.options)
+    handle = engine.submit_refine(job.mask, job.grid, job.image, engineOptions(job))
     result = engine.wait(progress=progress, cancel=cancelled, tick=_keepResponsive, job=handle)
     attachResult(job, result, result.seconds)
     return result
@@ -81,7 +117,7 @@ class RefinementRun:
 
     def start(self) -> "RefinementRun":
         self.started = time.perf_counter()
-        self._handle = self.engine.submit_refine(self.job.mask, self.job.grid, self.job.image, self.job.options)
+        self._handle = self.engine.submit_refine(self.job.mask, self.job.grid, self.job.image, engineOptions(self.job))
         return self
 
     @property

@@ -65,3 +65,36 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
         "geometry": job.geometrySource,
         "warnings": list(getattr(result, "warnings", []) or []),
     }
+    info = getattr(result, "info", None) or {}
+    # do no harm / modality facts of the engine (absent from older engines: read with .get)
+    for key, name in (("confidence", "confidence"), ("action", "action"), ("modality", "modality"),
+                      ("prior_name", "prior"), ("out_of_domain", "outOfDomain")):
+        if info.get(key) not in (None, ""):
+            job.stats[name] = info[key]
+    if "appearance" in info:
+        job.stats["appearance"] = bool(info["appearance"])
+
+
+def formatOutcome(stats: dict) -> str:
+    """One plain sentence for the result label beside Accept: what was done and how far to trust it."""
+    if not stats:
+        return ""
+    action = str(stats.get("action") or "")
+    conf = stats.get("confidence")
+    confText = (f"confidence {conf:.2f}" if isinstance(conf, (int, float))
+                else "no confidence measured: the 'fast' preset has no mirrored views")
+    image = "shape and image" if stats.get("appearance") else "shape only"
+    if stats.get("modality"):
+        image += f", image read as {stats['modality']}"
+    prior = f", prior {stats['prior']}" if stats.get("prior") else ""
+    if action.startswith("kept"):
+        reason = action.split(":", 1)[1].strip() if ":" in action else "kept"
+        text = (f"Kept the original ({reason}, {confText}): NeAR found nothing it could reliably improve; "
+                f"the '(NeAR)' segment equals the original.")
+    elif isinstance(conf, (int, float)) and conf < 0.5:
+        text = f"Refined with LOW confidence ({confText}, {image}{prior}): check carefully before Accept."
+    else:
+        text = f"Refined ({confText}, {image}{prior}). Review, then Accept."
+    if stats.get("outOfDomain"):
+        text += " The segment is outside the prior's training domain."
+    return text

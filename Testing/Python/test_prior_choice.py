@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from NeARSlicerLib import prior as P
-from NeARSlicerLib.cli import main, structure_of
+from NeARSlicerLib.batch import structure_of
+from NeARSlicerLib.cli import main
 from NeARSlicerLib.errors import PriorError
 from NeARSlicerLib.geometry import Grid
 from NeARSlicerLib.io import write_mask

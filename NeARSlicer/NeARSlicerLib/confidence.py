@@ -1,0 +1,120 @@
+"""Do no harm: how far a refinement can be trusted, and whether to keep the input instead.
+
+One mechanism serves both the per-case confidence (0..1, reported) and the do-no-harm choice
+(keep the annotation when the confidence is below a threshold). The signals compare the annotation
+with the refined mask on the input grid (what the user gets) and the mirrored views on the
+working cube (where the prior ran):
+
+* ``disagreement``: how much the mirrored views (``refine.FLIPS``), each fitted on its own,
+  disagree about the refined surface (mean pairwise 1 - Dice). A prior that knows the shape gives
+  the same answer from every view; one that is guessing does not.
+* ``change``: 1 - Dice(annotation, refined): how much the prior changed.
+* ``deep_change``: the part of that change that is *thick* (voxels of the difference lying more
+  than ``DEEP_MM`` below its edge), relative to the annotation's volume. Annotation errors (blobs,
+  holes, slabs, leaks, missing parts) leave thick differences; the prior's own reconstruction
+  error on a correct annotation is a thin shell spread over the whole surface.
+* ``shell``: ``change - deep_change``: the thin part of the change.
+
+The confidence is a logistic function of these signals whose weights were calibrated on ALAN val
+shapes with some error families and held-out families/structures for testing
+(``benchmarks/no_harm.py``, README "Do no harm"). Arrays are [k, j, i].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+DEEP_MM = 1.5  # a difference thicker than about 3 mm (1.5 mm from its edge) is an error, not a shell
+DEFAULT_KEEP_THRESHOLD = 0.5  # keep the annotation when the confidence is below this
+KEPT_PLAUSIBLE = "kept: already plausible"
+KEPT_UNCERTAIN = "kept: low confidence"
+REFINED = "refined"
+
+# logistic weights over the signals (see ``confidence``), fitted by ``benchmarks/no_harm.py calibrate``
+# on the calibration cases only (14 ALAN val cases, 2 of them improved by refinement: see README)
+WEIGHTS = {"bias": 1.0, "deep_change": 0.0, "shell": -8.29, "disagreement": -116.638}
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the confidence is computed from (all fractions, 0..1)."""
+
+    change: float
+    deep_change: float
+    shell: float
+    disagreement: Optional[float]  # None with a single view
+    deep_profile: tuple = ()  # (depth mm, fraction of the annotation's volume changed deeper than it)
+
+    def as_dict(self) -> dict:
+        d = {k: (None if getattr(self, k) is None else round(float(getattr(self, k)), 5))
+             for k in ("change", "deep_change", "shell", "disagreement")}
+        d["deep_profile"] = [[float(a), round(float(b), 5)] for a, b in self.deep_profile]
+        return d
+
+
+PROFILE_MM = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+MAX_VOXELS = 8_000_000  # larger boxes are measured on every second voxel
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def _box(a: np.ndarray, b: np.ndarray, pad: int = 2) -> tuple:
+    nz = np.argwhere(a | b) if (a.any() or b.any()) else np.zeros((1, 3), int)
+    lo = np.maximum(nz.min(0) - pad, 0)
+    hi = np.minimum(nz.max(0) + pad + 1, a.shape)
+    return tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+
+
+def signals(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float],
+            views: Sequence[np.ndarray]) -> Signals:
+    """The signals of one refinement: the ``annotation`` and ``refined`` masks on the input grid
+    ([k, j, i], ``spacing`` (i, j, k) mm) and each mirrored view's probability on the working cube."""
+    ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
+    box = _box(ann, ref)
+    ann, ref = ann[box], ref[box]
+    step = 2 if ann.size > MAX_VOXELS else 1
+    sp = np.asarray(spacing, float)[::-1] * step
+    ann, ref = ann[::step, ::step, ::step], ref[::step, ::step, ::step]
+    change = 1.0 - _dice(ann, ref)
+    diff = ann ^ ref
+    volume = max(int(ann.sum()), 1)
+    profile = []
+    if diff.any():
+        # depth of each changed voxel below the edge of the change (mm), less half a voxel: a change
+        # one voxel thick has depth ~0 whatever the voxel size
+        depth = ndimage.distance_transform_edt(diff, sampling=sp) - 0.5 * float(sp.max())
+        profile = [(d, min(float((depth > d).sum()) / volume, 1.0)) for d in PROFILE_MM]
+    else:
+        profile = [(d, 0.0) for d in PROFILE_MM]
+    deep = dict(profile)[DEEP_MM]
+    masks = [np.asarray(v) >= 0.5 for v in views]
+    pairs = [(a, b) for i, a in enumerate(masks) for b in masks[i + 1:]]
+    # one view (the "fast" preset): no disagreement to measure, so no calibrated confidence
+    disagreement = float(np.mean([1.0 - _dice(a, b) for a, b in pairs])) if pairs else None
+    return Signals(change=change, deep_change=deep, shell=max(change - deep, 0.0), disagreement=disagreement,
+                   deep_profile=tuple(profile))
+
+
+def confidence(sig: Signals, weights: dict = WEIGHTS) -> Optional[float]:
+    """P(the refinement is better than the annotation), 0..1, from ``sig`` (logistic model); None
+    without the mirrored views' disagreement (one view: the model was calibrated with four)."""
+    if sig.disagreement is None:
+        return None
+    x = weights["bias"] + sum(weights[k] * getattr(sig, k) for k in weights if k != "bias")
+    return 1.0 / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
+
+
+def decide(conf: Optional[float], sig: Signals, keep_threshold: float) -> str:
+    """The action: ``REFINED`` when ``conf >= keep_threshold`` (or no confidence could be measured:
+    one view); else the annotation is kept, as ``KEPT_PLAUSIBLE`` when the prior found little to
+    correct, ``KEPT_UNCERTAIN`` when it changed much but its views disagree."""
+    if conf is None or conf >= keep_threshold:
+        return REFINED
+    return KEPT_UNCERTAIN if sig.deep_change > 0.05 and sig.disagreement > 0.1 else KEPT_PLAUSIBLE

@@ -1,0 +1,84 @@
+"""A prior's training domain (size, elongation, topology) and the out-of-domain warning.
+
+A prior card's ``meta["domain"]`` (measured on the training shapes, see ``measure_domain``)::
+
+    {"size_mm": [lo, hi],        # longest side of the bounding box (mm), 0.5-99.5 percentiles
+     "elongation": [lo, hi],     # sqrt(largest / smallest principal variance), same percentiles
+     "components": n,            # most connected components of a training shape (26-connected)
+     "shapes": N, "what": "..."} # how many shapes it was measured on, and which
+
+``check`` compares a case with it and returns warning texts (empty when inside). A case beyond
+the range by more than ``TOLERANCE`` (relative) is out of domain: the prior never saw such a
+shape, so its refinement may not be reliable. Masks are [k, j, i] with spacing (i, j, k) mm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+TOLERANCE = 0.25  # 25 % beyond the training range before warning
+SPECK_FRACTION = 0.02  # components below this share of the largest are ignored (stray paint)
+
+
+@dataclass(frozen=True)
+class ShapeFacts:
+    size_mm: float  # longest bounding-box side
+    elongation: float  # sqrt(largest / smallest principal variance) of the voxel positions
+    components: int  # connected components of at least SPECK_FRACTION of the largest
+
+
+def shape_facts(mask: np.ndarray, spacing: Sequence[float]) -> ShapeFacts:
+    """Size, elongation and component count of a binary ``mask`` ([k, j, i], spacing (i, j, k) mm)."""
+    m = np.asarray(mask) > 0
+    if not m.any():
+        return ShapeFacts(0.0, 1.0, 0)
+    sp = np.asarray(spacing, float)[::-1]  # per array axis
+    labels, n = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel())[1:] if n else np.zeros(0)
+    keep = np.flatnonzero(sizes >= SPECK_FRACTION * sizes.max()) + 1
+    core = np.isin(labels, keep)
+    extent = np.array([np.ptp(np.flatnonzero(core.any(axis=tuple(a for a in range(3) if a != ax)))) + 1
+                       for ax in range(3)]) * sp
+    # the principal axes of a big structure from a strided subsample (no 10^7 x 3 index array)
+    stride = max(1, int(np.ceil((core.sum() / 200_000) ** (1 / 3))))
+    pts = np.argwhere(core[::stride, ::stride, ::stride]) * (sp * stride)
+    ev = np.linalg.eigvalsh(np.cov((pts - pts.mean(0)).T) + np.eye(3) * (sp.min() ** 2) / 12.0)
+    return ShapeFacts(float(extent.max()), float(np.sqrt(ev[-1] / max(ev[0], 1e-9))), int(len(keep)))
+
+
+def measure_domain(masks: Iterable[np.ndarray], spacing: Sequence[float], what: str) -> dict:
+    """The ``domain`` card entry of a prior trained on ``masks`` (all on ``spacing``)."""
+    facts = [shape_facts(m, spacing) for m in masks]
+    size = np.array([f.size_mm for f in facts])
+    elong = np.array([f.elongation for f in facts])
+    return {
+        "size_mm": [round(float(np.percentile(size, 0.5)), 1), round(float(np.percentile(size, 99.5)), 1)],
+        "elongation": [round(float(np.percentile(elong, 0.5)), 2), round(float(np.percentile(elong, 99.5)), 2)],
+        "components": int(max(f.components for f in facts)),
+        "shapes": len(facts),
+        "what": what,
+    }
+
+
+def check(facts: ShapeFacts, domain: dict | None, tolerance: float = TOLERANCE) -> list[str]:
+    """Warnings for a case whose ``facts`` lie outside a prior's ``domain`` (none without a domain)."""
+    if not domain:
+        return []
+    out = []
+    what = domain.get("what", "its training shapes")
+    size = domain.get("size_mm")
+    if size and not (size[0] * (1 - tolerance) <= facts.size_mm <= size[1] * (1 + tolerance)):
+        out.append(f"out of the prior's domain: this segment is {facts.size_mm:.0f} mm long, the prior was trained "
+                   f"on {what} of {size[0]:.0f}-{size[1]:.0f} mm; the result may not be reliable")
+    elong = domain.get("elongation")
+    if elong and not (elong[0] * (1 - tolerance) <= facts.elongation <= elong[1] * (1 + tolerance)):
+        out.append(f"out of the prior's domain: this segment's elongation ({facts.elongation:.1f}) is outside the "
+                   f"{elong[0]:.1f}-{elong[1]:.1f} of {what}; the result may not be reliable")
+    comps = domain.get("components")
+    if comps and facts.components > comps + 1:
+        out.append(f"out of the prior's domain: this segment has {facts.components} separate parts, {what} had at "
+                   f"most {comps}; the result may not be reliable")
+    return out

@@ -1,0 +1,67 @@
+"""The Slicer side of do-no-harm: the volume's DICOM modality reaches the engine, and the result's
+confidence, action and modality are kept with the result and said plainly beside Accept."""
+
+import numpy as np
+import pytest
+
+from slicer_fixture import (  # noqa: F401  (pytest fixtures)
+    LEFT_ADRENAL_LABEL,
+    ct_case,
+    mrml_scene,
+    require_engine,
+    slicer_app,
+)
+
+
+def test_dicom_modality_reaches_the_engine_options(ct_case):
+    from NeARSlicerLogic import compute
+    import NeARSlicerLogic as L
+
+    volume, segmentation, labels = ct_case
+    job = L.NeARSlicerLogic().prepareRefinement(volume, segmentation, labels[LEFT_ADRENAL_LABEL], preset="fast")
+    assert compute.volumeModality(volume) is None and "modality" not in compute.engineOptions(job)
+    volume.SetAttribute("DICOM.Modality", "MR")
+    assert compute.engineOptions(job)["modality"] == "MR"
+    assert "modality" not in job.options, "the job's own options are not modified"
+
+
+def test_result_facts_are_kept_and_said_beside_accept(ct_case):
+    """A clean real label (nothing to correct) refined by the engine in-process: the stats hold
+    the engine's confidence, action and modality, and the result text says it was kept."""
+    require_engine()
+    import NeARSlicerLogic as L
+    from NeARSlicerLib.refine import RefineOptions, refine_mask
+    from NeARSlicerLogic.job import formatOutcome
+
+    volume, segmentation, labels = ct_case
+    logic = L.NeARSlicerLogic()
+    job = logic.prepareRefinement(volume, segmentation, labels[LEFT_ADRENAL_LABEL], preset="default")
+    result = refine_mask(job.mask, job.grid, job.image, RefineOptions(**job.options))
+    logic.setJobResult(job, result, result.seconds)
+    stats = job.stats
+    assert stats["action"] == result.info["action"] and stats["confidence"] == result.info["confidence"]
+    assert stats["modality"] == "CT" and stats["prior"] == result.info["prior_name"]
+    text = formatOutcome(stats)
+    assert f"confidence {result.info['confidence']:.2f}" in text
+    if result.info["action"].startswith("kept"):
+        assert text.startswith("Kept the original") and np.array_equal(result.mask, job.mask)
+    else:
+        assert text.startswith("Refined")
+    new_id = logic.applyRefinement(job)
+    assert logic.refinementStats(segmentation, new_id)["action"] == result.info["action"]
+
+
+@pytest.mark.parametrize("stats, start", [
+    ({"action": "refined", "confidence": 0.9, "appearance": True, "modality": "CT", "prior": "adrenal-sa"},
+     "Refined (confidence 0.90, shape and image, image read as CT, prior adrenal-sa). Review, then Accept."),
+    ({"action": "refined", "confidence": 0.3}, "Refined with LOW confidence (confidence 0.30"),
+    ({"action": "kept: already plausible", "confidence": 0.2}, "Kept the original (already plausible, confidence 0.20)"),
+    ({"action": "refined", "confidence": 0.8, "outOfDomain": True}, "Refined (confidence 0.80"),
+    ({"action": "refined"}, "Refined (no confidence measured: the 'fast' preset has no mirrored views"),
+])
+def test_outcome_texts(slicer_app, stats, start):
+    from NeARSlicerLogic.job import formatOutcome
+
+    text = formatOutcome(stats)
+    assert text.startswith(start)
+    assert ("outside the prior's training domain" in text) == bool(stats.get("outOfDomain"))
