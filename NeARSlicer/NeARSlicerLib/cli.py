@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the .seg.nrrd segment's name or the mask file's name")
     r.add_argument("--keep-threshold", type=_fraction, default=None, metavar="C",
                    help="do no harm: keep the input unchanged when the refinement's confidence is below C "
-                        "(0..1; 0 always refines; default: the engine's, 0.5)")
+                        "(0..1; default 0: always refine; 0.5: do no harm to near-correct masks, e.g. automatic ones)")
     r.add_argument("--modality", help="the image's modality when known (DICOM Modality: CT, MR, ...); "
                    "default: guessed from its intensities. A CT appearance prior reads CT only")
     r.add_argument("--json", action="store_true",

@@ -31,6 +31,7 @@ from NeARSlicerLib.refine import RefineOptions, refine_mask
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from NeARSlicerLib.appearance import normalise_case  # noqa: E402
+from NeARSlicerLib.confidence import DO_NO_HARM_THRESHOLD  # noqa: E402
 from no_harm import boundary_noise, mr_phantom, staircase  # noqa: E402  (the benchmark's own perturbations)
 
 
@@ -62,22 +63,22 @@ def alan_val(shared_data):
 @pytest.mark.parametrize("label, perturb", [(2, "noise"), (3, "stair"), (11, "noise")])
 def test_near_clean_real_structures_are_not_made_worse(example_ct, label, perturb):
     """Three real structures of the example CT (labels 2, 3, 11), mildly perturbed at 3 mm: with the
-    default settings the result is never worse than the input by more than 1 DSC against the clean label."""
+    do-no-harm setting the result is never worse than the input by more than 1 DSC against the clean label."""
     ct, seg, grid = example_ct
     clean = seg == label
     rng = np.random.default_rng(label)
     noisy = boundary_noise(clean, rng) if perturb == "noise" else staircase(clean, rng)
-    res = refine_mask(noisy, grid, ct)
+    res = refine_mask(noisy, grid, ct, options=RefineOptions(keep_threshold=DO_NO_HARM_THRESHOLD))
     assert dice(res.mask, clean) >= dice(noisy, clean) - 0.01, res.info
     assert res.info["action"] in ("refined", "kept: already plausible", "kept: low confidence")
     assert 0.0 <= res.info["confidence"] <= 1.0
 
 
 def test_kept_result_is_the_input_and_says_so(alan_val):
-    """A clean ALAN shape is kept as it is (nothing to correct), with the action saying so;
-    ``keep_threshold=0`` always refines."""
+    """With the do-no-harm setting a clean ALAN shape is kept as it is (nothing to correct), with the
+    action saying so; ``keep_threshold=0`` (the default) always refines."""
     clean = alan_val[48]
-    kept = refine_mask(clean, grid_for(clean.shape))
+    kept = refine_mask(clean, grid_for(clean.shape), options=RefineOptions(keep_threshold=DO_NO_HARM_THRESHOLD))
     assert kept.info["action"].startswith("kept"), kept.info
     assert np.array_equal(kept.mask, clean.astype(np.uint8)) and not kept.added.any() and not kept.removed.any()
     forced = refine_mask(clean, grid_for(clean.shape), options=RefineOptions(keep_threshold=0.0))
@@ -251,11 +252,12 @@ def test_out_of_domain_warning(alan_val):
 def test_cli_json_and_keep_threshold(tmp_path, alan_val, capsys):
     src = tmp_path / "clean.nii.gz"
     write_mask(src, alan_val[48].astype(np.uint8), grid_for((64, 64, 64)))
-    assert main(["refine", "--mask", str(src), "--out", str(tmp_path / "a.nii.gz"), "--json"]) == 0
+    assert main(["refine", "--mask", str(src), "--out", str(tmp_path / "a.nii.gz"), "--json",
+                 "--keep-threshold", str(DO_NO_HARM_THRESHOLD)]) == 0
     facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert facts["action"].startswith("kept") and 0 <= facts["confidence"] < facts["keep_threshold"]
     assert facts["dice_input_refined"] == 1.0
-    assert main(["refine", "--mask", str(src), "--out", str(tmp_path / "b.nii.gz"), "--keep-threshold", "0"]) == 0
+    assert main(["refine", "--mask", str(src), "--out", str(tmp_path / "b.nii.gz")]) == 0  # default: refine
     assert capsys.readouterr().out.startswith("refined clean.nii.gz")
     with pytest.raises(SystemExit):
         main(["refine", "--mask", str(src), "--out", str(tmp_path / "c.nii.gz"), "--keep-threshold", "2"])
