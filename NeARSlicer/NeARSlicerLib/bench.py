@@ -129,7 +129,8 @@ def run_bench(
     if not isinstance(cases, (list, tuple)) or (cases and not isinstance(cases[0], BenchCase)):
         cases = alan_cases(np.asarray(cases))
     methods = dict(baselines if baselines is not None else BASELINES)
-    variants = dict(variants or {"NeAR": options or RefineOptions()})
+    # the benchmark's cases are adrenal glands (ALAN, the real CT's labels 8/9): auto picks that prior
+    variants = dict(variants or {"NeAR": options or RefineOptions(structure="adrenal gland")})
     per: dict[str, list[dict]] = {"input": [], **{k: [] for k in methods}, **{k: [] for k in variants}}
     info = {}
     for case in tqdm(cases, desc="bench", mininterval=2):

@@ -179,7 +179,8 @@ def cmd_bench(args) -> int:
             shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
             cases = alan_cases(shapes, appearance=args.appearance, family=family)
             with_images = args.appearance
-        common = dict(preset=args.preset, device=args.device, seed=args.seed)
+        # the ALAN shapes and the real CT's labels 8/9 are adrenal glands: --prior auto picks accordingly
+        common = dict(preset=args.preset, device=args.device, seed=args.seed, structure="adrenal gland")
         if with_images:
             s_prior, sa_prior = args.prior or str(DEFAULT_PRIOR), args.prior_sa or str(DEFAULT_SA_PRIOR)
             variants = {"NeAR S": RefineOptions(prior=s_prior, appearance=False, **common),

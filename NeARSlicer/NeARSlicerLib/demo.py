@@ -7,6 +7,8 @@ refined) contours over the CT.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +39,8 @@ def run_demo(out_dir: str | Path, seed: int = 0, options: Optional[RefineOptions
     noisy = distort(truth, seed=seed + 1)
     grid = identity_grid(truth.shape)
     opts = options or RefineOptions(seed=seed)
+    if opts.structure is None:  # the phantom is an adrenal gland: --prior auto picks the adrenal pair
+        opts = replace(opts, structure="left adrenal gland")
     shape_only = refine_mask(noisy, grid, options=opts)
     res = refine_mask(noisy, grid, ct, options=opts) if opts.appearance else shape_only
     refined = res.mask > 0

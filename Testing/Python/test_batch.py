@@ -51,8 +51,9 @@ def test_sequential_outputs_follow_the_contract(six):
         assert r["error"] == "" and Path(r["output"]).is_absolute() and Path(r["output"]).is_file()
         assert 0.85 < float(r["dice"]) <= 1.0 and len(r["dice"].split(".")[1]) == 4
         assert int(r["voxels_before"]) > 1000 and int(r["voxels_after"]) > 1000
-        # the shipped S+A prior with a CT, the shape-only one without
-        assert r["prior"] == ("adrenal-sa" if r["image"] else "adrenal-s")
+        # --prior auto, as refine: these unnamed structures get the general prior (shape only: no
+        # general S+A prior is shipped, so the CT is not read)
+        assert r["prior"] == "anatomy-s"
     assert sorted(p.name for p in out.iterdir()) == sorted([f"c{k}.nii.gz" for k in range(5)]
                                                           + ["c5.seg.nrrd", "summary.csv"])
     written = masks_of(out)

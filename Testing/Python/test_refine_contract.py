@@ -67,8 +67,10 @@ def test_prior_name_errors(tmp_path, monkeypatch):
 
 def test_load_prior_accepts_names():
     a, meta_a = load_prior("adrenal-s")
-    b, meta_b = load_prior(None)
-    assert meta_a == meta_b and a.cfg == b.cfg and not a.cfg.appearance
+    b, meta_b = load_prior(None)  # auto without a structure name: the general prior
+    g, meta_g = load_prior("anatomy-s")
+    assert meta_g == meta_b and g.cfg == b.cfg and not a.cfg.appearance
+    assert meta_a["scale"]["mode"] == "fixed" and meta_b["scale"]["mode"] == "extent"
     sa, _ = load_prior("adrenal", with_image=True)
     assert sa.cfg.appearance
 
@@ -76,8 +78,10 @@ def test_load_prior_accepts_names():
 def test_refine_records_the_resolved_prior(noisy, tmp_path):
     res = refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast", prior="adrenal"))
     assert res.info["prior_name"] == "adrenal-s" and res.info["prior"] == str(DEFAULT_PRIOR)
-    default = refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast"))
-    assert default.info["prior_name"] == "adrenal-s" and np.array_equal(default.mask, res.mask)
+    named = refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast", structure="left adrenal gland"))
+    assert named.info["prior_name"] == "adrenal-s" and np.array_equal(named.mask, res.mask)
+    unnamed = refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast"))
+    assert unnamed.info["prior_name"] == "anatomy-s"  # auto: an unnamed structure gets the general prior
     by_path = refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast", prior=str(DEFAULT_PRIOR)))
     assert by_path.info["prior_name"] is None and np.array_equal(by_path.mask, res.mask)
     with pytest.raises(PriorError, match="unknown prior"):
@@ -118,8 +122,8 @@ def test_prior_cache_is_bounded_releasable_and_sees_rewritten_files(tmp_path):
 
 
 def test_module_cache_release():
-    model, _ = get_prior("adrenal", "cpu")
-    assert get_prior(None, "cpu")[0] is model  # the same file by name or by default
+    model, _ = get_prior("anatomy", "cpu")
+    assert get_prior(None, "cpu")[0] is model  # the same file by name or by default (auto, unnamed)
     assert len(PRIOR_CACHE) >= 1
     assert release_priors() >= 1 and len(PRIOR_CACHE) == 0
     assert get_prior(None, "cpu")[0] is not model
