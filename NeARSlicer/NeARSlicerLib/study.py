@@ -106,6 +106,9 @@ class StudyConfig:
     appearance: bool = True  # use the cases' images when the model takes a(p)
     margin_mm: float = 8.0
     spacing_mm: float = 1.0
+    # per-case working spacing instead: the case's longest bounding-box side / extent_voxels (mm), at least
+    # spacing_mm, for a study whose structures differ widely in size (None: spacing_mm for every case)
+    extent_voxels: Optional[float] = None
     device: str = "auto"
     min_island_mm3: float = 10.0  # decoded islands smaller than this are dropped (see refine.drop_islands)
     l2sp: float = 1e-3  # denoise: lambda of lambda * sum((theta - theta_prior)^2)
@@ -206,6 +209,17 @@ def _check_config(cfg: StudyConfig) -> None:
         raise InputError(f"bad study settings: checkpoint_every {cfg.checkpoint_every}, patience {cfg.patience}")
 
 
+def case_spacing(cfg: StudyConfig, case: StudyCase) -> float:
+    """The working spacing (mm) of ``case``: ``cfg.spacing_mm``, or with ``cfg.extent_voxels`` its mask's
+    longest bounding-box side (mm, along the grid's axes) / extent_voxels, never finer than
+    ``cfg.spacing_mm`` (the cube covers at least the prior's field of view in mm: finer would grow it)."""
+    if not cfg.extent_voxels:
+        return cfg.spacing_mm
+    idx = np.argwhere(np.asarray(case.mask) > 0)
+    side = (idx.max(0) - idx.min(0) + 1) * np.asarray(case.grid.spacing, float)[::-1]
+    return float(max(cfg.spacing_mm, side.max() / cfg.extent_voxels))
+
+
 # ------------------------------------------------------------------------------- model set-up
 def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
                    device: torch.device) -> tuple[NeARModel, dict]:
@@ -233,7 +247,7 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
     out = []
     for c in cases:
         w = to_working(np.asarray(c.mask) > 0, c.grid, c.image if use_app else None, margin_mm=cfg.margin_mm,
-                       spacing_mm=cfg.spacing_mm, min_fov_mm=fov_mm, min_component_fraction=0.02)
+                       spacing_mm=case_spacing(cfg, c), min_fov_mm=fov_mm, min_component_fraction=0.02)
         target = torch.from_numpy(np.ascontiguousarray(w.mask, dtype=np.float32))[None, None].to(device)
         app = None
         if w.image is not None:
@@ -249,6 +263,8 @@ def _fingerprint(cfg: StudyConfig, names: Sequence[str], model: NeARModel) -> di
     keys = ("recipe", "batch_cases", "points", "dense_res", "grid_noise", "lr_latent", "lr_model", "lr_mlp",
             "milestones", "latent_reg", "seed", "appearance", "margin_mm", "spacing_mm")
     d = {k: cfg.to_dict()[k] for k in keys}
+    if cfg.extent_voxels:  # only when set, so that older checkpoints still resume
+        d["extent_voxels"] = cfg.extent_voxels
     if cfg.recipe == "denoise":  # only here, so that older fast/paper checkpoints still resume
         d["l2sp"] = cfg.l2sp
     d["cases"] = list(names)
@@ -314,7 +330,7 @@ def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared]
     inputs = []
     for i, p in zip(idx, prep):
         clean = p.target[0, 0].cpu().numpy() > 0.5
-        noisy = redistort(clean, cfg.spacing_mm, cfg.seed, epoch, i, p.image_hu)
+        noisy = redistort(clean, float(p.work_grid.spacing[0]), cfg.seed, epoch, i, p.image_hu)
         inputs.append(torch.from_numpy(noisy.astype(np.float32))[None, None].to(device))
     return denoise_step(model, inputs, [p.target for p in prep], [p.appearance for p in prep], cfg.points, gen,
                         anchor, cfg.l2sp)
@@ -519,7 +535,7 @@ def run_study(
         with warnings.catch_warnings():  # each case's notes are gathered into the study's warnings
             warnings.simplefilter("ignore")
             refine_with(model, meta, cases, cfg.refine_preset, cfg.device, cfg.seed, cfg.margin_mm,
-                        cfg.spacing_mm, cfg.min_island_mm3, use_app, progress=sub, cancel=cancel, on_case=on_case)
+                        [case_spacing(cfg, c) for c in cases], cfg.min_island_mm3, use_app, progress=sub, cancel=cancel, on_case=on_case)
     for i, (c, p) in enumerate(zip(cases, prep) if cfg.recipe != "denoise" else ()):
         if cancel is not None and cancel():
             raise Cancelled("study cancelled while decoding")
@@ -645,5 +661,5 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
 
 
 __all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "save_study_prior",
-           "load_cases",
+           "load_cases", "case_spacing",
            "find_cases", "read_manifest", "case_name", "check_cases", "RECIPES"]

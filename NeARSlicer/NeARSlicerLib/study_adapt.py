@@ -71,12 +71,12 @@ def denoise_step(model: NeARModel, inputs: Sequence[torch.Tensor], targets: Sequ
 
 
 def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, device: str, seed: int,
-                margin_mm: float, spacing_mm: float, min_island_mm3: float, appearance: bool,
+                margin_mm: float, spacing_mm: Sequence[float], min_island_mm3: float, appearance: bool,
                 progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
                 on_case: Optional[Callable[[int, object, object], None]] = None) -> list:
     """``refine_mask`` of every case (``StudyCase``) with ``model`` as its prior: the model is written to
     a temporary prior file that ``refine_mask`` loads like any other (same encode + latent fit + flips
-    + decode + map back); ``on_case(i, case, result)`` is called as each case finishes; returns the
+    + decode + map back), case i on a working spacing of ``spacing_mm[i]``; ``on_case(i, case, result)`` is called as each case finishes; returns the
     ``RefineResult`` of each case."""
     from .prior import save_prior
     from .refine import RefineOptions, refine_mask
@@ -85,9 +85,9 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
     results = []
     with tempfile.TemporaryDirectory(prefix="nearslicer-study-") as tmp:
         path = save_prior(Path(tmp) / "adapted.safetensors", model, meta)
-        opts = RefineOptions(prior=str(path), appearance=appearance, preset=preset, device=device, seed=seed,
-                             margin_mm=margin_mm, spacing_mm=spacing_mm, min_island_mm3=min_island_mm3)
         for i, c in enumerate(cases):
+            opts = RefineOptions(prior=str(path), appearance=appearance, preset=preset, device=device, seed=seed,
+                                 margin_mm=margin_mm, spacing_mm=spacing_mm[i], min_island_mm3=min_island_mm3)
             def sub(f: float, msg: str, _i: int = i) -> None:
                 report((_i + f) / len(cases), f"refining {cases[_i].name} ({_i + 1}/{len(cases)}): {msg}")
 
