@@ -242,6 +242,12 @@ def cmd_study(args) -> int:
         if args.epochs < 0:
             raise InputError(f"--epochs must be >= 0, got {args.epochs}")
         overrides["epochs"] = args.epochs
+    if args.l2sp is not None:
+        if args.l2sp < 0:
+            raise InputError(f"--l2sp must be >= 0, got {args.l2sp}")
+        overrides["l2sp"] = args.l2sp
+    if args.preset is not None:
+        overrides["refine_preset"] = args.preset
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
     cases = load_cases(args.masks, args.images, args.manifest, label=args.label)
     out = Path(args.out)
@@ -447,9 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "summary.csv, " + CHECKPOINT_NAME)
     s.add_argument("--label", help="label value (or .seg.nrrd segment name) of multilabel masks")
     s.add_argument("--prior", help="prior to warm-start from: name (adrenal) or .safetensors path (default: adrenal)")
-    s.add_argument("--recipe", default="fast", choices=["fast", "paper"],
-                   help="fast (default): warm start, surface sampling, early stop; paper: the paper's recipe")
-    s.add_argument("--epochs", type=int, help="maximum epochs (default: 60 fast, 1500 paper)")
+    s.add_argument("--recipe", default="denoise", choices=["denoise", "fast", "paper"],
+                   help="denoise (default): adapt the prior to recover each annotation from a re-distorted copy, "
+                   "then refine every case with it; fast: warm-started transductive NeAR, early stop; "
+                   "paper: the paper's recipe")
+    s.add_argument("--epochs", type=int, help="maximum epochs (default: 6 denoise, 60 fast, 1500 paper)")
+    s.add_argument("--l2sp", type=float, help="denoise: weight of the pull towards the prior's weights (default 1e-3)")
+    s.add_argument("--preset", choices=["fast", "default", "quality"],
+                   help="denoise: the refine preset every case is refined with (default: default)")
     s.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME} if it exists")
     s.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier study in --out")
     s.add_argument("--shape-only", action="store_true", help="ignore the images even with an S+A prior")

@@ -5,12 +5,17 @@ the annotations themselves (auto-decoding); every case is then decoded from its 
 shared model can only represent shapes common to the study, so each case's idiosyncratic errors
 (spurs, holes, slabs) are not reproduced.
 
-Two recipes:
+Three recipes:
 
 * ``"paper"`` (Yang, Shi et al., MICCAI 2022, for comparison): random-initialised model, latent
   codes drawn from N(0, 0.02^2), dense BCE on a jittered 64^3 grid of every case each step,
   Adam 1e-3 for everything, lr x0.1 at epochs 150/700/1200, 1500 epochs, l2 penalty 1e-2.
-* ``"fast"`` (default): decoder + MLP warm-started from a trained prior, latent codes initialised
+* ``"denoise"`` (default, ``study_adapt.py``): the prior's whole model learns to recover each
+  annotation from a re-distorted copy of it (the annotation-error library), regularised towards the
+  prior's weights (L2-SP), for a few epochs; every case is then refined by ``refine_mask`` with the
+  adapted prior (encode + latent fit + flips). The annotations are never the target of their own
+  input, so their errors are not learnt.
+* ``"fast"``: decoder + MLP warm-started from a trained prior, latent codes initialised
   by the prior's encoder, a few thousand points per case and step drawn near each annotation's
   surface plus uniformly (``fit.sample_fit_points``), a much lower learning rate for the shared
   model than for the codes, and early stopping once the loss stops improving.
@@ -51,9 +56,11 @@ from .output_safety import check_outputs
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
 from .prior import default_prior, load_prior
 from .refine import drop_islands
+from .study_adapt import denoise_step, prior_snapshot, redistort, refine_with
 from .study_output import StudyOutputs, save_study_prior, study_card, summary_row, write_study
 
-RECIPES = ("fast", "paper")
+RECIPES = ("denoise", "fast", "paper")
+DEFAULT_RECIPE = "denoise"  # what run_study, the CLI and the worker use when no recipe is named
 CHECKPOINT_FORMAT = "nearslicer-study-2"  # -1 was a torch.save (pickle) file: refused
 Progress = Callable[[float, str], None]
 
@@ -81,7 +88,7 @@ class StudyConfig:
     ``(1 - tolerance) * best`` for ``patience`` epochs (``patience = 0``: never).
     """
 
-    recipe: str = "fast"
+    recipe: str = "fast"  # these field defaults are the fast recipe's; for_recipe(DEFAULT_RECIPE) is the default study
     epochs: int = 60
     batch_cases: int = 8
     points: int = 4096
@@ -99,15 +106,22 @@ class StudyConfig:
     appearance: bool = True  # use the cases' images when the model takes a(p)
     margin_mm: float = 8.0
     spacing_mm: float = 1.0
+    # per-case working spacing instead: the case's longest bounding-box side / extent_voxels (mm), at least
+    # spacing_mm, for a study whose structures differ widely in size (None: spacing_mm for every case)
+    extent_voxels: Optional[float] = None
     device: str = "auto"
     min_island_mm3: float = 10.0  # decoded islands smaller than this are dropped (see refine.drop_islands)
+    l2sp: float = 1e-3  # denoise: lambda of lambda * sum((theta - theta_prior)^2)
+    refine_preset: str = "default"  # denoise: the refine_mask preset each case is refined with
 
     @classmethod
     def for_recipe(cls, recipe: str, **overrides) -> "StudyConfig":
-        """Defaults of ``recipe`` ("fast" or "paper") with ``overrides`` applied."""
+        """Defaults of ``recipe`` ("denoise", "fast" or "paper") with ``overrides`` applied."""
         if recipe not in RECIPES:
             raise InputError(f"unknown study recipe {recipe!r}: use one of {', '.join(RECIPES)}")
         base = cls()
+        if recipe == "denoise":
+            base = replace(base, recipe="denoise", epochs=6, batch_cases=4, points=4096, lr_model=1e-4, patience=0)
         if recipe == "paper":
             base = replace(base, recipe="paper", epochs=1500, lr_latent=1e-3, lr_model=1e-3,
                            milestones=(150, 700, 1200), latent_reg=1e-2, patience=0)
@@ -156,6 +170,7 @@ class _Prepared:
     context: Optional[Condition]  # model.context of the annotation (per-point inputs, encoder skips)
     work_grid: Grid
     touches_border: bool
+    image_hu: Optional[np.ndarray] = None  # the working cube's CT (HU), for the leak errors of re-distortion
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -184,15 +199,32 @@ def _check_config(cfg: StudyConfig) -> None:
     if cfg.epochs < 0 or cfg.batch_cases < 1 or cfg.points < 1 or cfg.dense_res < 2:
         raise InputError(f"bad study settings: epochs {cfg.epochs}, batch_cases {cfg.batch_cases}, "
                          f"points {cfg.points}, dense_res {cfg.dense_res}")
+    if cfg.recipe == "denoise":
+        from .refine import PRESETS
+
+        if cfg.refine_preset not in PRESETS or cfg.l2sp < 0:
+            raise InputError(f"bad study settings: refine_preset {cfg.refine_preset!r} (use one of "
+                             f"{', '.join(PRESETS)}), l2sp {cfg.l2sp}")
     if cfg.checkpoint_every < 1 or cfg.patience < 0:
         raise InputError(f"bad study settings: checkpoint_every {cfg.checkpoint_every}, patience {cfg.patience}")
+
+
+def case_spacing(cfg: StudyConfig, case: StudyCase) -> float:
+    """The working spacing (mm) of ``case``: ``cfg.spacing_mm``, or with ``cfg.extent_voxels`` its mask's
+    longest bounding-box side (mm, along the grid's axes) / extent_voxels, never finer than
+    ``cfg.spacing_mm`` (the cube covers at least the prior's field of view in mm: finer would grow it)."""
+    if not cfg.extent_voxels:
+        return cfg.spacing_mm
+    idx = np.argwhere(np.asarray(case.mask) > 0)
+    side = (idx.max(0) - idx.min(0) + 1) * np.asarray(case.grid.spacing, float)[::-1]
+    return float(max(cfg.spacing_mm, side.max() / cfg.extent_voxels))
 
 
 # ------------------------------------------------------------------------------- model set-up
 def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
                    device: torch.device) -> tuple[NeARModel, dict]:
     """The model to train: the prior itself (fast) or a random one of the prior's architecture (paper)."""
-    if cfg.recipe == "fast":
+    if cfg.recipe in ("fast", "denoise"):
         # a fresh copy: we own and train it
         return load_prior(prior_path, device, with_image=bool(cfg.appearance and any_image))
     arch, meta = ModelConfig(), {}
@@ -215,13 +247,14 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
     out = []
     for c in cases:
         w = to_working(np.asarray(c.mask) > 0, c.grid, c.image if use_app else None, margin_mm=cfg.margin_mm,
-                       spacing_mm=cfg.spacing_mm, min_fov_mm=fov_mm, min_component_fraction=0.02)
+                       spacing_mm=case_spacing(cfg, c), min_fov_mm=fov_mm, min_component_fraction=0.02)
         target = torch.from_numpy(np.ascontiguousarray(w.mask, dtype=np.float32))[None, None].to(device)
         app = None
         if w.image is not None:
             app = window_hu(torch.from_numpy(np.ascontiguousarray(w.image, dtype=np.float32)))[None, None].to(device)
         # a case without an image reads the neutral mid-window a(p) = 0.5 (model.context's rule)
-        out.append(_Prepared(target, app, model.context(target, app), w.grid, w.touches_border))
+        out.append(_Prepared(target, app, model.context(target, app), w.grid, w.touches_border,
+                             None if w.image is None else np.asarray(w.image, np.float32)))
     return out
 
 
@@ -230,6 +263,10 @@ def _fingerprint(cfg: StudyConfig, names: Sequence[str], model: NeARModel) -> di
     keys = ("recipe", "batch_cases", "points", "dense_res", "grid_noise", "lr_latent", "lr_model", "lr_mlp",
             "milestones", "latent_reg", "seed", "appearance", "margin_mm", "spacing_mm")
     d = {k: cfg.to_dict()[k] for k in keys}
+    if cfg.extent_voxels:  # only when set, so that older checkpoints still resume
+        d["extent_voxels"] = cfg.extent_voxels
+    if cfg.recipe == "denoise":  # only here, so that older fast/paper checkpoints still resume
+        d["l2sp"] = cfg.l2sp
     d["cases"] = list(names)
     d["model"] = model.cfg.to_dict()
     return json.loads(json.dumps(d))  # tuples -> lists, so a loaded copy compares equal
@@ -286,6 +323,19 @@ def _epoch_order(cfg: StudyConfig, n: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared], idx: Sequence[int], epoch: int,
+                   gen: torch.Generator, anchor: dict, device: torch.device) -> float:
+    """One denoise step: each case's annotation re-distorted (seeded by seed, epoch, case), the model
+    trained to recover the annotation from it (see ``study_adapt``)."""
+    inputs = []
+    for i, p in zip(idx, prep):
+        clean = p.target[0, 0].cpu().numpy() > 0.5
+        noisy = redistort(clean, float(p.work_grid.spacing[0]), cfg.seed, epoch, i, p.image_hu)
+        inputs.append(torch.from_numpy(noisy.astype(np.float32))[None, None].to(device))
+    return denoise_step(model, inputs, [p.target for p in prep], [p.appearance for p in prep], cfg.points, gen,
+                        anchor, cfg.l2sp)
+
+
 # ---------------------------------------------------------------------------------- checkpoints
 def _check_fingerprint(path: Path, theirs: dict, fingerprint: dict) -> None:
     """Refuse a checkpoint made for other cases or settings (epochs, patience... may change)."""
@@ -323,7 +373,7 @@ def run_study(
     modified.
     """
     t0 = time.perf_counter()
-    cfg = cfg or StudyConfig()
+    cfg = cfg or StudyConfig.for_recipe(DEFAULT_RECIPE)
     report = progress or (lambda f, m: None)
     _check_config(cfg)
     check_cases(cases)
@@ -355,19 +405,26 @@ def run_study(
     # latent codes: the prior's encoder (fast) or the paper's small random codes
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
-        if cfg.recipe == "fast":
+        if cfg.recipe in ("fast", "denoise"):
             z0 = torch.cat([model.encode(p.target, p.appearance)[0] for p in prep], 0).cpu()
         else:
             z0 = torch.randn(len(prep), model.cfg.latent_dim, generator=gen) * 0.02
     latents = [torch.nn.Parameter(z.clone().to(device)) for z in z0]
-    model.encoder.requires_grad_(False)
-    shared = list(model.decoder.parameters()) + list(model.mlp.parameters())
-    for p in shared:
-        p.requires_grad_(True)
     lr_mlp = cfg.lr_model if cfg.lr_mlp is None else cfg.lr_mlp
-    opt = torch.optim.Adam([{"params": latents, "lr": cfg.lr_latent, "base_lr": cfg.lr_latent},
-                            {"params": list(model.decoder.parameters()), "lr": cfg.lr_model, "base_lr": cfg.lr_model},
-                            {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
+    if cfg.recipe == "denoise":
+        # the whole model learns to denoise; the codes are the encoder's, never trained
+        anchor = prior_snapshot(model)
+        model.requires_grad_(True)
+        opt = torch.optim.Adam([{"params": list(model.encoder.parameters()) + list(model.decoder.parameters()),
+                                 "lr": cfg.lr_model, "base_lr": cfg.lr_model},
+                                {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
+    else:
+        model.encoder.requires_grad_(False)
+        for p in list(model.decoder.parameters()) + list(model.mlp.parameters()):
+            p.requires_grad_(True)
+        opt = torch.optim.Adam([{"params": latents, "lr": cfg.lr_latent, "base_lr": cfg.lr_latent},
+                                {"params": list(model.decoder.parameters()), "lr": cfg.lr_model, "base_lr": cfg.lr_model},
+                                {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
 
     fingerprint = _fingerprint(cfg, names, model)
     state = {"step": 0, "epoch": 0, "losses": [], "epoch_losses": [], "best": math.inf, "wait": 0,
@@ -404,7 +461,7 @@ def run_study(
     # ------------------------------------------------------------------ training
     n = len(prep)
     batches_per_epoch = math.ceil(n / cfg.batch_cases)
-    points_per_case = cfg.points if cfg.recipe == "fast" else cfg.dense_res ** 3
+    points_per_case = cfg.points if cfg.recipe != "paper" else cfg.dense_res ** 3
     model.train()
     t_train = time.perf_counter()
 
@@ -424,10 +481,13 @@ def run_study(
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(cfg, epoch)
         idx = _epoch_order(cfg, n, epoch)[b * cfg.batch_cases:(b + 1) * cfg.batch_cases]
-        pts, y = _batch_points(cfg, [prep[i] for i in idx], gen, device)
         opt.zero_grad(set_to_none=True)  # codes outside this batch get no gradient: Adam skips them
-        loss = _train_step(model, torch.stack([latents[i] for i in idx]), pts, y, [prep[i].context for i in idx],
-                           cfg.latent_reg)
+        if cfg.recipe == "denoise":
+            loss = _denoise_batch(cfg, model, [prep[i] for i in idx], idx, epoch, gen, anchor, device)
+        else:
+            pts, y = _batch_points(cfg, [prep[i] for i in idx], gen, device)
+            loss = _train_step(model, torch.stack([latents[i] for i in idx]), pts, y, [prep[i].context for i in idx],
+                               cfg.latent_reg)
         opt.step()
         state["losses"].append(loss)
         state["step"] += 1
@@ -444,7 +504,7 @@ def run_study(
             else:
                 state["wait"] += 1
             state["stopped"] = bool(cfg.patience and state["wait"] >= cfg.patience)
-            report(0.03 + 0.8 * state["epoch"] / max(1, cfg.epochs),
+            report(0.03 + (0.5 if cfg.recipe == "denoise" else 0.8) * state["epoch"] / max(1, cfg.epochs),
                    f"epoch {state['epoch']}/{cfg.epochs}, loss {ep_loss:.4f}")
         tick()
         if state["step"] % cfg.checkpoint_every == 0 or state["stopped"] or state["epoch"] >= cfg.epochs:
@@ -459,7 +519,24 @@ def run_study(
     probs, masks, case_seconds = [], [], []
     evals, passes = state["mlp_point_evals"], state["decoder_passes"]
     share = state["train_seconds"] / n
-    for i, (c, p) in enumerate(zip(cases, prep)):
+    if cfg.recipe == "denoise":
+        # every case through refine_mask's own path, with the adapted model as its prior
+        def sub(f: float, msg: str) -> None:
+            report(0.55 + 0.45 * f, msg)
+
+        def on_case(i: int, c: StudyCase, r) -> None:
+            probs.append(r.probability)
+            masks.append(r.mask)
+            case_seconds.append(r.seconds + share)
+            notes.extend(f"case {c.name}: {w}" for w in r.warnings if "touches the border" not in w)
+            if outputs is not None:
+                outputs.case_done(c, r.mask, case_seconds[-1])
+
+        with warnings.catch_warnings():  # each case's notes are gathered into the study's warnings
+            warnings.simplefilter("ignore")
+            refine_with(model, meta, cases, cfg.refine_preset, cfg.device, cfg.seed, cfg.margin_mm,
+                        [case_spacing(cfg, c) for c in cases], cfg.min_island_mm3, use_app, progress=sub, cancel=cancel, on_case=on_case)
+    for i, (c, p) in enumerate(zip(cases, prep) if cfg.recipe != "denoise" else ()):
         if cancel is not None and cancel():
             raise Cancelled("study cancelled while decoding")
         t_case = time.perf_counter()
@@ -489,7 +566,7 @@ def run_study(
         seconds=time.perf_counter() - t0, train_seconds=state["train_seconds"], case_seconds=case_seconds,
         mlp_point_evals=int(evals), decoder_passes=int(passes), config=cfg, warnings=notes,
         info={"device": str(device), "appearance": use_app, "resumed_from_step": resumed_from,
-              "prior": str(prior_path or default_prior(use_app)) if cfg.recipe == "fast" else None,
+              "prior": str(prior_path or default_prior(use_app)) if cfg.recipe != "paper" else None,
               "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep]},
     )
     if outputs is not None:
@@ -584,5 +661,5 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
 
 
 __all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "save_study_prior",
-           "load_cases",
+           "load_cases", "case_spacing",
            "find_cases", "read_manifest", "case_name", "check_cases", "RECIPES"]

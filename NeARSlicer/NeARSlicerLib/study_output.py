@@ -54,8 +54,8 @@ def study_card(result: "StudyResult") -> dict:
         "appearance": bool(result.info.get("appearance")),
         "config": cfg.to_dict(),
         "warm_start": result.info.get("prior"),
-        # the encoder is not trained in study mode: a paper-recipe model has a random one
-        "encoder_trained": cfg.recipe == "fast",
+        # a usable (trained) encoder: the prior's (fast), adapted (denoise); a paper-recipe model has a random one
+        "encoder_trained": cfg.recipe != "paper",
         "fov_mm": float((result.info.get("prior_meta") or {}).get("fov_mm", 64.0)),
         "note": "trained transductively on the listed cases' own (imperfect) annotations; "
                 "NeAR: Yang, Shi et al., MICCAI 2022",

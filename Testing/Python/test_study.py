@@ -79,11 +79,11 @@ def _small_cases(n=3, with_image=True):
     return out
 
 
-@pytest.mark.parametrize("recipe", ["fast", "paper"])
+@pytest.mark.parametrize("recipe", ["denoise", "fast", "paper"])
 def test_resume_is_bit_identical(tmp_path, tiny_prior, recipe):
     cases = _small_cases()
     cfg = StudyConfig.for_recipe(recipe, epochs=3, batch_cases=2, points=512, dense_res=12, checkpoint_every=1,
-                                 patience=0)
+                                 patience=0, refine_preset="fast")
     whole = run_study(cases, tiny_prior, cfg)
     calls = {"n": 0}
 
@@ -141,7 +141,7 @@ def test_cli_study_end_to_end(tmp_path, tiny_prior, capsys, with_images):
         refined, rgrid, _ = read_mask(str(out / f"case{s}.nii.gz"))
         assert rgrid.same_as(grid), "each refined mask keeps its input's geometry"
     card = json.loads((out / "study_prior.json").read_text())
-    assert card["cases"] == ["case0", "case1"] and card["recipe"] == "fast" and card["steps"] == 2
+    assert card["cases"] == ["case0", "case1"] and card["recipe"] == "denoise" and card["steps"] == 2
     assert card["appearance"] is with_images
     model, meta = load_prior(out / "study_prior.safetensors")  # a reusable prior
     assert meta["cases"] == ["case0", "case1"] and model.cfg.latent_dim == TINY.latent_dim
