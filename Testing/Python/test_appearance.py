@@ -82,9 +82,15 @@ def test_shipped_sa_prior_has_its_cards():
 
 
 def test_default_prior_follows_the_image(sa_prior):
-    assert default_prior(False) == DEFAULT_PRIOR
+    from NeARSlicerLib.prior import ANATOMY_PRIOR, ANATOMY_SA_PRIOR, resolve_prior
+
+    # an adrenal gland: the adrenal pair, S+A with an image
+    assert resolve_prior("adrenal", with_image=False) == DEFAULT_PRIOR
     if sa_prior == str(DEFAULT_SA_PRIOR):
-        assert default_prior(True) == DEFAULT_SA_PRIOR
+        assert resolve_prior("adrenal", with_image=True) == DEFAULT_SA_PRIOR
+    # an unnamed structure (auto): the general pair, whose S+A prior is not shipped -> S either way
+    assert default_prior(False) == ANATOMY_PRIOR
+    assert default_prior(True) == (ANATOMY_SA_PRIOR if ANATOMY_SA_PRIOR.is_file() else ANATOMY_PRIOR)
 
 
 def test_shifted_image_moves_the_surface(val_shapes, sa_prior):
