@@ -132,8 +132,9 @@ def test_mr_image_falls_back_to_shape_only_with_a_warning(alan_val):
     noisy = corrupt(truth, (1, 1, 1), "slab", 7)
     mr = mr_phantom(truth, 11)
     g = grid_for(truth.shape)
-    with_mr = refine_mask(noisy, g, mr, RefineOptions(preset="fast", keep_threshold=0.0))
-    shape_only = refine_mask(noisy, g, None, RefineOptions(preset="fast", keep_threshold=0.0))
+    gland = "left adrenal gland"  # the adrenal pair: its S+A prior reads CT only
+    with_mr = refine_mask(noisy, g, mr, RefineOptions(preset="fast", keep_threshold=0.0, structure=gland))
+    shape_only = refine_mask(noisy, g, None, RefineOptions(preset="fast", keep_threshold=0.0, structure=gland))
     assert with_mr.info["modality"] == "MR" and with_mr.info["appearance"] is False
     assert with_mr.info["prior_name"] == "adrenal-s"
     assert any("does not look like CT" in w and "refined by shape only" in w for w in with_mr.warnings)

@@ -58,7 +58,9 @@ def test_refine_study_two_cases_and_a_failing_one(logic, mrml_scene, tmp_path):
         assert row["output"].endswith(".seg.nrrd") and os.path.isfile(row["output"])
         # the batch contract's columns: absolute inputs, the prior used (S+A: a CT was given), the host
         assert row["mask"] == str(SEG_PATH.absolute()) and row["image"] == str(CT_PATH.absolute())
-        assert row["prior"] == "adrenal-sa" and row["host"]
+        # --prior auto: segments named Label_N are unnamed structures -> the general prior (shape only:
+        # no general S+A prior is shipped)
+        assert row["prior"] == "anatomy-s" and row["host"]
     assert "FileNotFoundError" in failed["error"] and failed["output"] == ""
 
     # the CSV on disk says the same
