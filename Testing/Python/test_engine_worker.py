@@ -111,7 +111,7 @@ def test_a_failure_inside_the_engine_is_one_line(engine, case):
 
     mask, grid = case
     with pytest.raises(RefinementError) as info:
-        engine.refine(mask, grid, options={"preset": "fast", "margin_mm": "wide"})
+        engine.refine(mask, grid, options={"preset": "fast", "prior": "adrenal", "margin_mm": "wide"})
     text = str(info.value)
     assert text.startswith("refinement failed inside the engine: TypeError: ") and "\n" not in text
     assert "Traceback" in engine.log_path.read_text(), "the traceback goes to the worker's log"
