@@ -240,12 +240,13 @@ def test_scale_round_trip_with_an_extent_card(extent_prior, shape, spacing, radi
 # ------------------------------------------------------------------------------ domain
 def test_out_of_domain_warning(alan_val):
     g = grid_for((64, 64, 64))
-    inside = refine_mask(alan_val[10], g, options=RefineOptions(preset="fast"))
+    adrenal = RefineOptions(preset="fast", prior="adrenal")  # its card's domain: ALAN glands, 28-59 mm
+    inside = refine_mask(alan_val[10], g, options=adrenal)
     assert not any(w.startswith("out of the prior's domain") for w in inside.warnings)
     assert inside.info["out_of_domain"] is False
     tube = np.zeros((40, 40, 160), bool)
     tube[15:25, 15:25, 5:155] = True  # a 150 mm rod: far longer and thinner than any adrenal gland
-    outside = refine_mask(tube, grid_for(tube.shape), options=RefineOptions(preset="fast"))
+    outside = refine_mask(tube, grid_for(tube.shape), options=adrenal)
     assert outside.info["out_of_domain"] is True
     assert any(w.startswith("out of the prior's domain: this segment is 150 mm long") for w in outside.warnings)
 
