@@ -141,7 +141,7 @@ def test_mr_image_falls_back_to_shape_only_with_a_warning(alan_val):
     assert np.array_equal(with_mr.mask, shape_only.mask)
     # a real CT-like phantom is read with the S+A prior and no such warning
     ct = ct_phantom(truth, seed=11)
-    with_ct = refine_mask(noisy, g, ct, RefineOptions(preset="fast", keep_threshold=0.0))
+    with_ct = refine_mask(noisy, g, ct, RefineOptions(preset="fast", keep_threshold=0.0, structure=gland))
     assert with_ct.info["modality"] == "CT" and with_ct.info["appearance"] is True
     assert not any("does not look like CT" in w for w in with_ct.warnings)
 
