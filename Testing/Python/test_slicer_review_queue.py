@@ -293,10 +293,10 @@ def test_table_rows_and_status_line(mrml_scene, batch_folder):
     row = queue.open(batch_folder)
     table = queue.tableRows()
     assert len(table) == 5 and all(len(r) == 6 for r in table)  # the .ui's six columns
-    assert table[0][:2] == (row.case, "Label_1") and table[0][2] == f"{row.change_percent:+.1f}"
+    assert table[0][:2] == (row.case, row.segment) and table[0][2] == f"{row.change_percent:+.1f}"
     assert table[0][3] == f"{row.dice:.3f}" and table[-1][5] == "failed"
     line = queue.describe()
-    assert line.startswith(f"1/5: {row.case} / Label_1: volume {row.change_percent:+.1f} %")
+    assert line.startswith(f"1/5: {row.case} / {row.segment}: volume {row.change_percent:+.1f} %")
     assert "4 of 4 cases left to review, 1 failed in the batch" in line
     queue.decide("accepted")
     assert queue.tableRows()[0][5] == "accepted" and "-- accepted" in queue.describe()

@@ -176,7 +176,8 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
     before = scene_state(mrml_scene)
     cases = [(str(CT_PATH), str(SEG_PATH), [8, 9]), (str(CT_PATH), str(tmp_path / "missing.nii.gz"), 9)]
     out = tmp_path / "out"
-    rows = logic.refineStudy(cases, out, study=True, studyOptions={"epochs": 3})
+    # labels 8 and 9 are the adrenal glands: the adrenal pair (S+A with the CT)
+    rows = logic.refineStudy(cases, out, study=True, studyOptions={"epochs": 3}, prior="adrenal")
     assert scene_state(mrml_scene) == before, "study mode left nodes in the scene"
     ok = [r for r in rows if not r["error"]]
     assert sorted(r["segment"] for r in ok) == ["Label_8", "Label_9"]
