@@ -57,6 +57,9 @@ def study_card(result: "StudyResult") -> dict:
         # a usable (trained) encoder: the prior's (fast), adapted (denoise); a paper-recipe model has a random one
         "encoder_trained": cfg.recipe != "paper",
         "fov_mm": float((result.info.get("prior_meta") or {}).get("fov_mm", 64.0)),
+        # the warm-start prior's working scale, domain and image normalisation hold for the study prior too
+        **{k: v for k, v in (result.info.get("prior_meta") or {}).items()
+           if k in ("scale", "domain", "appearance_norm", "modalities")},
         "note": "trained transductively on the listed cases' own (imperfect) annotations; "
                 "NeAR: Yang, Shi et al., MICCAI 2022",
     }

@@ -33,7 +33,7 @@ def test_denoise_study_beats_its_input_on_an_unseen_class(unseen_study, tmp_path
     cases, truths = unseen_study
     # 10 to 200 mm structures: each on its own working spacing (its longest side spans ~30 voxels)
     cfg = StudyConfig.for_recipe("denoise", epochs=2, extent_voxels=30, refine_preset="fast", margin_mm=4.0)
-    res = run_study(cases, "adrenal", cfg, out_dir=str(tmp_path / "out"))
+    res = run_study(cases, "anatomy", cfg, out_dir=str(tmp_path / "out"))
     before = np.mean([dice(c.mask, t) for c, t in zip(cases, truths)])
     after = np.mean([dice(m, t) for m, t in zip(res.masks, truths)])
     assert after > before, f"the denoise study should beat its input: {before:.3f} -> {after:.3f}"
