@@ -139,11 +139,9 @@ def structure_of(mask_path: str, given: Optional[str], info: dict) -> Optional[s
     if info.get("segment"):
         return str(info["segment"])
     if len(info.get("labels") or []) <= 1:
-        name = Path(mask_path).name
-        for ext in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-            if name.lower().endswith(ext):
-                return name[: -len(ext)]
-        return Path(name).stem
+        from .cases import case_stem  # the file-name rule case discovery uses
+
+        return case_stem(mask_path)
     return None
 
 

@@ -185,7 +185,7 @@ class BatchStream:
             self._local = np.load(data_path)[key] if data_path else None
 
     def _submit(self, step: int) -> Future:
-        if self._local is not None or isinstance(self._pool, ThreadPoolExecutor):
+        if isinstance(self._pool, ThreadPoolExecutor):
             return self._pool.submit(make_raw, self._local, self.spec, step_rng(self.seed, step, self.rank),
                                      self.batch)
         return self._pool.submit(_worker_raw, self.spec, self.seed, step, self.batch, self.rank)
