@@ -42,8 +42,13 @@ def default_alan() -> str:
 
 def _option_fields(args) -> dict:
     """The RefineOptions fields the refine options of the command line set (refine and batch share them)."""
-    return {"prior": args.prior, "preset": args.preset, "device": args.device, "seed": args.seed,
-            "appearance": not getattr(args, "shape_only", False)}
+    fields = {"prior": args.prior, "preset": args.preset, "device": args.device, "seed": args.seed,
+              "appearance": not getattr(args, "shape_only", False)}
+    # do no harm (refine and batch): None leaves RefineOptions' default
+    for name, field in (("keep_threshold", "keep_threshold"), ("changes", "change_policy")):
+        if getattr(args, name, None) is not None:
+            fields[field] = getattr(args, name)
+    return fields
 
 
 def _options(args, structure: Optional[str] = None):
@@ -78,8 +83,6 @@ def cmd_refine(args) -> int:
     mask, grid, image, mask_info = read_case_inputs(args.mask, args.image, args.label)
     structure = structure_of(args.mask, args.structure, mask_info)
     options = _options(args, structure)
-    if args.keep_threshold is not None:
-        options.keep_threshold = args.keep_threshold
     options.modality = args.modality
     res = _run_with_bar(lambda cb: refine_mask(mask, grid, image, options, progress=cb))
     for w in res.warnings:
@@ -102,6 +105,7 @@ def cmd_refine(args) -> int:
 
         facts = {"mask": str(Path(args.mask).resolve()), "output": str(Path(args.out).resolve()),
                  "action": action, "confidence": conf, "keep_threshold": info.get("keep_threshold"),
+                 "change_policy": info.get("change_policy"),
                  "modality": info.get("modality"), "appearance": info.get("appearance"),
                  "prior": info.get("prior_name") or info.get("prior"),
                  "working_spacing_mm": info.get("working_spacing_mm"), "size_mm": info.get("size_mm"),
@@ -113,10 +117,20 @@ def cmd_refine(args) -> int:
         return 0
     how = (f"confidence {conf:.2f}" if isinstance(conf, (int, float))
            else "no confidence (one view: use the default preset for do-no-harm)")
-    if action != "refined":
-        print(f"{action} {Path(args.mask).name} ({how} < keep threshold {info.get('keep_threshold')}): the "
-              f"input was kept unchanged, {res.seconds:.1f} s on {info['device']}; wrote {args.out}")
+    if action.startswith("kept"):
+        below = conf is not None and conf < float(info.get("keep_threshold") or 0.0)
+        if below:
+            why = f"{how} < keep threshold {info.get('keep_threshold')}"
+        elif info.get("out_of_domain"):
+            why = "the prior was not trained on shapes like this one (warning above); --changes all refines it anyway"
+        else:
+            why = (f"every change the prior proposed was thinner than its own boundary error, --changes "
+                   f"{info.get('change_policy')}")
+        print(f"{action} {Path(args.mask).name} ({why}): the input was kept unchanged, {res.seconds:.1f} s on "
+              f"{info['device']}, prior {info.get('prior_name') or info.get('prior')}; wrote {args.out}")
         return 0
+    if action != "refined":  # thick errors only: say that the annotation's own boundary was kept
+        how += f"; {action.split(':', 1)[1].strip()}"
     print(f"refined {Path(args.mask).name}: {int(mask.sum())} -> {int(res.mask.sum())} voxels "
           f"(+{int(res.added.sum())} / -{int(res.removed.sum())}), Dice(input, refined) "
           f"{score:.3f}, {how}, {res.seconds:.1f} s on {info['device']}, prior "
@@ -345,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--seed", type=int, default=seed)
 
+    def no_harm(sp):
+        from .confidence import CHANGE_POLICIES, DEFAULT_CHANGE_POLICY
+
+        sp.add_argument("--keep-threshold", type=_fraction, default=None, metavar="C",
+                        help="do no harm: keep the input unchanged when the refinement's confidence is below C "
+                             "(0..1; default 0: always refine; 0.5: keep nearly every near-correct mask)")
+        sp.add_argument("--changes", choices=CHANGE_POLICIES, default=None,
+                        help="which of the prior's changes are applied: all; thick (only errors thicker than "
+                             "about a voxel: blobs, holes, slabs, leaks, cut parts; the annotation's own boundary "
+                             "is kept); gated (all when the annotation has thick errors, else thick). "
+                             f"Default {DEFAULT_CHANGE_POLICY}")
+
     r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
     r.add_argument("--mask", required=True)
     r.add_argument("--out", required=True, help="output mask (.nii.gz, .nrrd or .seg.nrrd), same geometry as --mask")
@@ -358,9 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace outputs that exist (never an input)")
     r.add_argument("--structure", help="what the mask is (e.g. 'left adrenal gland', 'spleen'), for --prior auto; "
                    "default: the .seg.nrrd segment's name or the mask file's name")
-    r.add_argument("--keep-threshold", type=_fraction, default=None, metavar="C",
-                   help="do no harm: keep the input unchanged when the refinement's confidence is below C "
-                        "(0..1; default 0: always refine; 0.5: do no harm to near-correct masks, e.g. automatic ones)")
+    no_harm(r)
     r.add_argument("--modality", help="the image's modality when known (DICOM Modality: CT, MR, ...); "
                    "default: guessed from its intensities. A CT appearance prior reads CT only")
     r.add_argument("--json", action="store_true",
@@ -440,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--overwrite", action="store_true", help="replace the outputs and summary of an earlier batch")
     bt.add_argument("--shape-only", action="store_true", help="do not use the images' intensities")
     common(bt)
+    no_harm(bt)
     bt.set_defaults(func=cmd_batch)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from . import confidence as conf_mod
 from . import modality as modality_mod
-from .confidence import DEFAULT_KEEP_THRESHOLD
+from .confidence import DEFAULT_CHANGE_POLICY, DEFAULT_KEEP_THRESHOLD
 from .decode import decode_probability
 from .domain import check as domain_check, shape_facts
 from .device import pick_device
@@ -79,6 +79,8 @@ class RefineOptions:
     structure: Optional[str] = None  # what the mask is (segment name / terminology): picks the ``auto`` prior
     # do no harm (confidence.py): keep the annotation when the confidence is below this; 0: always refine
     keep_threshold: float = DEFAULT_KEEP_THRESHOLD
+    # which of the prior's changes are applied (confidence.apply_changes): all | thick | gated
+    change_policy: str = DEFAULT_CHANGE_POLICY
     # the image's modality when known (DICOM Modality "CT", "MR", ...); None: guessed from intensities
     modality: Optional[str] = None
 
@@ -305,6 +307,9 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     check_inputs(np.asarray(mask), grid, image)
     if not 0.0 <= float(opts.keep_threshold) <= 1.0:
         raise InputError(f"keep_threshold must be in [0, 1], got {opts.keep_threshold}")
+    if opts.change_policy not in conf_mod.CHANGE_POLICIES:
+        raise InputError(f"change policy must be one of {', '.join(conf_mod.CHANGE_POLICIES)}, "
+                         f"got {opts.change_policy!r}")
     cfg, n_flips = fit_config(opts)
     device = pick_device(opts.device)
     prior_name, prior_path, prior_note = choose_prior(opts.prior, opts.structure,
@@ -381,7 +386,18 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     del views
     confidence = conf_mod.confidence(sig)
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
-    if action == conf_mod.REFINED:
+    out_of_domain = any(w.startswith("out of the prior's domain") for w in notes)
+    if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL and out_of_domain:
+        # do no harm: a prior does not reshape a structure unlike any it was trained on (--changes all does)
+        action = conf_mod.KEPT_OUT_OF_DOMAIN
+    if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
+        applied = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy)
+        if not np.array_equal(applied, refined > 0):
+            prob = np.where(applied != (refined > 0), original.astype(np.float32), prob)
+            refined = applied.astype(np.uint8)
+            # nothing thicker than the prior's own boundary error: the annotation stands as it is
+            action = conf_mod.REFINED_ERRORS_ONLY if (applied ^ original).any() else conf_mod.KEPT_PLAUSIBLE
+    if action in (conf_mod.REFINED, conf_mod.REFINED_ERRORS_ONLY):
         if not refined.any():
             notes.append("the refined mask is empty: the prior found no plausible shape in this annotation")
     else:
@@ -412,9 +428,10 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             "confidence": None if confidence is None else round(float(confidence), 4),  # None: one view
             "action": action,
             "keep_threshold": float(opts.keep_threshold),
+            "change_policy": opts.change_policy,
             "modality": modality,  # "CT", "MR", "other"; "" without an image
             "signals": sig.as_dict(),
-            "out_of_domain": any(w.startswith("out of the prior's domain") for w in notes),
+            "out_of_domain": out_of_domain,
             "size_mm": round(facts.size_mm, 1),
         },
     )

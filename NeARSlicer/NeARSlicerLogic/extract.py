@@ -147,7 +147,7 @@ def segmentBox(segmentationNode, segmentId, ijkToLocal: np.ndarray, shape, padMm
 
 def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearance=True, preset="default",
                device="auto", seed=0, marginMm=None, spacingMm=None, probabilityVolume=False,
-               changeSegments=False, geometry="auto") -> RefinementJob:
+               changeSegments=False, geometry="auto", changes=None) -> RefinementJob:
     """Check the inputs and take the arrays from the scene (main thread). See ``refineSegment``."""
     segmentName = checkSegment(segmentationNode, segmentId)
     if preset not in PRESETS:
@@ -192,6 +192,12 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
         options["margin_mm"] = float(marginMm)
     if spacingMm is not None:
         options["spacing_mm"] = float(spacingMm)
+    if changes is not None:
+        from NeARSlicerLib.confidence import CHANGE_POLICIES
+
+        if changes not in CHANGE_POLICIES:
+            raise InputError(f"changes must be one of {', '.join(CHANGE_POLICIES)}, got {changes!r}")
+        options["change_policy"] = changes
 
     segToWorld = grids.toWorldMatrix(segmentationNode)
     return RefinementJob(

@@ -91,6 +91,9 @@ def formatOutcome(stats: dict) -> str:
         reason = action.split(":", 1)[1].strip() if ":" in action else "kept"
         text = (f"Kept the original ({reason}, {confText}): NeAR found nothing it could reliably improve; "
                 f"the '(NeAR)' segment equals the original.")
+    elif action.startswith("refined:"):  # do no harm: only thick errors corrected
+        text = (f"Corrected thick errors only (blobs, holes, slabs, leaks, cut parts); the original boundary "
+                f"was kept ({confText}, {image}{prior}). Review, then Accept.")
     elif isinstance(conf, (int, float)) and conf < 0.5:
         text = f"Refined with LOW confidence ({confText}, {image}{prior}): check carefully before Accept."
     else:

@@ -83,7 +83,7 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
     def refineSegment(self, volumeNode, segmentationNode, segmentId, *, prior=None, appearance=True,
                       preset="default", device="auto", seed=0, progress=None, cancel=None,
                       probabilityVolume=False, changeSegments=False, showResult=True,
-                      marginMm=None, spacingMm=None, geometry="auto") -> str:
+                      marginMm=None, spacingMm=None, geometry="auto", changes=None) -> str:
         """Refine one segment with NeAR and add the result as a new segment; return its id.
 
         :param volumeNode: scalar volume (CT) whose grid and intensities are used; None to use the
@@ -107,12 +107,15 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
         :param geometry: ``"auto"`` (the segment's own grid when it is finer than the volume's, so an
           oversampled segmentation keeps its resolution; else the volume's), ``"volume"`` or
           ``"segmentation"``.
+        :param changes: which of the prior's changes are applied (do no harm): ``"all"``, ``"thick"``
+          (only errors thicker than about a voxel; the segment's own boundary is kept) or ``"gated"``
+          (all when the segment has thick errors, else thick); None: the engine's default.
         :raises InputError: (a ValueError) with a one-line reason for bad inputs.
         """
         job = self.prepareRefinement(volumeNode, segmentationNode, segmentId, prior=prior, appearance=appearance,
                                      preset=preset, device=device, seed=seed, marginMm=marginMm,
                                      spacingMm=spacingMm, probabilityVolume=probabilityVolume,
-                                     changeSegments=changeSegments, geometry=geometry)
+                                     changeSegments=changeSegments, geometry=geometry, changes=changes)
         self.computeRefinement(job, progress=progress, cancel=cancel)
         return self.applyRefinement(job, showResult=showResult)
 

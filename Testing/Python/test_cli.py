@@ -34,7 +34,8 @@ def test_refine_nifti_oblique_anisotropic(tmp_path, capsys):
     src = tmp_path / "mask.nii.gz"
     write_mask(str(src), noisy.astype(np.uint8), grid)
     out, rep = tmp_path / "refined.nii.gz", tmp_path / "report.png"
-    assert main(["refine", "--mask", str(src), "--out", str(out), "--report", str(rep), "--preset", "fast"]) == 0
+    assert main(["refine", "--mask", str(src), "--out", str(out), "--report", str(rep), "--preset", "fast",
+                 "--changes", "all"]) == 0  # every change of the prior: the placement of a whole new surface
     refined, rgrid, _ = read_mask(str(out))
     assert rgrid.same_as(grid), "output must have the input's exact geometry"
     assert refined.shape == noisy.shape and set(np.unique(refined)) <= {0, 1}
@@ -49,7 +50,8 @@ def test_refine_nifti_oblique_anisotropic(tmp_path, capsys):
     plain = Grid(shape=truth.shape, spacing=grid.spacing, origin=(0.0, 0.0, 0.0))
     src_plain, out_plain = tmp_path / "plain.nii.gz", tmp_path / "plain_refined.nii.gz"
     write_mask(str(src_plain), noisy.astype(np.uint8), plain)
-    assert main(["refine", "--mask", str(src_plain), "--out", str(out_plain), "--preset", "fast"]) == 0
+    assert main(["refine", "--mask", str(src_plain), "--out", str(out_plain), "--preset", "fast",
+                 "--changes", "all"]) == 0
     ref_plain = sitk.ReadImage(str(out_plain))
     to_oblique = sitk.AffineTransform(3)  # LPS of the plain grid -> LPS of the oblique grid
     to_oblique.SetMatrix(grid.direction)

@@ -81,8 +81,24 @@ def test_kept_result_is_the_input_and_says_so(alan_val):
     kept = refine_mask(clean, grid_for(clean.shape), options=RefineOptions(keep_threshold=DO_NO_HARM_THRESHOLD))
     assert kept.info["action"].startswith("kept"), kept.info
     assert np.array_equal(kept.mask, clean.astype(np.uint8)) and not kept.added.any() and not kept.removed.any()
-    forced = refine_mask(clean, grid_for(clean.shape), options=RefineOptions(keep_threshold=0.0))
+    forced = refine_mask(clean, grid_for(clean.shape), options=RefineOptions(keep_threshold=0.0, change_policy="all"))
     assert forced.info["action"] == "refined" and forced.info["confidence"] == kept.info["confidence"]
+    assert not np.array_equal(forced.mask, clean.astype(np.uint8))  # the prior alone does reshape it
+
+
+def test_default_keeps_a_clean_annotation_and_repairs_a_rough_one(alan_val):
+    """The default (keep threshold 0, change policy ``gated``): a clean ALAN val shape comes back
+    unchanged ("kept: already plausible": the prior proposed only a thin reshaping), while the same
+    shape with blobs and cubes of the paper's error generator is refined closer to the truth."""
+    clean = alan_val[50]
+    g = grid_for(clean.shape)
+    kept = refine_mask(clean, g)
+    assert kept.info["change_policy"] == "gated" and kept.info["action"] == "kept: already plausible", kept.info
+    assert np.array_equal(kept.mask, clean.astype(np.uint8))
+    rough = corrupt(clean, (1, 1, 1), "paper", 4050)
+    fixed = refine_mask(rough, g)
+    assert fixed.info["action"].startswith("refined"), fixed.info
+    assert dice(fixed.mask, clean) > dice(rough, clean) + 0.03
 
 
 @pytest.mark.xfail(strict=True, reason="measured 2026-11-27: with the shipped adrenal prior the calibrated confidence "
@@ -259,7 +275,10 @@ def test_cli_json_and_keep_threshold(tmp_path, alan_val, capsys):
     facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert facts["action"].startswith("kept") and 0 <= facts["confidence"] < facts["keep_threshold"]
     assert facts["dice_input_refined"] == 1.0
-    assert main(["refine", "--mask", str(src), "--out", str(tmp_path / "b.nii.gz")]) == 0  # default: refine
-    assert capsys.readouterr().out.startswith("refined clean.nii.gz")
+    assert main(["refine", "--mask", str(src), "--out", str(tmp_path / "b.nii.gz"), "--changes", "all"]) == 0
+    assert capsys.readouterr().out.startswith("refined clean.nii.gz")  # threshold 0, every change: refined
+    assert main(["refine", "--mask", str(src), "--out", str(tmp_path / "d.nii.gz")]) == 0  # the default
+    assert capsys.readouterr().out.startswith("kept: already plausible clean.nii.gz (every change the prior proposed "
+                                              "was thinner than its own boundary error, --changes gated)")
     with pytest.raises(SystemExit):
         main(["refine", "--mask", str(src), "--out", str(tmp_path / "c.nii.gz"), "--keep-threshold", "2"])

@@ -5,6 +5,7 @@ import numpy as np
 
 from NeARSlicerLib.baselines import BASELINES
 from NeARSlicerLib.bench import run_bench
+from NeARSlicerLib.refine import RefineOptions
 
 N_CASES = 10
 
@@ -12,7 +13,8 @@ N_CASES = 10
 def test_prior_beats_input_and_smoothing(shared_data):
     val = np.load(shared_data / "alan64" / "alan64_trainval.npz")["val_shapes"]
     cases = val[np.linspace(0, len(val) - 1, N_CASES).astype(int)]
-    result = run_bench(cases, log=lambda *_: None)
+    # the prior itself: every change it proposes (the do-no-harm default is measured in keep_or_refine.py)
+    result = run_bench(cases, RefineOptions(structure="adrenal gland", change_policy="all"), log=lambda *_: None)
     t = result["table"]
     near = t["NeAR"]
     best_dsc = max(t[name]["dsc_mean"] for name in BASELINES)
@@ -23,7 +25,9 @@ def test_prior_beats_input_and_smoothing(shared_data):
 
 
 def test_clean_annotation_is_left_nearly_alone(shared_data):
-    """Refining an already clean annotation must do no harm (mean Dice to itself >= 0.93)."""
+    """Refining an already clean annotation must do no harm: the default (change policy ``gated``)
+    applies none of the prior's thin reshaping of a correct boundary (mean Dice to itself >= 0.98;
+    every change applied gave >= 0.93)."""
     from NeARSlicerLib.bench import identity_grid
     from NeARSlicerLib.metrics import dice
     from NeARSlicerLib.refine import RefineOptions, refine_mask
@@ -31,4 +35,4 @@ def test_clean_annotation_is_left_nearly_alone(shared_data):
     val = np.load(shared_data / "alan64" / "alan64_trainval.npz")["val_shapes"]
     cases = val[np.linspace(3, len(val) - 4, 6).astype(int)]
     scores = [dice(refine_mask(c, identity_grid(c.shape), options=RefineOptions(preset="fast")).mask, c) for c in cases]
-    assert np.mean(scores) >= 0.93, scores
+    assert np.mean(scores) >= 0.98, scores

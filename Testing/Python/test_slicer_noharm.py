@@ -57,6 +57,8 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     ({"action": "refined", "confidence": 0.3}, "Refined with LOW confidence (confidence 0.30"),
     ({"action": "kept: already plausible", "confidence": 0.2}, "Kept the original (already plausible, confidence 0.20)"),
     ({"action": "refined", "confidence": 0.8, "outOfDomain": True}, "Refined (confidence 0.80"),
+    ({"action": "refined: thick errors only, boundary kept", "confidence": 0.1},
+     "Corrected thick errors only (blobs, holes, slabs, leaks, cut parts); the original boundary was kept"),
     ({"action": "refined"}, "Refined (no confidence measured: the 'fast' preset has no mirrored views"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
