@@ -244,9 +244,12 @@ def cmd_study(args) -> int:
 
     from tqdm import tqdm
 
+    from .distributed import close_group, launch_rank
     from .errors import InputError
     from .study import StudyConfig, load_cases, run_study
 
+    # under torchrun every process runs this command; only rank 0 reports and writes (run_study)
+    rank, world = launch_rank()
     if not args.manifest and not args.masks:
         raise InputError("give --masks DIR (optionally --images DIR) or --manifest CSV")
     if args.manifest and (args.masks or args.images):
@@ -266,8 +269,10 @@ def cmd_study(args) -> int:
     cases = load_cases(args.masks, args.images, args.manifest, label=args.label)
     out = Path(args.out)
     ck = out / CHECKPOINT_NAME
-    print(f"study: {len(cases)} cases, recipe {cfg.recipe}, up to {cfg.epochs} epochs"
-          + (f", resuming from {ck}" if args.resume and ck.is_file() else ""))
+    if rank == 0:
+        print(f"study: {len(cases)} cases, recipe {cfg.recipe}, up to {cfg.epochs} epochs"
+              + (f", {world} processes (torchrun)" if world > 1 else "")
+              + (f", resuming from {ck}" if args.resume and ck.is_file() else ""))
     # a first Ctrl-C stops at the next step boundary with a checkpoint saved; a second one at once
     stop = {"asked": False}
 
@@ -281,7 +286,7 @@ def cmd_study(args) -> int:
     except ValueError:  # not the main thread: keep the default behaviour
         previous = None
     try:
-        with tqdm(total=1000, desc="study", unit="", mininterval=0.5, leave=False,
+        with tqdm(total=1000, desc="study", unit="", mininterval=0.5, leave=False, disable=rank != 0,
                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
             def cb(f: float, msg: str) -> None:
                 bar.set_postfix_str(msg, refresh=False)
@@ -293,6 +298,9 @@ def cmd_study(args) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        close_group()
+    if res.info.get("rank", 0) != 0:
+        return 0
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
     for row in res.rows([c.mask for c in cases]):

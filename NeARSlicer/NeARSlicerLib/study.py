@@ -30,6 +30,13 @@ Training is resumable: a checkpoint (model, codes, optimiser, step, the batch ge
 loss history; safetensors + JSON via ``checkpoint.py``, never pickle) is written atomically every
 ``checkpoint_every`` steps and on cancel; resuming gives bit-identical results to an
 uninterrupted run on the CPU. Outputs are written by ``study_output.py``.
+
+Under ``torchrun --nproc-per-node N`` (``distributed.Distributed``: gloo on CPU, NCCL on GPU) every
+process holds the whole model and all latent codes; each step's batch of cases is split among the
+processes and their gradients are added up (:func:`_batch_gradients`), so that N processes take
+the single-process steps up to floating-point rounding. Only rank 0 writes (checkpoints, masks,
+summary, prior) and reports; it alone decodes the cases after training. A checkpoint holds no
+process count: it resumes under any N, or alone.
 """
 from __future__ import annotations
 
@@ -48,7 +55,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, load_training_state, save_training_state
 from .decode import decode_logits, model_query
-from .device import pick_device
+from .distributed import Distributed
 from .errors import Cancelled, InputError
 from .fit import sample_fit_points
 from .geometry import Grid, to_source, to_working
@@ -135,7 +142,10 @@ class StudyConfig:
 
 @dataclass
 class StudyResult:
-    """Refined masks and probabilities on each case's source grid ([k, j, i]), and the trained model."""
+    """Refined masks and probabilities on each case's source grid ([k, j, i]), and the trained model.
+
+    Under torchrun only rank 0's result holds the masks, probabilities and case seconds (the other
+    processes train, then stop: ``info["rank"]`` > 0, those lists empty)."""
 
     names: list[str]
     masks: list[np.ndarray]  # uint8 0/1
@@ -287,16 +297,20 @@ def _batch_points(cfg: StudyConfig, prep: Sequence[_Prepared], gen: torch.Genera
 
 
 def _train_step(model: NeARModel, z: torch.Tensor, pts: torch.Tensor, y: torch.Tensor,
-                contexts: Sequence[Optional[Condition]], latent_reg: float, chunk_points: int = 65536) -> float:
+                contexts: Sequence[Optional[Condition]], latent_reg: float, chunk_points: int = 65536,
+                batch_size: Optional[int] = None) -> float:
     """Accumulate the gradients of mean BCE + latent_reg * mean(z^2) over one batch; returns the loss.
 
     The decoder runs once for the batch; the MLP runs per case (each case has its own context
     cube) over pieces of points, backpropagated every ``chunk_points`` points so that the dense
     64^3 recipe fits in memory. The gradients equal those of one backward pass of the mean loss.
+    ``batch_size``: the whole batch's number of cases when ``z`` holds only this process's share of
+    it (torchrun), so that the shares' terms add up to the whole batch's mean.
     """
     maps = model.maps(z, Condition.batch_skips(list(contexts)) if model.cfg.skips else None)
-    B, P = y.shape
-    pieces = [(b, s) for b in range(B) for s in range(0, P, chunk_points)]
+    n_here, P = y.shape
+    B = n_here if batch_size is None else batch_size
+    pieces = [(b, s) for b in range(n_here) for s in range(0, P, chunk_points)]
     total, pending, pending_points = 0.0, None, 0
     for n, (b, s) in enumerate(pieces):
         logits = model.query([m[b:b + 1] for m in maps], pts[b:b + 1, s:s + chunk_points], contexts[b])
@@ -306,7 +320,9 @@ def _train_step(model: NeARModel, z: torch.Tensor, pts: torch.Tensor, y: torch.T
         last = n == len(pieces) - 1
         if last or pending_points >= chunk_points:
             if last:
-                pending = pending + latent_reg * z.pow(2).mean()
+                # a share's sum over the whole batch's count; the whole batch keeps its plain mean (bit for bit)
+                reg = z.pow(2).mean() if B == n_here else z.pow(2).sum() / (B * z.shape[1])
+                pending = pending + latent_reg * reg
             pending.backward(retain_graph=not last)
             total += pending.item()
             pending, pending_points = None, 0
@@ -324,16 +340,118 @@ def _epoch_order(cfg: StudyConfig, n: int, epoch: int) -> list[int]:
 
 
 def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared], idx: Sequence[int], epoch: int,
-                   gen: torch.Generator, anchor: dict, device: torch.device) -> float:
+                   gen: torch.Generator, anchor: dict, device: torch.device, own: Optional[Sequence[int]] = None,
+                   regularise: bool = True) -> float:
     """One denoise step: each case's annotation re-distorted (seeded by seed, epoch, case), the model
-    trained to recover the annotation from it (see ``study_adapt``)."""
-    inputs = []
-    for i, p in zip(idx, prep):
+    trained to recover the annotation from it (see ``study_adapt``). ``own``: the batch positions
+    this process computes (None: all); ``regularise``: whether this process adds the L2-SP term."""
+    mine = set(range(len(idx)) if own is None else own)
+    inputs: list[Optional[torch.Tensor]] = []
+    for b, (i, p) in enumerate(zip(idx, prep)):
+        if b not in mine:
+            inputs.append(None)
+            continue
         clean = p.target[0, 0].cpu().numpy() > 0.5
         noisy = redistort(clean, float(p.work_grid.spacing[0]), cfg.seed, epoch, i, p.image_hu)
         inputs.append(torch.from_numpy(noisy.astype(np.float32))[None, None].to(device))
     return denoise_step(model, inputs, [p.target for p in prep], [p.appearance for p in prep], cfg.points, gen,
-                        anchor, cfg.l2sp)
+                        anchor, cfg.l2sp if regularise else 0.0)
+
+
+@dataclass
+class _Training:
+    """Everything one optimiser step reads and updates."""
+
+    model: NeARModel
+    meta: dict
+    prep: list[_Prepared]
+    latents: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # the only random stream of training (points, the paper's initial codes)
+    anchor: Optional[dict]  # denoise: the prior's weights (L2-SP)
+    use_app: bool
+    notes: list[str]
+
+
+def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: StudyConfig, device: torch.device,
+                    report: Progress) -> _Training:
+    """The model, working cubes, initial latent codes and optimiser of a study (a pure function of
+    the cases, the prior and ``cfg``: every torchrun process builds the same)."""
+    any_image = any(c.image is not None for c in cases)
+    report(0.0, "loading the model")
+    model, meta = _initial_model(cfg, prior_path, any_image, device)
+    use_app = bool(cfg.appearance and model.cfg.appearance and any_image)
+    notes: list[str] = []
+    if cfg.appearance and any_image and not model.cfg.appearance:
+        notes.append("this prior is shape-only: the images were not used")
+    if use_app and not all(c.image is not None for c in cases):
+        notes.append("some cases have no image: they are fitted shape-only")
+
+    report(0.01, "cropping and resampling every case to its working grid")
+    prep = _prepare(cases, cfg, model, float(meta.get("fov_mm", 64.0)), use_app, device)
+    for c, p in zip(cases, prep):
+        if p.touches_border:
+            notes.append(f"case {c.name}: the mask touches the border of its volume; the surface there is extrapolated")
+
+    # latent codes: the prior's encoder (fast) or the paper's small random codes
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        if cfg.recipe in ("fast", "denoise"):
+            z0 = torch.cat([model.encode(p.target, p.appearance)[0] for p in prep], 0).cpu()
+        else:
+            z0 = torch.randn(len(prep), model.cfg.latent_dim, generator=gen) * 0.02
+    latents = [torch.nn.Parameter(z.clone().to(device)) for z in z0]
+    lr_mlp = cfg.lr_model if cfg.lr_mlp is None else cfg.lr_mlp
+    anchor = None
+    if cfg.recipe == "denoise":
+        # the whole model learns to denoise; the codes are the encoder's, never trained
+        anchor = prior_snapshot(model)
+        model.requires_grad_(True)
+        opt = torch.optim.Adam([{"params": list(model.encoder.parameters()) + list(model.decoder.parameters()),
+                                 "lr": cfg.lr_model, "base_lr": cfg.lr_model},
+                                {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
+    else:
+        model.encoder.requires_grad_(False)
+        for p in list(model.decoder.parameters()) + list(model.mlp.parameters()):
+            p.requires_grad_(True)
+        opt = torch.optim.Adam([{"params": latents, "lr": cfg.lr_latent, "base_lr": cfg.lr_latent},
+                                {"params": list(model.decoder.parameters()), "lr": cfg.lr_model, "base_lr": cfg.lr_model},
+                                {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
+    return _Training(model, meta, prep, latents, opt, gen, anchor, use_app, notes)
+
+
+def _trained(tr: _Training) -> list[torch.Tensor]:
+    """The parameters the optimiser updates (model weights, and the latent codes of fast/paper)."""
+    return [p for g in tr.opt.param_groups for p in g["params"]]
+
+
+def _batch_gradients(cfg: StudyConfig, tr: _Training, idx: Sequence[int], epoch: int, ctx: Distributed) -> float:
+    """Set the gradients of one optimiser step over the cases ``idx`` (and no others); returns its loss.
+
+    Under torchrun (``ctx.world`` > 1) process r computes the batch positions r, r + world, ...
+    with the whole batch's normalisation, draws every case's points (one random stream, alike in
+    all processes) and adds the L2-SP term only on rank 0; ``Distributed.sum_gradients`` then adds
+    the shares' gradients (model weights and latent codes) and losses, so every process holds
+    exactly the gradient of the single-process mean loss over the whole batch. Not DDP: the
+    latent codes live outside the module and a step runs several backward passes.
+    """
+    tr.opt.zero_grad(set_to_none=True)  # codes outside this batch get no gradient: Adam skips them
+    own = list(range(ctx.rank, len(idx), ctx.world))
+    whole = len(own) == len(idx)
+    device = tr.prep[0].target.device
+    if cfg.recipe == "denoise":
+        loss = _denoise_batch(cfg, tr.model, [tr.prep[i] for i in idx], idx, epoch, tr.gen, tr.anchor, device,
+                              own=None if whole else own, regularise=ctx.main)
+    else:
+        pts, y = _batch_points(cfg, [tr.prep[i] for i in idx], tr.gen, device)  # all cases: the stream advances alike
+        if not whole:
+            pts, y = pts[own], y[own]
+        mine = [idx[b] for b in own]
+        loss = 0.0
+        if mine:
+            loss = _train_step(tr.model, torch.stack([tr.latents[i] for i in mine]), pts, y,
+                               [tr.prep[i].context for i in mine], cfg.latent_reg, batch_size=len(idx))
+    return ctx.sum_gradients(_trained(tr), loss)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -377,54 +495,25 @@ def run_study(
     report = progress or (lambda f, m: None)
     _check_config(cfg)
     check_cases(cases)
+    # under torchrun: this process's rank and device (NCCL on CUDA, gloo on CPU); alone: rank 0 of 1
+    ctx = Distributed.from_env(cfg.device)
+    if not ctx.main:
+        report = lambda f, m: None  # noqa: E731 - only rank 0 reports
     outputs = None
-    if out_dir is not None:  # every output is checked before any computation
+    if out_dir is not None:  # every output is checked before any computation (in every process: same verdict)
         outputs = StudyOutputs(out_dir, cases, overwrite=overwrite, checkpoint=checkpoint, other_inputs=[prior_path])
+        if not ctx.main:
+            outputs = None  # only rank 0 writes
     if checkpoint is not None:
         check_outputs([checkpoint], [*(p for c in cases for p in (c.mask_path, c.image_path)), prior_path],
                       may_exist=[checkpoint])
-    device = pick_device(cfg.device)
+    ctx.barrier()  # no process writes before every process has checked
+    device = ctx.device
     names = [c.name for c in cases]
-    any_image = any(c.image is not None for c in cases)
 
-    report(0.0, "loading the model")
-    model, meta = _initial_model(cfg, prior_path, any_image, device)
-    use_app = bool(cfg.appearance and model.cfg.appearance and any_image)
-    notes: list[str] = []
-    if cfg.appearance and any_image and not model.cfg.appearance:
-        notes.append("this prior is shape-only: the images were not used")
-    if use_app and not all(c.image is not None for c in cases):
-        notes.append("some cases have no image: they are fitted shape-only")
-
-    report(0.01, "cropping and resampling every case to its working grid")
-    prep = _prepare(cases, cfg, model, float(meta.get("fov_mm", 64.0)), use_app, device)
-    for c, p in zip(cases, prep):
-        if p.touches_border:
-            notes.append(f"case {c.name}: the mask touches the border of its volume; the surface there is extrapolated")
-
-    # latent codes: the prior's encoder (fast) or the paper's small random codes
-    gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.no_grad():
-        if cfg.recipe in ("fast", "denoise"):
-            z0 = torch.cat([model.encode(p.target, p.appearance)[0] for p in prep], 0).cpu()
-        else:
-            z0 = torch.randn(len(prep), model.cfg.latent_dim, generator=gen) * 0.02
-    latents = [torch.nn.Parameter(z.clone().to(device)) for z in z0]
-    lr_mlp = cfg.lr_model if cfg.lr_mlp is None else cfg.lr_mlp
-    if cfg.recipe == "denoise":
-        # the whole model learns to denoise; the codes are the encoder's, never trained
-        anchor = prior_snapshot(model)
-        model.requires_grad_(True)
-        opt = torch.optim.Adam([{"params": list(model.encoder.parameters()) + list(model.decoder.parameters()),
-                                 "lr": cfg.lr_model, "base_lr": cfg.lr_model},
-                                {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
-    else:
-        model.encoder.requires_grad_(False)
-        for p in list(model.decoder.parameters()) + list(model.mlp.parameters()):
-            p.requires_grad_(True)
-        opt = torch.optim.Adam([{"params": latents, "lr": cfg.lr_latent, "base_lr": cfg.lr_latent},
-                                {"params": list(model.decoder.parameters()), "lr": cfg.lr_model, "base_lr": cfg.lr_model},
-                                {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
+    tr = _start_training(cases, prior_path, cfg, device, report)
+    model, meta, prep, latents, opt, gen = tr.model, tr.meta, tr.prep, tr.latents, tr.opt, tr.gen
+    use_app, notes = tr.use_app, tr.notes
 
     fingerprint = _fingerprint(cfg, names, model)
     state = {"step": 0, "epoch": 0, "losses": [], "epoch_losses": [], "best": math.inf, "wait": 0,
@@ -448,9 +537,11 @@ def run_study(
         state = ck["extra"]["state"]
         resumed_from = state["step"]
         report(0.02, f"resumed from step {state['step']} (epoch {state['epoch']})")
+    # every process loaded the same prior (or checkpoint); rank 0's values rule where set-up is not bit-exact
+    ctx.broadcast_([*model.parameters(), *latents])
 
     def save_now() -> None:
-        if ck_path is None:
+        if ck_path is None or not ctx.main:
             return
         # the global RNGs are not saved: training draws only from ``gen``
         save_training_state(ck_path, model, opt, state["step"],
@@ -473,7 +564,8 @@ def run_study(
 
     while state["epoch"] < cfg.epochs and not state["stopped"]:
         epoch, b = state["epoch"], state.get("step_in_epoch", 0)
-        if cancel is not None and cancel():
+        # a cancel (Ctrl-C reaches every process, or only one) stops all processes at the same step
+        if ctx.agree([float(cancel is not None and bool(cancel()))])[0]:
             tick()
             save_now()
             raise Cancelled(f"study cancelled at step {state['step']}"
@@ -481,13 +573,7 @@ def run_study(
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(cfg, epoch)
         idx = _epoch_order(cfg, n, epoch)[b * cfg.batch_cases:(b + 1) * cfg.batch_cases]
-        opt.zero_grad(set_to_none=True)  # codes outside this batch get no gradient: Adam skips them
-        if cfg.recipe == "denoise":
-            loss = _denoise_batch(cfg, model, [prep[i] for i in idx], idx, epoch, gen, anchor, device)
-        else:
-            pts, y = _batch_points(cfg, [prep[i] for i in idx], gen, device)
-            loss = _train_step(model, torch.stack([latents[i] for i in idx]), pts, y, [prep[i].context for i in idx],
-                               cfg.latent_reg)
+        loss = _batch_gradients(cfg, tr, idx, epoch, ctx)  # under torchrun: summed over the processes
         opt.step()
         state["losses"].append(loss)
         state["step"] += 1
@@ -503,7 +589,8 @@ def run_study(
                 state["best"], state["wait"] = ep_loss, 0
             else:
                 state["wait"] += 1
-            state["stopped"] = bool(cfg.patience and state["wait"] >= cfg.patience)
+            # the losses are the processes' sums, so they agree; agree() makes sure of the decision itself
+            state["stopped"] = bool(ctx.agree([float(bool(cfg.patience and state["wait"] >= cfg.patience))])[0])
             report(0.03 + (0.5 if cfg.recipe == "denoise" else 0.8) * state["epoch"] / max(1, cfg.epochs),
                    f"epoch {state['epoch']}/{cfg.epochs}, loss {ep_loss:.4f}")
         tick()
@@ -519,7 +606,9 @@ def run_study(
     probs, masks, case_seconds = [], [], []
     evals, passes = state["mlp_point_evals"], state["decoder_passes"]
     share = state["train_seconds"] / n
-    if cfg.recipe == "denoise":
+    # rank 0 alone decodes and writes every case; the other processes are done after training (no
+    # final barrier: a long decoding would outlast the process group's timeout) and return no masks
+    if cfg.recipe == "denoise" and ctx.main:
         # every case through refine_mask's own path, with the adapted model as its prior
         def sub(f: float, msg: str) -> None:
             report(0.55 + 0.45 * f, msg)
@@ -536,7 +625,7 @@ def run_study(
             warnings.simplefilter("ignore")
             refine_with(model, meta, cases, cfg.refine_preset, cfg.device, cfg.seed, cfg.margin_mm,
                         [case_spacing(cfg, c) for c in cases], cfg.min_island_mm3, use_app, progress=sub, cancel=cancel, on_case=on_case)
-    for i, (c, p) in enumerate(zip(cases, prep) if cfg.recipe != "denoise" else ()):
+    for i, (c, p) in enumerate(zip(cases, prep) if cfg.recipe != "denoise" and ctx.main else ()):
         if cancel is not None and cancel():
             raise Cancelled("study cancelled while decoding")
         t_case = time.perf_counter()
@@ -556,7 +645,7 @@ def run_study(
         if outputs is not None:
             outputs.case_done(c, mask, case_seconds[-1])
 
-    for w in notes:
+    for w in notes if ctx.main else ():
         warnings.warn(w, stacklevel=2)
     result = StudyResult(
         names=names, masks=masks, probabilities=probs,
@@ -567,7 +656,8 @@ def run_study(
         mlp_point_evals=int(evals), decoder_passes=int(passes), config=cfg, warnings=notes,
         info={"device": str(device), "appearance": use_app, "resumed_from_step": resumed_from,
               "prior": str(prior_path or default_prior(use_app)) if cfg.recipe != "paper" else None,
-              "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep]},
+              "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep],
+              "processes": ctx.world, "rank": ctx.rank},
     )
     if outputs is not None:
         outputs.finish(result)

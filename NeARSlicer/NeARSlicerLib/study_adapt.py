@@ -48,17 +48,26 @@ def redistort(mask: np.ndarray, spacing_mm: float, seed: int, epoch: int, case: 
     return out
 
 
-def denoise_step(model: NeARModel, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+def denoise_step(model: NeARModel, inputs: Sequence[Optional[torch.Tensor]], targets: Sequence[torch.Tensor],
                  appearances: Sequence[Optional[torch.Tensor]], points: int, gen: torch.Generator,
                  anchor: dict[str, torch.Tensor], l2sp: float) -> float:
     """Accumulate the gradients of mean BCE(model(encode(input)), target) + l2sp * ||theta - theta_prior||^2
-    over one batch (each ``inputs[b]``/``targets[b]`` a (1, 1, n, n, n) cube); returns the loss."""
+    over one batch (each ``inputs[b]``/``targets[b]`` a (1, 1, n, n, n) cube); returns the loss.
+
+    Under torchrun a process computes only its share of the batch: ``inputs[b]`` is None for the
+    cases of the other processes. Their points are drawn all the same (so that ``gen`` advances
+    alike in every process) and each case's term is divided by the whole batch's size, so that the
+    shares add up to the single-process loss; the caller passes ``l2sp = 0`` to all processes but
+    one, so that the penalty is counted once.
+    """
     total = 0.0
     B = len(inputs)
     for x, y_vol, app in zip(inputs, targets, appearances):
-        z, cond = model.encode(x, app)
         # points near the target's surface (where the errors to undo are) and uniform in the cube
         pts = sample_fit_points(y_vol, points, gen)
+        if x is None:
+            continue
+        z, cond = model.encode(x, app)
         y = sample_volume(y_vol, pts).clamp(0, 1)
         loss = F.binary_cross_entropy_with_logits(model(z, pts, cond), y) / B
         loss.backward()
