@@ -61,11 +61,11 @@ def val_shapes(shared_data):
     return np.load(shared_data / "alan64" / "alan64_trainval.npz")["val_shapes"]
 
 
-def _refine(mask, image, prior, preset="fast", appearance=True):
+def _refine(mask, image, prior, preset="fast", appearance=True):  # the prior's own output: every change
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return refine_mask(mask.astype(np.uint8), identity_grid(mask.shape), image,
-                           RefineOptions(prior=prior, preset=preset, appearance=appearance))
+                           RefineOptions(prior=prior, preset=preset, appearance=appearance, change_policy="all"))
 
 
 def test_shipped_sa_prior_has_its_cards():
