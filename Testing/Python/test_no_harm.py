@@ -63,15 +63,17 @@ def alan_val(shared_data):
 @pytest.mark.parametrize("label, perturb", [(2, "noise"), (3, "stair"), (11, "noise")])
 def test_near_clean_real_structures_are_not_made_worse(example_ct, label, perturb):
     """Three real structures of the example CT (labels 2, 3, 11), mildly perturbed at 3 mm: with the
-    do-no-harm setting the result is never worse than the input by more than 1 DSC against the clean label."""
+    default options (change policy ``gated``) and with the stricter keep threshold the result is never
+    worse than the input by more than 1 DSC against the clean label (every change applied: up to -12.8)."""
     ct, seg, grid = example_ct
     clean = seg == label
     rng = np.random.default_rng(label)
     noisy = boundary_noise(clean, rng) if perturb == "noise" else staircase(clean, rng)
-    res = refine_mask(noisy, grid, ct, options=RefineOptions(keep_threshold=DO_NO_HARM_THRESHOLD))
-    assert dice(res.mask, clean) >= dice(noisy, clean) - 0.01, res.info
-    assert res.info["action"] in ("refined", "kept: already plausible", "kept: low confidence")
-    assert 0.0 <= res.info["confidence"] <= 1.0
+    for options in (RefineOptions(), RefineOptions(keep_threshold=DO_NO_HARM_THRESHOLD)):
+        res = refine_mask(noisy, grid, ct, options=options)
+        assert dice(res.mask, clean) >= dice(noisy, clean) - 0.01, res.info
+        assert res.info["action"].startswith(("refined", "kept: "))
+        assert 0.0 <= res.info["confidence"] <= 1.0
 
 
 def test_kept_result_is_the_input_and_says_so(alan_val):
