@@ -5,6 +5,8 @@ smoothing and held-out columns of ``results/robustness.json`` stay comparable; t
 priors' columns. Results: ``benchmarks/results/robustness_v2.json`` (resumable per table).
 
     PYTHONPATH=NeARSlicer .venv/bin/python benchmarks/robustness_v2.py --s PATH --sa PATH
+    # the shipped default's choice among the prior's changes (--work must differ: rows are cached there):
+    ... --changes gated --work benchmarks/work/v2_gated --out benchmarks/results/robustness_v2_gated.json
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def main() -> None:
     ap.add_argument("--work", default="benchmarks/work/v2")
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--out", default="benchmarks/results/robustness_v2.json")
+    ap.add_argument("--changes", default="all", help="change policy of the refinements (confidence.apply_changes): "
+                    "all (the prior's own output, as first measured) or the do-no-harm default gated")
     args = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(args.work)
@@ -40,8 +44,11 @@ def main() -> None:
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.is_file() else {}
     val = np.load(ALAN)["val_shapes"][: args.cases]
-    d = dict(preset="default", seed=0)
+    d = dict(preset="default", seed=0, change_policy=args.changes)
     s_new = RefineOptions(prior=args.s, appearance=False, **d)
+    # column names: the first run scored the GPU-trained files; other runs say which prior and policy
+    s_name, sa_name = (("S (GPU, library)", "S+A (GPU, library)") if args.changes == "all" else
+                       (f"S ({Path(args.s).stem}, {args.changes})", f"S+A ({Path(args.sa).stem}, {args.changes})"))
 
     def run(key, cases, methods):
         if key in res:
@@ -50,17 +57,17 @@ def main() -> None:
         res[key] = score_rows(cases, methods, work, key.replace(":", "_"))
         atomic_write_text(out, json.dumps(res, indent=1))
 
-    run("family:mixture", alan_cases(val, family="mixture"), {"S (GPU, library)": s_new})
+    run("family:mixture", alan_cases(val, family="mixture"), {s_name: s_new})
     run("sa:mixture", alan_cases(val, appearance=True, family="mixture"),
-        {"S (GPU, library)": s_new, "S+A (GPU, library)": RefineOptions(prior=args.sa, **d)})
+        {s_name: s_new, sa_name: RefineOptions(prior=args.sa, **d)})
     for fam in FAMILIES:
-        run(f"family:{fam}", alan_cases(val, family=fam), {"S (GPU, library)": s_new})
+        run(f"family:{fam}", alan_cases(val, family=fam), {s_name: s_new})
     run("clean", [BenchCase(f"val{i:03d}", v.astype(bool), v.astype(bool), identity_grid(v.shape))
-                  for i, v in enumerate(val)], {"S (GPU, library)": s_new})
+                  for i, v in enumerate(val)], {s_name: s_new})
     if (REAL_CT / "ct.nii.gz").is_file():
         run("realct:thick_slice", real_ct_cases(REAL_CT / "ct.nii.gz", REAL_CT / "seg.nii.gz", (8, 9), per_label=8,
                                                 family="thick_slice"),
-            {**BASELINES, "S (GPU, library)": s_new, "S+A (GPU, library)": RefineOptions(prior=args.sa, **d)})
+            {**BASELINES, s_name: s_new, sa_name: RefineOptions(prior=args.sa, **d)})
     print("== done", flush=True)
 
 

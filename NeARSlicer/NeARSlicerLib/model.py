@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .appearance import WINDOW_HU
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -276,6 +278,7 @@ def voxel_centres(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.stack([ii, jj, kk], dim=-1)
 
 
-def window_hu(image: torch.Tensor, lo: float = -60.0, hi: float = 140.0) -> torch.Tensor:
-    """CT appearance a(p): HU clipped to [lo, hi] and scaled to [0, 1] (the paper's window)."""
+def window_hu(image: torch.Tensor, lo: float = WINDOW_HU[0], hi: float = WINDOW_HU[1]) -> torch.Tensor:
+    """CT appearance a(p): HU clipped to [lo, hi] and scaled to [0, 1] (the paper's window; the same
+    constants as ``appearance.window_ct``, which prepares training data)."""
     return ((image - lo) / (hi - lo)).clamp(0.0, 1.0)

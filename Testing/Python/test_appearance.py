@@ -24,6 +24,10 @@ SA_PRIOR = os.environ.get("NEARSLICER_TEST_SA_PRIOR") or str(DEFAULT_SA_PRIOR)
 def test_window_is_the_papers():
     hu = torch.tensor([-1000.0, -60.0, 40.0, 140.0, 3000.0])
     assert torch.allclose(window_hu(hu), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    # training data (numpy) and refinement (torch) read the CT through the same window
+    from NeARSlicerLib.appearance import window_ct
+
+    assert np.allclose(window_ct(hu.numpy()), window_hu(hu).numpy())
 
 
 def test_appearance_is_read_at_the_query_point():
