@@ -74,7 +74,7 @@ class NeARSlicerParameterNode:
     """Everything the user chose in the module panel (saved with the scene).
 
     inputVolume, inputSegmentation: what to refine (the segment id is kept in ``segmentId``).
-    preset, useAppearance, priorChoice (+ priorPath for "file"), device, seed: engine options.
+    preset, useAppearance, priorChoice (+ priorPath for "file"), device, seed, changes: engine options.
     probabilityVolume, changeSegments: extra review outputs.
     refinedSegmentId: the last result, for Compare / Accept / Save report.
     """
@@ -91,6 +91,8 @@ class NeARSlicerParameterNode:
     seed: Annotated[int, WithinRange(0, 999999)] = 0
     probabilityVolume: bool = False
     changeSegments: bool = False
+    # which of the prior's changes are applied (NeARSlicerLib.confidence.CHANGE_POLICIES); gated: do no harm
+    changes: Annotated[str, Choice(["gated", "thick", "all"])] = "gated"
     refinedSegmentId: str = ""
 
 
@@ -260,7 +262,8 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.inputVolume, parameters.inputSegmentation, parameters.segmentId,
                 prior=prior, appearance=parameters.useAppearance, preset=parameters.preset,
                 device=parameters.device, seed=parameters.seed,
-                probabilityVolume=parameters.probabilityVolume, changeSegments=parameters.changeSegments)
+                probabilityVolume=parameters.probabilityVolume, changeSegments=parameters.changeSegments,
+                changes=parameters.changes)
             # the engine runs in its own process (started on first use, then kept warm); the timer polls it
             self._run = self.logic.startRefinement(job)
             self._timer.start()

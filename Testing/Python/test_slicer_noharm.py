@@ -25,6 +25,24 @@ def test_dicom_modality_reaches_the_engine_options(ct_case):
     assert "modality" not in job.options, "the job's own options are not modified"
 
 
+def test_change_policy_reaches_the_engine_and_is_checked(ct_case):
+    """refineSegment(changes=...) becomes the engine's change policy; an unknown one is refused
+    before anything runs, and the default leaves the engine's own (do no harm: gated)."""
+    import NeARSlicerLogic as L
+    from NeARSlicerLib.errors import InputError
+
+    volume, segmentation, labels = ct_case
+    logic = L.NeARSlicerLogic()
+    segment = labels[LEFT_ADRENAL_LABEL]
+    assert "change_policy" not in logic.prepareRefinement(volume, segmentation, segment, preset="fast").options
+    job = logic.prepareRefinement(volume, segmentation, segment, preset="fast", changes="thick")
+    assert job.options["change_policy"] == "thick"
+    before = segmentation.GetSegmentation().GetNumberOfSegments()
+    with pytest.raises(InputError, match="changes must be one of all, thick, gated, got 'some'"):
+        logic.refineSegment(volume, segmentation, segment, preset="fast", changes="some")
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == before
+
+
 def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     """A clean real label (nothing to correct) refined by the engine in-process: the stats hold
     the engine's confidence, action and modality, and the result text says it was kept."""
@@ -45,6 +63,8 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     assert f"confidence {result.info['confidence']:.2f}" in text
     if result.info["action"].startswith("kept"):
         assert text.startswith("Kept the original") and np.array_equal(result.mask, job.mask)
+    elif result.info["action"].startswith("refined:"):
+        assert text.startswith("Corrected thick errors only")
     else:
         assert text.startswith("Refined")
     new_id = logic.applyRefinement(job)
