@@ -72,3 +72,19 @@ def test_unknown_policy_is_refused(case):
     truth, annotation, refined, _ = case
     with pytest.raises(ValueError, match="change policy"):
         apply_changes(annotation, refined, (1.0, 1.0, 1.0), "some")
+
+
+def test_refine_and_batch_command_lines_carry_the_policy():
+    """--changes and --keep-threshold reach RefineOptions from `refine` and `batch` alike; absent,
+    RefineOptions' default (gated) stands."""
+    from NeARSlicerLib.cli import _option_fields, build_parser
+    from NeARSlicerLib.refine import RefineOptions
+
+    parser = build_parser()
+    batch = parser.parse_args(["batch", "--cases", "in", "--out", "out", "--changes", "thick", "--keep-threshold", "0.5"])
+    assert RefineOptions(**_option_fields(batch)).change_policy == "thick"
+    assert _option_fields(batch)["keep_threshold"] == 0.5
+    refine = parser.parse_args(["refine", "--mask", "m.nii.gz", "--out", "o.nii.gz"])
+    assert "change_policy" not in _option_fields(refine) and RefineOptions().change_policy == "gated"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["refine", "--mask", "m.nii.gz", "--out", "o.nii.gz", "--changes", "some"])
