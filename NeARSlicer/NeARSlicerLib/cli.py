@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--changes", choices=CHANGE_POLICIES, default=None,
                         help="which of the prior's changes are applied: all; thick (only errors thicker than "
                              "about a voxel: blobs, holes, slabs, leaks, cut parts; the annotation's own boundary "
-                             "is kept); gated (all when the annotation has thick errors, else thick). "
+                             "is kept); gated (all when the annotation has thick errors or the prior changes over "
+                             "15 %% of it, else thick). thick and gated keep a segment outside the prior's domain. "
                              f"Default {DEFAULT_CHANGE_POLICY}")
 
     r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")

@@ -164,7 +164,9 @@ def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
                   gate_change: float = GATE_CHANGE) -> np.ndarray:
     """The output mask (bool, [k, j, i]) when only the changes ``policy`` admits are applied to
     ``annotation``: ``all``, ``thick`` (``thick_changes``) or ``gated`` (all when the thick changes
-    exceed ``gate_fraction`` of the annotation's volume, else the thick ones only)."""
+    exceed ``gate_fraction`` of the annotation's volume or 1 - Dice(annotation, refined) exceeds
+    ``gate_change``, else the thick ones only). Keeping a segment outside the prior's domain is
+    ``refine``'s part of both non-``all`` policies."""
     if policy not in CHANGE_POLICIES:
         raise ValueError(f"change policy must be one of {', '.join(CHANGE_POLICIES)}, got {policy!r}")
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0

@@ -136,5 +136,5 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+        if self.active:
+            close_group()

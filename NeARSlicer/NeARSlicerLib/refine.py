@@ -330,7 +330,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     report(0.0, "cropping and resampling to the working grid")
     original = np.asarray(mask) > 0
     facts = shape_facts(original, grid.spacing)
-    notes += domain_check(facts, meta.get("domain"))
+    domain_notes = domain_check(facts, meta.get("domain"))
+    notes += domain_notes
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
     case = to_working(original, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
@@ -386,7 +387,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     del views
     confidence = conf_mod.confidence(sig)
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
-    out_of_domain = any(w.startswith("out of the prior's domain") for w in notes)
+    out_of_domain = bool(domain_notes)
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL and out_of_domain:
         # do no harm: a prior does not reshape a structure unlike any it was trained on (--changes all does)
         action = conf_mod.KEPT_OUT_OF_DOMAIN

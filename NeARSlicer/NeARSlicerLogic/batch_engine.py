@@ -25,8 +25,7 @@ from NeARSlicerLib.worker_client import PACKAGE_PARENT
 
 POLL_S = 0.2
 # refineSegment options the batch command line carries; others are refused rather than ignored
-_FLAGS = {"preset": "--preset", "device": "--device", "seed": "--seed", "prior": "--prior",
-          "changes": "--changes", "keep_threshold": "--keep-threshold"}
+_FLAGS = {"preset": "--preset", "device": "--device", "seed": "--seed", "prior": "--prior", "changes": "--changes"}
 _LABEL_NAME = re.compile(r"^Label_(\d+)$")
 
 

@@ -109,7 +109,8 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
           ``"segmentation"``.
         :param changes: which of the prior's changes are applied (do no harm): ``"all"``, ``"thick"``
           (only errors thicker than about a voxel; the segment's own boundary is kept) or ``"gated"``
-          (all when the segment has thick errors, else thick); None: the engine's default.
+          (all when the segment has thick errors or the prior changes over 15 % of it, else thick); thick
+          and gated keep a segment outside the prior's domain. None: the engine's default (gated).
         :raises InputError: (a ValueError) with a one-line reason for bad inputs.
         """
         job = self.prepareRefinement(volumeNode, segmentationNode, segmentId, prior=prior, appearance=appearance,
