@@ -23,6 +23,7 @@ DEFAULT_SA_PRIOR = PRIOR_DIR / "adrenal_sa_v1.safetensors"  # shape + appearance
 # the general prior, trained on procedurally generated anatomy (``anatomy_shapes``); shipped separately
 ANATOMY_PRIOR = PRIOR_DIR / "anatomy_v1.safetensors"
 ANATOMY_SA_PRIOR = PRIOR_DIR / "anatomy_sa_v1.safetensors"
+ADRENAL_MR_PRIOR = PRIOR_DIR / "adrenal_mr_v1.safetensors"
 FORMAT = "nearslicer-prior-1"
 
 
@@ -32,12 +33,15 @@ class PriorPair:
 
     shape: Path
     appearance: Optional[Path] = None
+    # S+A for images that are not CT: reads intensities relative to the annotation (per-case
+    # normalisation), trained on CT and MR-like images; used when ``appearance`` refuses the image
+    any_modality: Optional[Path] = None
 
 
 # name -> files. Each name NAME is addressable as NAME (S+A with an image when installed, else S),
-# NAME-s and NAME-sa; a new anatomy is one more entry here.
+# NAME-s, NAME-sa and NAME-mr; a new anatomy is one more entry here.
 PRIORS: dict[str, PriorPair] = {
-    "adrenal": PriorPair(DEFAULT_PRIOR, DEFAULT_SA_PRIOR),
+    "adrenal": PriorPair(DEFAULT_PRIOR, DEFAULT_SA_PRIOR, ADRENAL_MR_PRIOR),
     "anatomy": PriorPair(ANATOMY_PRIOR, ANATOMY_SA_PRIOR),
 }
 AUTO = "auto"  # the default: chosen from the structure's name (``choose_prior``)
@@ -68,6 +72,7 @@ def prior_names() -> list[str]:
     names = [AUTO]
     for name, pair in PRIORS.items():
         names += [name, f"{name}-s"] + ([f"{name}-sa"] if pair.appearance is not None else [])
+        names += [f"{name}-mr"] if pair.any_modality is not None else []
     return names
 
 
@@ -112,7 +117,7 @@ def resolve_prior_named(name_or_path: str | Path | None, with_image: bool,
 def _resolve_given(text: str, with_image: bool) -> tuple[Optional[str], Path]:
     key = text.lower()
     base, variant = key, None
-    for suffix in ("-sa", "-s"):
+    for suffix in ("-sa", "-mr", "-s"):
         if key.endswith(suffix) and key[: -len(suffix)] in PRIORS:
             base, variant = key[: -len(suffix)], suffix[1:]
             break
@@ -123,6 +128,10 @@ def _resolve_given(text: str, with_image: bool) -> tuple[Optional[str], Path]:
             if not sa_installed:
                 raise PriorError(f"prior {key!r} is not installed (missing {pair.appearance})")
             return key, pair.appearance
+        if variant == "mr":
+            if pair.any_modality is None or not pair.any_modality.is_file():
+                raise PriorError(f"prior {key!r} is not installed (missing {pair.any_modality})")
+            return key, pair.any_modality
         if variant is None and with_image and sa_installed:
             return f"{base}-sa", pair.appearance
         if not pair.shape.is_file():
@@ -134,6 +143,19 @@ def _resolve_given(text: str, with_image: bool) -> tuple[Optional[str], Path]:
     if path.suffix or "/" in text or "\\" in text:
         raise PriorError(f"prior file not found: {path}")
     raise PriorError(f"unknown prior {text!r}: use one of {', '.join(prior_names())} or a .safetensors path")
+
+
+def any_modality_prior(name: Optional[str]) -> Optional[tuple[str, Path]]:
+    """(NAME-mr, file) of the installed any-modality S+A prior of registry prior ``name``
+    (``adrenal``, ``adrenal-sa``...), or None when it has none or ``name`` is a file."""
+    if not name:
+        return None
+    key = str(name).lower()
+    base = next((key[: -len(sfx)] for sfx in ("-sa", "-mr", "-s") if key.endswith(sfx)), key)
+    pair = PRIORS.get(base)
+    if pair is None or pair.any_modality is None or not pair.any_modality.is_file():
+        return None
+    return f"{base}-mr", pair.any_modality
 
 
 def resolve_prior(name_or_path: str | Path | None, with_image: bool, structure: Optional[str] = None) -> Path:

@@ -37,7 +37,7 @@ from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
 from .model import NeARModel, window_hu
 from .appearance import normalise_case
-from .prior import choose_prior, load_prior, resolve_prior
+from .prior import any_modality_prior, choose_prior, load_prior, resolve_prior
 
 @dataclass(frozen=True)
 class Preset:
@@ -301,6 +301,29 @@ def _appearance(image: Optional[np.ndarray], opts: RefineOptions, meta: dict, mo
         "the image was not used, the segment was refined by shape only"]
 
 
+def _fallback_prior(image: np.ndarray, opts: RefineOptions, prior_name: str, prior_path: Path,
+                    model: NeARModel, meta: dict, device: torch.device, refused: list[str]):
+    """(name, path, model, meta, read the image?, notes) after the chosen S+A prior refused the image."""
+    other = any_modality_prior(prior_name)
+    if other is not None:
+        o_model, o_meta = PRIOR_CACHE.get(other[1], device)
+        o_meta = card_meta(other[1], o_meta)
+        use, _, _ = _appearance(image, opts, o_meta, o_model)
+        if use:
+            found = modality_mod.guess(image, opts.modality)
+            trained = ", ".join(o_meta.get("modalities") or ["CT", "MR"])
+            note = (f"the image does not look like CT ({found.reason}; read as {found.modality}): it was read by "
+                    f"{other[0]}, the appearance prior for images that are not CT (trained on {trained}; "
+                    "intensities relative to the annotation)")
+            return other[0], other[1], o_model, o_meta, True, [note]
+    shape_name, shape_path, _ = choose_prior(opts.prior, opts.structure, with_image=False)
+    if shape_path != prior_path:
+        model, meta = PRIOR_CACHE.get(shape_path, device)
+        meta = card_meta(shape_path, meta)
+        prior_name, prior_path = shape_name, shape_path
+    return prior_name, prior_path, model, meta, False, refused
+
+
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
             report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
     t0 = time.perf_counter()
@@ -319,12 +342,10 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     meta = card_meta(prior_path, meta)
     use_appearance, modality, image_notes = _appearance(image, opts, meta, model)
     if image_notes and prior_name is not None:
-        # refused image: the same anatomy's shape-only prior, not the S+A one reading a blank image
-        shape_name, shape_path, _ = choose_prior(opts.prior, opts.structure, with_image=False)
-        if shape_path != prior_path:
-            prior_name, prior_path = shape_name, shape_path
-            model, meta = PRIOR_CACHE.get(prior_path, device)
-            meta = card_meta(prior_path, meta)
+        # refused image: the anatomy's any-modality S+A prior when installed and it reads this
+        # modality, else its shape-only prior (not the S+A one reading a blank image)
+        prior_name, prior_path, model, meta, use_appearance, image_notes = _fallback_prior(
+            image, opts, prior_name, prior_path, model, meta, device, image_notes)
     notes += image_notes
 
     report(0.0, "cropping and resampling to the working grid")
@@ -332,6 +353,20 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     facts = shape_facts(original, grid.spacing)
     domain_notes = domain_check(facts, meta.get("domain"))
     notes += domain_notes
+    if domain_notes and opts.change_policy != conf_mod.CHANGE_ALL:
+        # do no harm: a prior does not reshape a structure unlike any it was trained on, so it is not
+        # fitted at all (``--changes all`` still refines it)
+        report(1.0, "done")
+        kept = original.astype(np.uint8)
+        return RefineResult(
+            mask=kept, probability=original.astype(np.float32), added=np.zeros_like(original),
+            removed=np.zeros_like(original), seconds=time.perf_counter() - t0, warnings=notes,
+            info={"device": str(device), "preset": opts.preset, "steps": 0, "flips": 0, "decoder_steps": 0,
+                  "appearance": False, "working_shape": None, "working_spacing_mm": None, "final_loss": None,
+                  "prior": str(prior_path), "prior_name": prior_name, "confidence": None,
+                  "action": conf_mod.KEPT_OUT_OF_DOMAIN, "keep_threshold": float(opts.keep_threshold),
+                  "change_policy": opts.change_policy, "modality": modality, "signals": None,
+                  "out_of_domain": True, "size_mm": round(facts.size_mm, 1)})
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
     case = to_working(original, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
@@ -387,10 +422,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     del views
     confidence = conf_mod.confidence(sig)
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
-    out_of_domain = bool(domain_notes)
-    if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL and out_of_domain:
-        # do no harm: a prior does not reshape a structure unlike any it was trained on (--changes all does)
-        action = conf_mod.KEPT_OUT_OF_DOMAIN
+    out_of_domain = bool(domain_notes)  # only with --changes all (else kept above, unfitted)
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy)
         if not np.array_equal(applied, refined > 0):

@@ -326,7 +326,7 @@ def _row_html(index: int, row: BatchRow, thumb: Optional[str], full: Optional[st
              f"<td>{_fmt(row.confidence, '.2f')}</td>", f'<td class="t" title="{esc(row.text("prior"), quote=True)}">{esc(_prior_label(row.text("prior")))}</td>',
              f'<td class="t">{esc(row.text("action"))}</td>',
              f'<td class="t"><span class="st {esc(status)}">{esc(status.replace("_", " "))}</span></td>',
-             f'<td class="t">{esc(row.error or note)}</td>']
+             f'<td class="t">{esc(row.error or "; ".join(t for t in (note, row.text("warnings")) if t))}</td>']
     klass = ' class="failed"' if row.failed else ""
     return f"<tr{klass} {attrs}>{''.join(cells)}</tr>"
 

@@ -21,7 +21,7 @@ from NeARSlicerLib.errors import Cancelled, InputError
 
 from . import io as nio
 from .common import cancelFunction
-from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME
+from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, WARNING_SEPARATOR
 
 __all__ = ["refineStudy", "discoverCases", "SUMMARY_COLUMNS"]
 
@@ -118,7 +118,9 @@ def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath
     record({"case": caseName, "segment": job.segmentName, "voxels_before": stats["voxelsBefore"],
             "voxels_after": stats["voxelsAfter"], "dice": f"{stats['dice']:.4f}",
             "confidence": "" if confidence is None else f"{float(confidence):.4f}", "action": info.get("action") or "",
-            "prior": info.get("prior_name") or info.get("prior") or "",
+            "prior": info.get("prior_name") or info.get("prior") or "", "modality": info.get("modality") or "",
+            "warnings": WARNING_SEPARATOR.join(" ".join(str(w).split())
+                                               for w in (getattr(job.result, "warnings", None) or [])),
             "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
     return True
 

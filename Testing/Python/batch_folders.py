@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 CONTRACT_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
-                    "confidence", "action", "prior", "seconds", "host", "error"]
+                    "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error"]
 OLD_COLUMNS = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
 SPACING = (1.5, 1.5, 1.5)
 SHAPE = (36, 44, 44)
@@ -42,7 +42,7 @@ def _grid():
 
 
 def refined_cases(seed_offset: int = 0) -> list:
-    """Per case: dict(name, ct, truth, rough, refined, grid, seconds, info) -- refined by the engine."""
+    """Per case: dict(name, ct, truth, rough, refined, grid, seconds, info, warnings) -- refined by the engine."""
     from NeARSlicerLib.annotation_errors import corrupt
     from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
     from NeARSlicerLib.refine import RefineOptions, refine_mask
@@ -58,7 +58,7 @@ def refined_cases(seed_offset: int = 0) -> list:
         # default keeps some of these small phantoms as they are)
         result = refine_mask(rough, grid, ct, RefineOptions(preset="fast", seed=0, change_policy="all"))
         out.append(dict(name=name, ct=ct, truth=truth, rough=rough, refined=result.mask, grid=grid,
-                        seconds=time.perf_counter() - started, info=dict(result.info)))
+                        seconds=time.perf_counter() - started, info=dict(result.info), warnings=list(result.warnings)))
     return out
 
 
@@ -100,6 +100,7 @@ def make_batch_folder(root: Path, cases: list) -> Path:
                      "dice": f"{_dice(case['rough'], case['refined']):.4f}",
                      "confidence": "" if confidence is None else f"{float(confidence):.4f}",
                      "action": info.get("action") or "", "prior": str(info.get("prior_name") or info.get("prior", "")),
+                     "modality": info.get("modality") or "", "warnings": " | ".join(case["warnings"]),
                      "seconds": f"{case['seconds']:.2f}", "host": "test", "error": ""})
     # a case that failed: recorded with its error, no output
     summary.add({"case": "case99", "segment": "", "mask": str(inputs / "case99_mask.nii.gz"),

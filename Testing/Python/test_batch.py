@@ -54,6 +54,11 @@ def test_sequential_outputs_follow_the_contract(six):
         # --prior auto, as refine: these unnamed structures get the general prior (shape only: no
         # general S+A prior is shipped, so the CT is not read)
         assert r["prior"] == "anatomy-s"
+        # ... and the CSV says so: the CT was read as CT, and the engine's warning is in the row
+        if r["image"]:
+            assert r["modality"] == "CT" and "this prior is shape-only: the image was not used" in r["warnings"]
+        else:  # the .seg.nrrd case has no image
+            assert r["modality"] == "" and "image" not in r["warnings"]
     assert sorted(p.name for p in out.iterdir()) == sorted([f"c{k}.nii.gz" for k in range(5)]
                                                           + ["c5.seg.nrrd", "summary.csv"])
     written = masks_of(out)

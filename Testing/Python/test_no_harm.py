@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +146,13 @@ def test_mr_like_images_are_not_ct():
     assert modality.guess(ct_phantom(shape, seed=0), "MR").modality == "MR"
 
 
-def test_mr_image_falls_back_to_shape_only_with_a_warning(alan_val):
+def test_mr_image_falls_back_to_shape_only_with_a_warning(alan_val, monkeypatch, tmp_path):
+    import NeARSlicerLib.prior as prior_mod
+    from dataclasses import replace
+
+    # no any-modality prior installed (test_any_modality_prior covers the case with one)
+    monkeypatch.setitem(prior_mod.PRIORS, "adrenal", replace(prior_mod.PRIORS["adrenal"],
+                                                             any_modality=tmp_path / "missing.safetensors"))
     truth = alan_val[0]
     noisy = corrupt(truth, (1, 1, 1), "slab", 7)
     mr = mr_phantom(truth, 11)
@@ -189,7 +196,8 @@ def test_fit_point_sampling_beyond_the_multinomial_limit():
 
 
 def test_whole_scan_length_structure_within_the_memory_bound(tmp_path):
-    """A 400 mm structure of ~10^7 voxels refines without error, in a fresh process peaking below 4 GB RSS."""
+    """A 400 mm structure of ~10^7 voxels refines without error, in a fresh process peaking below 4 GB RSS
+    (every change applied: by default a segment this far outside the prior's domain is kept unfitted)."""
     code = textwrap.dedent(f"""
         import resource, sys, warnings
         import numpy as np
@@ -201,7 +209,7 @@ def test_whole_scan_length_structure_within_the_memory_bound(tmp_path):
         kk, jj, ii = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) for n in shape], indexing="ij", sparse=True)
         mask = ((kk / 199.0) ** 2 + (jj / 125.0) ** 2 + (ii / 96.0) ** 2 <= 1.0).astype(np.uint8)
         res = refine_mask(mask, Grid(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), None,
-                          RefineOptions(preset="fast", keep_threshold=0.0))
+                          RefineOptions(preset="fast", keep_threshold=0.0, change_policy="all"))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(int(mask.sum()), int(res.mask.sum()), res.info["working_shape"][0], res.info["working_spacing_mm"], rss)
     """)
@@ -267,6 +275,12 @@ def test_out_of_domain_warning(alan_val):
     outside = refine_mask(tube, grid_for(tube.shape), options=adrenal)
     assert outside.info["out_of_domain"] is True
     assert any(w.startswith("out of the prior's domain: this segment is 150 mm long") for w in outside.warnings)
+    # kept without being fitted (the default change policy); --changes all still refines it
+    assert outside.info["action"] == "kept: outside the prior's domain" and outside.info["working_shape"] is None
+    assert np.array_equal(outside.mask > 0, tube) and not outside.added.any() and not outside.removed.any()
+    forced = refine_mask(tube, grid_for(tube.shape), options=replace(adrenal, change_policy="all"))
+    assert forced.info["out_of_domain"] is True and forced.info["action"] == "refined"
+    assert forced.info["working_shape"] is not None and not np.array_equal(forced.mask > 0, tube)
 
 
 def test_cli_json_and_keep_threshold(tmp_path, alan_val, capsys):

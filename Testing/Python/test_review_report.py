@@ -184,6 +184,8 @@ def test_report_page_files_and_output_safety(batch_folder):
     assert {p: _digest(p) for p in inputs} == inputs, "no input changed"
     facts = report_facts(page)
     assert facts == {"n-cases": 5, "n-failed": 1, "rows": 5}
+    # the engine's warnings recorded in the summary are shown beside each row
+    assert "this prior is shape-only: the image was not used" in page.read_text()
     parsed = _parse(page.read_text())
     images = [src for tag, src in parsed.links if tag == "img"]
     assert len(images) == 4, "one thumbnail per refined row, none for the failed case"

@@ -1,0 +1,99 @@
+"""Images that are not CT (issue 13): the anatomy's any-modality S+A prior (``NAME-mr``, per-case
+intensity normalisation) reads them when installed; without it the segment is refined by shape
+only; a CT is still read by the window prior. Training draws MR-like images only when asked."""
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import NeARSlicerLib.prior as prior_mod
+from NeARSlicerLib.annotation_errors import corrupt
+from NeARSlicerLib.errors import PriorError
+from NeARSlicerLib.geometry import Grid
+from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
+from NeARSlicerLib.refine import RefineOptions, refine_mask
+from NeARSlicerLib.training_data import DataSpec, make_sample
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from no_harm import mr_phantom  # noqa: E402  (the benchmark's held-out MR-like generator)
+
+GLAND = "left adrenal gland"
+
+
+@pytest.fixture
+def case_prior(tmp_path):
+    """An S+A prior whose card says it reads CT and MR through per-case normalisation (the shipped
+    S+A weights under such a card: the routing, not the weights, is under test here)."""
+    src = prior_mod.DEFAULT_SA_PRIOR
+    path = tmp_path / "adrenal_case.safetensors"
+    shutil.copyfile(src, path)
+    card = json.loads(src.with_suffix(".json").read_text()) if src.with_suffix(".json").is_file() else {}
+    card.setdefault("meta", {}).update({"appearance_norm": "case", "modalities": ["CT", "MR"]})
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path
+
+
+def _with_any_modality(monkeypatch, path):
+    pair = prior_mod.PRIORS["adrenal"]
+    monkeypatch.setitem(prior_mod.PRIORS, "adrenal", replace(pair, any_modality=Path(path)))
+
+
+def _case(seed=3):
+    truth = adrenal_phantom(seed=seed)
+    return truth, corrupt(truth, (1.0, 1.0, 1.0), "slab", 7), Grid(truth.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+
+
+def test_mr_image_is_read_by_the_any_modality_prior(monkeypatch, case_prior):
+    _with_any_modality(monkeypatch, case_prior)
+    truth, noisy, grid = _case()
+    res = refine_mask(noisy, grid, mr_phantom(truth, 11), RefineOptions(preset="fast", structure=GLAND))
+    assert res.info["prior_name"] == "adrenal-mr" and res.info["appearance"] is True
+    assert res.info["modality"] == "MR"
+    assert any("read as MR" in w and "read by adrenal-mr" in w for w in res.warnings)
+    assert not any("refined by shape only" in w for w in res.warnings)
+
+
+def test_ct_is_still_read_by_the_window_prior(monkeypatch, case_prior):
+    _with_any_modality(monkeypatch, case_prior)
+    truth, noisy, grid = _case()
+    res = refine_mask(noisy, grid, ct_phantom(truth, seed=11), RefineOptions(preset="fast", structure=GLAND))
+    assert res.info["prior_name"] == "adrenal-sa" and res.info["appearance"] is True
+    assert not any("adrenal-mr" in w for w in res.warnings)
+
+
+def test_without_the_any_modality_prior_mr_is_refined_by_shape_only(monkeypatch, tmp_path):
+    _with_any_modality(monkeypatch, tmp_path / "not_installed.safetensors")
+    truth, noisy, grid = _case()
+    res = refine_mask(noisy, grid, mr_phantom(truth, 11), RefineOptions(preset="fast", structure=GLAND))
+    assert res.info["prior_name"] == "adrenal-s" and res.info["appearance"] is False
+    assert any("refined by shape only" in w for w in res.warnings)
+
+
+def test_mr_prior_is_addressable_by_name(monkeypatch, case_prior, tmp_path):
+    _with_any_modality(monkeypatch, case_prior)
+    assert "adrenal-mr" in prior_mod.prior_names()
+    assert prior_mod.resolve_prior_named("adrenal-mr", with_image=True) == ("adrenal-mr", case_prior)
+    assert prior_mod.any_modality_prior("adrenal-sa") == ("adrenal-mr", case_prior)
+    assert prior_mod.any_modality_prior("anatomy") is None
+    _with_any_modality(monkeypatch, tmp_path / "missing.safetensors")
+    with pytest.raises(PriorError, match="adrenal-mr.*not installed"):
+        prior_mod.resolve_prior_named("adrenal-mr", with_image=True)
+
+
+def test_training_draws_mr_like_images_only_with_case_normalisation():
+    shapes = adrenal_phantom(seed=1)[None]
+    window = DataSpec(appearance=True, appearance_norm="window", families=("slab",), p_mr=1.0)
+    a = make_sample(shapes, window, np.random.default_rng(5))
+    b = make_sample(shapes, replace(window, p_mr=0.0), np.random.default_rng(5))
+    assert np.array_equal(a[2], b[2])  # the window (CT) stream ignores p_mr: shipped recipes unchanged
+    case = replace(window, appearance_norm="case")
+    clean, noisy, mr, _ = make_sample(shapes, case, np.random.default_rng(5))
+    ct = make_sample(shapes, replace(case, p_mr=0.0), np.random.default_rng(5))[2]
+    assert mr.shape == ct.shape and not np.allclose(mr, ct)
+    # per-case normalised: the annotation reads ~0.75 inside whatever the modality's intensities
+    assert 0.6 < float(np.median(mr[noisy > 0])) <= 0.85
