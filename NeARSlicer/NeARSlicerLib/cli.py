@@ -233,7 +233,8 @@ def cmd_train_prior(args) -> int:
                       init_from=args.init_from, annotation_sigmas=sigmas, appearance=args.appearance,
                       lr=args.lr, val_every=args.val_every, errors=args.errors,
                       families=tuple(f for f in ALL_FAMILIES if f not in set(args.hold_out or [])),
-                      source=args.source, appearance_norm=args.appearance_norm, device=args.device,
+                      source=args.source, appearance_norm=args.appearance_norm, p_mr=args.p_mr,
+                      device=args.device,
                       workers=args.workers, points=args.points, reuse=args.reuse)
     train_prior(cfg)
     return 0
@@ -451,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the general prior, working scale chosen per structure)")
     t.add_argument("--appearance-norm", default="window", choices=["window", "case"],
                    help="S+A image normalisation: the CT window (HU) or per case relative to the annotation (any modality)")
+    t.add_argument("--p-mr", type=float, default=0.3,
+                   help="with --appearance-norm case: share of MR-like training images (the rest synthetic CT)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--workers", type=int, default=0, help="processes making batches (0: one thread)")
     t.add_argument("--points", type=int, default=4096, help="query points per shape and step")

@@ -59,6 +59,7 @@ class TrainConfig:
     families: tuple[str, ...] = ALL_FAMILIES  # error families drawn in training (leave one out: drop it here)
     source: str = "alan"  # alan: ALAN shapes at 1 mm; anatomy: generated anatomy + rescaled ALAN (extent scale)
     appearance_norm: str = "window"  # window (HU, CT only) | case (any modality; see appearance.py)
+    p_mr: float = 0.3  # with case normalisation: share of MR-like training images
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 0  # processes making batches (0: one background thread)
     reuse: int = 1  # each batch made on CPU serves this many steps, mirrored differently (when CPUs lag a GPU)
@@ -66,7 +67,7 @@ class TrainConfig:
 
     def data_spec(self) -> DataSpec:
         return DataSpec(source=self.source, appearance=self.appearance, appearance_norm=self.appearance_norm,
-                        families=tuple(self.families) if self.errors == "library" else None)
+                        families=tuple(self.families) if self.errors == "library" else None, p_mr=self.p_mr)
 
     def card(self) -> dict:
         """What the prior's card states about its working scale and image domain (see refine)."""
@@ -215,9 +216,19 @@ def validation_set(cfg: TrainConfig, val: np.ndarray) -> tuple[np.ndarray, np.nd
         noisy = np.stack([distort(v, seed=10_000 + i) for i, v in enumerate(clean)])
     img = None
     if cfg.appearance:
-        img = np.stack([normalise(ct_phantom(v, seed=10_000 + i), n, (1.0, 1.0, 1.0), cfg.appearance_norm)
+        img = np.stack([normalise(_val_image(v, 10_000 + i, cfg), n, (1.0, 1.0, 1.0), cfg.appearance_norm)
                         for i, (v, n) in enumerate(zip(clean, noisy))])
     return clean, noisy, img
+
+
+def _val_image(shape: np.ndarray, seed: int, cfg: TrainConfig) -> np.ndarray:
+    """A fixed validation image: the CT phantom, or with per-case normalisation every other case
+    MR-like (the training generator's), so that the checkpoint is chosen on both modalities."""
+    if cfg.appearance_norm == "case" and cfg.p_mr > 0 and seed % 2:
+        from .anatomy_context import synthetic_context
+
+        return synthetic_context(shape, 1.0, np.random.default_rng(seed), modality="MR", tissue="soft")
+    return ct_phantom(shape, seed=seed)
 
 
 def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=print) -> dict:

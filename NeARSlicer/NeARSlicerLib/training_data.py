@@ -39,7 +39,7 @@ class DataSpec:
     p_clean: float = 0.15
     classes: Optional[tuple[str, ...]] = None  # anatomy classes drawn (None: all but the held-out ones)
     p_alan: float = 0.25  # anatomy source: share of rescaled ALAN shapes
-    p_mr: float = 0.3  # anatomy source with case normalisation: share of MR-like images
+    p_mr: float = 0.3  # with case normalisation: share of MR-like images (anatomy_context MR)
     extent_voxels: tuple[int, int] = (32, 48)
 
 
@@ -106,7 +106,17 @@ def make_sample(shapes: Optional[np.ndarray], spec: DataSpec, rng: np.random.Gen
     modality = "CT"
     if spec.source == "alan":
         clean, spacing = augment(shapes[int(rng.integers(len(shapes)))], rng), 1.0
-        hu = ct_phantom(clean, seed=int(rng.integers(2**31)), vary=True) if spec.appearance else None
+        hu = None
+        if spec.appearance:
+            if spec.appearance_norm == "case" and rng.random() < spec.p_mr:
+                from .anatomy_context import synthetic_context
+
+                # MR-like context from the anatomy generator's layout, so that no single phantom's
+                # layout is the only one the prior sees (CT stays the adrenal phantom's)
+                modality = "MR"
+                hu = synthetic_context(clean, spacing, rng, modality="MR", tissue="soft")
+            else:
+                hu = ct_phantom(clean, seed=int(rng.integers(2**31)), vary=True)
     elif spec.source == "anatomy":
         from .anatomy_shapes import HELD_OUT_CLASSES, CLASSES, random_anatomy, synthetic_context
 
