@@ -97,3 +97,25 @@ def test_training_draws_mr_like_images_only_with_case_normalisation():
     assert mr.shape == ct.shape and not np.allclose(mr, ct)
     # per-case normalised: the annotation reads ~0.75 inside whatever the modality's intensities
     assert 0.6 < float(np.median(mr[noisy > 0])) <= 0.85
+
+
+def test_shipped_mr_prior_reads_held_out_mr_better_than_shape_only(shared_data):
+    """On a fixed sample of val shapes in MR-like images of a generator it never saw, reading the
+    image beats shape only on average (benchmarks/mr_appearance.py measures 24 cases)."""
+    if not prior_mod.ADRENAL_MR_PRIOR.is_file():
+        pytest.fail(f"the shipped any-modality prior is missing: {prior_mod.ADRENAL_MR_PRIOR}")
+    from NeARSlicerLib.metrics import dice
+
+    val = np.load(shared_data / "alan64" / "alan64_trainval.npz")["val_shapes"]
+    grid = Grid((64, 64, 64), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    gains = []
+    for i in (64, 65, 66, 68):
+        truth = val[i].astype(bool)
+        rough = corrupt(truth, (1.0, 1.0, 1.0), "mixture", 53_000 + 101 * i)
+        opts = RefineOptions(preset="fast", structure=GLAND, change_policy="all")
+        with_mr = refine_mask(rough, grid, mr_phantom(truth, 53_000 + 101 * i), opts)
+        shape_only = refine_mask(rough, grid, None, opts)
+        assert with_mr.info["prior_name"] == "adrenal-mr" and shape_only.info["prior_name"] == "adrenal-s"
+        gains.append(dice(with_mr.mask, truth) - dice(shape_only.mask, truth))
+    assert np.mean(gains) > 0.01, gains
+    assert min(gains) > -0.02, gains
