@@ -20,7 +20,7 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
 
 # the batch contract's columns (shared with nearslicer batch)
 CSV_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
-               "confidence", "action", "prior", "seconds", "host", "error"]
+               "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error"]
 
 
 def _read_csv(path):
@@ -61,6 +61,8 @@ def test_refine_study_two_cases_and_a_failing_one(logic, mrml_scene, tmp_path):
         # --prior auto: segments named Label_N are unnamed structures -> the general prior (shape only:
         # no general S+A prior is shipped)
         assert row["prior"] == "anatomy-s" and row["host"]
+        # ... which the row says: the CT was read as CT, the engine's warning is in its cell
+        assert row["modality"] == "CT" and "this prior is shape-only: the image was not used" in row["warnings"]
     assert "FileNotFoundError" in failed["error"] and failed["output"] == ""
 
     # the CSV on disk says the same
