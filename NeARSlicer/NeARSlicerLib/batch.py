@@ -41,6 +41,11 @@ SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                    "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error"]
 WARNING_SEPARATOR = " | "  # the engine's warnings of one segment, in one cell
+
+
+def warnings_cell(warnings) -> str:
+    """The engine's warnings of one segment as one CSV cell (whitespace collapsed, ``WARNING_SEPARATOR``)."""
+    return WARNING_SEPARATOR.join(" ".join(str(w).split()) for w in (warnings or []))
 SEG_SUFFIX = ".seg.nrrd"
 BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
 MASK_SUFFIX = ".nii.gz"
@@ -229,7 +234,7 @@ def run_task(task: CaseTask) -> List[dict]:
                          "dice": f"{dice(mask, res.mask):.4f}", "confidence": _fmt(info.get("confidence"), 4),
                          "action": info.get("action") or "", "prior": info.get("prior_name") or info.get("prior") or "",
                          "modality": info.get("modality") or "",
-                         "warnings": WARNING_SEPARATOR.join(" ".join(w.split()) for w in res.warnings),
+                         "warnings": warnings_cell(res.warnings),
                          "seconds": f"{time.perf_counter() - t0:.2f}", "error": ""})
             refined.append((name, res.mask))
         if table is not None:

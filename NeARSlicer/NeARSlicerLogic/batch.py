@@ -21,7 +21,7 @@ from NeARSlicerLib.errors import Cancelled, InputError
 
 from . import io as nio
 from .common import cancelFunction
-from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, WARNING_SEPARATOR
+from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, warnings_cell
 
 __all__ = ["refineStudy", "discoverCases", "SUMMARY_COLUMNS"]
 
@@ -119,8 +119,7 @@ def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath
             "voxels_after": stats["voxelsAfter"], "dice": f"{stats['dice']:.4f}",
             "confidence": "" if confidence is None else f"{float(confidence):.4f}", "action": info.get("action") or "",
             "prior": info.get("prior_name") or info.get("prior") or "", "modality": info.get("modality") or "",
-            "warnings": WARNING_SEPARATOR.join(" ".join(str(w).split())
-                                               for w in (getattr(job.result, "warnings", None) or [])),
+            "warnings": warnings_cell(getattr(job.result, "warnings", None)),
             "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
     return True
 
