@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # imported where used: the working-cube path (fit, decode) runs without SimpleITK
+    import SimpleITK as sitk
 
 from .errors import InputError
 
@@ -57,6 +59,8 @@ class Grid:
 
     def to_sitk(self, array: np.ndarray) -> sitk.Image:
         """SimpleITK image of ``array`` ([k, j, i], same shape as the grid) with this geometry."""
+        import SimpleITK as sitk
+
         array = np.asarray(array)
         if array.shape != self.shape:
             raise InputError(f"array shape {array.shape} does not match grid shape {self.shape}")
@@ -170,6 +174,8 @@ def _covering_box(grid: Grid, target: Grid, pad: int) -> Optional[Tuple[np.ndarr
 
 def _resample(array: np.ndarray, grid: Grid, target: Grid, outside: float) -> np.ndarray:
     """Linear resampling of float ``array`` on ``grid`` onto ``target``; ``outside`` beyond it."""
+    import SimpleITK as sitk
+
     box = _covering_box(grid, target, pad=2)
     if box is None:
         return np.full(target.shape, outside, dtype=np.float32)
