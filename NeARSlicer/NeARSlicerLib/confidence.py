@@ -132,6 +132,10 @@ CHANGE_POLICIES = (CHANGE_ALL, CHANGE_THICK, CHANGE_GATED)
 THICK_RADIUS_MM = 1.0  # a change must hold a ball of this radius (at least one voxel each way) to count as thick
 GATE_FRACTION = 0.02  # thick changes above this fraction of the annotation's volume: the annotation is rough
 GATE_CHANGE = 0.15  # or a change (1 - Dice(annotation, refined)) above this: thin structures' errors are thin
+# or the annotation was painted on slices thicker than its grid: each slice repeated in runs of at least this
+# many slices on average (2.5 on a 1 mm grid: the library's 2.5-5 mm painting; a 2-slice staircase is ~2)
+SLICE_RUN = 2.5
+SLICE_RUN_MIN_SLICES = 8  # fewer slices along an axis say nothing about how it was painted
 
 
 def _ellipsoid(spacing: Sequence[float], radius_mm: float) -> np.ndarray:
@@ -159,14 +163,47 @@ def thick_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
     return out
 
 
+@dataclass(frozen=True)
+class PaintedSlices:
+    """An annotation painted on thick slices and resampled to a finer grid (a staircase)."""
+
+    axis: int  # array axis of the slices: 0 = k, 1 = j, 2 = i
+    run: float  # mean number of identical consecutive slices
+    thickness_mm: float  # run x the grid's spacing along ``axis``: the painted slices' thickness
+
+
+def painted_slices(annotation: np.ndarray, spacing: Sequence[float],
+                   min_run: float = SLICE_RUN) -> Optional[PaintedSlices]:
+    """The axis along which ``annotation`` (bool, [k, j, i], ``spacing`` (i, j, k) mm) repeats each
+    slice ``min_run`` times or more on average, or None. A mask painted on 5 mm slices and brought to a
+    1 mm grid repeats every slice about 5 times; a smooth shape on its own grid almost never repeats
+    one, and a prism (one run) or a structure of few slices is not counted."""
+    ann = np.asarray(annotation) > 0
+    if not ann.any():
+        return None
+    box = _box(ann, ann, pad=0)
+    ann = ann[box]
+    best = None
+    for axis in range(3):
+        s = np.moveaxis(ann, axis, 0).reshape(ann.shape[axis], -1)
+        if s.shape[0] < SLICE_RUN_MIN_SLICES:
+            continue
+        runs = 1 + int(np.count_nonzero(np.any(s[1:] != s[:-1], axis=1)))
+        run = s.shape[0] / runs
+        if runs >= 3 and run >= min_run and (best is None or run > best.run):
+            best = PaintedSlices(axis, run, run * float(spacing[2 - axis]))
+    return best
+
+
 def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float], policy: str = CHANGE_ALL,
                   radius_mm: float = THICK_RADIUS_MM, gate_fraction: float = GATE_FRACTION,
                   gate_change: float = GATE_CHANGE) -> np.ndarray:
     """The output mask (bool, [k, j, i]) when only the changes ``policy`` admits are applied to
     ``annotation``: ``all``, ``thick`` (``thick_changes``) or ``gated`` (all when the thick changes
-    exceed ``gate_fraction`` of the annotation's volume or 1 - Dice(annotation, refined) exceeds
-    ``gate_change``, else the thick ones only). Keeping a segment outside the prior's domain is
-    ``refine``'s part of both non-``all`` policies."""
+    exceed ``gate_fraction`` of the annotation's volume, 1 - Dice(annotation, refined) exceeds
+    ``gate_change`` or the annotation was painted on thick slices (``painted_slices``: its staircase
+    is a thin error everywhere), else the thick ones only). Keeping a segment outside the prior's
+    domain is ``refine``'s part of both non-``all`` policies."""
     if policy not in CHANGE_POLICIES:
         raise ValueError(f"change policy must be one of {', '.join(CHANGE_POLICIES)}, got {policy!r}")
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
@@ -174,7 +211,8 @@ def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
         return ref.copy()
     thick = thick_changes(ann, ref, spacing, radius_mm)
     if policy == CHANGE_GATED and (thick.sum() > gate_fraction * max(int(ann.sum()), 1)
-                                   or 1.0 - _dice(ann, ref) > gate_change):
+                                   or 1.0 - _dice(ann, ref) > gate_change
+                                   or painted_slices(ann, spacing) is not None):
         return ref.copy()
     return ann ^ thick
 

@@ -353,6 +353,18 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     facts = shape_facts(original, grid.spacing)
     domain_notes = domain_check(facts, meta.get("domain"))
     notes += domain_notes
+    painted = conf_mod.painted_slices(original, grid.spacing)
+
+    def case_info(**fields) -> dict:
+        """``RefineResult.info``: what every exit reports, then ``fields`` (the fit's own facts)."""
+        return {"device": str(device), "preset": opts.preset, **fields,
+                "prior": str(prior_path),
+                "prior_name": prior_name,  # registry name ("adrenal-sa"...), None for a file given by path
+                "keep_threshold": float(opts.keep_threshold), "change_policy": opts.change_policy,
+                "modality": modality,  # "CT", "MR", "other"; "" without an image
+                "out_of_domain": bool(domain_notes), "size_mm": round(facts.size_mm, 1),
+                # painted on slices this thick (mm) and resampled to a finer grid: a staircase (gated applies all)
+                "painted_slices_mm": None if painted is None else round(painted.thickness_mm, 1)}
     if domain_notes and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: a prior does not reshape a structure unlike any it was trained on, so it is not
         # fitted at all (``--changes all`` still refines it)
@@ -361,12 +373,9 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         return RefineResult(
             mask=kept, probability=original.astype(np.float32), added=np.zeros_like(original),
             removed=np.zeros_like(original), seconds=time.perf_counter() - t0, warnings=notes,
-            info={"device": str(device), "preset": opts.preset, "steps": 0, "flips": 0, "decoder_steps": 0,
-                  "appearance": False, "working_shape": None, "working_spacing_mm": None, "final_loss": None,
-                  "prior": str(prior_path), "prior_name": prior_name, "confidence": None,
-                  "action": conf_mod.KEPT_OUT_OF_DOMAIN, "keep_threshold": float(opts.keep_threshold),
-                  "change_policy": opts.change_policy, "modality": modality, "signals": None,
-                  "out_of_domain": True, "size_mm": round(facts.size_mm, 1)})
+            info=case_info(steps=0, flips=0, decoder_steps=0, appearance=False, working_shape=None,
+                           working_spacing_mm=None, final_loss=None, confidence=None,
+                           action=conf_mod.KEPT_OUT_OF_DOMAIN, signals=None))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
     case = to_working(original, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
@@ -422,7 +431,6 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     del views
     confidence = conf_mod.confidence(sig)
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
-    out_of_domain = bool(domain_notes)  # only with --changes all (else kept above, unfitted)
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy)
         if not np.array_equal(applied, refined > 0):
@@ -446,25 +454,10 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         removed=original & (refined == 0),
         seconds=seconds,
         warnings=notes,
-        info={
-            "device": str(device),
-            "preset": opts.preset,
-            "steps": cfg.steps,
-            "flips": n_flips,
-            "decoder_steps": cfg.decoder_steps,
-            "appearance": use_appearance,
-            "working_shape": tuple(case.mask.shape),
-            "working_spacing_mm": spacing,
-            "final_loss": losses[-1] if losses else None,
-            "prior": str(prior_path),
-            "prior_name": prior_name,  # registry name ("adrenal-sa"...), None for a file given by path
-            "confidence": None if confidence is None else round(float(confidence), 4),  # None: one view
-            "action": action,
-            "keep_threshold": float(opts.keep_threshold),
-            "change_policy": opts.change_policy,
-            "modality": modality,  # "CT", "MR", "other"; "" without an image
-            "signals": sig.as_dict(),
-            "out_of_domain": out_of_domain,
-            "size_mm": round(facts.size_mm, 1),
-        },
+        info=case_info(
+            steps=cfg.steps, flips=n_flips, decoder_steps=cfg.decoder_steps, appearance=use_appearance,
+            working_shape=tuple(case.mask.shape), working_spacing_mm=spacing,
+            final_loss=losses[-1] if losses else None,
+            confidence=None if confidence is None else round(float(confidence), 4),  # None: one view
+            action=action, signals=sig.as_dict()),
     )

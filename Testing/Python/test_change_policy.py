@@ -88,3 +88,77 @@ def test_refine_and_batch_command_lines_carry_the_policy():
     assert "change_policy" not in _option_fields(refine) and RefineOptions().change_policy == "gated"
     with pytest.raises(SystemExit):
         parser.parse_args(["refine", "--mask", "m.nii.gz", "--out", "o.nii.gz", "--changes", "some"])
+
+
+# ------------------------------------------------------------------ painted on thick slices
+def paint_on_slices(mask, every, axis=0, phase=1):
+    """``mask`` as painted on slices ``every`` voxels thick along ``axis`` and brought back to its grid:
+    each slab repeats its middle slice (a staircase)."""
+    m = np.moveaxis(mask, axis, 0)
+    out = m.copy()
+    for k0 in range(phase, m.shape[0], every):
+        out[k0:k0 + every] = m[min(k0 + every // 2, m.shape[0] - 1)]
+    return np.moveaxis(out, 0, axis)
+
+
+def test_painted_slices_are_found_with_their_thickness_in_mm():
+    from NeARSlicerLib.confidence import painted_slices
+
+    truth = ball((56, 56, 56), (28, 28, 28), 14.3)
+    spacing = (0.7, 0.8, 1.25)  # (i, j, k) mm
+    for every, axis in ((3, 0), (4, 0), (5, 2)):
+        found = painted_slices(paint_on_slices(truth, every, axis), spacing)
+        assert found is not None and found.axis == axis
+        assert found.thickness_mm == pytest.approx(every * spacing[2 - axis], rel=0.15)
+    # a shape on its own grid, a 2-slice staircase (a near-correct annotation), a prism (one run of
+    # identical slices) and a structure of few slices are not thick-slice paintings
+    box = np.zeros((56, 56, 56), bool)
+    box[10:40, 20:30, 15:35] = True
+    thin = np.zeros((56, 56, 56), bool)
+    thin[27:31] = ball((4, 56, 56), (2, 28, 28), 10)
+    for m in (truth, paint_on_slices(truth, 2), box, thin):
+        assert painted_slices(m, spacing) is None
+
+
+def test_painted_slices_find_the_error_librarys_thick_slice_family():
+    from NeARSlicerLib.annotation_errors import corrupt
+    from NeARSlicerLib.confidence import painted_slices
+    from NeARSlicerLib.phantom import adrenal_phantom
+
+    for seed in range(4):
+        clean = adrenal_phantom(seed=seed)
+        found = painted_slices(corrupt(clean, (1.0, 1.0, 1.0), "thick_slice", seed), (1.0, 1.0, 1.0))
+        assert found is not None and found.axis == 0 and 2.5 <= found.thickness_mm <= 6.0
+        assert painted_slices(clean, (1.0, 1.0, 1.0)) is None
+
+
+def test_gated_applies_the_whole_refinement_to_a_thick_slice_painting():
+    from NeARSlicerLib.confidence import GATE_CHANGE, GATE_FRACTION
+
+    truth = ball((56, 56, 56), (28, 28, 28), 14.3)
+    annotation = paint_on_slices(truth, 4)
+    # its staircase is a thin change of a few percent: neither the thick-change nor the change gate opens
+    assert thick_changes(annotation, truth, (1.0, 1.0, 1.0)).sum() <= GATE_FRACTION * annotation.sum()
+    assert 1.0 - dice(annotation, truth) <= GATE_CHANGE
+    assert np.array_equal(apply_changes(annotation, truth, (1.0, 1.0, 1.0), "gated"), truth)
+    assert np.array_equal(apply_changes(annotation, truth, (1.0, 1.0, 1.0), "thick"), annotation)
+
+
+def test_refine_reports_a_thick_slice_painting_and_repairs_its_staircase():
+    """End to end: a phantom gland painted on 4 mm slices is reported as such, and the default applies
+    the prior's whole surface (the `thick` policy, which sees only thin changes here, keeps it)."""
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.phantom import adrenal_phantom
+    from NeARSlicerLib.refine import RefineOptions, refine_mask
+
+    grid = Grid((64, 64, 64), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    clean = adrenal_phantom(seed=1)
+    annotation = paint_on_slices(clean, 4).astype(np.uint8)
+    gated = refine_mask(annotation, grid, options=RefineOptions(preset="fast", prior="adrenal"))
+    assert gated.info["painted_slices_mm"] == pytest.approx(4.0, abs=0.5)
+    assert gated.info["action"] == "refined" and gated.info["change_policy"] == "gated"
+    assert dice(gated.mask, clean) > dice(annotation, clean) + 0.02
+    thick = refine_mask(annotation, grid, options=RefineOptions(preset="fast", prior="adrenal", change_policy="thick"))
+    assert np.array_equal(thick.mask > 0, annotation > 0)
+    assert refine_mask(clean.astype(np.uint8), grid,
+                       options=RefineOptions(preset="fast", prior="adrenal")).info["painted_slices_mm"] is None

@@ -283,6 +283,28 @@ def test_out_of_domain_warning(alan_val):
     assert forced.info["working_shape"] is not None and not np.array_equal(forced.mask > 0, tube)
 
 
+def test_parts_split_by_a_painting_gap_are_one_structure():
+    """A gland painted with missed thick slices falls apart into pieces a few mm apart: an annotation
+    error for the prior to repair, not a shape outside its domain. Parts far apart still count."""
+    from scipy import ndimage
+
+    from NeARSlicerLib.domain import GAP_MM, check, shape_facts
+
+    domain = {"components": 1, "what": "test glands"}
+    spacing = (0.8, 0.8, 1.0)  # (i, j, k) mm
+    gland = ellipsoid((70, 40, 40), 1.0, (30.0, 10.0, 10.0))  # 60 voxels (60 mm) along k
+    cut = gland.copy()
+    cut[20:24] = False  # two missed 4 mm slices: three pieces
+    cut[44:48] = False
+    assert ndimage.label(cut)[1] == 3
+    assert shape_facts(cut, spacing).components == 1 and not check(shape_facts(cut, spacing), domain)
+    apart = np.zeros((100, 40, 40), bool)  # three balls 25 mm apart (gaps of 13 mm > GAP_MM)
+    for k in (15, 40, 65):
+        apart[k - 6:k + 6] |= ellipsoid((12, 40, 40), 1.0, (6.0, 7.0, 7.0))
+    assert GAP_MM < 13.0 and shape_facts(apart, spacing).components == 3
+    assert any("3 separate parts" in w for w in check(shape_facts(apart, spacing), domain))
+
+
 def test_cli_json_and_keep_threshold(tmp_path, alan_val, capsys):
     src = tmp_path / "clean.nii.gz"
     write_mask(src, alan_val[48].astype(np.uint8), grid_for((64, 64, 64)))
