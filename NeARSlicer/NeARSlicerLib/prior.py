@@ -19,11 +19,14 @@ from .output_safety import atomic_write
 
 PRIOR_DIR = Path(__file__).resolve().parent / "priors"
 DEFAULT_PRIOR = PRIOR_DIR / "adrenal_v2.safetensors"  # shape-only (S)
-DEFAULT_SA_PRIOR = PRIOR_DIR / "adrenal_sa_v1.safetensors"  # shape + appearance (S+A); see README on why not v2
+# shape + appearance (S+A): per-case intensity normalisation, reads CT and MR. It replaced the CT-window
+# adrenal_sa_v1 (still shipped, by path) after the real CT's adrenals: README "Which S+A prior reads CT"
+DEFAULT_SA_PRIOR = PRIOR_DIR / "adrenal_mr_v1.safetensors"
+CT_WINDOW_SA_PRIOR = PRIOR_DIR / "adrenal_sa_v1.safetensors"
 # the general prior, trained on procedurally generated anatomy (``anatomy_shapes``); shipped separately
 ANATOMY_PRIOR = PRIOR_DIR / "anatomy_v1.safetensors"
 ANATOMY_SA_PRIOR = PRIOR_DIR / "anatomy_sa_v1.safetensors"
-ADRENAL_MR_PRIOR = PRIOR_DIR / "adrenal_mr_v1.safetensors"
+ADRENAL_MR_PRIOR = DEFAULT_SA_PRIOR  # the adrenal's any-modality prior (NAME-mr) is its S+A prior
 FORMAT = "nearslicer-prior-1"
 
 

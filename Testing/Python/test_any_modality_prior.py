@@ -1,6 +1,8 @@
-"""Images that are not CT (issue 13): the anatomy's any-modality S+A prior (``NAME-mr``, per-case
-intensity normalisation) reads them when installed; without it the segment is refined by shape
-only; a CT is still read by the window prior. Training draws MR-like images only when asked."""
+"""Images that are not CT (issue 13): an anatomy whose S+A prior reads CT through the HU window
+sends other images to its any-modality S+A prior (``NAME-mr``, per-case intensity normalisation)
+when installed, else refines by shape only; a CT is still read by the window prior. The shipped
+adrenal S+A prior is itself per-case (it reads CT and MR). Training draws MR-like images only when
+asked."""
 import json
 import shutil
 import sys
@@ -43,13 +45,20 @@ def _with_any_modality(monkeypatch, path):
     monkeypatch.setitem(prior_mod.PRIORS, "adrenal", replace(pair, any_modality=Path(path)))
 
 
+def _window_pair(monkeypatch, any_modality):
+    """The adrenal pair as an anatomy whose S+A prior reads CT only (the CT-window adrenal_sa_v1)."""
+    pair = prior_mod.PRIORS["adrenal"]
+    monkeypatch.setitem(prior_mod.PRIORS, "adrenal", replace(pair, appearance=prior_mod.CT_WINDOW_SA_PRIOR,
+                                                            any_modality=Path(any_modality)))
+
+
 def _case(seed=3):
     truth = adrenal_phantom(seed=seed)
     return truth, corrupt(truth, (1.0, 1.0, 1.0), "slab", 7), Grid(truth.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
 
 
 def test_mr_image_is_read_by_the_any_modality_prior(monkeypatch, case_prior):
-    _with_any_modality(monkeypatch, case_prior)
+    _window_pair(monkeypatch, case_prior)
     truth, noisy, grid = _case()
     res = refine_mask(noisy, grid, mr_phantom(truth, 11), RefineOptions(preset="fast", structure=GLAND))
     assert res.info["prior_name"] == "adrenal-mr" and res.info["appearance"] is True
@@ -59,15 +68,29 @@ def test_mr_image_is_read_by_the_any_modality_prior(monkeypatch, case_prior):
 
 
 def test_ct_is_still_read_by_the_window_prior(monkeypatch, case_prior):
-    _with_any_modality(monkeypatch, case_prior)
+    _window_pair(monkeypatch, case_prior)
     truth, noisy, grid = _case()
     res = refine_mask(noisy, grid, ct_phantom(truth, seed=11), RefineOptions(preset="fast", structure=GLAND))
     assert res.info["prior_name"] == "adrenal-sa" and res.info["appearance"] is True
+    assert res.info["prior"] == str(prior_mod.CT_WINDOW_SA_PRIOR)
     assert not any("adrenal-mr" in w for w in res.warnings)
 
 
+def test_shipped_adrenal_sa_prior_reads_ct_and_mr_itself():
+    """The shipped adrenal S+A prior normalises per case: a CT and an MR image are both read by it,
+    with no fallback and no warning about the modality."""
+    assert prior_mod.resolve_prior_named("adrenal", with_image=True) == ("adrenal-sa", prior_mod.DEFAULT_SA_PRIOR)
+    card = json.loads(prior_mod.DEFAULT_SA_PRIOR.with_suffix(".json").read_text())["meta"]
+    assert card["appearance_norm"] == "case" and {"CT", "MR"} <= set(card["modalities"])
+    truth, noisy, grid = _case()
+    for image, modality in ((ct_phantom(truth, seed=11), "CT"), (mr_phantom(truth, 11), "MR")):
+        res = refine_mask(noisy, grid, image, RefineOptions(preset="fast", structure=GLAND))
+        assert res.info["prior_name"] == "adrenal-sa" and res.info["appearance"] is True
+        assert res.info["modality"] == modality and not any("CT" in w for w in res.warnings)
+
+
 def test_without_the_any_modality_prior_mr_is_refined_by_shape_only(monkeypatch, tmp_path):
-    _with_any_modality(monkeypatch, tmp_path / "not_installed.safetensors")
+    _window_pair(monkeypatch, tmp_path / "not_installed.safetensors")
     truth, noisy, grid = _case()
     res = refine_mask(noisy, grid, mr_phantom(truth, 11), RefineOptions(preset="fast", structure=GLAND))
     assert res.info["prior_name"] == "adrenal-s" and res.info["appearance"] is False
@@ -115,7 +138,8 @@ def test_shipped_mr_prior_reads_held_out_mr_better_than_shape_only(shared_data):
         opts = RefineOptions(preset="fast", structure=GLAND, change_policy="all")
         with_mr = refine_mask(rough, grid, mr_phantom(truth, 53_000 + 101 * i), opts)
         shape_only = refine_mask(rough, grid, None, opts)
-        assert with_mr.info["prior_name"] == "adrenal-mr" and shape_only.info["prior_name"] == "adrenal-s"
+        assert with_mr.info["prior_name"] == "adrenal-sa" and shape_only.info["prior_name"] == "adrenal-s"
+        assert with_mr.info["prior"] == str(prior_mod.ADRENAL_MR_PRIOR)
         gains.append(dice(with_mr.mask, truth) - dice(shape_only.mask, truth))
     assert np.mean(gains) > 0.01, gains
     assert min(gains) > -0.02, gains

@@ -150,14 +150,16 @@ def test_mr_image_falls_back_to_shape_only_with_a_warning(alan_val, monkeypatch,
     import NeARSlicerLib.prior as prior_mod
     from dataclasses import replace
 
-    # no any-modality prior installed (test_any_modality_prior covers the case with one)
+    # an S+A prior that reads CT only (the CT-window adrenal_sa_v1) and no any-modality prior installed
+    # (test_any_modality_prior covers the case with one; the shipped adrenal S+A prior reads MR itself)
     monkeypatch.setitem(prior_mod.PRIORS, "adrenal", replace(prior_mod.PRIORS["adrenal"],
+                                                             appearance=prior_mod.CT_WINDOW_SA_PRIOR,
                                                              any_modality=tmp_path / "missing.safetensors"))
     truth = alan_val[0]
     noisy = corrupt(truth, (1, 1, 1), "slab", 7)
     mr = mr_phantom(truth, 11)
     g = grid_for(truth.shape)
-    gland = "left adrenal gland"  # the adrenal pair: its S+A prior reads CT only
+    gland = "left adrenal gland"  # the adrenal pair, here with an S+A prior that reads CT only
     with_mr = refine_mask(noisy, g, mr, RefineOptions(preset="fast", keep_threshold=0.0, structure=gland))
     shape_only = refine_mask(noisy, g, None, RefineOptions(preset="fast", keep_threshold=0.0, structure=gland))
     assert with_mr.info["modality"] == "MR" and with_mr.info["appearance"] is False
