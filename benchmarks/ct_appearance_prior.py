@@ -153,8 +153,11 @@ def report(rows: list[dict]) -> dict:
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
-    res = report(collect(refine="report" not in sys.argv[1:]))
-    atomic_write_text(OUT, json.dumps({"script": "benchmarks/ct_appearance_prior.py", "sets": res}, indent=1))
+    rows = collect(refine="report" not in sys.argv[1:])
+    res = report(rows)
+    atomic_write_text(OUT, json.dumps({"script": "benchmarks/ct_appearance_prior.py", "sets": res,
+                                       "rows": [{k: v for k, v in r.items() if k not in BASELINES} for r in rows]},
+                                      indent=1))
     for key, v in res.items():
         print("==", key, v["cases"])
         for n, t in v["table"].items():

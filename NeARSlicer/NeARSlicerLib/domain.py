@@ -53,13 +53,21 @@ def shape_facts(mask: np.ndarray, spacing: Sequence[float]) -> ShapeFacts:
     return ShapeFacts(float(extent.max()), float(np.sqrt(ev[-1] / max(ev[0], 1e-9))), int(parts))
 
 
-def _separate_parts(core: np.ndarray, sp: np.ndarray, gap_mm: float = GAP_MM) -> int:
+def _separate_parts(core: np.ndarray, sp: np.ndarray, gap_mm: float = GAP_MM,
+                    max_voxels: int = 2_000_000) -> int:
     """Groups of the parts of ``core`` (bool, [k, j, i], ``sp`` mm per array axis) lying more than
-    ``gap_mm`` apart: each part grown by half the gap, then counted as connected regions."""
+    ``gap_mm`` apart: each part grown by half the gap, then counted as connected regions. A box of
+    more than ``max_voxels`` is measured on blocks (a block holding any voxel is set), so the
+    distance map's memory stays bounded for a structure of any size."""
+    from skimage.measure import block_reduce
+
+    span = [np.flatnonzero(core.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    crop = core[tuple(slice(int(n[0]), int(n[-1]) + 1) for n in span)]
+    block = max(1, int(np.ceil((crop.size / max_voxels) ** (1 / 3))))
+    if block > 1:
+        crop, sp = block_reduce(crop, (block,) * 3, np.max), sp * block
     pad = np.ceil(0.5 * gap_mm / sp).astype(int) + 1
-    nz = np.argwhere(core)
-    lo, hi = nz.min(0), nz.max(0) + 1
-    crop = np.pad(core[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], [(int(p), int(p)) for p in pad])
+    crop = np.pad(crop, [(int(p), int(p)) for p in pad])
     near = ndimage.distance_transform_edt(~crop, sampling=sp) <= 0.5 * gap_mm
     labels, _ = ndimage.label(near, structure=np.ones((3, 3, 3), bool))
     return int(len(np.unique(labels[crop])))
