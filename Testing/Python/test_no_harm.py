@@ -305,6 +305,14 @@ def test_parts_split_by_a_painting_gap_are_one_structure():
         apart[k - 6:k + 6] |= ellipsoid((12, 40, 40), 1.0, (6.0, 7.0, 7.0))
     assert GAP_MM < 13.0 and shape_facts(apart, spacing).components == 3
     assert any("3 separate parts" in w for w in check(shape_facts(apart, spacing), domain))
+    # a scan-sized mask (48 M voxels, measured on blocks): two lungs 28 mm apart stay two parts, and
+    # one of them cut by a 3.5 mm gap stays one
+    lungs = np.zeros((300, 400, 400), bool)
+    lungs[20:280, 20:180, 30:370] = True
+    lungs[20:280, 220:380, 30:370] = True
+    assert shape_facts(lungs, (0.7, 0.7, 0.7)).components == 2
+    lungs[140:145] = False
+    assert ndimage.label(lungs)[1] == 4 and shape_facts(lungs, (0.7, 0.7, 0.7)).components == 2
 
 
 def test_cli_json_and_keep_threshold(tmp_path, alan_val, capsys):
