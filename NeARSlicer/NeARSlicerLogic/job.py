@@ -68,7 +68,8 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
     info = getattr(result, "info", None) or {}
     # do no harm / modality facts of the engine (absent from older engines: read with .get)
     for key, name in (("confidence", "confidence"), ("action", "action"), ("modality", "modality"),
-                      ("prior_name", "prior"), ("out_of_domain", "outOfDomain")):
+                      ("prior_name", "prior"), ("out_of_domain", "outOfDomain"),
+                      ("painted_slices_mm", "paintedSlicesMm")):
         if info.get(key) not in (None, ""):
             job.stats[name] = info[key]
     if "appearance" in info:
@@ -98,6 +99,11 @@ def formatOutcome(stats: dict) -> str:
         text = f"Refined with LOW confidence ({confText}, {image}{prior}): check carefully before Accept."
     else:
         text = f"Refined ({confText}, {image}{prior}). Review, then Accept."
+    painted = stats.get("paintedSlicesMm")
+    if isinstance(painted, (int, float)) and action == "refined":
+        # the gate applied the whole refined surface because of this staircase: say why
+        text += (f" The original looks painted on {painted:.1f} mm slices (a staircase), so the refined "
+                 "surface replaces it everywhere.")
     if stats.get("outOfDomain"):
         text += " The segment is outside the prior's training domain."
     return text

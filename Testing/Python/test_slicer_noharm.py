@@ -80,6 +80,8 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     ({"action": "refined: thick errors only, boundary kept", "confidence": 0.1},
      "Corrected thick errors only (blobs, holes, slabs, leaks, cut parts); the original boundary was kept"),
     ({"action": "refined"}, "Refined (no confidence measured: the 'fast' preset has no mirrored views"),
+    ({"action": "refined", "confidence": 0.7, "paintedSlicesMm": 4.0}, "Refined (confidence 0.70"),
+    ({"action": "kept: already plausible", "confidence": 0.7, "paintedSlicesMm": 4.0}, "Kept the original"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
@@ -87,3 +89,6 @@ def test_outcome_texts(slicer_app, stats, start):
     text = formatOutcome(stats)
     assert text.startswith(start)
     assert ("outside the prior's training domain" in text) == bool(stats.get("outOfDomain"))
+    # a staircase is named only where the refined surface was applied because of it
+    assert ("painted on 4.0 mm slices" in text) == (stats.get("paintedSlicesMm") is not None
+                                                    and stats["action"] == "refined")
