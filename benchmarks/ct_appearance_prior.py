@@ -29,6 +29,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from keep_or_refine import domain_of  # noqa: E402
 from robustness import ALAN, REAL_CT  # noqa: E402
 
 from NeARSlicerLib.baselines import BASELINES  # noqa: E402
@@ -37,8 +38,8 @@ from NeARSlicerLib.confidence import apply_changes  # noqa: E402
 from NeARSlicerLib.domain import check, shape_facts  # noqa: E402
 from NeARSlicerLib.metrics import dice, normalized_surface_dice  # noqa: E402
 from NeARSlicerLib.output_safety import atomic_write_text  # noqa: E402
-from NeARSlicerLib.prior import PRIOR_DIR, resolve_prior_named  # noqa: E402
-from NeARSlicerLib.refine import RefineOptions, card_meta, refine_mask  # noqa: E402
+from NeARSlicerLib.prior import PRIOR_DIR  # noqa: E402
+from NeARSlicerLib.refine import RefineOptions, refine_mask  # noqa: E402
 
 # by file: registry names may move to other files (name -> (file, reads the image))
 PRIORS = {"S adrenal_v2": (str(PRIOR_DIR / "adrenal_v2.safetensors"), False),
@@ -86,8 +87,7 @@ def score(mask: np.ndarray, case) -> dict:
 def gated(case, refined: np.ndarray, prior: str) -> np.ndarray:
     """The default output of an every-change refinement: the input outside the prior's domain, else
     the changes ``confidence.apply_changes`` admits (refine's do-no-harm, keep threshold 0)."""
-    _, path = resolve_prior_named(prior, with_image=True)
-    if check(shape_facts(case.annotation, case.grid.spacing), card_meta(path, {}).get("domain")):
+    if check(shape_facts(case.annotation, case.grid.spacing), domain_of(prior)):
         return case.annotation > 0
     return apply_changes(case.annotation, refined, case.grid.spacing, "gated")
 

@@ -104,7 +104,7 @@ VARIANTS = {  # name: (policy, thick radius mm, gate fraction, gate change)
 
 
 def domain_of(prior_name: str) -> dict | None:
-    """The training domain on the card of a shipped prior, by registry name."""
+    """The training domain on the card of a prior, by registry name or file."""
     from NeARSlicerLib.prior import resolve_prior_named
     from NeARSlicerLib.refine import card_meta
 

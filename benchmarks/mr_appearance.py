@@ -14,10 +14,11 @@ image of one of three generators:
 * ``mr_isointense``: the ``mr_heldout`` image with the gland's voxels replaced by values drawn
   from the ring around it: the image no longer carries the gland's own boundary (only where fat
   or another tissue touches it), so reading it should not help, and must not harm;
-* ``ct``: the CT phantom in HU (for reference: CT is served by the window prior ``adrenal-sa``).
+* ``ct``: the CT phantom in HU (for reference: also read by the CT-window prior ``adrenal_sa_v1``,
+  the adrenal S+A default until 2026-11-28).
 
 Each case is refined shape only (``adrenal-s``) and with the image by the any-modality prior
-(``adrenal-mr``); for ``ct`` also by ``adrenal-sa``. ``default`` preset, every change applied
+(``adrenal-mr``); for ``ct`` also by ``adrenal_sa_v1``. ``default`` preset, every change applied
 (``change_policy="all"``); the default ``gated`` policy is applied afterwards to the same
 refinement (``confidence.apply_changes``; these val shapes are inside the prior's domain, so that
 is what refine's default does). "Where the image carries the boundary": the case's contrast is
@@ -86,13 +87,13 @@ def run(prior_mr: str, n_cases: int) -> dict:
     from NeARSlicerLib.confidence import apply_changes
     from NeARSlicerLib.geometry import Grid
     from NeARSlicerLib.metrics import dice, normalized_surface_dice
-    from NeARSlicerLib.prior import resolve_prior
+    from NeARSlicerLib.prior import CT_WINDOW_SA_PRIOR, resolve_prior
     from NeARSlicerLib.refine import RefineOptions, refine_mask
 
     val = np.load(SHARED / "alan64" / "alan64_trainval.npz")["val_shapes"]
     sp = (1.0, 1.0, 1.0)
     priors = {"shape": str(resolve_prior("adrenal-s", False)), "mr": prior_mr,
-              "sa_window": str(resolve_prior("adrenal-sa", True))}
+              "sa_window": str(CT_WINDOW_SA_PRIOR)}  # by file: the name adrenal-sa is adrenal_mr_v1 now
     rows = []
     for kind in KINDS:
         for c in range(n_cases):

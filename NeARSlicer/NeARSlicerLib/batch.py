@@ -41,16 +41,16 @@ SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                    "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error"]
 WARNING_SEPARATOR = " | "  # the engine's warnings of one segment, in one cell
-
-
-def warnings_cell(warnings) -> str:
-    """The engine's warnings of one segment as one CSV cell (whitespace collapsed, ``WARNING_SEPARATOR``)."""
-    return WARNING_SEPARATOR.join(" ".join(str(w).split()) for w in (warnings or []))
 SEG_SUFFIX = ".seg.nrrd"
 BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
 MASK_SUFFIX = ".nii.gz"
 REFINED_COLOR = (0.2, 0.4, 1.0)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def warnings_cell(warnings) -> str:
+    """The engine's warnings of one segment as one CSV cell (whitespace collapsed, ``WARNING_SEPARATOR``)."""
+    return WARNING_SEPARATOR.join(" ".join(str(w).split()) for w in (warnings or []))
 
 
 @dataclass(frozen=True)
