@@ -35,8 +35,8 @@ from .device import pick_device
 from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
-from .model import NeARModel, window_hu
-from .appearance import normalise_case
+from .model import NeARModel
+from .appearance import normalise as normalise_image
 from .prior import any_modality_prior, choose_prior, load_prior, resolve_prior
 
 @dataclass(frozen=True)
@@ -395,13 +395,10 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     target = torch.from_numpy(np.ascontiguousarray(case.mask, dtype=np.float32))[None, None].to(device)
     appearance = None
     if use_appearance:
-        work_image = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))
-        if str(meta.get("appearance_norm", "window")).lower() == "case":
-            # relative to the annotation, as the prior was trained (appearance.normalise_case)
-            work_image = torch.from_numpy(normalise_case(case.image, case.mask, (spacing,) * 3))
-        else:
-            work_image = window_hu(work_image)
-        appearance = work_image[None, None].to(device)
+        # as the prior was trained: a HU window, or relative to the annotation (appearance.normalise)
+        work_image = normalise_image(case.image, case.mask, (spacing,) * 3,
+                                     str(meta.get("appearance_norm") or "window").lower())
+        appearance = torch.from_numpy(np.ascontiguousarray(work_image, dtype=np.float32))[None, None].to(device)
     flips = FLIPS[:n_flips]
     views: list[np.ndarray] = []
     losses: list[float] = []

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .appearance import normalise as normalise_image
 from .checkpoint import load_checkpoint, load_training_state, save_training_state
 from .decode import decode_logits, model_query
 from .distributed import Distributed
@@ -60,9 +61,10 @@ from .errors import Cancelled, InputError
 from .fit import sample_fit_points
 from .geometry import Grid, to_source, to_working
 from .output_safety import check_outputs
-from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres, window_hu
-from .prior import default_prior, load_prior
-from .refine import drop_islands
+from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres
+from .domain import shape_facts, widen as widen_domain
+from .prior import default_prior, load_prior, resolve_prior
+from .refine import card_meta, drop_islands
 from .study_adapt import denoise_step, prior_snapshot, redistort, refine_with
 from .study_output import StudyOutputs, save_study_prior, study_card, summary_row, write_study
 
@@ -235,8 +237,10 @@ def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
                    device: torch.device) -> tuple[NeARModel, dict]:
     """The model to train: the prior itself (fast) or a random one of the prior's architecture (paper)."""
     if cfg.recipe in ("fast", "denoise"):
-        # a fresh copy: we own and train it
-        return load_prior(prior_path, device, with_image=bool(cfg.appearance and any_image))
+        # a fresh copy: we own and train it; its card's facts (image normalisation, domain, scale) hold for it
+        with_image = bool(cfg.appearance and any_image)
+        model, meta = load_prior(prior_path, device, with_image=with_image)
+        return model, card_meta(resolve_prior(prior_path, with_image), meta)
     arch, meta = ModelConfig(), {}
     path = Path(prior_path) if prior_path else default_prior(False)
     if prior_path or path.is_file():
@@ -253,7 +257,9 @@ def _initial_model(cfg: StudyConfig, prior_path: Optional[str], any_image: bool,
 
 @torch.no_grad()
 def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov_mm: float, use_app: bool,
-             device: torch.device) -> list[_Prepared]:
+             device: torch.device, norm: str = "window") -> list[_Prepared]:
+    """Each case's working cube; a(p) normalised as the prior reads images (``norm``: its card's
+    ``appearance_norm``, as ``refine_mask`` does)."""
     out = []
     for c in cases:
         w = to_working(np.asarray(c.mask) > 0, c.grid, c.image if use_app else None, margin_mm=cfg.margin_mm,
@@ -261,7 +267,8 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
         target = torch.from_numpy(np.ascontiguousarray(w.mask, dtype=np.float32))[None, None].to(device)
         app = None
         if w.image is not None:
-            app = window_hu(torch.from_numpy(np.ascontiguousarray(w.image, dtype=np.float32)))[None, None].to(device)
+            a = normalise_image(w.image, w.mask, w.grid.spacing, norm)
+            app = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None].to(device)
         # a case without an image reads the neutral mid-window a(p) = 0.5 (model.context's rule)
         out.append(_Prepared(target, app, model.context(target, app), w.grid, w.touches_border,
                              None if w.image is None else np.asarray(w.image, np.float32)))
@@ -380,6 +387,11 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
     any_image = any(c.image is not None for c in cases)
     report(0.0, "loading the model")
     model, meta = _initial_model(cfg, prior_path, any_image, device)
+    if meta.get("domain"):
+        # the adapted prior learns these very shapes: a study of a structure no prior knows (what study
+        # mode is for) must not be kept whole as out of the warm-start prior's domain
+        meta = {**meta, "domain": widen_domain(meta["domain"], [shape_facts(np.asarray(c.mask) > 0, c.grid.spacing)
+                                                                  for c in cases], f"the {len(cases)} cases of this study")}
     use_app = bool(cfg.appearance and model.cfg.appearance and any_image)
     notes: list[str] = []
     if cfg.appearance and any_image and not model.cfg.appearance:
@@ -388,7 +400,8 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
         notes.append("some cases have no image: they are fitted shape-only")
 
     report(0.01, "cropping and resampling every case to its working grid")
-    prep = _prepare(cases, cfg, model, float(meta.get("fov_mm", 64.0)), use_app, device)
+    prep = _prepare(cases, cfg, model, float(meta.get("fov_mm", 64.0)), use_app, device,
+                    str(meta.get("appearance_norm") or "window").lower())
     for c, p in zip(cases, prep):
         if p.touches_border:
             notes.append(f"case {c.name}: the mask touches the border of its volume; the surface there is extrapolated")

@@ -305,3 +305,45 @@ def test_study_refuses_pickled_or_corrupt_checkpoint(tmp_path, tiny_prior, capsy
     else:
         assert "checkpoint.safetensors is corrupt or truncated" in err
     assert ck.read_bytes() == before and _snapshot(out) == {"checkpoint.safetensors": before}
+
+
+@pytest.fixture(scope="module")
+def case_norm_prior(tmp_path_factory):
+    """A small random S+A model whose card says it reads images relative to the annotation (as the
+    shipped adrenal S+A prior does) and whose domain is a narrow size range (20-30 mm)."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("prior") / "tiny_case_norm.safetensors"
+    cfg = ModelConfig.from_dict({**TINY.to_dict(), "appearance": True, "annotation_sigmas": (0.0, 1.0)})
+    save_prior(path, NeARModel(cfg), {"fov_mm": 48.0})
+    path.with_suffix(".json").write_text(json.dumps({"meta": {
+        "appearance_norm": "case", "domain": {"size_mm": [20.0, 30.0], "elongation": [1.0, 20.0], "components": 1}}}))
+    return str(path)
+
+
+def test_study_reads_images_as_its_prior_does(case_norm_prior):
+    """A prior that normalises each image relative to the annotation does not care about the
+    intensities' scale and offset: a study of the same cases with the image x 3 + 500 gives the same
+    probabilities (a HU window would read a different image), and its study prior keeps that normalisation."""
+    cases = _small_cases(3)
+    cfg = StudyConfig(epochs=1, points=256, batch_cases=3, seed=0)
+    res = run_study(cases, case_norm_prior, cfg)
+    rescaled = [StudyCase(c.name, c.mask, c.grid, None if c.image is None else c.image * 3.0 + 500.0) for c in cases]
+    res2 = run_study(rescaled, case_norm_prior, cfg)
+    assert res.info["appearance"] and res.info["prior_meta"]["appearance_norm"] == "case"
+    for a, b in zip(res.probabilities, res2.probabilities):
+        assert np.allclose(a, b, atol=1e-5)
+
+
+def test_study_cases_are_inside_the_adapted_priors_domain(case_norm_prior):
+    """Study mode is for structures the warm-start prior does not know: its cases widen the
+    adapted prior's domain, so they are refined rather than kept as out of domain."""
+    from NeARSlicerLib.domain import check, shape_facts
+
+    cases = [StudyCase(c.name, c.mask, c.grid) for c in _small_cases(2)]
+    assert any(check(shape_facts(c.mask > 0, c.grid.spacing), {"size_mm": [20.0, 30.0]}) for c in cases)
+    res = run_study(cases, case_norm_prior, StudyConfig.for_recipe("denoise", epochs=0, refine_preset="fast"))
+    domain = res.info["prior_meta"]["domain"]
+    assert "2 cases of this study" in domain["what"]
+    for c in cases:
+        assert check(shape_facts(c.mask > 0, c.grid.spacing), domain) == []
+    assert not any("out of the prior's domain" in w for w in res.warnings), res.warnings
