@@ -197,13 +197,14 @@ def painted_slices(annotation: np.ndarray, spacing: Sequence[float],
 
 def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float], policy: str = CHANGE_ALL,
                   radius_mm: float = THICK_RADIUS_MM, gate_fraction: float = GATE_FRACTION,
-                  gate_change: float = GATE_CHANGE) -> np.ndarray:
+                  gate_change: float = GATE_CHANGE, painted: Optional[bool] = None) -> np.ndarray:
     """The output mask (bool, [k, j, i]) when only the changes ``policy`` admits are applied to
     ``annotation``: ``all``, ``thick`` (``thick_changes``) or ``gated`` (all when the thick changes
     exceed ``gate_fraction`` of the annotation's volume, 1 - Dice(annotation, refined) exceeds
     ``gate_change`` or the annotation was painted on thick slices (``painted_slices``: its staircase
-    is a thin error everywhere), else the thick ones only). Keeping a segment outside the prior's
-    domain is ``refine``'s part of both non-``all`` policies."""
+    is a thin error everywhere; ``painted``, when given, is that finding already made), else the thick
+    ones only). Keeping a segment outside the prior's domain is ``refine``'s part of both non-``all``
+    policies."""
     if policy not in CHANGE_POLICIES:
         raise ValueError(f"change policy must be one of {', '.join(CHANGE_POLICIES)}, got {policy!r}")
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
@@ -212,7 +213,7 @@ def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
     thick = thick_changes(ann, ref, spacing, radius_mm)
     if policy == CHANGE_GATED and (thick.sum() > gate_fraction * max(int(ann.sum()), 1)
                                    or 1.0 - _dice(ann, ref) > gate_change
-                                   or painted_slices(ann, spacing) is not None):
+                                   or (painted if painted is not None else painted_slices(ann, spacing) is not None)):
         return ref.copy()
     return ann ^ thick
 

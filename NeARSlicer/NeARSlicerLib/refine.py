@@ -429,7 +429,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     confidence = conf_mod.confidence(sig)
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
-        applied = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy)
+        applied = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy,
+                                         painted=painted is not None)
         if not np.array_equal(applied, refined > 0):
             prob = np.where(applied != (refined > 0), original.astype(np.float32), prob)
             refined = applied.astype(np.uint8)
