@@ -266,6 +266,8 @@ def cmd_study(args) -> int:
         overrides["l2sp"] = args.l2sp
     if args.preset is not None:
         overrides["refine_preset"] = args.preset
+    if args.denoise_targets is not None:
+        overrides["denoise_targets"] = args.denoise_targets
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
     cases = load_cases(args.masks, args.images, args.manifest, label=args.label)
     out = Path(args.out)
@@ -491,13 +493,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", help="label value (or .seg.nrrd segment name) of multilabel masks")
     s.add_argument("--prior", help="prior to warm-start from: name (adrenal) or .safetensors path (default: adrenal)")
     s.add_argument("--recipe", default="denoise", choices=["denoise", "fast", "paper"],
-                   help="denoise (default): adapt the prior to recover each annotation from a re-distorted copy, "
+                   help="denoise (default): adapt the prior to recover (its reconstruction of) each annotation from a re-distorted copy, "
                    "then refine every case with it; fast: warm-started transductive NeAR, early stop; "
                    "paper: the paper's recipe")
     s.add_argument("--epochs", type=int, help="maximum epochs (default: 6 denoise, 60 fast, 1500 paper)")
     s.add_argument("--l2sp", type=float, help="denoise: weight of the pull towards the prior's weights (default 1e-3)")
     s.add_argument("--preset", choices=["fast", "default", "quality"],
                    help="denoise: the refine preset every case is refined with (default: default)")
+    s.add_argument("--denoise-targets", choices=["prior", "annotation"],
+                   help="denoise: train towards the prior's reconstruction of each annotation (default) or the "
+                   "annotation itself (the recipe before 2026-11-28)")
     s.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME} if it exists")
     s.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier study in --out")
     s.add_argument("--shape-only", action="store_true", help="ignore the images even with an S+A prior")

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from .appearance import normalise as normalise_image
 from .checkpoint import load_checkpoint, load_training_state, save_training_state
-from .decode import decode_logits, model_query
+from .decode import decode_logits, decode_probability, model_query
 from .distributed import Distributed
 from .errors import Cancelled, InputError
 from .fit import sample_fit_points
@@ -70,6 +70,7 @@ from .study_output import StudyOutputs, save_study_prior, study_card, summary_ro
 
 RECIPES = ("denoise", "fast", "paper")
 DEFAULT_RECIPE = "denoise"  # what run_study, the CLI and the worker use when no recipe is named
+DENOISE_TARGETS = ("prior", "annotation")  # StudyConfig.denoise_targets
 CHECKPOINT_FORMAT = "nearslicer-study-2"  # -1 was a torch.save (pickle) file: refused
 Progress = Callable[[float, str], None]
 
@@ -122,6 +123,9 @@ class StudyConfig:
     min_island_mm3: float = 10.0  # decoded islands smaller than this are dropped (see refine.drop_islands)
     l2sp: float = 1e-3  # denoise: lambda of lambda * sum((theta - theta_prior)^2)
     refine_preset: str = "default"  # denoise: the refine_mask preset each case is refined with
+    # denoise: what each re-distorted annotation is trained back to: "prior", the warm-start prior's own
+    # reconstruction of the annotation (its errors already partly removed), or "annotation" itself
+    denoise_targets: str = "prior"
 
     @classmethod
     def for_recipe(cls, recipe: str, **overrides) -> "StudyConfig":
@@ -214,6 +218,8 @@ def _check_config(cfg: StudyConfig) -> None:
     if cfg.recipe == "denoise":
         from .refine import PRESETS
 
+        if cfg.denoise_targets not in DENOISE_TARGETS:
+            raise InputError(f"unknown denoise targets {cfg.denoise_targets!r}: use one of {', '.join(DENOISE_TARGETS)}")
         if cfg.refine_preset not in PRESETS or cfg.l2sp < 0:
             raise InputError(f"bad study settings: refine_preset {cfg.refine_preset!r} (use one of "
                              f"{', '.join(PRESETS)}), l2sp {cfg.l2sp}")
@@ -275,6 +281,19 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
     return out
 
 
+@torch.no_grad()
+def _prior_targets(model: NeARModel, prep: Sequence[_Prepared]) -> list[_Prepared]:
+    """Each working cube with its target replaced by the (un-adapted) model's reconstruction of the
+    annotation (encoder code, one view, thresholded at 0.5): what the denoise recipe trains towards,
+    so that an annotation's own errors are never a training target."""
+    out = []
+    for p in prep:
+        z, context = model.encode(p.target, p.appearance)
+        prob = decode_probability(model, z, p.target.shape[-1], context)
+        out.append(replace(p, target=(prob >= 0.5).to(p.target.dtype).reshape(p.target.shape)))
+    return out
+
+
 def _fingerprint(cfg: StudyConfig, names: Sequence[str], model: NeARModel) -> dict:
     """What a checkpoint must agree on to be resumed (epochs, patience... may change)."""
     keys = ("recipe", "batch_cases", "points", "dense_res", "grid_noise", "lr_latent", "lr_model", "lr_mlp",
@@ -284,6 +303,8 @@ def _fingerprint(cfg: StudyConfig, names: Sequence[str], model: NeARModel) -> di
         d["extent_voxels"] = cfg.extent_voxels
     if cfg.recipe == "denoise":  # only here, so that older fast/paper checkpoints still resume
         d["l2sp"] = cfg.l2sp
+        if cfg.denoise_targets != "annotation":  # absent in checkpoints of the annotation-target recipe
+            d["denoise_targets"] = cfg.denoise_targets
     d["cases"] = list(names)
     d["model"] = model.cfg.to_dict()
     return json.loads(json.dumps(d))  # tuples -> lists, so a loaded copy compares equal
@@ -406,6 +427,8 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
         if p.touches_border:
             notes.append(f"case {c.name}: the mask touches the border of its volume; the surface there is extrapolated")
 
+    if cfg.recipe == "denoise" and cfg.denoise_targets == "prior":
+        prep = _prior_targets(model, prep)
     # latent codes: the prior's encoder (fast) or the paper's small random codes
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():

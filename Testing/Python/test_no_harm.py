@@ -116,7 +116,7 @@ def test_confidence_is_lower_on_a_case_made_worse(alan_val):
     cases += [(alan_val[i], corrupt(alan_val[i], (1, 1, 1), "paper", 4000 + i)) for i in (52, 53)]
     rows = []
     for truth, annotation in cases:
-        res = refine_mask(annotation, g, options=RefineOptions(keep_threshold=0.0))
+        res = refine_mask(annotation, g, options=RefineOptions(keep_threshold=0.0, change_policy="all"))
         rows.append((dice(res.mask, truth) - dice(annotation, truth), res.info["confidence"]))
     worse = [c for gain, c in rows if gain < 0]
     better = [c for gain, c in rows if gain > 0]

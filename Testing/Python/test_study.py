@@ -347,3 +347,19 @@ def test_study_cases_are_inside_the_adapted_priors_domain(case_norm_prior):
     for c in cases:
         assert check(shape_facts(c.mask > 0, c.grid.spacing), domain) == []
     assert not any("out of the prior's domain" in w for w in res.warnings), res.warnings
+
+
+def test_denoise_targets_are_part_of_the_recipe(tmp_path, tiny_prior):
+    """The denoise recipe trains towards the prior's reconstruction of each annotation by default;
+    a checkpoint of the annotation-target recipe is not continued under it, and an unknown choice
+    is a clear error."""
+    cases = _small_cases(2)
+    ck = tmp_path / "study.ckpt.safetensors"
+    old = StudyConfig.for_recipe("denoise", epochs=1, points=256, refine_preset="fast", denoise_targets="annotation")
+    assert StudyConfig.for_recipe("denoise").denoise_targets == "prior"
+    run_study(cases, tiny_prior, old, checkpoint=str(ck))
+    with pytest.raises(InputError, match="differs in: denoise_targets"):
+        run_study(cases, tiny_prior, StudyConfig.for_recipe("denoise", epochs=2, points=256, refine_preset="fast"),
+                  checkpoint=str(ck))
+    with pytest.raises(InputError, match="unknown denoise targets 'truth'"):
+        run_study(cases, tiny_prior, StudyConfig.for_recipe("denoise", denoise_targets="truth"))
