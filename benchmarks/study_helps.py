@@ -38,7 +38,7 @@ def _scores(masks, truths, grids, tol_mm):
             "dsc_per_case": [round(100 * x, 1) for x in d]}
 
 
-def evaluate(cases, truths, prior, extent, preset, epochs_old, epochs_new, seed, tol_mm):
+def evaluate(cases, truths, prior, extent, preset, epochs_old, epochs_new, seed, tol_mm, targets="prior"):
     """Every row; NeAR rows on a per-case working spacing (longest side / ``extent`` voxels; None: 1 mm)."""
     grids = [c.grid for c in cases]
     rows = {"input": _scores([c.mask for c in cases], truths, grids, tol_mm)}
@@ -61,7 +61,7 @@ def evaluate(cases, truths, prior, extent, preset, epochs_old, epochs_new, seed,
                                       ("study new (denoise)", "denoise", epochs_new)):
             t = time.perf_counter()
             cfg = StudyConfig.for_recipe(recipe, epochs=epochs, extent_voxels=extent, seed=seed,
-                                         refine_preset=preset, margin_mm=4.0)
+                                         refine_preset=preset, margin_mm=4.0, denoise_targets=targets)
             res = run_study(cases, prior, cfg)
             rows[label] = {**_scores(res.masks, truths, grids, tol_mm), "epochs": res.epochs,
                            "seconds": round(time.perf_counter() - t, 1)}
@@ -78,7 +78,7 @@ def synthetic(args):
                                c["image"].astype(np.float32)))
         truths.append(np.asarray(c["mask"], bool))
     rows = evaluate(cases, truths, args.prior, args.extent, args.preset, args.epochs_old, args.epochs_new, args.seed,
-                    tol_mm=float(np.median([c["spacing_mm"] for c in raw])))
+                    tol_mm=float(np.median([c["spacing_mm"] for c in raw])), targets=args.denoise_targets)
     return {"classes": sorted({c["cls"] for c in raw}), "cases": len(cases), "working_extent_voxels": args.extent,
             "rows": rows}
 
@@ -89,7 +89,7 @@ def real_ct(args):
                        family="mixture")
     cases = [StudyCase(b.name, b.annotation.astype(np.uint8), b.grid, b.image) for b in bc]
     rows = evaluate(cases, [b.truth for b in bc], args.prior, None, args.preset, args.epochs_old, args.epochs_new,
-                    args.seed, tol_mm=1.0)
+                    args.seed, tol_mm=1.0, targets=args.denoise_targets)
     return {"labels": list(args.labels), "cases": len(cases), "working_spacing_mm": 1.0, "rows": rows}
 
 
@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--epochs-new", type=int, default=6)
     ap.add_argument("--labels", type=int, nargs="*", default=[8, 9])
     ap.add_argument("--per-label", type=int, default=2)
+    ap.add_argument("--denoise-targets", default="prior", choices=["prior", "annotation"],
+                    help="what the denoise recipe trains towards (StudyConfig.denoise_targets)")
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "study_helps.json"))
@@ -112,8 +114,10 @@ def main() -> None:
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
     key = Path(args.prior).stem if args.prior.endswith(".safetensors") else args.prior
+    if args.denoise_targets != "prior":
+        key += f" (denoise towards the {args.denoise_targets})"
     entry = {"host": platform.node(), "preset": args.preset, "epochs_old": args.epochs_old,
-             "epochs_new": args.epochs_new}
+             "epochs_new": args.epochs_new, "denoise_targets": args.denoise_targets}
     if not args.skip_synthetic:
         entry["synthetic_unseen_classes"] = synthetic(args)
         print(json.dumps(entry["synthetic_unseen_classes"]["rows"], indent=1))

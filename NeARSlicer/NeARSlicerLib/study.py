@@ -10,11 +10,11 @@ Three recipes:
 * ``"paper"`` (Yang, Shi et al., MICCAI 2022, for comparison): random-initialised model, latent
   codes drawn from N(0, 0.02^2), dense BCE on a jittered 64^3 grid of every case each step,
   Adam 1e-3 for everything, lr x0.1 at epochs 150/700/1200, 1500 epochs, l2 penalty 1e-2.
-* ``"denoise"`` (default, ``study_adapt.py``): the prior's whole model learns to recover each
-  annotation from a re-distorted copy of it (the annotation-error library), regularised towards the
-  prior's weights (L2-SP), for a few epochs; every case is then refined by ``refine_mask`` with the
-  adapted prior (encode + latent fit + flips). The annotations are never the target of their own
-  input, so their errors are not learnt.
+* ``"denoise"`` (default, ``study_adapt.py``): the prior's whole model learns to recover the
+  prior's own reconstruction of each annotation from a re-distorted copy of it (the
+  annotation-error library), regularised towards the prior's weights (L2-SP), for a few epochs;
+  every case is then refined by ``refine_mask`` with the adapted prior (encode + latent fit +
+  flips). The annotations are never a training target, so their errors are not learnt.
 * ``"fast"``: decoder + MLP warm-started from a trained prior, latent codes initialised
   by the prior's encoder, a few thousand points per case and step drawn near each annotation's
   surface plus uniformly (``fit.sample_fit_points``), a much lower learning rate for the shared
@@ -370,8 +370,8 @@ def _epoch_order(cfg: StudyConfig, n: int, epoch: int) -> list[int]:
 def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared], idx: Sequence[int], epoch: int,
                    gen: torch.Generator, anchor: dict, device: torch.device, own: Optional[Sequence[int]] = None,
                    regularise: bool = True) -> float:
-    """One denoise step: each case's annotation re-distorted (seeded by seed, epoch, case), the model
-    trained to recover the annotation from it (see ``study_adapt``). ``own``: the batch positions
+    """One denoise step: each case's target (``_prior_targets``, or the annotation) re-distorted
+    (seeded by seed, epoch, case), the model trained to recover the target from it (see ``study_adapt``). ``own``: the batch positions
     this process computes (None: all); ``regularise``: whether this process adds the L2-SP term."""
     mine = set(range(len(idx)) if own is None else own)
     inputs: list[Optional[torch.Tensor]] = []

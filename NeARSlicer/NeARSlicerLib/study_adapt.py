@@ -1,13 +1,16 @@
 """Study mode's ``"denoise"`` recipe: adapt a prior to a study's shape class without learning the
 annotations' own errors, then refine every case with the adapted prior exactly as ``refine_mask`` does.
 
-Training pairs are (re-distorted annotation -> annotation): each step, every case's working-cube
-annotation is corrupted again by the annotation-error library (``annotation_errors.mixture``,
-seeded by (seed, epoch, case), so resuming needs no extra state) and the whole model (encoder,
-decoder, point MLP) learns to recover the un-re-distorted annotation from it. The noisy
-annotation is only ever a target for a *more* noisy input, never for itself (a noise2noise-like
-denoiser of this shape class), and an L2-SP penalty ``l2sp * sum((theta - theta_prior)^2)`` keeps
-the weights near the prior's so a few steps cannot forget what it knew.
+Training pairs are (re-distorted target -> target), the target being the warm-start prior's own
+reconstruction of each working-cube annotation (``StudyConfig.denoise_targets = "prior"``, the
+default) or the annotation itself (``"annotation"``, the first recipe): each step, every target is
+corrupted again by the annotation-error library (``annotation_errors.mixture``, seeded by (seed,
+epoch, case), so resuming needs no extra state) and the whole model (encoder, decoder, point MLP)
+learns to recover it. With the prior's reconstructions as targets the annotations' errors are never
+learnt (trained towards the annotations, the adapted prior learnt to reproduce them and refined
+less than the prior itself: README "Study mode"); an L2-SP penalty
+``l2sp * sum((theta - theta_prior)^2)`` keeps the weights near the prior's so a few steps cannot
+forget what it knew.
 
 Arrays are ``[k, j, i]``; the working cubes are isotropic (``spacing_mm``), points normalised (x, y, z)
 in [-1, 1].
