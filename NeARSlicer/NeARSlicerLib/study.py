@@ -62,6 +62,7 @@ from .fit import sample_fit_points
 from .geometry import Grid, to_source, to_working
 from .output_safety import check_outputs
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres
+from . import modality as modality_mod
 from .domain import shape_facts, widen as widen_domain
 from .prior import default_prior, load_prior, resolve_prior
 from .refine import card_meta, drop_islands
@@ -386,6 +387,23 @@ def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared]
                         anchor, cfg.l2sp if regularise else 0.0)
 
 
+def _readable_images(cases: Sequence[StudyCase], meta: dict, notes: list[str]) -> list[StudyCase]:
+    """The cases, each image that the prior cannot read removed (``modality.accepts``, as ``refine``
+    decides: an MR image is not put through a CT window) with a note in ``notes``."""
+    out = []
+    for c in cases:
+        if c.image is not None:
+            found = modality_mod.detect(c.image)
+            if not modality_mod.accepts(meta, found.modality):
+                trained = ", ".join(meta.get("modalities") or ["CT"])
+                notes.append(f"case {c.name}: the image does not look like CT ({found.reason}; read as "
+                             f"{found.modality}) but this appearance prior reads {trained}: the image was not "
+                             "used, the case was fitted by shape only")
+                c = replace(c, image=None)
+        out.append(c)
+    return out
+
+
 @dataclass
 class _Training:
     """Everything one optimiser step reads and updates."""
@@ -417,6 +435,8 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
     notes: list[str] = []
     if cfg.appearance and any_image and not model.cfg.appearance:
         notes.append("this prior is shape-only: the images were not used")
+    if use_app:
+        cases = _readable_images(cases, meta, notes)
     if use_app and not all(c.image is not None for c in cases):
         notes.append("some cases have no image: they are fitted shape-only")
 

@@ -363,3 +363,18 @@ def test_denoise_targets_are_part_of_the_recipe(tmp_path, tiny_prior):
                   checkpoint=str(ck))
     with pytest.raises(InputError, match="unknown denoise targets 'truth'"):
         run_study(cases, tiny_prior, StudyConfig.for_recipe("denoise", denoise_targets="truth"))
+
+
+def test_study_does_not_read_mr_through_a_ct_window(tiny_prior):
+    """A CT-window S+A prior does not read an MR-like image (positive intensities, no fat or air in
+    HU): that case is fitted by shape only, as ``refine`` does, and the study says so."""
+    cases = _small_cases(3)
+    rng = np.random.default_rng(0)
+    mr = [StudyCase(c.name, c.mask, c.grid, None if c.image is None else
+                    (300.0 + 400.0 * (c.mask > 0) + rng.normal(0, 20, c.mask.shape)).astype(np.float32)) for c in cases]
+    cfg = StudyConfig(epochs=1, points=256, batch_cases=3, seed=0)
+    with pytest.warns(UserWarning, match="case s1: the image does not look like CT"):
+        res = run_study(mr, tiny_prior, cfg)
+    blind = run_study([StudyCase(c.name, c.mask, c.grid) for c in cases], tiny_prior, cfg)
+    for a, b in zip(res.probabilities, blind.probabilities):
+        assert np.allclose(a, b, atol=1e-5)
