@@ -34,8 +34,7 @@ from robustness import ALAN, REAL_CT  # noqa: E402
 
 from NeARSlicerLib.baselines import BASELINES  # noqa: E402
 from NeARSlicerLib.bench import alan_cases, real_ct_cases  # noqa: E402
-from NeARSlicerLib.confidence import apply_changes  # noqa: E402
-from NeARSlicerLib.domain import check, shape_facts  # noqa: E402
+from NeARSlicerLib.confidence import default_output  # noqa: E402
 from NeARSlicerLib.metrics import dice, normalized_surface_dice  # noqa: E402
 from NeARSlicerLib.output_safety import atomic_write_text  # noqa: E402
 from NeARSlicerLib.prior import PRIOR_DIR  # noqa: E402
@@ -87,9 +86,7 @@ def score(mask: np.ndarray, case) -> dict:
 def gated(case, refined: np.ndarray, prior: str) -> np.ndarray:
     """The default output of an every-change refinement: the input outside the prior's domain, else
     the changes ``confidence.apply_changes`` admits (refine's do-no-harm, keep threshold 0)."""
-    if check(shape_facts(case.annotation, case.grid.spacing), domain_of(prior)):
-        return case.annotation > 0
-    return apply_changes(case.annotation, refined, case.grid.spacing, "gated")
+    return default_output(case.annotation, refined, case.grid.spacing, domain_of(prior), "gated")
 
 
 def collect(refine: bool = True) -> list[dict]:

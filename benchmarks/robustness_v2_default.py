@@ -1,9 +1,9 @@
 """The robustness benchmark's ALAN rows with today's default output, re-scored from the cached
 every-change refinements of ``robustness_v2.py`` (``benchmarks/work/v2``, S ``adrenal_v2``).
 
-``refine`` (keep threshold 0) returns ``confidence.apply_changes(annotation, every-change mask,
-"gated")``, or the annotation for a segment outside the prior's domain; so the default output of a
-refinement is computed from its cached every-change mask, without refining again. Results:
+``refine`` (keep threshold 0) returns ``confidence.default_output`` of its every-change mask (the
+annotation for a segment outside the prior's domain, else ``apply_changes(..., "gated")``), so the
+default output is computed from the cached every-change masks, without refining again. Results:
 ``benchmarks/results/robustness_v2_default.json``.
 
     PYTHONPATH=NeARSlicer .venv/bin/python benchmarks/robustness_v2_default.py
@@ -23,20 +23,12 @@ from robustness import ALAN, _score  # noqa: E402
 
 from NeARSlicerLib.annotation_errors import FAMILIES  # noqa: E402
 from NeARSlicerLib.bench import BenchCase, alan_cases, identity_grid  # noqa: E402
-from NeARSlicerLib.confidence import apply_changes  # noqa: E402
-from NeARSlicerLib.domain import check, shape_facts  # noqa: E402
+from NeARSlicerLib.confidence import default_output  # noqa: E402
 from NeARSlicerLib.output_safety import atomic_write_text  # noqa: E402
 
 WORK = HERE / "work" / "v2"
 OUT = HERE / "results" / "robustness_v2_default.json"
 NAME = "S (GPU, library)"  # the every-change column of robustness_v2.json: the shipped adrenal_v2
-
-
-def default_output(case, every_change: np.ndarray, domain: dict | None) -> np.ndarray:
-    """What ``refine`` returns with the defaults, given its every-change mask."""
-    if check(shape_facts(case.annotation, case.grid.spacing), domain):
-        return case.annotation > 0
-    return apply_changes(case.annotation, every_change, case.grid.spacing, "gated")
 
 
 def main() -> None:
@@ -52,7 +44,7 @@ def main() -> None:
         for c in cases:
             every = np.unpackbits(pred[f"{NAME}|{c.name}"])[: c.truth.size].reshape(c.truth.shape).astype(bool)
             for col, mask in (("input", c.annotation > 0), ("every change", every),
-                              ("default", default_output(c, every, domain))):
+                              ("default", default_output(c.annotation, every, c.grid.spacing, domain))):
                 rows[col].append(_score(mask, c))
         res[key] = {col: {"dsc": round(100 * float(np.mean([r["dsc"] for r in rs])), 2),
                           "nsd": round(100 * float(np.mean([r["nsd"] for r in rs])), 2),

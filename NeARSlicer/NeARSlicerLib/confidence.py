@@ -218,6 +218,20 @@ def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
     return ann ^ thick
 
 
+def default_output(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float], domain: Optional[dict],
+                   policy: str = DEFAULT_CHANGE_POLICY) -> np.ndarray:
+    """What ``refine`` returns with keep threshold 0 and ``policy``, given the prior's every-change mask
+    ``refined`` (bool, [k, j, i], ``spacing`` (i, j, k) mm): the annotation for a segment outside the
+    prior's ``domain`` (not refined at all, unless the policy is ``all``), else ``apply_changes``. For
+    benchmarks that refine once with every change and score the default from the same masks."""
+    from .domain import check, shape_facts
+
+    ann = np.asarray(annotation) > 0
+    if policy != CHANGE_ALL and check(shape_facts(ann, spacing), domain):
+        return ann.copy()
+    return apply_changes(ann, refined, spacing, policy)
+
+
 def decide(conf: Optional[float], sig: Signals, keep_threshold: float) -> str:
     """The action: ``REFINED`` when ``conf >= keep_threshold`` (or no confidence could be measured:
     one view); else the annotation is kept, as ``KEPT_PLAUSIBLE`` when the prior found little to

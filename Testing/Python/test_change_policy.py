@@ -162,3 +162,23 @@ def test_refine_reports_a_thick_slice_painting_and_repairs_its_staircase():
     assert np.array_equal(thick.mask > 0, annotation > 0)
     assert refine_mask(clean.astype(np.uint8), grid,
                        options=RefineOptions(preset="fast", prior="adrenal")).info["painted_slices_mm"] is None
+
+
+def test_default_output_of_an_every_change_refinement_is_refines_default():
+    """``confidence.default_output`` (what the benchmarks score as the default from one every-change
+    refinement) gives exactly what ``refine`` returns with the defaults: for a rough gland (changes
+    applied) and for a rod outside the prior's domain (kept)."""
+    from NeARSlicerLib.confidence import default_output
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.phantom import adrenal_phantom
+    from NeARSlicerLib.refine import RefineOptions, card_meta, refine_mask
+
+    grid = Grid((64, 64, 64), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    rod = np.zeros((64, 64, 64), np.uint8)
+    rod[30:34, 30:34, 2:62] = 1
+    for annotation in (paint_on_slices(adrenal_phantom(seed=2), 4).astype(np.uint8), rod):
+        every = refine_mask(annotation, grid, options=RefineOptions(preset="fast", prior="adrenal", change_policy="all"))
+        default = refine_mask(annotation, grid, options=RefineOptions(preset="fast", prior="adrenal"))
+        domain = card_meta(every.info["prior"], {}).get("domain")
+        assert np.array_equal(default_output(annotation, every.mask > 0, grid.spacing, domain), default.mask > 0)
+    assert default.info["action"] == "kept: outside the prior's domain"
