@@ -220,7 +220,8 @@ def _check_config(cfg: StudyConfig) -> None:
         from .refine import PRESETS
 
         if cfg.denoise_targets not in DENOISE_TARGETS:
-            raise InputError(f"unknown denoise targets {cfg.denoise_targets!r}: use one of {', '.join(DENOISE_TARGETS)}")
+            raise InputError(f"unknown denoise targets {cfg.denoise_targets!r}: "
+                             f"use one of {', '.join(DENOISE_TARGETS)}")
         if cfg.refine_preset not in PRESETS or cfg.l2sp < 0:
             raise InputError(f"bad study settings: refine_preset {cfg.refine_preset!r} (use one of "
                              f"{', '.join(PRESETS)}), l2sp {cfg.l2sp}")
@@ -372,8 +373,9 @@ def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared]
                    gen: torch.Generator, anchor: dict, device: torch.device, own: Optional[Sequence[int]] = None,
                    regularise: bool = True) -> float:
     """One denoise step: each case's target (``_prior_targets``, or the annotation) re-distorted
-    (seeded by seed, epoch, case), the model trained to recover the target from it (see ``study_adapt``). ``own``: the batch positions
-    this process computes (None: all); ``regularise``: whether this process adds the L2-SP term."""
+    (seeded by seed, epoch, case), the model trained to recover the target from it (see
+    ``study_adapt``). ``own``: the batch positions this process computes (None: all);
+    ``regularise``: whether this process adds the L2-SP term."""
     mine = set(range(len(idx)) if own is None else own)
     inputs: list[Optional[torch.Tensor]] = []
     for b, (i, p) in enumerate(zip(idx, prep)):
@@ -429,8 +431,8 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
     if meta.get("domain"):
         # the adapted prior learns these very shapes: a study of a structure no prior knows (what study
         # mode is for) must not be kept whole as out of the warm-start prior's domain
-        meta = {**meta, "domain": widen_domain(meta["domain"], [shape_facts(np.asarray(c.mask) > 0, c.grid.spacing)
-                                                                  for c in cases], f"the {len(cases)} cases of this study")}
+        facts = [shape_facts(np.asarray(c.mask) > 0, c.grid.spacing) for c in cases]
+        meta = {**meta, "domain": widen_domain(meta["domain"], facts, f"the {len(cases)} cases of this study")}
     use_app = bool(cfg.appearance and model.cfg.appearance and any_image)
     notes: list[str] = []
     if cfg.appearance and any_image and not model.cfg.appearance:

@@ -177,7 +177,8 @@ def test_default_output_of_an_every_change_refinement_is_refines_default():
     rod = np.zeros((64, 64, 64), np.uint8)
     rod[30:34, 30:34, 2:62] = 1
     for annotation in (paint_on_slices(adrenal_phantom(seed=2), 4).astype(np.uint8), rod):
-        every = refine_mask(annotation, grid, options=RefineOptions(preset="fast", prior="adrenal", change_policy="all"))
+        every = refine_mask(annotation, grid,
+                            options=RefineOptions(preset="fast", prior="adrenal", change_policy="all"))
         default = refine_mask(annotation, grid, options=RefineOptions(preset="fast", prior="adrenal"))
         domain = card_meta(every.info["prior"], {}).get("domain")
         assert np.array_equal(default_output(annotation, every.mask > 0, grid.spacing, domain), default.mask > 0)
