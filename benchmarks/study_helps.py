@@ -5,7 +5,8 @@ of the real example CT, each annotation distorted by the error library's mixture
 DSC and NSD (tolerance: one working voxel, in mm) in percent, mean over cases, against the clean truth.
 Every NeAR row runs with the same refine preset and the same working spacing: for the synthetic
 study, whose structures range from 10 to 200 mm, per case its longest side / ``--extent`` (40), so
-a structure spans about 40 voxels of the cube (``StudyConfig.extent_voxels``); for the real CT 1 mm.
+a structure spans about 40 voxels of the cube (``StudyConfig.extent_voxels``); for the real CT 1 mm,
+or with ``--real-extent`` the same rule (the general prior's scale).
 
     PYTHONPATH=NeARSlicer python benchmarks/study_helps.py --cases 20 --prior adrenal
 """
@@ -88,9 +89,10 @@ def real_ct(args):
     bc = real_ct_cases(data / "ct.nii.gz", data / "seg.nii.gz", labels=args.labels, per_label=args.per_label,
                        family="mixture")
     cases = [StudyCase(b.name, b.annotation.astype(np.uint8), b.grid, b.image) for b in bc]
-    rows = evaluate(cases, [b.truth for b in bc], args.prior, None, args.preset, args.epochs_old, args.epochs_new,
-                    args.seed, tol_mm=1.0, targets=args.denoise_targets)
-    return {"labels": list(args.labels), "cases": len(cases), "working_spacing_mm": 1.0, "rows": rows}
+    rows = evaluate(cases, [b.truth for b in bc], args.prior, args.real_extent, args.preset, args.epochs_old,
+                    args.epochs_new, args.seed, tol_mm=1.0, targets=args.denoise_targets)
+    return {"labels": list(args.labels), "cases": len(cases), "working_spacing_mm": 1.0,
+            "working_extent_voxels": args.real_extent, "rows": rows}
 
 
 def main() -> None:
@@ -105,6 +107,10 @@ def main() -> None:
     ap.add_argument("--epochs-new", type=int, default=6)
     ap.add_argument("--labels", type=int, nargs="*", default=[8, 9])
     ap.add_argument("--per-label", type=int, default=2)
+    ap.add_argument("--real-extent", type=float, default=None,
+                    help="real CT: each structure's longest side spans this many working voxels (default: 1 mm "
+                    "cubes, the adrenal prior's scale; 40 for the general prior)")
+    ap.add_argument("--key", help="result key (default: the prior's name)")
     ap.add_argument("--denoise-targets", default="prior", choices=["prior", "annotation"],
                     help="what the denoise recipe trains towards (StudyConfig.denoise_targets)")
     ap.add_argument("--skip-real", action="store_true")
@@ -113,7 +119,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
-    key = Path(args.prior).stem if args.prior.endswith(".safetensors") else args.prior
+    key = args.key or (Path(args.prior).stem if args.prior.endswith(".safetensors") else args.prior)
     if args.denoise_targets != "prior":
         key += f" (denoise towards the {args.denoise_targets})"
     entry = {"host": platform.node(), "preset": args.preset, "epochs_old": args.epochs_old,
