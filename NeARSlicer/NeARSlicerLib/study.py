@@ -287,12 +287,14 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
 def _prior_targets(model: NeARModel, prep: Sequence[_Prepared]) -> list[_Prepared]:
     """Each working cube with its target replaced by the (un-adapted) model's reconstruction of the
     annotation (encoder code, one view, thresholded at 0.5): what the denoise recipe trains towards,
-    so that an annotation's own errors are never a training target."""
+    so that an annotation's own errors are never a training target. Where the reconstruction is
+    empty the annotation stays the target (training towards nothing would teach erasing)."""
     out = []
     for p in prep:
         z, context = model.encode(p.target, p.appearance)
         prob = decode_probability(model, z, p.target.shape[-1], context)
-        out.append(replace(p, target=(prob >= 0.5).to(p.target.dtype).reshape(p.target.shape)))
+        target = (prob >= 0.5).to(p.target.dtype).reshape(p.target.shape)
+        out.append(replace(p, target=target) if bool(target.any()) else p)
     return out
 
 
