@@ -91,9 +91,22 @@ def guess(image: np.ndarray, declared: Optional[str] = None) -> ModalityGuess:
     return detect(image)
 
 
+def prior_normalisation(meta: dict) -> str:
+    """How a prior whose card is ``meta`` reads intensities: ``"window"`` (the default) or ``"case"``."""
+    return str(meta.get("appearance_norm") or "window").lower()
+
+
+def refusal(meta: dict, found: ModalityGuess) -> str:
+    """Why a prior whose card is ``meta`` does not read an image guessed as ``found`` (one phrase)."""
+    trained = ", ".join(meta.get("modalities") or [CT])
+    how = "per-case intensities" if prior_normalisation(meta) == "case" else "a fixed HU window"
+    return (f"the image does not look like CT ({found.reason}; read as {found.modality}) but this appearance "
+            f"prior reads {trained} ({how})")
+
+
 def accepts(meta: dict, modality: str) -> bool:
     """Whether a prior whose card is ``meta`` may read an image of ``modality``."""
-    norm = str(meta.get("appearance_norm", "window")).lower()
+    norm = prior_normalisation(meta)
     listed = meta.get("modalities")
     if norm == "case":
         return listed is None or modality in [normalise_declared(m) for m in listed]

@@ -293,12 +293,8 @@ def _appearance(image: Optional[np.ndarray], opts: RefineOptions, meta: dict, mo
         return False, found.modality, []
     if modality_mod.accepts(meta, found.modality):
         return True, found.modality, []
-    norm = str(meta.get("appearance_norm", "window"))
-    trained = ", ".join(meta.get("modalities") or ["CT"])
     return False, found.modality, [
-        f"the image does not look like CT ({found.reason}; read as {found.modality}) but this appearance prior "
-        f"reads {trained} ({'a fixed HU window' if norm != 'case' else 'per-case intensities'}): "
-        "the image was not used, the segment was refined by shape only"]
+        f"{modality_mod.refusal(meta, found)}: the image was not used, the segment was refined by shape only"]
 
 
 def _fallback_prior(image: np.ndarray, opts: RefineOptions, prior_name: str, prior_path: Path,
@@ -396,8 +392,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     appearance = None
     if use_appearance:
         # as the prior was trained: a HU window, or relative to the annotation (appearance.normalise)
-        work_image = normalise_image(case.image, case.mask, (spacing,) * 3,
-                                     str(meta.get("appearance_norm") or "window").lower())
+        work_image = normalise_image(case.image, case.mask, (spacing,) * 3, modality_mod.prior_normalisation(meta))
         appearance = torch.from_numpy(np.ascontiguousarray(work_image, dtype=np.float32))[None, None].to(device)
     flips = FLIPS[:n_flips]
     views: list[np.ndarray] = []

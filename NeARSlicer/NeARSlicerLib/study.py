@@ -399,10 +399,8 @@ def _readable_images(cases: Sequence[StudyCase], meta: dict, notes: list[str]) -
         if c.image is not None:
             found = modality_mod.detect(c.image)
             if not modality_mod.accepts(meta, found.modality):
-                trained = ", ".join(meta.get("modalities") or ["CT"])
-                notes.append(f"case {c.name}: the image does not look like CT ({found.reason}; read as "
-                             f"{found.modality}) but this appearance prior reads {trained}: the image was not "
-                             "used, the case was fitted by shape only")
+                notes.append(f"case {c.name}: {modality_mod.refusal(meta, found)}: the image was not used, "
+                             "the case was fitted by shape only")
                 c = replace(c, image=None)
         out.append(c)
     return out
@@ -446,7 +444,7 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
 
     report(0.01, "cropping and resampling every case to its working grid")
     prep = _prepare(cases, cfg, model, float(meta.get("fov_mm", 64.0)), use_app, device,
-                    str(meta.get("appearance_norm") or "window").lower())
+                    modality_mod.prior_normalisation(meta))
     for c, p in zip(cases, prep):
         if p.touches_border:
             notes.append(f"case {c.name}: the mask touches the border of its volume; the surface there is extrapolated")
