@@ -90,17 +90,18 @@ def measure_domain(masks: Iterable[np.ndarray], spacing: Sequence[float], what: 
 def widen(domain: dict | None, facts: Sequence[ShapeFacts], what: str) -> dict | None:
     """``domain`` grown to cover the shapes ``facts`` describe (a study's own annotations, which a
     study-adapted prior has been trained on); None stays None (a prior without a domain is never
-    out of it). Sizes in mm."""
+    out of it); a limit the domain does not set stays unset. Sizes in mm."""
     if not domain or not facts:
         return domain
-    size = [min(domain.get("size_mm", [np.inf])[0], min(f.size_mm for f in facts)),
-            max(domain.get("size_mm", [0.0, 0.0])[-1], max(f.size_mm for f in facts))]
-    elong = [min(domain.get("elongation", [np.inf])[0], min(f.elongation for f in facts)),
-             max(domain.get("elongation", [0.0, 0.0])[-1], max(f.elongation for f in facts))]
-    return {**domain, "size_mm": [round(float(v), 1) for v in size],
-            "elongation": [round(float(v), 2) for v in elong],
-            "components": int(max(domain.get("components", 1), max(f.components for f in facts))),
-            "what": f"{domain.get('what', 'its training shapes')} and {what}"}
+    out = {**domain, "what": f"{domain.get('what', 'its training shapes')} and {what}"}
+    for key, digits in (("size_mm", 1), ("elongation", 2)):
+        if domain.get(key):
+            values = [getattr(f, key) for f in facts]
+            out[key] = [round(float(min(domain[key][0], *values)), digits),
+                        round(float(max(domain[key][-1], *values)), digits)]
+    if domain.get("components"):
+        out["components"] = int(max(domain["components"], *(f.components for f in facts)))
+    return out
 
 
 def check(facts: ShapeFacts, domain: dict | None, tolerance: float = TOLERANCE) -> list[str]:
