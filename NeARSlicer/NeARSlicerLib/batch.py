@@ -35,11 +35,15 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from .errors import InputError
-from .output_safety import OutputError, SummaryWriter, atomic_write_bytes, check_output_folder, check_outputs, same_file
+from .output_safety import (OutputError, atomic_write_bytes, check_output_folder, check_outputs, locked,
+                            same_file)
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
-                   "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error"]
+                   "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error",
+                   "painted_slices_mm"]
+# the columns before painted_slices_mm (2026-11-28): such a summary is resumed, not refused
+EARLIER_SUMMARY_COLUMNS = SUMMARY_COLUMNS[:17]
 WARNING_SEPARATOR = " | "  # the engine's warnings of one segment, in one cell
 SEG_SUFFIX = ".seg.nrrd"
 BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
@@ -234,6 +238,7 @@ def run_task(task: CaseTask) -> List[dict]:
                          "dice": f"{dice(mask, res.mask):.4f}", "confidence": _fmt(info.get("confidence"), 4),
                          "action": info.get("action") or "", "prior": info.get("prior_name") or info.get("prior") or "",
                          "modality": info.get("modality") or "",
+                         "painted_slices_mm": _fmt(info.get("painted_slices_mm"), 1),
                          "warnings": warnings_cell(res.warnings),
                          "seconds": f"{time.perf_counter() - t0:.2f}", "error": ""})
             refined.append((name, res.mask))
@@ -264,38 +269,60 @@ def output_path(out_dir: Path, case: BatchCase) -> Path:
 class CaseSummary:
     """``summary.csv`` of a batch: the rows of each finished case committed in one atomic rewrite.
 
-    Opened through :class:`output_safety.SummaryWriter` (same columns or refused; ``overwrite``
-    keeps the old file until the first case is committed).
+    Each commit reads the file again under ``output_safety.locked`` and keeps what others wrote
+    there meanwhile: a reviewer's ``review`` column and decisions (``review_status.set_review``,
+    Slicer's review queue), on a running batch and on one resumed later. The rows of the cases to
+    redo (``drop_cases``, a resume) are dropped at the first commit. A summary of an earlier
+    version (:data:`EARLIER_SUMMARY_COLUMNS`) is resumed and gets today's columns, empty in its
+    rows; one with other columns is refused unless ``overwrite``, which keeps the old file until
+    the first commit.
     """
 
     def __init__(self, path: Path, overwrite: bool = False, drop_cases: Iterable[str] = ()):
-        self.writer = SummaryWriter(path, SUMMARY_COLUMNS, overwrite=overwrite)
-        self.path = self.writer.path
-        drop = set(drop_cases)
-        kept = [r for r in self.writer.rows() if r.get("case") not in drop]
-        self._text = self._render(kept, header=True) if kept else ""
-        self._dirty = bool(drop) and self.path.exists()  # rows of cases to redo are dropped at the first commit
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        if not self.path.parent.is_dir():
+            raise OutputError(f"output folder {self.path.parent} does not exist (for {self.path.name}); create it first")
+        self._replace = overwrite
+        self._drop = set(drop_cases)
+        if not overwrite and self.path.exists():
+            self._read()
+        self._dirty = bool(self._drop) and self.path.exists()  # rows of cases to redo are dropped at the first commit
 
-    @staticmethod
-    def _render(rows: Sequence[dict], header: bool) -> str:
-        buf = _io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-        if header:
+    def _read(self) -> tuple:
+        """(header, rows) of the file now; refused when its columns are not a batch summary's."""
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                rows = [{k: v or "" for k, v in r.items() if k is not None} for r in reader]
+                header = list(reader.fieldnames or [])
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise OutputError(f"summary {self.path} cannot be read to append to it ({exc})") from None
+        if header and not any(header[: len(cols)] == cols for cols in (SUMMARY_COLUMNS, EARLIER_SUMMARY_COLUMNS)):
+            raise OutputError(f"summary {self.path} has the columns {header}, not {SUMMARY_COLUMNS}; "
+                              "pass --overwrite to replace it or choose another file")
+        return header, rows
+
+    def _commit(self, new_rows: Sequence[dict]) -> None:
+        with locked(self.path):
+            header, rows = ([], []) if self._replace or not self.path.exists() else self._read()
+            rows = [r for r in rows if r.get("case") not in self._drop] + list(new_rows)
+            known = set(SUMMARY_COLUMNS) | set(EARLIER_SUMMARY_COLUMNS)
+            columns = SUMMARY_COLUMNS + [c for c in header if c not in known]  # e.g. the reviewer's
+            buf = _io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
             w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in SUMMARY_COLUMNS})
-        return buf.getvalue()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in columns})
+            atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))
+        self._replace, self._drop, self._dirty = False, set(), False
 
     def add_case(self, rows: Sequence[dict]) -> None:
-        self._text += self._render(rows, header=not self._text)
-        atomic_write_bytes(self.path, self._text.encode("utf-8"))
-        self._dirty = False
+        self._commit(rows)
 
     def flush(self) -> None:
         """Commit the dropping of stale rows even if no case was added."""
         if self._dirty:
-            atomic_write_bytes(self.path, (self._text or self._render([], header=True)).encode("utf-8"))
-            self._dirty = False
+            self._commit([])
 
 
 def completed_cases(summary: Path) -> Dict[str, List[dict]]:

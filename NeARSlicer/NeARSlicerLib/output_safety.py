@@ -12,6 +12,9 @@ not at all.
 * :func:`atomic_paths` commits a group of outputs (e.g. mask + probability + report): every file
   is written first; only then are they renamed, and a failure part-way restores the targets.
 * :class:`SummaryWriter` adds one CSV row per finished case without truncating earlier rows.
+* :func:`locked` serialises the read-modify-write of a file shared by several writers (a running
+  batch appending its rows, a reviewer recording decisions in the same ``summary.csv``), so that
+  neither rewrite drops what the other has just written.
 
 Temporary names are ``.<name>.<random>.tmp<ext>`` with the target's real extension (``.nii.gz``,
 ``.seg.nrrd``...), because SimpleITK, pynrrd and Slicer pick the file format from it.
@@ -25,13 +28,14 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from .errors import InputError
 
 __all__ = ["OutputError", "check_outputs", "check_output_folder", "same_file", "atomic_path", "atomic_paths",
-           "atomic_write", "atomic_write_text", "atomic_write_bytes", "SummaryWriter", "temp_suffix"]
+           "atomic_write", "atomic_write_text", "atomic_write_bytes", "SummaryWriter", "temp_suffix", "locked"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -305,6 +309,45 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Pat
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+# ----------------------------------------------------------------------------- shared files
+LOCK_SUFFIX = ".lock"
+LOCK_STALE_S = 120.0  # a lock older than this was left by a writer that died (a commit takes milliseconds)
+
+
+@contextlib.contextmanager
+def locked(path: PathLike, timeout_s: float = 30.0) -> Iterator[None]:
+    """Hold ``<path>.lock`` while reading, changing and rewriting ``path``.
+
+    The lock is a file created exclusively (``O_CREAT | O_EXCL``: atomic on every platform and on
+    network shares, unlike ``fcntl``); a lock older than ``LOCK_STALE_S`` is taken over. Raises
+    :class:`OutputError` after ``timeout_s`` seconds of waiting, naming the lock file.
+    """
+    lock = os.fspath(path) + LOCK_SUFFIX
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                if time.time() - os.path.getmtime(lock) > LOCK_STALE_S:
+                    os.remove(lock)
+                    continue
+            except OSError:  # released meanwhile
+                continue
+            if time.monotonic() > deadline:
+                raise OutputError(f"{path} is being written by another NeARSlicer process (lock file {lock}); "
+                                  "if none is running, delete the lock file") from None
+            time.sleep(0.02)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock)
+
+
 # ----------------------------------------------------------------------------- summary CSV
 class SummaryWriter:
     """A CSV that gets one row per finished case, so an interrupted batch keeps the rows it made.
@@ -354,20 +397,21 @@ class SummaryWriter:
         extra = [k for k in row if k not in self.fieldnames]
         if extra:
             raise ValueError(f"summary row has unknown columns {extra} (columns: {self.fieldnames})")
-        buf = _io.StringIO()
-        old = b""
-        columns = self.fieldnames
-        if not self._replace and self.path.exists():
-            old = self.path.read_bytes()
-            if old and not old.endswith(b"\n"):
-                old += b"\n"
-            header = self._read_header() if old.strip() else None
-            if header and header[: len(columns)] == columns:
-                columns = header  # keep the columns added after ours (e.g. review decisions)
-        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        if not old.strip():
+        with locked(self.path):  # a reviewer may be rewriting the same file
+            buf = _io.StringIO()
             old = b""
-            w.writeheader()
-        w.writerow({k: row.get(k, "") for k in columns})
-        atomic_write_bytes(self.path, old + buf.getvalue().encode("utf-8"))
-        self._replace = False
+            columns = self.fieldnames
+            if not self._replace and self.path.exists():
+                old = self.path.read_bytes()
+                if old and not old.endswith(b"\n"):
+                    old += b"\n"
+                header = self._read_header() if old.strip() else None
+                if header and header[: len(columns)] == columns:
+                    columns = header  # keep the columns added after ours (e.g. review decisions)
+            w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+            if not old.strip():
+                old = b""
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in columns})
+            atomic_write_bytes(self.path, old + buf.getvalue().encode("utf-8"))
+            self._replace = False

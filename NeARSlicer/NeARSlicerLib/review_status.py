@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import InputError
-from .output_safety import atomic_write_text
+from .output_safety import atomic_write_text, locked
 
 __all__ = ["SUMMARY_NAMES", "REVIEW_STATES", "REVIEW_COLUMN", "BatchRow", "find_summary", "read_batch",
            "set_review", "sort_rows", "first_unreviewed"]
@@ -141,28 +141,30 @@ def read_batch(batch: Union[str, os.PathLike]) -> Tuple[Path, List[BatchRow]]:
 def set_review(summary: Union[str, os.PathLike], case: str, segment: str, status: str) -> int:
     """Record ``status`` for (``case``, ``segment``) in the summary's ``review`` column.
 
-    The file is read again just before writing (rows appended meanwhile by a running batch are kept)
-    and replaced atomically. Returns the number of rows set (a case refined twice has two).
+    The file is read and replaced atomically under ``output_safety.locked``, so rows that a running
+    batch appends meanwhile are kept, and the batch keeps this decision. Returns the number of rows
+    set (a case refined twice has two).
     """
     if status not in REVIEW_STATES:
         raise InputError(f"review status must be one of {', '.join(repr(s) for s in REVIEW_STATES)}, got {status!r}")
     path = find_summary(summary)
-    header, rows = _read_table(path)
-    matched = 0
-    for row in rows:
-        if row.get("case", "").strip() == case and row.get("segment", "").strip() == segment:
-            row[REVIEW_COLUMN] = status
-            matched += 1
-    if not matched:
-        raise InputError(f"case {case!r} / segment {segment!r} is not in {path}")
-    if REVIEW_COLUMN not in header:
-        header = header + [REVIEW_COLUMN]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in header})
-    atomic_write_text(path, buffer.getvalue())
+    with locked(path):  # a running batch may be appending to the same file
+        header, rows = _read_table(path)
+        matched = 0
+        for row in rows:
+            if row.get("case", "").strip() == case and row.get("segment", "").strip() == segment:
+                row[REVIEW_COLUMN] = status
+                matched += 1
+        if not matched:
+            raise InputError(f"case {case!r} / segment {segment!r} is not in {path}")
+        if REVIEW_COLUMN not in header:
+            header = header + [REVIEW_COLUMN]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in header})
+        atomic_write_text(path, buffer.getvalue())
     return matched
 
 

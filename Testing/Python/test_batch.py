@@ -179,6 +179,65 @@ def test_resume_after_a_killed_batch_gives_the_uninterrupted_results(six, tmp_pa
     assert again.wait() == 0 and read_summary(out / "summary.csv") == rows
 
 
+def test_review_decisions_survive_a_running_batch_and_the_resume_of_an_earlier_version(six, tmp_path):
+    """A reviewer records decisions in summary.csv while the batch runs (Slicer's review queue) and
+    before it is resumed; no commit of the batch may drop them. The summary here is of the version
+    before the painted_slices_mm column: it is resumed, not refused, and gets today's columns."""
+    import csv
+    import shutil
+
+    from NeARSlicerLib.batch import EARLIER_SUMMARY_COLUMNS
+    from NeARSlicerLib.review_status import read_batch, set_review
+
+    from NeARSlicerLib.annotation_errors import corrupt
+    from NeARSlicerLib.confidence import painted_slices
+    from NeARSlicerLib.io import read_mask, write_mask
+
+    root, manifest, reference = six
+    # c4 comes painted on thick slices this time: its row must say how thick
+    cases = read_summary(manifest)
+    c4 = next(c for c in cases if c["case"] == "c4")
+    mask, grid, _ = read_mask(c4["mask"] if Path(c4["mask"]).is_absolute() else str(manifest.parent / c4["mask"]))
+    painted = corrupt(mask > 0, grid.spacing, "thick_slice", 3)
+    found = painted_slices(painted, grid.spacing)
+    assert found is not None
+    c4["mask"] = str(tmp_path / "c4_painted.nii.gz")
+    write_mask(c4["mask"], painted, grid)
+    manifest = write_manifest(tmp_path / "cases.csv", [{**c, **{k: str(manifest.parent / c[k]) for k in ("mask", "image")
+                                                               if c.get(k) and not Path(c[k]).is_absolute()}}
+                                                       for c in cases])
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    rows = [r for r in read_summary(out / "summary.csv") if r["case"] not in ("c3", "c4")]
+    (out / "c3.nii.gz").unlink()  # c3 was interrupted after writing its output, c4 before
+    (out / "c4.nii.gz").unlink()
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=EARLIER_SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    set_review(out, "c1", "Label_1", "rejected")
+
+    def reviewer(name, _rows):  # decides on c0 while c4 is still to come
+        if name == "c3":
+            set_review(out, "c0", "Label_1", "accepted")
+
+    outcome = run_batch(read_manifest(manifest), out, FAST, resume=True, on_case=reviewer, progress_bar=False)
+    assert (outcome.done, outcome.skipped, outcome.failed) == (2, 4, 0)
+    with open(out / "summary.csv") as f:
+        assert f.readline().strip().split(",") == SUMMARY_COLUMNS + ["review"]
+    _, batch_rows = read_batch(out)
+    assert {r.key: r.review for r in batch_rows if r.review} == {("c0", "Label_1"): "accepted",
+                                                                 ("c1", "Label_1"): "rejected"}
+    got = read_summary(out / "summary.csv")
+    assert [r["painted_slices_mm"] for r in got if r["case"] == "c4"] == [f"{found.thickness_mm:.1f}"]
+    assert all(r["painted_slices_mm"] == "" for r in got if r["case"] != "c4")  # shapes on their own grid
+    unchanged = [r for r in got if r["case"] != "c4"]
+    assert stable_rows(unchanged) == stable_rows([r for r in read_summary(reference / "summary.csv") if r["case"] != "c4"])
+    assert same_masks({k: v for k, v in masks_of(out).items() if k != "c4.nii.gz"},
+                      {k: v for k, v in masks_of(reference).items() if k != "c4.nii.gz"})
+    assert not list(out.glob("*.lock"))
+
+
 def test_a_case_folder_refined_into_itself_never_touches_an_input(tmp_path):
     """NAME.seg.nrrd in the output folder is an input: the result goes beside it (NAME.NeAR.seg.nrrd)
     and every input file stays byte-identical; a label-map case whose output would be its own CT is

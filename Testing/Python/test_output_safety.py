@@ -6,6 +6,7 @@ import errno
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -268,3 +269,34 @@ def test_summary_keeps_a_review_column_added_after_its_own(tmp_path):
     w.add({"case": "b", "dice": 0.8})
     assert path.read_text() == "case,dice,review\na,0.9,accepted\nb,0.8,\n"
     assert [r["review"] for r in w.rows()] == ["accepted", ""]
+
+
+def test_a_locked_file_waits_for_its_writer_and_a_dead_writers_lock_is_taken_over(tmp_path):
+    from NeARSlicerLib.output_safety import LOCK_STALE_S, locked
+
+    path = tmp_path / "summary.csv"
+    lock = tmp_path / "summary.csv.lock"
+    order = []
+
+    def second_writer():
+        with locked(path, timeout_s=10):
+            order.append("second")
+
+    with locked(path):
+        assert lock.is_file()
+        with pytest.raises(OutputError, match=r"being written by another NeARSlicer process \(lock file .*summary.csv.lock\)"):
+            with locked(path, timeout_s=0.1):
+                pass
+        t = threading.Thread(target=second_writer)
+        t.start()
+        time.sleep(0.2)
+        order.append("first")
+    t.join(10)
+    assert order == ["first", "second"] and not lock.exists()
+    # a writer that died left its lock: after LOCK_STALE_S it is taken over
+    lock.write_text("12345")
+    old = time.time() - LOCK_STALE_S - 1
+    os.utime(lock, (old, old))
+    with locked(path, timeout_s=0.5):
+        pass
+    assert not lock.exists()
