@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/speed.py [--device auto|cpu|cuda] [--json out.json]
 
-Reports, in one process: end-to-end refinement of an adrenal-sized mask per preset, dense
-vs coarse-to-fine decoding of a 128^3 grid (and their ratio), and the peak RSS.
+Reports, in one process: end-to-end refinement of an adrenal-like phantom mask with the adrenal
+pair per preset (best of 3; shape only, and with its phantom CT), the default preset without its
+latent-fit steps (an ablation), dense vs coarse-to-fine decoding of a 128^3 grid (and their ratio),
+and the peak RSS.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from NeARSlicerLib.decode import decode_logits, model_query  # noqa: E402
 from NeARSlicerLib.device import pick_device  # noqa: E402
 from NeARSlicerLib.distort import distort  # noqa: E402
 from NeARSlicerLib.model import voxel_centres  # noqa: E402
-from NeARSlicerLib.phantom import adrenal_phantom  # noqa: E402
+from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom  # noqa: E402
 from NeARSlicerLib.refine import RefineOptions, get_prior, refine_mask  # noqa: E402
 
 
@@ -52,11 +54,24 @@ def main() -> None:
     truth = adrenal_phantom(seed=0)
     noisy = distort(truth, seed=1)
     grid = identity_grid(noisy.shape)
-    refine_mask(noisy, grid, options=RefineOptions(preset="fast", device=args.device))  # warm-up: load prior
-    for preset in ("fast", "default", "quality"):
-        res = refine_mask(noisy, grid, options=RefineOptions(preset=preset, device=args.device))
-        out[f"refine_{preset}_s"] = round(res.seconds, 3)
-        print(f"refine ({preset}): {res.seconds:.2f} s end to end, {int(noisy.sum())}-voxel mask, {device}")
+    ct = ct_phantom(truth, seed=1)
+    gland = "left adrenal gland"  # the product's main job: the adrenal pair (S, and S+A with the CT)
+    refine_mask(noisy, grid, options=RefineOptions(preset="fast", device=args.device, structure=gland))  # warm-up
+    refine_mask(noisy, grid, ct, RefineOptions(preset="fast", device=args.device, structure=gland))
+    runs = [(f"refine_{p}_s", p, None, None) for p in ("fast", "default", "quality")]
+    runs += [(f"refine_sa_{p}_s", p, ct, None) for p in ("fast", "default")]
+    # ablation: the default preset's mirrored views without their 5 latent-fit steps (encoder code only)
+    runs += [("refine_default_no_fit_s", "default", None, 0)]
+    for key, preset, image, steps in runs:
+        seconds = []
+        for _ in range(3):
+            res = refine_mask(noisy, grid, image, RefineOptions(preset=preset, device=args.device, structure=gland,
+                                                                steps=steps))
+            seconds.append(res.seconds)
+        out[key] = round(min(seconds), 3)
+        out["prior_" + key[:-2]] = res.info["prior_name"]
+        print(f"{key}: {min(seconds):.2f} s end to end (best of 3), prior {res.info['prior_name']}, "
+              f"{int(noisy.sum())}-voxel mask, {device}")
 
     model, _ = get_prior(None, device)
     with torch.no_grad():
