@@ -339,7 +339,7 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     finally:
         bar.close()
         stream.close()
-    if ctx.main:
+    if ctx.main and not (history and history[-1]["step"] == step):  # else the last step was just validated
         v = validate(model, val_clean, val_noisy, val_img)
         if v > best:
             best = v
