@@ -301,6 +301,12 @@ def _prior_label(prior: str) -> str:
     return prior
 
 
+def _painted_note(row: BatchRow) -> str:
+    """Why a refinement replaced the whole surface: the original was painted on thick slices."""
+    mm = row.number("painted_slices_mm")
+    return f"painted on {mm:.1f} mm slices: the refined surface replaces its staircase everywhere" if mm else ""
+
+
 def _row_html(index: int, row: BatchRow, thumb: Optional[str], full: Optional[str], note: str) -> str:
     esc = html.escape
     change = row.change_percent
@@ -326,7 +332,7 @@ def _row_html(index: int, row: BatchRow, thumb: Optional[str], full: Optional[st
              f"<td>{_fmt(row.confidence, '.2f')}</td>", f'<td class="t" title="{esc(row.text("prior"), quote=True)}">{esc(_prior_label(row.text("prior")))}</td>',
              f'<td class="t">{esc(row.text("action"))}</td>',
              f'<td class="t"><span class="st {esc(status)}">{esc(status.replace("_", " "))}</span></td>',
-             f'<td class="t">{esc(row.error or "; ".join(t for t in (note, row.text("warnings")) if t))}</td>']
+             f'<td class="t">{esc(row.error or "; ".join(t for t in (note, _painted_note(row), row.text("warnings")) if t))}</td>']
     klass = ' class="failed"' if row.failed else ""
     return f"<tr{klass} {attrs}>{''.join(cells)}</tr>"
 

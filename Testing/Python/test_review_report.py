@@ -186,6 +186,7 @@ def test_report_page_files_and_output_safety(batch_folder):
     assert facts == {"n-cases": 5, "n-failed": 1, "rows": 5}
     # the engine's warnings recorded in the summary are shown beside each row
     assert "this prior is shape-only: the image was not used" in page.read_text()
+    assert "mm slices" not in page.read_text()  # none of these phantoms was painted on thick slices
     parsed = _parse(page.read_text())
     images = [src for tag, src in parsed.links if tag == "img"]
     assert len(images) == 4, "one thumbnail per refined row, none for the failed case"
@@ -210,9 +211,22 @@ def test_report_page_files_and_output_safety(batch_folder):
     (batch_folder / "summary.csv").write_text((batch_folder / "summary.csv").read_text().replace(
         "case01.html", "case01_ct.nii.gz", 1))
     set_review(batch_folder, "case03", "Label_1", "rejected")
+    # a case the engine found painted on thick slices (batch's painted_slices_mm) says so in its row
+    summary = batch_folder / "summary.csv"
+    with open(summary, newline="") as f:
+        reader = csv.DictReader(f)
+        header, table = reader.fieldnames, list(reader)
+    for r in table:
+        if r["case"] == "case02":
+            r["painted_slices_mm"] = "4.0"
+    with open(summary, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
+        w.writeheader()
+        w.writerows(table)
     build_report(batch_folder, overwrite=True)
     rows = {r["data-case"]: r for r in _parse(page.read_text()).rows}
     assert rows["case03"]["data-review"] == "rejected", "a decision shows once the page is made again"
+    assert page.read_text().count("painted on 4.0 mm slices: the refined surface replaces its staircase") == 1
 
 
 def test_report_of_a_refine_study_folder_and_a_missing_output(study_folder):
