@@ -3,6 +3,11 @@
     PYTHONPATH=NeARSlicer python benchmarks/keep_or_refine.py collect [--only alan|ct]  # refine each case once (slow)
     PYTHONPATH=NeARSlicer python benchmarks/keep_or_refine.py report                   # -> results/keep_or_refine.json
 
+``--fit-points N`` / ``--fit-steps N`` change the ``default`` preset's latent fit (points per step,
+steps) for both commands: work in ``work/keep_or_refine_ptsN`` / ``_stepsN``, results in
+``results/keep_or_refine_ptsN.json`` / ``_stepsN.json``. ``results/keep_or_refine.json`` was made with
+8192 points, the default until 2026-11-28 (now 2048; ``--fit-points 8192`` redoes it).
+
 Every case is refined once, always (``keep_threshold=0``, ``change_policy="all"``); the input, the
 refined mask and the truth are stored (``benchmarks/work/keep_or_refine/``, not committed), so that
 every change policy of ``confidence.apply_changes`` is scored on exactly the same refinements.
@@ -153,12 +158,30 @@ def report() -> None:
               + "  worse>1: " + " ".join(f"{p}={n}" for p, n in v["worse_by_1"].items()))
 
 
+def _variant(points: int | None, steps: int | None) -> None:
+    """Run this process's refinements with another latent fit in the default preset, into their own files."""
+    from dataclasses import replace
+
+    from NeARSlicerLib import refine
+
+    global WORK, OUT
+    preset = refine.PRESETS["default"]
+    changes = {k: v for k, v in (("points", points), ("steps", steps)) if v is not None}
+    refine.PRESETS["default"] = replace(preset, fit=replace(preset.fit, **changes))
+    name = "keep_or_refine_" + "_".join(f"{'pts' if k == 'points' else k}{v}" for k, v in changes.items())
+    WORK, OUT = HERE / "work" / name, HERE / "results" / f"{name}.json"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=["collect", "report"])
     ap.add_argument("--only", choices=["alan", "ct"])
     ap.add_argument("--reverse", action="store_true", help="ALAN shapes in reverse order (a second collector)")
+    ap.add_argument("--fit-points", type=int, help="the default preset's latent-fit points per step (a variant)")
+    ap.add_argument("--fit-steps", type=int, help="the default preset's latent-fit steps (a variant)")
     args = ap.parse_args()
+    if args.fit_points is not None or args.fit_steps is not None:
+        _variant(args.fit_points, args.fit_steps)
     collect(args.only, args.reverse) if args.what == "collect" else report()
 
 
