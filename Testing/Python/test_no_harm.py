@@ -104,9 +104,9 @@ def test_default_keeps_a_clean_annotation_and_repairs_a_rough_one(alan_val):
     assert dice(fixed.mask, clean) > dice(rough, clean) + 0.03
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2026-11-28 with adrenal_v2, every change applied: the calibrated "
-                   "confidence does not rank these cases (two clean cases made worse at 0.055 and 0.169, a paper-error "
-                   "case made worse at 0.292, the one improved at 0.157); see README 'Do no harm'")
+@pytest.mark.xfail(strict=True, reason="measured 2026-11-28 with adrenal_v2, every change applied (2048 fit points): "
+                   "the calibrated confidence does not rank these cases (two clean cases made worse at 0.055 and "
+                   "0.169, a paper-error case made worse at 0.291, the one improved at 0.155); see README 'Do no harm'")
 def test_confidence_is_lower_on_a_case_made_worse(alan_val):
     """Fixed small set: clean shapes (refinement can only lose) and shapes with the errors of the
     paper's generator (cubes, blobs: what the prior was trained to remove), every change of the prior
