@@ -284,6 +284,7 @@ class CaseSummary:
             raise OutputError(f"output folder {self.path.parent} does not exist (for {self.path.name}); create it first")
         self._replace = overwrite
         self._drop = set(drop_cases)
+        self._mine: Optional[tuple] = None  # (stamp, columns, rows, text) of our last write: no re-parse if unchanged
         if not overwrite and self.path.exists():
             self._read()
         self._dirty = bool(self._drop) and self.path.exists()  # rows of cases to redo are dropped at the first commit
@@ -302,18 +303,32 @@ class CaseSummary:
                               "pass --overwrite to replace it or choose another file")
         return header, rows
 
+    def _stamp(self) -> tuple:
+        st = os.stat(self.path)
+        return st.st_ino, st.st_mtime_ns, st.st_size  # every rewrite is an atomic rename: a new inode
+
     def _commit(self, new_rows: Sequence[dict]) -> None:
         with locked(self.path):
-            header, rows = ([], []) if self._replace or not self.path.exists() else self._read()
-            rows = [r for r in rows if r.get("case") not in self._drop] + list(new_rows)
+            if self._replace or not self.path.exists():
+                header, rows, text = [], [], None
+            elif self._mine is not None and self._mine[0] == self._stamp():
+                _, header, rows, text = self._mine  # nobody wrote since our last commit: append to our text
+            else:
+                (header, rows), text = self._read(), None
+            if self._drop:
+                rows, text = [r for r in rows if r.get("case") not in self._drop], None
             known = set(SUMMARY_COLUMNS) | set(EARLIER_SUMMARY_COLUMNS)
             columns = SUMMARY_COLUMNS + [c for c in header if c not in known]  # e.g. the reviewer's
+            rows = rows + list(new_rows)
             buf = _io.StringIO()
             w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-            w.writeheader()
-            for r in rows:
+            if text is None:
+                w.writeheader()
+            for r in (new_rows if text is not None else rows):
                 w.writerow({k: r.get(k, "") for k in columns})
-            atomic_write_bytes(self.path, buf.getvalue().encode("utf-8"))
+            text = (text or "") + buf.getvalue()
+            atomic_write_bytes(self.path, text.encode("utf-8"))
+            self._mine = (self._stamp(), columns, rows, text)
         self._replace, self._drop, self._dirty = False, set(), False
 
     def add_case(self, rows: Sequence[dict]) -> None:
