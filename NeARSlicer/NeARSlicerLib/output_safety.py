@@ -356,13 +356,17 @@ class SummaryWriter:
     * An existing file with the same columns is appended to: earlier rows are kept. Columns that
       others added after ours (a reviewer's ``review`` column) are kept, empty in new rows.
     * An existing file with other columns is refused (:class:`OutputError`) unless ``overwrite``.
+      One that starts with the columns of an earlier version (``earlier``: column lists whose
+      extension ``fieldnames`` is) is appended to: its header gains today's columns at the first row,
+      empty in its rows.
     * ``overwrite=True``: the old file stays untouched until the first row, which replaces it.
 
     Every row is committed by an atomic rewrite of the (small) file, so a crash never leaves a
     half-written row that the next run would append to.
     """
 
-    def __init__(self, path: PathLike, fieldnames: Sequence[str], overwrite: bool = False) -> None:
+    def __init__(self, path: PathLike, fieldnames: Sequence[str], overwrite: bool = False,
+                 earlier: Sequence[Sequence[str]] = ()) -> None:
         self.path = Path(os.path.abspath(os.fspath(path)))
         self.fieldnames = [str(f) for f in fieldnames]
         if not self.fieldnames:
@@ -371,12 +375,17 @@ class SummaryWriter:
             raise OutputError(f"output folder {self.path.parent} does not exist (for {self.path.name}); create it first")
         self._replace = overwrite
         self._existing: Optional[List[str]] = None  # header of the file we append to
+        self._earlier = [[str(f) for f in cols] for cols in earlier]
         if not overwrite and self.path.exists():
             header = self._read_header()
-            if header is not None and header[: len(self.fieldnames)] != self.fieldnames:
+            if header is not None and header[: len(self.fieldnames)] != self.fieldnames \
+                    and not self._is_earlier(header):
                 raise OutputError(f"summary {self.path} has the columns {header}, not {self.fieldnames}; "
                                   "pass --overwrite to replace it or choose another file")
             self._existing = header
+
+    def _is_earlier(self, header: List[str]) -> bool:
+        return any(header[: len(cols)] == cols for cols in self._earlier)
 
     def _read_header(self) -> Optional[List[str]]:
         try:
@@ -406,6 +415,18 @@ class SummaryWriter:
                 if old and not old.endswith(b"\n"):
                     old += b"\n"
                 header = self._read_header() if old.strip() else None
+                if header and header[: len(columns)] != columns and self._is_earlier(header):
+                    # a summary of an earlier version: rewritten once with today's columns first
+                    known = set(columns).union(*map(set, self._earlier))
+                    header = columns + [c for c in header if c not in known]
+                    with open(self.path, newline="", encoding="utf-8") as f:
+                        rows = list(csv.DictReader(f))
+                    upgraded = _io.StringIO()
+                    w = csv.DictWriter(upgraded, fieldnames=header, lineterminator="\n")
+                    w.writeheader()
+                    for r in rows:
+                        w.writerow({k: r.get(k) or "" for k in header})
+                    old = upgraded.getvalue().encode("utf-8")
                 if header and header[: len(columns)] == columns:
                     columns = header  # keep the columns added after ours (e.g. review decisions)
             w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")

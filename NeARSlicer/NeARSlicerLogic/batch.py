@@ -120,6 +120,7 @@ def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath
             "confidence": "" if confidence is None else f"{float(confidence):.4f}", "action": info.get("action") or "",
             "prior": info.get("prior_name") or info.get("prior") or "", "modality": info.get("modality") or "",
             "warnings": warnings_cell(getattr(job.result, "warnings", None)),
+            "painted_slices_mm": "" if info.get("painted_slices_mm") is None else f"{float(info['painted_slices_mm']):.1f}",
             "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
     return True
 

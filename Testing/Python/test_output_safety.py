@@ -300,3 +300,19 @@ def test_a_locked_file_waits_for_its_writer_and_a_dead_writers_lock_is_taken_ove
     with locked(path, timeout_s=0.5):
         pass
     assert not lock.exists()
+
+
+def test_a_summary_of_an_earlier_version_is_appended_to_with_todays_columns(tmp_path):
+    path = tmp_path / "summary.csv"
+    path.write_text("case,dice,review\na,0.9,accepted\n")  # an earlier version's columns, a reviewer's column
+    with pytest.raises(OutputError, match="has the columns"):
+        SummaryWriter(path, ["case", "dice", "nsd"])
+    w = SummaryWriter(path, ["case", "dice", "nsd"], earlier=[["case", "dice"]])
+    assert path.read_text() == "case,dice,review\na,0.9,accepted\n"  # nothing changes before the first row
+    w.add({"case": "b", "dice": 0.8, "nsd": 0.7})
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == ["case", "dice", "nsd", "review"]
+    assert _read(path) == [{"case": "a", "dice": "0.9", "nsd": "", "review": "accepted"},
+                           {"case": "b", "dice": "0.8", "nsd": "0.7", "review": ""}]
+    w.add({"case": "c"})
+    assert [r["case"] for r in _read(path)] == ["a", "b", "c"]
