@@ -340,6 +340,12 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     model, meta = PRIOR_CACHE.get(prior_path, device)
     notes: list[str] = [prior_note] if prior_note else []
     meta = card_meta(prior_path, meta)
+    if meta.get("encoder_trained") is False:
+        # a paper-recipe study prior: its encoder was never trained, and a few small latent steps from
+        # a random code give a random shape, so refuse rather than return one
+        raise InputError(f"prior {Path(prior_path).name} was made by a study of the paper's recipe, whose encoder "
+                         "is untrained: it cannot refine new annotations (use that study's own outputs, or a "
+                         "prior from the denoise or fast recipe)")
     use_appearance, modality, image_notes = _appearance(image, opts, meta, model)
     if image_notes and prior_name is not None:
         # refused image: the anatomy's any-modality S+A prior when installed and it reads this

@@ -378,3 +378,22 @@ def test_study_does_not_read_mr_through_a_ct_window(tiny_prior):
     blind = run_study([StudyCase(c.name, c.mask, c.grid) for c in cases], tiny_prior, cfg)
     for a, b in zip(res.probabilities, blind.probabilities):
         assert np.allclose(a, b, atol=1e-5)
+
+
+def test_refine_refuses_a_paper_recipe_study_prior(tmp_path):
+    """A paper-recipe study prior has an untrained encoder (its card says so): refine says why it
+    cannot use it instead of returning the random shape a few latent steps give from a random code."""
+    from NeARSlicerLib.bench import identity_grid
+    from NeARSlicerLib.errors import InputError
+    from NeARSlicerLib.model import NeARModel
+    from NeARSlicerLib.phantom import adrenal_phantom
+    from NeARSlicerLib.prior import save_prior
+    from NeARSlicerLib.refine import RefineOptions, refine_mask
+
+    path = save_prior(tmp_path / "study_prior.safetensors", NeARModel(), {"recipe": "paper", "encoder_trained": False})
+    mask = adrenal_phantom(seed=2).astype(np.uint8)
+    before = mask.copy()
+    with pytest.raises(InputError, match=r"study_prior.safetensors was made by a study of the paper's recipe, whose "
+                                         r"encoder is untrained"):
+        refine_mask(mask, identity_grid(mask.shape), None, RefineOptions(prior=str(path), preset="fast"))
+    assert np.array_equal(mask, before)
