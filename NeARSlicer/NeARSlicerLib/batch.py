@@ -36,7 +36,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from .errors import InputError
 from .output_safety import (OutputError, atomic_write_bytes, check_output_folder, check_outputs, locked,
-                            same_file)
+                            same_file, summary_columns)
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
@@ -298,7 +298,7 @@ class CaseSummary:
                 header = list(reader.fieldnames or [])
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise OutputError(f"summary {self.path} cannot be read to append to it ({exc})") from None
-        if header and not any(header[: len(cols)] == cols for cols in (SUMMARY_COLUMNS, EARLIER_SUMMARY_COLUMNS)):
+        if header and summary_columns(header, SUMMARY_COLUMNS, [EARLIER_SUMMARY_COLUMNS]) is None:
             raise OutputError(f"summary {self.path} has the columns {header}, not {SUMMARY_COLUMNS}; "
                               "pass --overwrite to replace it or choose another file")
         return header, rows
@@ -317,8 +317,8 @@ class CaseSummary:
                 (header, rows), text = self._read(), None
             if self._drop:
                 rows, text = [r for r in rows if r.get("case") not in self._drop], None
-            known = set(SUMMARY_COLUMNS) | set(EARLIER_SUMMARY_COLUMNS)
-            columns = SUMMARY_COLUMNS + [c for c in header if c not in known]  # e.g. the reviewer's
+            columns = summary_columns(header, SUMMARY_COLUMNS, [EARLIER_SUMMARY_COLUMNS]) if header \
+                else SUMMARY_COLUMNS  # ours, then others' (e.g. the reviewer's)
             rows = rows + list(new_rows)
             buf = _io.StringIO()
             w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")

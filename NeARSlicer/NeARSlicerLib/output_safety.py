@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Sequen
 from .errors import InputError
 
 __all__ = ["OutputError", "check_outputs", "check_output_folder", "same_file", "atomic_path", "atomic_paths",
-           "atomic_write", "atomic_write_text", "atomic_write_bytes", "SummaryWriter", "temp_suffix", "locked"]
+           "atomic_write", "atomic_write_text", "atomic_write_bytes", "SummaryWriter", "summary_columns", "temp_suffix", "locked"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -349,6 +349,18 @@ def locked(path: PathLike, timeout_s: float = 30.0) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- summary CSV
+def summary_columns(header: Sequence[str], fieldnames: Sequence[str],
+                    earlier: Sequence[Sequence[str]] = ()) -> Optional[List[str]]:
+    """The columns to rewrite a summary whose file has ``header`` with: ``fieldnames``, then the
+    columns others added (a reviewer's ``review``). None when ``header`` starts neither with
+    ``fieldnames`` nor with one of the ``earlier`` versions' column lists (not such a summary)."""
+    header, fieldnames = list(header), list(fieldnames)
+    if not any(header[: len(cols)] == list(cols) for cols in (fieldnames, *earlier)):
+        return None
+    known = set(fieldnames).union(*map(set, earlier))
+    return fieldnames + [c for c in header if c not in known]
+
+
 class SummaryWriter:
     """A CSV that gets one row per finished case, so an interrupted batch keeps the rows it made.
 
@@ -378,14 +390,10 @@ class SummaryWriter:
         self._earlier = [[str(f) for f in cols] for cols in earlier]
         if not overwrite and self.path.exists():
             header = self._read_header()
-            if header is not None and header[: len(self.fieldnames)] != self.fieldnames \
-                    and not self._is_earlier(header):
+            if header is not None and summary_columns(header, self.fieldnames, self._earlier) is None:
                 raise OutputError(f"summary {self.path} has the columns {header}, not {self.fieldnames}; "
                                   "pass --overwrite to replace it or choose another file")
             self._existing = header
-
-    def _is_earlier(self, header: List[str]) -> bool:
-        return any(header[: len(cols)] == cols for cols in self._earlier)
 
     def _read_header(self) -> Optional[List[str]]:
         try:
@@ -415,20 +423,19 @@ class SummaryWriter:
                 if old and not old.endswith(b"\n"):
                     old += b"\n"
                 header = self._read_header() if old.strip() else None
-                if header and header[: len(columns)] != columns and self._is_earlier(header):
+                merged = summary_columns(header, columns, self._earlier) if header else None
+                if merged is not None and merged != header:
                     # a summary of an earlier version: rewritten once with today's columns first
-                    known = set(columns).union(*map(set, self._earlier))
-                    header = columns + [c for c in header if c not in known]
                     with open(self.path, newline="", encoding="utf-8") as f:
                         rows = list(csv.DictReader(f))
                     upgraded = _io.StringIO()
-                    w = csv.DictWriter(upgraded, fieldnames=header, lineterminator="\n")
+                    w = csv.DictWriter(upgraded, fieldnames=merged, lineterminator="\n")
                     w.writeheader()
                     for r in rows:
-                        w.writerow({k: r.get(k) or "" for k in header})
+                        w.writerow({k: r.get(k) or "" for k in merged})
                     old = upgraded.getvalue().encode("utf-8")
-                if header and header[: len(columns)] == columns:
-                    columns = header  # keep the columns added after ours (e.g. review decisions)
+                if merged is not None:
+                    columns = merged  # keep the columns added after ours (e.g. review decisions)
             w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
             if not old.strip():
                 old = b""
