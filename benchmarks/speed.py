@@ -76,11 +76,13 @@ def main() -> None:
     model, _ = get_prior(None, device)
     with torch.no_grad():
         target = torch.from_numpy(noisy.astype(np.float32))[None, None].to(device)
-        query = model_query(model, model.encoder(target), model.context(target))
+        z, context = model.encode(target)
+        query = model_query(model, z, context)
+        maps = model.maps(z, context)
         pts = voxel_centres(128, device).view(-1, 3)
 
-        def dense():
-            return torch.cat([query(p[None])[0] for p in pts.split(131072)])
+        def dense():  # the baseline: the model's point query at every voxel centre
+            return torch.cat([model.query(maps, p[None], context)[0] for p in pts.split(131072)])
 
         evaluated = {}
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled
-from .model import Condition, NeARModel, sample_volume
+from .model import Condition, NeARModel, sample_volume, surface_band
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,17 @@ class FitConfig:
 MULTINOMIAL_MAX = 2 ** 24  # torch.multinomial's limit on the number of categories
 
 
-def surface_band(vol: torch.Tensor, width: int = 1) -> torch.Tensor:
-    """Voxels of a (1, 1, n, n, n) soft mask within ``width`` voxels of its 0.5 level set."""
-    b = (vol > 0.5).float()
-    k = 2 * width + 1
-    return (F.max_pool3d(b, k, 1, width) + F.max_pool3d(-b, k, 1, width)) > 0.5
+def sample_fit_points(target: torch.Tensor, n_points: int, gen: torch.Generator,
+                      band: torch.Tensor | None = None) -> torch.Tensor:
+    """(1, N, 3) points: 60% near the annotation's surface, 40% uniform in the cube.
 
-
-def sample_fit_points(target: torch.Tensor, n_points: int, gen: torch.Generator) -> torch.Tensor:
-    """(1, N, 3) points: 60% near the annotation's surface, 40% uniform in the cube."""
+    ``band``: ``surface_band(target)`` flattened on the CPU, when the caller draws many times from
+    one target (the same draws, without recomputing it: two 3^3 max-pools of the whole cube).
+    """
     r = target.shape[-1]
     n_band = int(0.6 * n_points)
-    band = surface_band(target).view(-1).cpu()
+    if band is None:
+        band = surface_band(target).view(-1).cpu()
     if band.numel() <= MULTINOMIAL_MAX:
         flat = torch.multinomial(band.float()[None] + 1e-6, n_band, replacement=True, generator=gen)
     else:
@@ -82,11 +81,13 @@ def fit_latent(
     for p in model.parameters():
         p.requires_grad_(False)
 
+    band = surface_band(target).view(-1).cpu()  # the target is fixed: its band is drawn from at every step
+
     def run(m: NeARModel, opt: torch.optim.Optimizer, steps: int, done: int, what: str) -> None:
         for step in range(steps):
             if cancel is not None and cancel():
                 raise Cancelled("refinement cancelled")
-            pts = sample_fit_points(target, cfg.points, gen)
+            pts = sample_fit_points(target, cfg.points, gen, band)
             y = sample_volume(target, pts).clamp(0, 1)
             loss = F.binary_cross_entropy_with_logits(m(z, pts, context), y) + cfg.latent_reg * z.pow(2).mean()
             if cfg.anchor_reg > 0:

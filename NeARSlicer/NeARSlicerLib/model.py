@@ -7,6 +7,7 @@ axis sits at ``(2 i + 1) / n - 1``.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -173,9 +174,58 @@ def sample_volume(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0, 0]
 
 
+def sample_voxels(volume: torch.Tensor, n: int, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Trilinear values of a (1, C, s, s, s) volume at voxel centres of an n^3 cube -> (N, C).
+
+    ``index``: flat [k, j, i] indices of the voxels wanted (None: all n^3, in that order). Equal to
+    ``grid_sample`` at those centres with border padding, but without it: ``grid_sample``'s 3D CPU
+    kernel runs one thread per batch item, and decoding queries one case. Every voxel: a resize
+    (``F.interpolate`` computes the same source coordinate and clamps as border padding); some: the
+    eight corners gathered from a channel-last copy.
+    """
+    s, c = volume.shape[-1], volume.shape[1]
+    if index is None:
+        full = volume if s == n else F.interpolate(volume, size=(n, n, n), mode="trilinear", align_corners=False)
+        return full[0].reshape(c, -1).T
+    flat = volume[0].reshape(c, -1).T.contiguous()  # (s^3, C)
+    kji = torch.stack([index // (n * n), (index // n) % n, index % n], 1)
+    src = ((kji.to(volume.dtype) + 0.5) * (s / n) - 0.5).clamp(0, s - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=s - 1)
+    pick, weight = (lo, hi), (1 - (src - lo), src - lo)
+    out = None
+    for dk, dj, di in itertools.product((0, 1), repeat=3):
+        w = weight[dk][:, 0] * weight[dj][:, 1] * weight[di][:, 2]
+        v = flat.index_select(0, (pick[dk][:, 0] * s + pick[dj][:, 1]) * s + pick[di][:, 2]) * w[:, None]
+        out = v if out is None else out.add_(v)
+    return out
+
+
 def context_channels(cfg: ModelConfig) -> int:
     """Number of per-point inputs read from the context volume (annotation channels, then a(p))."""
     return len(cfg.annotation_sigmas) + (len(cfg.appearance_sigmas) if cfg.appearance else 0)
+
+
+def box_max(vol: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """Maximum over the (2 width + 1)^3 box around each voxel of a (..., n, n, n) volume, voxels
+    outside the volume ignored: ``max_pool3d(vol, 2 width + 1, 1, width)``, but as shifted maxima
+    along each axis in turn, about 15x faster than that 3D pooling on a CPU."""
+    out = vol
+    for dim in (-3, -2, -1):
+        n = out.shape[dim]
+        for _ in range(width if n > 1 else 0):
+            grown = out.clone()
+            torch.maximum(out.narrow(dim, 1, n - 1), out.narrow(dim, 0, n - 1), out=grown.narrow(dim, 1, n - 1))
+            torch.maximum(grown.narrow(dim, 0, n - 1), out.narrow(dim, 1, n - 1), out=grown.narrow(dim, 0, n - 1))
+            out = grown
+    return out
+
+
+def surface_band(vol: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """Voxels of a (..., n, n, n) soft mask with both sides of its 0.5 level set within ``width``
+    voxels (a box): the mask's surface band."""
+    b = (vol > 0.5).to(torch.float32)
+    return (box_max(b, width) + box_max(-b, width)) > 0.5
 
 
 def gaussian_blur(vol: torch.Tensor, sigma: float, replicate: bool = False) -> torch.Tensor:
@@ -245,6 +295,27 @@ class NeARModel(nn.Module):
                 n_app = len(self.cfg.appearance_sigmas)
                 at_p = torch.cat([at_p[..., :-n_app], (at_p[..., -n_app:] - 0.5) * self.cfg.appearance_gain], -1)
             parts.append(at_p)
+        return self.mlp(torch.cat(parts, dim=-1))
+
+    def query_voxels(self, maps: list[torch.Tensor], n: int, index: torch.Tensor | None = None,
+                     cond: "Condition | None" = None) -> torch.Tensor:
+        """Logits (N,) at voxel centres of an n^3 working cube: ``query`` at those points for one
+        case, computed without ``grid_sample`` (see ``sample_voxels``); ``index`` as there."""
+        parts = [sample_voxels(m, n, index) for m in maps]
+        centres = (torch.arange(n, device=maps[0].device, dtype=maps[0].dtype) * 2 + 1) / n - 1
+        if index is None:
+            points = voxel_centres(n, maps[0].device).view(-1, 3)
+        else:
+            points = torch.stack([centres[index % n], centres[(index // n) % n], centres[index // (n * n)]], -1)
+        parts.append(points)
+        if cond is not None and cond.volume is not None:
+            at_p = sample_voxels(cond.volume, n, index)
+            if self.cfg.appearance:
+                n_app = len(self.cfg.appearance_sigmas)
+                at_p = torch.cat([at_p[:, :-n_app], (at_p[:, -n_app:] - 0.5) * self.cfg.appearance_gain], -1)
+            parts.append(at_p)
+        if index is None:  # (C, N) blocks stacked as rows: plain copies, and the MLP reads the transpose
+            return self.mlp(torch.cat([p.T for p in parts], dim=0).T)
         return self.mlp(torch.cat(parts, dim=-1))
 
     def forward(self, z: torch.Tensor, points: torch.Tensor, cond: "Condition | None" = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .annotation_errors import ALL_FAMILIES, corrupt
 from .appearance import normalise
 from .distort import distort
 from .metrics import dice
-from .model import Condition, ModelConfig, NeARModel, gaussian_blur, sample_volume, voxel_centres
+from .model import Condition, ModelConfig, NeARModel, box_max, gaussian_blur, sample_volume, voxel_centres
 from .phantom import ct_phantom
 from .prior import save_prior
 from .training_data import BatchStream, DataSpec, RawBatch, make_sample
@@ -90,10 +90,7 @@ def _val_case(shape: np.ndarray, seed: int, families: Sequence[str]) -> np.ndarr
 
 def band(vol: torch.Tensor, width: int = 1) -> torch.Tensor:
     """Voxels within ``width`` of the surface of a (B, 1, n, n, n) binary volume."""
-    k = 2 * width + 1
-    dil = F.max_pool3d(vol, k, 1, width)
-    ero = -F.max_pool3d(-vol, k, 1, width)
-    return (dil - ero) > 0.5
+    return (box_max(vol, width) + box_max(-vol, width)) > 0.5  # max - min over the box
 
 
 def sample_points(clean: torch.Tensor, noisy: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:

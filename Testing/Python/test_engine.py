@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from NeARSlicerLib.decode import decode_logits, model_query
 from NeARSlicerLib.distort import distort
@@ -9,7 +10,7 @@ from NeARSlicerLib.errors import Cancelled, InputError, PriorError
 from NeARSlicerLib.fit import FitConfig, fit_latent
 from NeARSlicerLib.geometry import Grid
 from NeARSlicerLib.metrics import dice
-from NeARSlicerLib.model import ModelConfig, NeARModel, voxel_centres
+from NeARSlicerLib.model import ModelConfig, NeARModel, box_max, sample_voxels, voxel_centres
 from NeARSlicerLib.phantom import adrenal_phantom
 from NeARSlicerLib.prior import DEFAULT_PRIOR, load_prior, save_prior
 from NeARSlicerLib.refine import RefineOptions, refine_mask
@@ -55,12 +56,51 @@ def test_coarse_to_fine_matches_dense(prior):
     mask = torch.from_numpy(adrenal_phantom(seed=1).astype(np.float32))[None, None]
     with torch.no_grad():
         z = model.encoder(mask)
-        query = model_query(model, z, model.context(mask))
-        fast, evaluated = decode_logits(query, 64)
-        dense = torch.cat([query(p[None])[0] for p in voxel_centres(64).view(-1, 3).split(65536)]).view(64, 64, 64)
+        context = model.context(mask)
+        fast, evaluated = decode_logits(model_query(model, z, context), 64)
+        # the reference: the model's point query (grid_sample) at every voxel centre
+        maps = model.maps(z, context)
+        dense = torch.cat([model.query(maps, p[None], context)[0]
+                           for p in voxel_centres(64).view(-1, 3).split(65536)]).view(64, 64, 64)
     agree = ((fast > 0) == (dense > 0)).float().mean().item()
     assert agree > 0.9995
     assert evaluated < 0.5 * 64**3  # the point of coarse to fine
+
+
+@pytest.mark.parametrize("s,n", [(4, 64), (32, 64), (64, 32), (16, 50), (64, 64)])
+def test_voxel_sampling_equals_grid_sample(s, n):
+    """Decoding reads maps at voxel centres without grid_sample: the same trilinear values, border
+    padded, upsampled or downsampled, for every voxel or a subset."""
+    gen = torch.Generator().manual_seed(s * 100 + n)
+    volume = torch.randn(1, 5, s, s, s, generator=gen)
+    centres = voxel_centres(n).view(1, -1, 3)
+    ref = F.grid_sample(volume, centres[:, :, None, None, :], mode="bilinear", padding_mode="border",
+                        align_corners=False)[0, :, :, 0, 0].T
+    assert torch.allclose(sample_voxels(volume, n), ref, atol=1e-5)
+    index = torch.randperm(n**3, generator=gen)[:999]
+    assert torch.allclose(sample_voxels(volume, n, index), ref[index], atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,width", [((2, 1, 17, 9, 33), 1), ((1, 1, 24, 24, 24), 2), ((1, 1, 5, 1, 7), 1)])
+def test_box_max_equals_max_pool(shape, width):
+    """The surface bands of fitting, decoding and training use shifted maxima instead of max_pool3d:
+    the same values, edges included."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(width))
+    assert torch.equal(box_max(x, width), F.max_pool3d(x, 2 * width + 1, 1, width))
+
+
+def test_voxel_query_equals_point_query(prior):
+    model, _ = prior
+    mask = torch.from_numpy(adrenal_phantom(seed=1).astype(np.float32))[None, None]
+    with torch.no_grad():
+        z, context = model.encode(mask)
+        maps = model.maps(z, context)
+        index = torch.arange(0, 64**3, 37)
+        points = voxel_centres(64).view(-1, 3)[index][None]
+        assert torch.allclose(model.query_voxels(maps, 64, index, context), model.query(maps, points, context)[0],
+                              atol=1e-4)
+        assert torch.allclose(model.query_voxels(maps, 32, None, context),
+                              model.query(maps, voxel_centres(32).view(1, -1, 3), context)[0], atol=1e-4)
 
 
 def test_fit_lowers_loss_and_is_deterministic(prior):
