@@ -48,6 +48,8 @@ def _option_fields(args) -> dict:
     for name, field in (("keep_threshold", "keep_threshold"), ("changes", "change_policy")):
         if getattr(args, name, None) is not None:
             fields[field] = getattr(args, name)
+    if getattr(args, "keep_staircase", False):
+        fields["interpolate_slices"] = False
     return fields
 
 
@@ -382,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "is kept); gated (all when the annotation has thick errors or the prior changes over "
                              "15 %% of it, else thick). thick and gated keep a segment outside the prior's domain. "
                              f"Default {DEFAULT_CHANGE_POLICY}")
+        sp.add_argument("--keep-staircase", action="store_true",
+                        help="a mask painted on thick slices and resampled to a finer grid (a staircase) is given "
+                             "to the prior as it is, not with its painted slices interpolated (shape-based "
+                             "interpolation between the slices' centres, the default)")
 
     r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
     r.add_argument("--mask", required=True)

@@ -38,6 +38,7 @@ from .geometry import Grid, check_volume_shape, to_source, to_working
 from .model import NeARModel
 from .appearance import normalise as normalise_image
 from .prior import any_modality_prior, choose_prior, load_prior, resolve_prior
+from .slice_interpolation import interpolate_painted_slices
 
 @dataclass(frozen=True)
 class Preset:
@@ -87,6 +88,9 @@ class RefineOptions:
     change_policy: str = DEFAULT_CHANGE_POLICY
     # the image's modality when known (DICOM Modality "CT", "MR", ...); None: guessed from intensities
     modality: Optional[str] = None
+    # a mask painted on thick slices and resampled to a finer grid (a staircase) is given to the prior
+    # with its painted slices interpolated (slice_interpolation.py); False: its staircase as it is
+    interpolate_slices: bool = True
 
 
 @dataclass
@@ -360,17 +364,19 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     domain_notes = domain_check(facts, meta.get("domain"))
     notes += domain_notes
     painted = conf_mod.painted_slices(original, grid.spacing)
+    interpolate = painted is not None and opts.interpolate_slices
 
     def case_info(**fields) -> dict:
         """``RefineResult.info``: what every exit reports, then ``fields`` (the fit's own facts)."""
-        return {"device": str(device), "preset": opts.preset, **fields,
+        return {"device": str(device), "preset": opts.preset,
                 "prior": str(prior_path),
                 "prior_name": prior_name,  # registry name ("adrenal-sa"...), None for a file given by path
                 "keep_threshold": float(opts.keep_threshold), "change_policy": opts.change_policy,
                 "modality": modality,  # "CT", "MR", "other"; "" without an image
                 "out_of_domain": bool(domain_notes), "size_mm": round(facts.size_mm, 1),
                 # painted on slices this thick (mm) and resampled to a finer grid: a staircase (gated applies all)
-                "painted_slices_mm": None if painted is None else round(painted.thickness_mm, 1)}
+                "painted_slices_mm": None if painted is None else round(painted.thickness_mm, 1),
+                "slices_interpolated": interpolate, **fields}
     if domain_notes and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: a prior does not reshape a structure unlike any it was trained on, so it is not
         # fitted at all (``--changes all`` still refines it)
@@ -379,12 +385,18 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         return RefineResult(
             mask=kept, probability=original.astype(np.float32), added=np.zeros_like(original),
             removed=np.zeros_like(original), seconds=time.perf_counter() - t0, warnings=notes,
-            info=case_info(steps=0, flips=0, decoder_steps=0, appearance=False, working_shape=None,
+            info=case_info(slices_interpolated=False, steps=0, flips=0, decoder_steps=0, appearance=False,
+                           working_shape=None,
                            working_spacing_mm=None, final_loss=None, confidence=None,
                            action=conf_mod.KEPT_OUT_OF_DOMAIN, signals=None))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
-    case = to_working(original, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
+    source = original
+    if interpolate:
+        # the prior sees the painted slices interpolated, not their staircase; the annotation itself
+        # stays what changes are measured against
+        source = interpolate_painted_slices(original, grid.spacing, painted.axis)
+    case = to_working(source, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
     spacing = float(case.grid.spacing[0])
     side = case.mask.shape[0] * spacing
     if "extent_voxels" not in scale and side > 1.15 * fov:
