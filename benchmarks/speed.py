@@ -87,7 +87,7 @@ def main() -> None:
         evaluated = {}
 
         def fast():
-            evaluated["n"] = decode_logits(query, 128, device)[1]
+            evaluated["n"] = decode_logits(query, 128)[1]
 
         t_dense, t_fast = best_of(dense, 2), best_of(fast, 3)
     out.update(decode128_dense_s=round(t_dense, 3), decode128_coarse_to_fine_s=round(t_fast, 3),

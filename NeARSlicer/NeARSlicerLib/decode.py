@@ -27,8 +27,7 @@ def _levels(n: int, coarsest: int) -> list[int]:
 
 @torch.no_grad()
 def decode_logits(
-    query: VoxelQuery, n: int, device: torch.device | str = "cpu", coarsest: int = 32,
-    band_logit: float = 3.0, chunk: int = 65536,
+    query: VoxelQuery, n: int, coarsest: int = 32, band_logit: float = 3.0, chunk: int = 65536,
 ) -> tuple[torch.Tensor, int]:
     """Logits on every voxel centre of an n^3 cube ([k, j, i]); returns (logits, MLP evaluations)."""
     sizes = _levels(n, coarsest)
@@ -63,5 +62,5 @@ def decode_probability(
     model: NeARModel, z: torch.Tensor, n: int, context: Condition | None = None, coarsest: int = 32
 ) -> torch.Tensor:
     """Occupancy probability (n, n, n) of latent ``z`` on the working cube, coarse to fine."""
-    logits, _ = decode_logits(model_query(model, z, context), n, z.device, coarsest=coarsest)
+    logits, _ = decode_logits(model_query(model, z, context), n, coarsest=coarsest)
     return torch.sigmoid(logits)

@@ -30,19 +30,23 @@ def interpolate_painted_slices(mask: np.ndarray, spacing: Sequence[float], axis:
     and last painted centres the painted sections are kept as they are, so the structure's extent
     along ``axis`` is the annotator's.
     """
-    m = np.moveaxis(np.asarray(mask) > 0, axis, 0)
-    n = m.shape[0]
-    if n < 2 or not m.any():
-        return np.asarray(mask) > 0
+    full = np.moveaxis(np.asarray(mask) > 0, axis, 0)
+    result = full.copy()
+    n = full.shape[0]
+    if n < 2 or not full.any():
+        return np.moveaxis(result, 0, axis)
+    # an interpolated section lies inside the union of its two painted sections, so the work is done on
+    # their in-plane bounding box (2 pixels of background around it for the distances outside)
+    rows, cols = np.flatnonzero(full.any(axis=(0, 2))), np.flatnonzero(full.any(axis=(0, 1)))
+    box = (slice(None), slice(max(rows[0] - 2, 0), rows[-1] + 3), slice(max(cols[0] - 2, 0), cols[-1] + 3))
+    m, out = full[box], result[box]
     plane = [float(spacing[2 - a]) for a in range(3) if a != axis]
     starts = np.r_[0, np.flatnonzero(np.any(m[1:] != m[:-1], axis=(1, 2))) + 1]
     ends = np.r_[starts[1:], n]
     painted = [i for i, s in enumerate(starts) if m[s].any()]
-    first, last = painted[0], painted[-1]
     centres = [(starts[i] + ends[i] - 1) / 2.0 for i in painted]
-    out = m.copy()
     if len(painted) < 2:
-        return np.moveaxis(out, 0, axis)
+        return np.moveaxis(result, 0, axis)
     sdf = {i: _signed_distance(m[starts[i]], plane) for i in painted}
     lo_slice, hi_slice = int(np.ceil(centres[0])), int(np.floor(centres[-1]))
     for z in range(lo_slice, hi_slice + 1):
@@ -53,8 +57,5 @@ def interpolate_painted_slices(mask: np.ndarray, spacing: Sequence[float], axis:
         a = b - 1
         w = (z - centres[a]) / (centres[b] - centres[a])
         out[z] = (1.0 - w) * sdf[painted[a]] + w * sdf[painted[b]] < 0
-    # slices outside the painted centres keep their run's section; empty runs before the first and after
-    # the last painted run are outside the structure
-    out[:starts[first]] = False
-    out[ends[last]:] = False
-    return np.moveaxis(out, 0, axis)
+    # slices outside the first and last centres keep their painted sections (``out`` is a view of ``result``)
+    return np.moveaxis(result, 0, axis)

@@ -690,7 +690,7 @@ def run_study(
         report(0.85 + 0.15 * i / n, f"decoding {c.name} ({i + 1}/{n})")
         with torch.no_grad():
             z = latents[i].detach()[None]
-            logits, count = decode_logits(model_query(model, z, p.context), p.target.shape[-1], device)
+            logits, count = decode_logits(model_query(model, z, p.context), p.target.shape[-1])
         evals += count
         passes += 1
         prob = to_source(torch.sigmoid(logits).cpu().numpy(), p.work_grid, c.grid).astype(np.float32)
