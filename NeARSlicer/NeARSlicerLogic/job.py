@@ -69,7 +69,7 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
     # do no harm / modality facts of the engine (absent from older engines: read with .get)
     for key, name in (("confidence", "confidence"), ("action", "action"), ("modality", "modality"),
                       ("prior_name", "prior"), ("out_of_domain", "outOfDomain"),
-                      ("painted_slices_mm", "paintedSlicesMm")):
+                      ("painted_slices_mm", "paintedSlicesMm"), ("slices_interpolated", "slicesInterpolated")):
         if info.get(key) not in (None, ""):
             job.stats[name] = info[key]
     if "appearance" in info:
@@ -102,7 +102,8 @@ def formatOutcome(stats: dict) -> str:
     painted = stats.get("paintedSlicesMm")
     if isinstance(painted, (int, float)) and action == "refined":
         # the gate applied the whole refined surface because of this staircase: say why
-        text += (f" The original looks painted on {painted:.1f} mm slices (a staircase), so the refined "
+        how = " its painted slices were interpolated for NeAR, and" if stats.get("slicesInterpolated") else ""
+        text += (f" The original looks painted on {painted:.1f} mm slices (a staircase):{how} the refined "
                  "surface replaces it everywhere.")
     if stats.get("outOfDomain"):
         text += " The segment is outside the prior's training domain."

@@ -59,6 +59,7 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     stats = job.stats
     assert stats["action"] == result.info["action"] and stats["confidence"] == result.info["confidence"]
     assert stats["modality"] == "CT" and stats["prior"] == result.info["prior_name"]
+    assert stats["slicesInterpolated"] is result.info["slices_interpolated"] is False  # not painted on slices
     text = formatOutcome(stats)
     assert f"confidence {result.info['confidence']:.2f}" in text
     if result.info["action"].startswith("kept"):
@@ -82,6 +83,8 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     ({"action": "refined"}, "Refined (no confidence measured: the 'fast' preset has no mirrored views"),
     ({"action": "refined", "confidence": 0.7, "paintedSlicesMm": 4.0}, "Refined (confidence 0.70"),
     ({"action": "kept: already plausible", "confidence": 0.7, "paintedSlicesMm": 4.0}, "Kept the original"),
+    ({"action": "refined", "confidence": 0.7, "paintedSlicesMm": 4.0, "slicesInterpolated": True},
+     "Refined (confidence 0.70"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
@@ -92,3 +95,4 @@ def test_outcome_texts(slicer_app, stats, start):
     # a staircase is named only where the refined surface was applied because of it
     assert ("painted on 4.0 mm slices" in text) == (stats.get("paintedSlicesMm") is not None
                                                     and stats["action"] == "refined")
+    assert ("slices were interpolated" in text) == bool(stats.get("slicesInterpolated"))
