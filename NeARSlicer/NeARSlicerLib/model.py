@@ -193,11 +193,11 @@ def sample_voxels(volume: torch.Tensor, n: int, index: torch.Tensor | None = Non
     lo = src.floor().long()
     hi = (lo + 1).clamp(max=s - 1)
     pick, weight = (lo, hi), (1 - (src - lo), src - lo)
-    out = None
+    out = flat.new_zeros(index.shape[0], c)
     for dk, dj, di in itertools.product((0, 1), repeat=3):
         w = weight[dk][:, 0] * weight[dj][:, 1] * weight[di][:, 2]
-        v = flat.index_select(0, (pick[dk][:, 0] * s + pick[dj][:, 1]) * s + pick[di][:, 2]) * w[:, None]
-        out = v if out is None else out.add_(v)
+        # addcmul_: each weighted corner is added in one pass (faster than a product, then a sum)
+        out.addcmul_(flat.index_select(0, (pick[dk][:, 0] * s + pick[dj][:, 1]) * s + pick[di][:, 2]), w[:, None])
     return out
 
 
