@@ -89,8 +89,10 @@ class RefineOptions:
     # the image's modality when known (DICOM Modality "CT", "MR", ...); None: guessed from intensities
     modality: Optional[str] = None
     # a mask painted on thick slices and resampled to a finer grid (a staircase) is given to the prior
-    # with its painted slices interpolated (slice_interpolation.py); False: its staircase as it is
-    interpolate_slices: bool = True
+    # with its painted slices interpolated (slice_interpolation.py); False: its staircase as it is;
+    # None: as the prior's card says (``interpolate_slices``; a study prior adapted on staircases says
+    # False), else True
+    interpolate_slices: Optional[bool] = None
 
 
 @dataclass
@@ -364,7 +366,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     domain_notes = domain_check(facts, meta.get("domain"))
     notes += domain_notes
     painted = conf_mod.painted_slices(original, grid.spacing)
-    interpolate = painted is not None and opts.interpolate_slices
+    interpolate = painted is not None and (opts.interpolate_slices if opts.interpolate_slices is not None
+                                           else bool(meta.get("interpolate_slices", True)))
 
     def case_info(**fields) -> dict:
         """``RefineResult.info``: what every exit reports, then ``fields`` (the fit's own facts)."""

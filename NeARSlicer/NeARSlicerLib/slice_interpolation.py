@@ -59,3 +59,13 @@ def interpolate_painted_slices(mask: np.ndarray, spacing: Sequence[float], axis:
         out[z] = (1.0 - w) * sdf[painted[a]] + w * sdf[painted[b]] < 0
     # slices outside the first and last centres keep their painted sections (``out`` is a view of ``result``)
     return np.moveaxis(result, 0, axis)
+
+
+def as_painted_or_interpolated(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """What a prior is given of an annotation (bool, [k, j, i], ``spacing`` (i, j, k) mm): its painted
+    slices interpolated when ``confidence.painted_slices`` finds it painted on thick slices, else the
+    annotation itself. Study mode uses it, so that it adapts on what ``refine`` gives the prior."""
+    from .confidence import painted_slices
+
+    found = painted_slices(mask, spacing)
+    return np.asarray(mask) > 0 if found is None else interpolate_painted_slices(mask, spacing, found.axis)

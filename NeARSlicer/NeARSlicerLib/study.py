@@ -681,7 +681,9 @@ def run_study(
 
         with warnings.catch_warnings():  # each case's notes are gathered into the study's warnings
             warnings.simplefilter("ignore")
-            refine_with(model, meta, cases, cfg.refine_preset, cfg.device, cfg.seed, cfg.margin_mm,
+            # adapted on the annotations as painted, the model refines them as painted (study_card says so too)
+            refine_with(model, {**meta, "interpolate_slices": False}, cases, cfg.refine_preset, cfg.device,
+                        cfg.seed, cfg.margin_mm,
                         [case_spacing(cfg, c) for c in cases], cfg.min_island_mm3, use_app, progress=sub, cancel=cancel, on_case=on_case)
     for i, (c, p) in enumerate(zip(cases, prep) if cfg.recipe != "denoise" and ctx.main else ()):
         if cancel is not None and cancel():

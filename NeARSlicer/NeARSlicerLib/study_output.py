@@ -56,6 +56,9 @@ def study_card(result: "StudyResult") -> dict:
         "warm_start": result.info.get("prior"),
         # a usable (trained) encoder: the prior's (fast), adapted (denoise); a paper-recipe model has a random one
         "encoder_trained": cfg.recipe != "paper",
+        # adapted on the annotations as painted: refine gives it a thick-slice staircase as it is, as the
+        # study did (refine --prior study_prior.safetensors reproduces the study's masks)
+        "interpolate_slices": False,
         "fov_mm": float((result.info.get("prior_meta") or {}).get("fov_mm", 64.0)),
         # the warm-start prior's working scale, domain and image normalisation hold for the study prior too
         **{k: v for k, v in (result.info.get("prior_meta") or {}).items()

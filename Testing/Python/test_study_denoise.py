@@ -44,6 +44,8 @@ def test_denoise_study_beats_its_input_on_an_unseen_class(unseen_study, tmp_path
         warnings.simplefilter("ignore")
         again = refine_mask(cases[0].mask, cases[0].grid, None, opts)
     assert np.array_equal(again.mask, res.masks[0])
+    # case 0 is painted on thick slices; the study prior, adapted on it as painted, refines it as painted
+    assert again.info["painted_slices_mm"] is not None and again.info["slices_interpolated"] is False
 
 
 def test_redistortion_is_seeded_and_changes_the_annotation(unseen_study):
