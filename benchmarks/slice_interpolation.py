@@ -9,7 +9,8 @@ and the CT-reading ``adrenal_mr_v1``). Columns: the input, the best of the smoot
 (hindsight), the interpolation alone (``slice_interpolation``), and each prior's default output with
 ``interpolate_slices`` off (the staircase as painted, as before 2026-11-28) and on. A case that
 ``confidence.painted_slices`` does not find painted on thick slices is refined identically both ways,
-so it is scored once. DSC / NSD (1 mm) in %.
+so it is scored once. DSC / NSD (1 mm) in %. Then generated anatomy shapes of every class
+(``--only-anatomy`` recomputes just these): the interpolation alone against the input.
 """
 from __future__ import annotations
 
@@ -47,6 +48,32 @@ def sets():
                {"S adrenal_v2": S, "S+A adrenal_mr_v1": SA})
 
 
+def anatomy_shapes_alone() -> dict:
+    """Generated anatomy shapes of every class (80, seed 7, at their working spacing) painted with the
+    ``thick_slice`` family: the input against the interpolation alone (no prior), per class, DSC %."""
+    from collections import defaultdict
+
+    from NeARSlicerLib.anatomy_shapes import CLASSES, anatomy_study_cases
+    from NeARSlicerLib.annotation_errors import corrupt
+
+    per: dict = defaultdict(list)
+    for i, c in enumerate(anatomy_study_cases(7, 80, classes=CLASSES, grid=64, extent_voxels=(32, 48))):
+        spacing, truth = (float(c["spacing_mm"]),) * 3, np.asarray(c["mask"], bool)
+        noisy = corrupt(truth, spacing, "thick_slice", 900 + i)
+        found = painted_slices(noisy, spacing)
+        if found is not None:
+            per[c["cls"]].append([100 * dice(noisy, truth),
+                                  100 * dice(interpolate_painted_slices(noisy, spacing, found.axis), truth)])
+    rows = [v for vs in per.values() for v in vs]
+    return {"classes": {k: {"n": len(v), "input": round(float(np.mean([a for a, _ in v])), 2),
+                            "interpolation alone": round(float(np.mean([b for _, b in v])), 2)}
+                        for k, v in sorted(per.items())},
+            "found painted": len(rows), "of": 80,
+            "input": round(float(np.mean([a for a, _ in rows])), 2),
+            "interpolation alone": round(float(np.mean([b for _, b in rows])), 2),
+            "better by > 1 DSC": sum(b > a + 1 for a, b in rows), "worse by > 1 DSC": sum(b < a - 1 for a, b in rows)}
+
+
 def score(mask: np.ndarray, case) -> list[float]:
     return [100 * dice(mask, case.truth), 100 * normalized_surface_dice(mask, case.truth, case.grid.spacing, 1.0)]
 
@@ -54,9 +81,18 @@ def score(mask: np.ndarray, case) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=str(HERE / "results" / "slice_interpolation.json"))
+    ap.add_argument("--only-anatomy", action="store_true",
+                    help="only (re)compute the anatomy shapes' entry, keeping the rest of --json")
     args = ap.parse_args()
     torch.set_num_threads(2)
     out: dict = {}
+    key = "anatomy shapes / thick_slice (interpolation alone, DSC)"
+    if args.only_anatomy:
+        out = json.loads(Path(args.json).read_text())
+        out[key] = anatomy_shapes_alone()
+        atomic_write_text(Path(args.json), json.dumps(out, indent=1))
+        print(key, json.dumps(out[key]))
+        return
     for key, cases, priors in sets():
         rows = []
         for case in cases:
@@ -87,6 +123,8 @@ def main() -> None:
         out[key] = {"summary": summary, "rows": rows}
         print(key, json.dumps(summary), flush=True)
         atomic_write_text(Path(args.json), json.dumps(out, indent=1))
+    out[key] = anatomy_shapes_alone()
+    atomic_write_text(Path(args.json), json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
