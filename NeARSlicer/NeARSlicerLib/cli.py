@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--keep-staircase", action="store_true",
                         help="a mask painted on thick slices and resampled to a finer grid (a staircase) is given "
                              "to the prior as it is, not with its painted slices interpolated (shape-based "
-                             "interpolation between the slices' centres, the default)")
+                             "interpolation between the slices' centres: the default, unless the prior's card "
+                             "says otherwise, as a study prior's does)")
 
     r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
     r.add_argument("--mask", required=True)
