@@ -291,29 +291,30 @@ class NeARModel(nn.Module):
             grid = points[:, :, None, None, :]
             at_p = F.grid_sample(cond.volume, grid, mode="bilinear", padding_mode="border",
                                  align_corners=False)[..., 0, 0].transpose(1, 2)
-            if self.cfg.appearance:  # the last channels are a(p): centred and scaled (see ModelConfig)
-                n_app = len(self.cfg.appearance_sigmas)
-                at_p = torch.cat([at_p[..., :-n_app], (at_p[..., -n_app:] - 0.5) * self.cfg.appearance_gain], -1)
-            parts.append(at_p)
+            parts.append(self._scaled_context(at_p))
         return self.mlp(torch.cat(parts, dim=-1))
+
+    def _scaled_context(self, at_p: torch.Tensor) -> torch.Tensor:
+        """The per-point volume's values (..., C) as the MLP reads them: the last channels, a(p),
+        centred and scaled (see ``ModelConfig``)."""
+        if not self.cfg.appearance:
+            return at_p
+        n_app = len(self.cfg.appearance_sigmas)
+        return torch.cat([at_p[..., :-n_app], (at_p[..., -n_app:] - 0.5) * self.cfg.appearance_gain], -1)
 
     def query_voxels(self, maps: list[torch.Tensor], n: int, index: torch.Tensor | None = None,
                      cond: "Condition | None" = None) -> torch.Tensor:
         """Logits (N,) at voxel centres of an n^3 working cube: ``query`` at those points for one
         case, computed without ``grid_sample`` (see ``sample_voxels``); ``index`` as there."""
         parts = [sample_voxels(m, n, index) for m in maps]
-        centres = (torch.arange(n, device=maps[0].device, dtype=maps[0].dtype) * 2 + 1) / n - 1
         if index is None:
             points = voxel_centres(n, maps[0].device).view(-1, 3)
         else:
+            centres = (torch.arange(n, device=maps[0].device, dtype=maps[0].dtype) * 2 + 1) / n - 1
             points = torch.stack([centres[index % n], centres[(index // n) % n], centres[index // (n * n)]], -1)
         parts.append(points)
         if cond is not None and cond.volume is not None:
-            at_p = sample_voxels(cond.volume, n, index)
-            if self.cfg.appearance:
-                n_app = len(self.cfg.appearance_sigmas)
-                at_p = torch.cat([at_p[:, :-n_app], (at_p[:, -n_app:] - 0.5) * self.cfg.appearance_gain], -1)
-            parts.append(at_p)
+            parts.append(self._scaled_context(sample_voxels(cond.volume, n, index)))
         if index is None:  # (C, N) blocks stacked as rows: plain copies, and the MLP reads the transpose
             return self.mlp(torch.cat([p.T for p in parts], dim=0).T)
         return self.mlp(torch.cat(parts, dim=-1))

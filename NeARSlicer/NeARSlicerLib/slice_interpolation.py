@@ -51,8 +51,7 @@ def interpolate_painted_slices(mask: np.ndarray, spacing: Sequence[float], axis:
     lo_slice, hi_slice = int(np.ceil(centres[0])), int(np.floor(centres[-1]))
     for z in range(lo_slice, hi_slice + 1):
         b = int(np.searchsorted(centres, z, side="left"))
-        if b < len(centres) and centres[b] == z:
-            out[z] = m[starts[painted[b]]]
+        if centres[b] == z:  # a run's own centre: its painted section, as it already is
             continue
         a = b - 1
         w = (z - centres[a]) / (centres[b] - centres[a])
@@ -60,12 +59,3 @@ def interpolate_painted_slices(mask: np.ndarray, spacing: Sequence[float], axis:
     # slices outside the first and last centres keep their painted sections (``out`` is a view of ``result``)
     return np.moveaxis(result, 0, axis)
 
-
-def as_painted_or_interpolated(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """What a prior is given of an annotation (bool, [k, j, i], ``spacing`` (i, j, k) mm): its painted
-    slices interpolated when ``confidence.painted_slices`` finds it painted on thick slices, else the
-    annotation itself. Study mode uses it, so that it adapts on what ``refine`` gives the prior."""
-    from .confidence import painted_slices
-
-    found = painted_slices(mask, spacing)
-    return np.asarray(mask) > 0 if found is None else interpolate_painted_slices(mask, spacing, found.axis)
