@@ -41,9 +41,10 @@ from .output_safety import (OutputError, atomic_write_bytes, check_output_folder
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                    "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error",
-                   "painted_slices_mm"]
-# the columns before painted_slices_mm (2026-11-28): such a summary is resumed, not refused
-EARLIER_SUMMARY_COLUMNS = SUMMARY_COLUMNS[:17]
+                   "painted_slices_mm", "slices_interpolated"]
+# the columns of earlier versions (before painted_slices_mm, before slices_interpolated; 2026-11-28): such a
+# summary is resumed, not refused
+EARLIER_SUMMARY_COLUMNS = (SUMMARY_COLUMNS[:17], SUMMARY_COLUMNS[:18])
 WARNING_SEPARATOR = " | "  # the engine's warnings of one segment, in one cell
 SEG_SUFFIX = ".seg.nrrd"
 BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
@@ -55,6 +56,15 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 def warnings_cell(warnings) -> str:
     """The engine's warnings of one segment as one CSV cell (whitespace collapsed, ``WARNING_SEPARATOR``)."""
     return WARNING_SEPARATOR.join(" ".join(str(w).split()) for w in (warnings or []))
+
+
+def interpolated_cell(info: dict) -> str:
+    """``slices_interpolated`` of a segment found painted on thick slices: "yes" when the prior was given its
+    painted slices interpolated, "no" when its staircase (``--keep-staircase``, a study prior); empty for a
+    segment not found painted."""
+    if info.get("painted_slices_mm") is None:
+        return ""
+    return "yes" if info.get("slices_interpolated") else "no"
 
 
 @dataclass(frozen=True)
@@ -239,6 +249,7 @@ def run_task(task: CaseTask) -> List[dict]:
                          "action": info.get("action") or "", "prior": info.get("prior_name") or info.get("prior") or "",
                          "modality": info.get("modality") or "",
                          "painted_slices_mm": _fmt(info.get("painted_slices_mm"), 1),
+                         "slices_interpolated": interpolated_cell(info),
                          "warnings": warnings_cell(res.warnings),
                          "seconds": f"{time.perf_counter() - t0:.2f}", "error": ""})
             refined.append((name, res.mask))
@@ -273,7 +284,7 @@ class CaseSummary:
     there meanwhile: a reviewer's ``review`` column and decisions (``review_status.set_review``,
     Slicer's review queue), on a running batch and on one resumed later. The rows of the cases to
     redo (``drop_cases``, a resume) are dropped at the first commit. A summary of an earlier
-    version (:data:`EARLIER_SUMMARY_COLUMNS`) is resumed and gets today's columns, empty in its
+    version (one of :data:`EARLIER_SUMMARY_COLUMNS`) is resumed and gets today's columns, empty in its
     rows; one with other columns is refused unless ``overwrite``, which keeps the old file until
     the first commit.
     """
@@ -298,7 +309,7 @@ class CaseSummary:
                 header = list(reader.fieldnames or [])
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise OutputError(f"summary {self.path} cannot be read to append to it ({exc})") from None
-        if header and summary_columns(header, SUMMARY_COLUMNS, [EARLIER_SUMMARY_COLUMNS]) is None:
+        if header and summary_columns(header, SUMMARY_COLUMNS, EARLIER_SUMMARY_COLUMNS) is None:
             raise OutputError(f"summary {self.path} has the columns {header}, not {SUMMARY_COLUMNS}; "
                               "pass --overwrite to replace it or choose another file")
         return header, rows
@@ -317,7 +328,7 @@ class CaseSummary:
                 (header, rows), text = self._read(), None
             if self._drop:
                 rows, text = [r for r in rows if r.get("case") not in self._drop], None
-            columns = summary_columns(header, SUMMARY_COLUMNS, [EARLIER_SUMMARY_COLUMNS]) if header \
+            columns = summary_columns(header, SUMMARY_COLUMNS, EARLIER_SUMMARY_COLUMNS) if header \
                 else SUMMARY_COLUMNS  # ours, then others' (e.g. the reviewer's)
             rows = rows + list(new_rows)
             buf = _io.StringIO()

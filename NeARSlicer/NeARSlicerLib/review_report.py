@@ -304,7 +304,10 @@ def _prior_label(prior: str) -> str:
 def _painted_note(row: BatchRow) -> str:
     """Why a refinement replaced the whole surface: the original was painted on thick slices."""
     mm = row.number("painted_slices_mm")
-    return f"painted on {mm:.1f} mm slices: the refined surface replaces its staircase everywhere" if mm else ""
+    if not mm:
+        return ""
+    how = ", interpolated for NeAR" if row.text("slices_interpolated") == "yes" else ""
+    return f"painted on {mm:.1f} mm slices{how}: the refined surface replaces its staircase everywhere"
 
 
 def _row_html(index: int, row: BatchRow, thumb: Optional[str], full: Optional[str], note: str) -> str:

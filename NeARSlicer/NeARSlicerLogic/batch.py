@@ -21,7 +21,7 @@ from NeARSlicerLib.errors import Cancelled, InputError
 
 from . import io as nio
 from .common import cancelFunction
-from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, warnings_cell
+from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, interpolated_cell, warnings_cell
 
 __all__ = ["refineStudy", "discoverCases", "SUMMARY_COLUMNS"]
 
@@ -121,6 +121,7 @@ def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath
             "prior": info.get("prior_name") or info.get("prior") or "", "modality": info.get("modality") or "",
             "warnings": warnings_cell(getattr(job.result, "warnings", None)),
             "painted_slices_mm": "" if info.get("painted_slices_mm") is None else f"{float(info['painted_slices_mm']):.1f}",
+            "slices_interpolated": interpolated_cell(info),
             "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
     return True
 

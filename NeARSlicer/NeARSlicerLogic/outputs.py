@@ -29,7 +29,8 @@ from NeARSlicerLib.output_safety import (
 from . import io as nio
 
 # the batch contract's columns (NeARSlicerLib.batch, shared with nearslicer batch and the review tools)
-from NeARSlicerLib.batch import EARLIER_SUMMARY_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NAME, warnings_cell  # noqa: E402,F401
+from NeARSlicerLib.batch import (EARLIER_SUMMARY_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NAME,  # noqa: E402,F401
+                                 interpolated_cell, warnings_cell)
 OUTPUT_SUFFIX = ".seg.nrrd"
 BESIDE_SUFFIX = NEAR_OUTPUT_SUFFIX  # used when <case>.seg.nrrd is an input file in the output folder
 STUDY_PRIOR = "study_prior.safetensors"
@@ -60,7 +61,7 @@ class CaseOutputs:
             planned += [self.priorPath, self.priorPath.with_suffix(".json")]
         check_outputs(planned, inputs, overwrite=overwrite, may_exist=[self.csvPath])
         self._summary = SummaryWriter(self.csvPath, SUMMARY_COLUMNS, overwrite=overwrite,
-                                      earlier=[EARLIER_SUMMARY_COLUMNS])
+                                      earlier=EARLIER_SUMMARY_COLUMNS)
         self.rows: list = []
 
     def __enter__(self):

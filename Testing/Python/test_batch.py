@@ -182,7 +182,8 @@ def test_resume_after_a_killed_batch_gives_the_uninterrupted_results(six, tmp_pa
 def test_review_decisions_survive_a_running_batch_and_the_resume_of_an_earlier_version(six, tmp_path):
     """A reviewer records decisions in summary.csv while the batch runs (Slicer's review queue) and
     before it is resumed; no commit of the batch may drop them. The summary here is of the version
-    before the painted_slices_mm column: it is resumed, not refused, and gets today's columns."""
+    before the painted_slices_mm column (the oldest one still resumed): it is resumed, not refused, and gets
+    today's columns."""
     import csv
     import shutil
 
@@ -212,7 +213,7 @@ def test_review_decisions_survive_a_running_batch_and_the_resume_of_an_earlier_v
     (out / "c3.nii.gz").unlink()  # c3 was interrupted after writing its output, c4 before
     (out / "c4.nii.gz").unlink()
     with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=EARLIER_SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=EARLIER_SUMMARY_COLUMNS[0], extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     set_review(out, "c1", "Label_1", "rejected")
@@ -231,6 +232,9 @@ def test_review_decisions_survive_a_running_batch_and_the_resume_of_an_earlier_v
     got = read_summary(out / "summary.csv")
     assert [r["painted_slices_mm"] for r in got if r["case"] == "c4"] == [f"{found.thickness_mm:.1f}"]
     assert all(r["painted_slices_mm"] == "" for r in got if r["case"] != "c4")  # shapes on their own grid
+    # the prior was given c4's painted slices interpolated (the default); nothing to say for the others
+    assert [r["slices_interpolated"] for r in got if r["case"] == "c4"] == ["yes"]
+    assert all(r["slices_interpolated"] == "" for r in got if r["case"] != "c4")
     unchanged = [r for r in got if r["case"] != "c4"]
     assert stable_rows(unchanged) == stable_rows([r for r in read_summary(reference / "summary.csv") if r["case"] != "c4"])
     assert same_masks({k: v for k, v in masks_of(out).items() if k != "c4.nii.gz"},

@@ -218,7 +218,9 @@ def test_report_page_files_and_output_safety(batch_folder):
         header, table = reader.fieldnames, list(reader)
     for r in table:
         if r["case"] == "case02":
-            r["painted_slices_mm"] = "4.0"
+            r["painted_slices_mm"], r["slices_interpolated"] = "4.0", "yes"
+        if r["case"] == "case01":
+            r["painted_slices_mm"], r["slices_interpolated"] = "5.0", "no"  # --keep-staircase
     with open(summary, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
         w.writeheader()
@@ -226,7 +228,9 @@ def test_report_page_files_and_output_safety(batch_folder):
     build_report(batch_folder, overwrite=True)
     rows = {r["data-case"]: r for r in _parse(page.read_text()).rows}
     assert rows["case03"]["data-review"] == "rejected", "a decision shows once the page is made again"
-    assert page.read_text().count("painted on 4.0 mm slices: the refined surface replaces its staircase") == 1
+    text = page.read_text()
+    assert text.count("painted on 4.0 mm slices, interpolated for NeAR: the refined surface replaces its staircase") == 1
+    assert text.count("painted on 5.0 mm slices: the refined surface replaces its staircase") == 1
 
 
 def test_report_of_a_refine_study_folder_and_a_missing_output(study_folder):
