@@ -10,7 +10,8 @@
   keep_or_refine's cached refinements (``work/keep_or_refine_pts2048``), so only the candidate is refined.
 * ``adrenal`` (a shape-only adrenal prior, e.g. a continuation of ``adrenal_v2``): the robustness
   benchmark's ALAN val shapes 0-15 per family (``robustness_v2.py``'s cases and seeds), every change
-  applied; the shipped column is ``results/robustness_v2.json``'s ``adrenal_v2`` rows.
+  applied, thick-slice paintings given to the prior as their staircase (as they were then); the shipped
+  column is ``results/robustness_v2.json``'s ``adrenal_v2`` rows.
 
 The candidate is scored as it would ship: float16 weights (``ship_prior.py``), the shipped card's
 ``meta`` (scale, domain) beside it. Results: ``results/candidate_<kind>_<tag>.json``.
@@ -86,7 +87,9 @@ def adrenal(cand: Path, families: list[str]) -> dict:
 
     shipped = json.loads((HERE / "results" / "robustness_v2.json").read_text())
     val = np.load(ALAN)["val_shapes"][:16]
-    options = RefineOptions(prior=str(cand), appearance=False, preset="default", seed=0, change_policy="all")
+    # as robustness_v2.py measured the shipped prior: before painted slices were interpolated (2026-11-28)
+    options = RefineOptions(prior=str(cand), appearance=False, preset="default", seed=0, change_policy="all",
+                            interpolate_slices=False)
     table = {}
     for fam in families:
         key = "clean" if fam == "clean" else f"family:{fam}"
