@@ -58,13 +58,20 @@ def warnings_cell(warnings) -> str:
     return WARNING_SEPARATOR.join(" ".join(str(w).split()) for w in (warnings or []))
 
 
-def interpolated_cell(info: dict) -> str:
-    """``slices_interpolated`` of a segment found painted on thick slices: "yes" when the prior was given its
-    painted slices interpolated, "no" when its staircase (``--keep-staircase``, a study prior); empty for a
-    segment not found painted."""
-    if info.get("painted_slices_mm") is None:
-        return ""
-    return "yes" if info.get("slices_interpolated") else "no"
+def engine_cells(info: dict, warnings) -> dict:
+    """The summary cells that report the engine's facts of one refined segment (``RefineResult.info`` and its
+    warnings), as ``nearslicer batch`` and Slicer's ``refineStudy`` both write them. ``slices_interpolated``:
+    for a segment found painted on thick slices, "yes" when the prior was given its painted slices
+    interpolated, "no" when its staircase (``--keep-staircase``, a study prior); empty otherwise."""
+    painted = info.get("painted_slices_mm")
+    return {"confidence": _fmt(info.get("confidence"), 4), "action": info.get("action") or "",
+            "prior": info.get("prior_name") or info.get("prior") or "", "modality": info.get("modality") or "",
+            "warnings": warnings_cell(warnings), "painted_slices_mm": _fmt(painted, 1),
+            "slices_interpolated": "" if painted is None else ("yes" if info.get("slices_interpolated") else "no")}
+
+
+def _fmt(value, digits: int) -> str:
+    return "" if value is None else f"{float(value):.{digits}f}"
 
 
 @dataclass(frozen=True)
@@ -208,10 +215,6 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
 
 
-def _fmt(value, digits: int) -> str:
-    return "" if value is None else f"{float(value):.{digits}f}"
-
-
 def run_task(task: CaseTask) -> List[dict]:
     """Refine one case and write its output (atomically); returns its summary rows (all columns).
 
@@ -242,15 +245,9 @@ def run_task(task: CaseTask) -> List[dict]:
             with warnings.catch_warnings():  # the engine's notes are in res.warnings; no stderr noise per case
                 warnings.simplefilter("ignore", UserWarning)
                 res = refine_mask(mask, grid, image, options if options.structure else replace(options, structure=structure))
-            info = res.info
             rows.append({**base, "segment": name, "label": str(value), "output": task.output,
                          "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
-                         "dice": f"{dice(mask, res.mask):.4f}", "confidence": _fmt(info.get("confidence"), 4),
-                         "action": info.get("action") or "", "prior": info.get("prior_name") or info.get("prior") or "",
-                         "modality": info.get("modality") or "",
-                         "painted_slices_mm": _fmt(info.get("painted_slices_mm"), 1),
-                         "slices_interpolated": interpolated_cell(info),
-                         "warnings": warnings_cell(res.warnings),
+                         "dice": f"{dice(mask, res.mask):.4f}", **engine_cells(res.info, res.warnings),
                          "seconds": f"{time.perf_counter() - t0:.2f}", "error": ""})
             refined.append((name, res.mask))
         if table is not None:

@@ -21,7 +21,7 @@ from NeARSlicerLib.errors import Cancelled, InputError
 
 from . import io as nio
 from .common import cancelFunction
-from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, interpolated_cell, warnings_cell
+from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, engine_cells
 
 __all__ = ["refineStudy", "discoverCases", "SUMMARY_COLUMNS"]
 
@@ -113,15 +113,9 @@ def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath
             and target.CopySegmentFromSegmentation(source, newId)):
         record({"case": caseName, "segment": job.segmentName, "error": "could not copy the segments to the output"})
         return False
-    info = getattr(job.result, "info", None) or {}
-    confidence = info.get("confidence")
     record({"case": caseName, "segment": job.segmentName, "voxels_before": stats["voxelsBefore"],
             "voxels_after": stats["voxelsAfter"], "dice": f"{stats['dice']:.4f}",
-            "confidence": "" if confidence is None else f"{float(confidence):.4f}", "action": info.get("action") or "",
-            "prior": info.get("prior_name") or info.get("prior") or "", "modality": info.get("modality") or "",
-            "warnings": warnings_cell(getattr(job.result, "warnings", None)),
-            "painted_slices_mm": "" if info.get("painted_slices_mm") is None else f"{float(info['painted_slices_mm']):.1f}",
-            "slices_interpolated": interpolated_cell(info),
+            **engine_cells(getattr(job.result, "info", None) or {}, getattr(job.result, "warnings", None)),
             "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
     return True
 
