@@ -40,9 +40,9 @@ from NeARSlicerLib.refine import RefineOptions, refine_mask  # noqa: E402
 SHIPPED_CARD = {"anatomy": PRIOR_DIR / "anatomy_v1.json", "adrenal": PRIOR_DIR / "adrenal_v2.json"}
 
 
-def as_shipped(src: Path, kind: str, folder: Path) -> Path:
-    """``src`` saved in float16 with the shipped prior's card meta beside it (how it would ship)."""
-    model, meta = load_prior(src)
+def as_shipped(model, meta: dict, kind: str, folder: Path) -> Path:
+    """A trained prior (``load_prior``'s model and meta) saved in float16 with the shipped prior's card meta
+    beside it (how it would ship)."""
     card_meta = json.loads(SHIPPED_CARD[kind].read_text())["meta"]
     dest = folder / "candidate.safetensors"
     save_prior(dest, model, {**meta, **{k: v for k, v in card_meta.items() if k in ("scale", "domain", "fov_mm")}},
@@ -117,9 +117,9 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
-    _, meta = load_prior(args.prior)
+    model, meta = load_prior(args.prior)
     with tempfile.TemporaryDirectory() as tmp:
-        cand = as_shipped(args.prior, args.kind, Path(tmp))
+        cand = as_shipped(model, meta, args.kind, Path(tmp))
         res = anatomy(cand) if args.kind == "anatomy" else adrenal(cand, args.families.split(","))
     res = {"script": "benchmarks/candidate_prior.py", "kind": args.kind, "candidate": str(args.prior),
            "candidate_step": meta.get("step"), "candidate_val_dice_direct": meta.get("val_dice_direct"), **res}
