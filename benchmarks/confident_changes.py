@@ -77,6 +77,7 @@ def _auc(score: list, label: list) -> float:
 def report() -> None:
     from NeARSlicerLib.confidence import apply_changes, default_output
     from NeARSlicerLib.metrics import dice
+    from NeARSlicerLib.output_safety import atomic_write_text
 
     rows = []
     for path in sorted(WORK.glob("*.npz")):
@@ -109,10 +110,10 @@ def report() -> None:
     auc = {s: round(_auc([r["margin_confidence"] for r in rows if s in ("all", r["set"])],
                          [r["all"] > r["input"] for r in rows if s in ("all", r["set"])]), 3)
            for s in ("all", "alan", "ct")}
-    OUT.write_text(json.dumps({"script": "benchmarks/confident_changes.py", "dice_percent": table,
-                               "margin_confidence_auc": auc,
-                               "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-                                        for r in rows]}, indent=1) + "\n")
+    atomic_write_text(OUT, json.dumps({"script": "benchmarks/confident_changes.py", "dice_percent": table,
+                                       "margin_confidence_auc": auc,
+                                       "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                                                for r in rows]}, indent=1) + "\n")
     for k, v in table.items():
         print(f"{k:18s} n={v['cases']:3d} " + " ".join(f"{p}={v[p]:.2f}({v['worse_by_1'].get(p, 0)})"
                                                     for p in policies))
