@@ -419,6 +419,17 @@ class _Training:
     anchor: Optional[dict]  # denoise: the prior's weights (L2-SP)
     use_app: bool
     notes: list[str]
+    cfg: StudyConfig  # the caller's, with the prior card's working scale filled in (``_card_scale``)
+
+
+def _card_scale(cfg: StudyConfig, meta: dict) -> StudyConfig:
+    """``cfg`` with the warm-start prior's working scale where ``cfg`` sets none: a prior whose card
+    says ``scale: extent`` (the general prior) sees each structure spanning ``extent_voxels`` of its
+    cube, in a study as in ``refine_mask``; a spleen on a 1 mm cube would be out of its scale."""
+    scale = meta.get("scale") or {}
+    if cfg.extent_voxels or str(scale.get("mode", "fixed")).lower() != "extent":
+        return cfg
+    return replace(cfg, extent_voxels=float(scale.get("extent_voxels", 40)))
 
 
 def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: StudyConfig, device: torch.device,
@@ -428,6 +439,7 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
     any_image = any(c.image is not None for c in cases)
     report(0.0, "loading the model")
     model, meta = _initial_model(cfg, prior_path, any_image, device)
+    cfg = _card_scale(cfg, meta)
     if meta.get("domain"):
         # the adapted prior learns these very shapes: a study of a structure no prior knows (what study
         # mode is for) must not be kept whole as out of the warm-start prior's domain
@@ -475,7 +487,7 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
         opt = torch.optim.Adam([{"params": latents, "lr": cfg.lr_latent, "base_lr": cfg.lr_latent},
                                 {"params": list(model.decoder.parameters()), "lr": cfg.lr_model, "base_lr": cfg.lr_model},
                                 {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
-    return _Training(model, meta, prep, latents, opt, gen, anchor, use_app, notes)
+    return _Training(model, meta, prep, latents, opt, gen, anchor, use_app, notes, cfg)
 
 
 def _trained(tr: _Training) -> list[torch.Tensor]:
@@ -570,6 +582,7 @@ def run_study(
     names = [c.name for c in cases]
 
     tr = _start_training(cases, prior_path, cfg, device, report)
+    cfg = tr.cfg
     model, meta, prep, latents, opt, gen = tr.model, tr.meta, tr.prep, tr.latents, tr.opt, tr.gen
     use_app, notes = tr.use_app, tr.notes
 

@@ -57,3 +57,25 @@ def test_redistortion_is_seeded_and_changes_the_annotation(unseen_study):
     assert any(not np.array_equal(a, o) for o in others)  # a fresh corruption each epoch
     assert sum(not np.array_equal(m, o) for o in others) >= 3  # the input is (nearly) always a corrupted copy
     assert m.sum() == np.count_nonzero(cases[0].mask)  # the annotation itself is untouched
+
+
+def _ellipsoid(shape, centre, radii) -> np.ndarray:
+    kk, jj, ii = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return ((kk - centre[0]) / radii[0]) ** 2 + ((jj - centre[1]) / radii[1]) ** 2 + ((ii - centre[2]) / radii[2]) ** 2 <= 1
+
+
+def test_study_takes_the_general_priors_working_scale():
+    """A study warm-started from the general prior sees each structure at the prior's scale (its card:
+    the structure spans 40 voxels of the cube), as refine_mask does: a 150 mm organ is not put on a
+    1 mm cube. A fixed-scale prior (adrenal, 1 mm) keeps the study's 1 mm spacing."""
+    grid = identity_grid((40, 64, 64), 3.0)
+    organ = _ellipsoid(grid.shape, (20, 32, 32), (9, 25, 18)).astype(np.uint8)  # 57 x 153 x 111 mm
+    cases = [StudyCase("organ", organ, grid)]
+    res = run_study(cases, "anatomy", StudyConfig.for_recipe("fast", epochs=1))
+    assert res.config.extent_voxels == 40.0
+    assert case_spacing(res.config, cases[0]) == pytest.approx(153.0 / 40.0, rel=0.02)
+    assert dice(res.masks[0], organ) >= 0.9, "the organ survives a study at the prior's scale"
+    gland = StudyCase("gland", _ellipsoid((12, 16, 16), (6, 8, 8), (2, 5, 3)).astype(np.uint8),
+                      identity_grid((12, 16, 16), 3.0))
+    small = run_study([gland], "adrenal", StudyConfig.for_recipe("fast", epochs=1))
+    assert small.config.extent_voxels is None and case_spacing(small.config, gland) == 1.0
