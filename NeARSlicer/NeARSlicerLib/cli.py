@@ -73,6 +73,7 @@ def _fraction(text: str) -> float:
 def cmd_refine(args) -> int:
 
     from .batch import read_case_inputs, structure_of
+    from .confidence import KEPT_TOO_FINE
     from .io import write_image, write_mask
     from .metrics import dice
     from .output_safety import atomic_paths, check_outputs
@@ -111,7 +112,8 @@ def cmd_refine(args) -> int:
                  "modality": info.get("modality"), "appearance": info.get("appearance"),
                  "prior": info.get("prior_name") or info.get("prior"),
                  "working_spacing_mm": info.get("working_spacing_mm"), "size_mm": info.get("size_mm"),
-                 "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
+                 "out_of_domain": info.get("out_of_domain"), "round_trip_dice": info.get("round_trip_dice"),
+                 "signals": info.get("signals"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
                  "device": info.get("device"), "warnings": list(res.warnings)}
@@ -125,6 +127,8 @@ def cmd_refine(args) -> int:
             why = f"{how} < keep threshold {info.get('keep_threshold')}"
         elif info.get("out_of_domain"):
             why = "the prior was not trained on shapes like this one (warning above); --changes all refines it anyway"
+        elif action == KEPT_TOO_FINE:
+            why = "its thin parts are lost on the prior's working grid (warning above); --changes all refines it anyway"
         else:
             why = (f"every change the prior proposed was thinner than its own boundary error, --changes "
                    f"{info.get('change_policy')}")
@@ -158,57 +162,108 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def _bench_cases(args, family: Optional[str]) -> tuple[list, bool, Optional[float]]:
+    """(cases, whether they carry images, NSD tolerance in mm or None for each case's voxel) of a bench run."""
     import numpy as np
 
-    from .annotation_errors import FAMILIES
-    from .bench import alan_cases, best_smoothing, format_table, real_ct_cases, run_bench, write_json
+    from .bench import alan_cases, real_ct_cases, real_ct_structures, unseen_class_cases
     from .errors import InputError
-    from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR
+
+    if args.real_ct:
+        folder = Path(args.real_ct)
+        ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
+        if not (ct.is_file() and seg.is_file()):
+            raise InputError(f"--real-ct {folder} needs ct.nii.gz and seg.nii.gz (like ../shared/data/totalseg_example)")
+        if args.all_structures:
+            adrenal = [int(v) for v in args.adrenal_labels.split(",") if v.strip()]
+            cases = real_ct_structures(ct, seg, min_voxels=args.min_voxels, per_label=args.per_label or 3,
+                                       family=family, adrenal_labels=adrenal)
+            return cases, True, args.nsd_mm or max(cases[0].grid.spacing)  # the CT's coarsest voxel side
+        labels = [int(v) for v in args.labels.split(",") if v.strip()]
+        return real_ct_cases(ct, seg, labels, per_label=args.per_label or 10, family=family), True, args.nsd_mm or 1.0
+    if args.unseen_classes:  # 10 to 200 mm shapes: NSD at each case's own voxel
+        return unseen_class_cases(args.unseen_classes, family), True, args.nsd_mm
+    if not Path(args.data).is_file():
+        raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
+    shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
+    return alan_cases(shapes, appearance=args.appearance, family=family), bool(args.appearance), args.nsd_mm or 1.0
+
+
+def _bench_methods(args, any_structure: bool, with_images: bool) -> tuple[dict, Optional[dict]]:
+    """The NeAR rows of a bench run: single-case variants (name -> RefineOptions) and study rows."""
+    from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR, resolve_prior
     from .refine import RefineOptions
 
+    if any_structure:
+        # a case names its structure (an adrenal gland, "label N") or none: --prior auto chooses per case
+        common = dict(preset=args.preset, device=args.device, seed=args.seed)
+        variants = {"NeAR S": RefineOptions(prior=args.prior, appearance=False, **common),
+                    "NeAR S+A": RefineOptions(prior=args.prior_sa or args.prior, **common)}
+        # one study of every case, warm-started from the general prior (no class-specific prior fits a
+        # study of spleens, vertebrae and glands)
+        study_prior = str(resolve_prior(args.prior or "anatomy", with_image=False))
+        return variants, ({"NeAR S, study": (study_prior, False)} if args.study else None)
+    # the ALAN shapes and the real CT's labels 8/9 are adrenal glands: --prior auto picks accordingly
+    common = dict(preset=args.preset, device=args.device, seed=args.seed, structure="adrenal gland")
+    if with_images:
+        s_prior, sa_prior = args.prior or str(DEFAULT_PRIOR), args.prior_sa or str(DEFAULT_SA_PRIOR)
+        variants = {"NeAR S": RefineOptions(prior=s_prior, appearance=False, **common),
+                    "NeAR S+A": RefineOptions(prior=sa_prior, **common)}
+        return variants, ({"NeAR S, study": (s_prior, False), "NeAR S+A, study": (sa_prior, True)}
+                          if args.study else None)
+    return {"NeAR": RefineOptions(prior=args.prior, **common)}, ({"NeAR, study": (args.prior, False)}
+                                                                  if args.study else None)
+
+
+def cmd_bench(args) -> int:
+    from .annotation_errors import FAMILIES
+    from .bench import best_smoothing, by_structure, format_structures, format_table, run_bench, write_json
+    from .errors import InputError
+
+    if args.all_structures and not args.real_ct:
+        raise InputError("--all-structures needs --real-ct DIR (a CT and its label map)")
+    if args.unseen_classes and (args.real_ct or args.appearance):
+        raise InputError("--unseen-classes makes its own cases: not with --real-ct or --appearance")
+    # cases of any structure: refined with the prior --prior auto picks for each (as a user's segments)
+    any_structure = bool(args.all_structures or args.unseen_classes)
     if args.json:  # checked before the (long) benchmark: not an input, folder present and writable
         from .output_safety import check_outputs
 
         check_outputs([args.json], [args.data, args.prior, args.prior_sa], may_exist=[args.json])
-    if args.errors == "all":
+    errors = args.errors or ("mixture" if any_structure else "paper")
+    errors = "mixture" if errors == "mix" else errors
+    if errors == "all":
         families = list(FAMILIES) + ["mixture"]
-    elif args.errors in ("paper", "v1"):
+    elif errors in ("paper", "v1"):
+        if any_structure:
+            raise InputError("--all-structures and --unseen-classes distort with the error library: "
+                             "--errors FAMILY, mixture or all")
         families = [None]  # distort.py with the v1 benchmark's seeds (the README's first tables)
-    elif args.errors in FAMILIES or args.errors == "mixture":
-        families = [args.errors]
+    elif errors in FAMILIES or errors == "mixture":
+        families = [errors]
     else:
-        raise InputError(f"unknown --errors {args.errors!r}: use one of {', '.join(FAMILIES)}, mixture, all or paper")
+        raise InputError(f"unknown --errors {errors!r}: use one of {', '.join(FAMILIES)}, mixture (mix), all or paper")
     results = {}
     for family in families:
-        if args.real_ct:
-            folder = Path(args.real_ct)
-            ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
-            if not (ct.is_file() and seg.is_file()):
-                raise InputError(f"--real-ct {folder} needs ct.nii.gz and seg.nii.gz (like ../shared/data/totalseg_example)")
-            labels = [int(v) for v in args.labels.split(",") if v.strip()]
-            cases = real_ct_cases(ct, seg, labels, per_label=args.per_label, family=family)
-            with_images = True
-        else:
-            if not Path(args.data).is_file():
-                raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
-            shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
-            cases = alan_cases(shapes, appearance=args.appearance, family=family)
-            with_images = args.appearance
-        # the ALAN shapes and the real CT's labels 8/9 are adrenal glands: --prior auto picks accordingly
-        common = dict(preset=args.preset, device=args.device, seed=args.seed, structure="adrenal gland")
-        if with_images:
-            s_prior, sa_prior = args.prior or str(DEFAULT_PRIOR), args.prior_sa or str(DEFAULT_SA_PRIOR)
-            variants = {"NeAR S": RefineOptions(prior=s_prior, appearance=False, **common),
-                        "NeAR S+A": RefineOptions(prior=sa_prior, **common)}
-            studies = {"NeAR S, study": (s_prior, False), "NeAR S+A, study": (sa_prior, True)} if args.study else None
-        else:
-            variants = {"NeAR": RefineOptions(prior=args.prior, **common)}
-            studies = {"NeAR, study": (args.prior, False)} if args.study else None
-        result = run_bench(cases, variants=variants, studies=studies)
+        cases, with_images, tolerance = _bench_cases(args, family)
+        variants, studies = _bench_methods(args, any_structure, with_images)
+        recipe = args.study_recipe or ("denoise" if any_structure else "fast")
+        result = run_bench(cases, variants=variants, studies=studies, tolerance_mm=tolerance, study_recipe=recipe)
         name = family or "paper"
         print(f"\nerrors: {name} (best smoothing: {best_smoothing(result)})")
         print(format_table(result))
+        if any_structure:
+            methods = [best_smoothing(result), *variants, *(studies or {})]
+            result["by_structure"] = summary = by_structure(result)
+            what = "structures" if args.all_structures else "cases"
+            if args.all_structures:
+                print(f"\nper structure, DSC / NSD {tolerance:g} mm (%), averaged over {args.per_label or 3} seeds:")
+                print(format_structures(summary, methods))
+            table = result["table"]
+            for m in methods:
+                print(f"{m}: DSC {table[m]['dsc_mean'] - table['input']['dsc_mean']:+.2f}, NSD "
+                      f"{table[m]['nsd_mean'] - table['input']['nsd_mean']:+.2f} against the input; {what} "
+                      f"worse than the input by more than 1 DSC: {', '.join(summary['worse'][m]) or 'none'}")
         results[name] = result
     if args.json:
         write_json(results if len(results) > 1 else next(iter(results.values())), args.json)
@@ -427,13 +482,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="put a synthetic CT around each shape and compare S with S+A")
     b.add_argument("--real-ct", metavar="DIR",
                    help="cases from a real CT instead: DIR/ct.nii.gz and DIR/seg.nii.gz (S vs S+A)")
-    b.add_argument("--labels", default="8,9", help="labels of --real-ct's seg.nii.gz (default: the adrenal glands)")
-    b.add_argument("--per-label", type=int, default=10, help="distortions of each --real-ct label")
+    b.add_argument("--labels", default="8,9", help="labels of --real-ct's seg.nii.gz (default: the adrenal glands), "
+                   "each on a 1 mm cube around it")
+    b.add_argument("--all-structures", action="store_true",
+                   help="with --real-ct: every label of --min-voxels voxels or more (and the --adrenal-labels), "
+                        "distorted and refined on the CT's own grid with --prior auto (default errors: mixture); adds a per-structure table")
+    b.add_argument("--unseen-classes", type=int, default=0, metavar="N",
+                   help="N generated shapes of the classes the general prior never trained on (branching, node; "
+                        "10-200 mm), each in a synthetic CT, refined with --prior auto (default errors: mixture)")
+    b.add_argument("--min-voxels", type=int, default=300, help="--all-structures: smallest label scored (voxels)")
+    b.add_argument("--adrenal-labels", default="8,9",
+                   help="--all-structures: labels that are adrenal glands, for --prior auto (TotalSegmentator: 8,9)")
+    b.add_argument("--nsd-mm", type=float, default=None,
+                   help="NSD tolerance in mm (default: 1; with --all-structures the CT's coarsest voxel side; "
+                        "with --unseen-classes each case's voxel)")
+    b.add_argument("--per-label", type=int, default=None,
+                   help="distortions of each --real-ct label (default: 10; 3 with --all-structures)")
     b.add_argument("--prior-sa", help="S+A prior (default: the shipped one)")
-    b.add_argument("--study", action="store_true", help="also run study mode (fast recipe) on all cases")
-    b.add_argument("--errors", default="paper", metavar="FAMILY",
+    b.add_argument("--study", action="store_true", help="also run study mode on all cases")
+    b.add_argument("--study-recipe", choices=["fast", "denoise", "paper"], default=None,
+                   help="study mode's recipe (default: fast; denoise with --all-structures or --unseen-classes)")
+    b.add_argument("--errors", default=None, metavar="FAMILY",
                    help="annotation errors of the cases: paper (the v1 generator, default), an error-library family "
-                        "(overpaint, slab, thick_slice, holes, leak, missing_part, oversmooth), mixture, or all")
+                        "(overpaint, slab, thick_slice, holes, leak, missing_part, oversmooth), mixture (or mix), "
+                        "or all; with --all-structures default mixture")
     common(b)
     b.set_defaults(func=cmd_bench)
 

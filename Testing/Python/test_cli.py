@@ -171,6 +171,79 @@ def test_bench_appearance_and_real_ct(tmp_path, shared_data, capsys):
     assert "| NeAR S+A |" in capsys.readouterr().out
 
 
+def test_bench_all_structures_scores_each_structure_with_its_prior(tmp_path, shared_data, capsys):
+    """bench --real-ct --all-structures: each large label (and the adrenal glands, whatever their size)
+    distorted on the CT's 3 mm grid, refined with the prior ``auto`` picks for it, NSD at 3 mm, and a
+    per-structure table with the structures made worse than their input."""
+    import json
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "--real-ct", str(shared_data / "totalseg_example"), "--all-structures", "--min-voxels",
+                 "9000", "--per-label", "1", "--errors", "mix", "--preset", "fast", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # labels 1 (9452 voxels), 5 (38634) and 20 (12993) are the only ones >= 9000; 8 and 9 (~150) are adrenal
+    assert [r["case"] for r in result["per_case"]["input"]] == [
+        "label1_d0", "label5_d0", "label8_d0", "label9_d0", "label20_d0"]
+    priors = {r["case"]: r["prior"] for r in result["per_case"]["NeAR S+A"]}
+    assert priors["label8_d0"].startswith("adrenal") and priors["label9_d0"].startswith("adrenal")
+    assert all(priors[c].startswith("anatomy") for c in ("label1_d0", "label5_d0", "label20_d0"))
+    assert result["settings"]["nsd_tolerance_mm"] == 3.0
+    assert all(r["dsc"] < 1.0 for r in result["per_case"]["input"]), "every case is distorted"
+    summary = result["by_structure"]
+    assert list(summary["structures"]) == ["label1", "label5", "label8", "label9", "label20"]
+    assert set(summary["worse"]) == set(result["table"]) - {"input"}
+    printed = capsys.readouterr().out
+    assert "| NSD 3 mm (%) |" in printed and "| label8 |" in printed
+    assert "NeAR S+A: DSC " in printed and "worse than the input by more than 1 DSC" in printed
+
+
+def test_bench_unseen_classes_use_the_general_prior(tmp_path, capsys):
+    """bench --unseen-classes: generated shapes of the classes the general prior never trained on, each
+    in a synthetic CT, distorted by the mixture, refined with what --prior auto gives an unnamed
+    segment (the general prior), NSD at each case's own voxel."""
+    import json
+
+    from NeARSlicerLib.anatomy_shapes import HELD_OUT_CLASSES
+
+    out = tmp_path / "b.json"
+    assert main(["bench", "--unseen-classes", "2", "--preset", "fast", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = [r["case"] for r in result["per_case"]["input"]]
+    assert len(names) == 2 and all(n.split("_")[0] in HELD_OUT_CLASSES for n in names)
+    assert all(r["prior"].startswith("anatomy") for r in result["per_case"]["NeAR S+A"])
+    assert all(r["dsc"] < 1.0 for r in result["per_case"]["input"]), "every case is distorted"
+    assert result["settings"]["nsd_tolerance_mm"] is None
+    printed = capsys.readouterr().out
+    assert "| NSD 1 voxel (%) |" in printed and "cases worse than the input by more than 1 DSC" in printed
+
+
+def test_by_structure_averages_each_structure_over_its_seeds():
+    """A structure counts as made worse by its seeds' mean DSC, not by one bad seed."""
+    from NeARSlicerLib.bench import by_structure
+
+    def rows(values):
+        return [{"case": c, "dsc": d, "nsd": 0.9} for c, d in values]
+
+    cases = ["a_d0", "a_d1", "b_d0", "b_d1"]
+    result = {"per_case": {"input": rows(zip(cases, [0.90, 0.90, 0.90, 0.90])),
+                           "m": rows(zip(cases, [0.87, 0.89, 0.87, 0.92]))}}  # a: -2 on average, b: -0.5
+    summary = by_structure(result)
+    assert summary["worse"] == {"m": ["a"]}
+    assert summary["structures"]["a"]["m"]["dsc"] == pytest.approx(88.0)
+    assert summary["structures"]["b"]["m"]["dsc"] == pytest.approx(89.5)
+    assert summary["structures"]["b"]["input"]["nsd"] == pytest.approx(90.0)
+
+
+def test_bench_all_structures_needs_a_real_ct_and_library_errors(tmp_path, shared_data, capsys):
+    assert main(["bench", "--all-structures"]) == 2
+    assert "--all-structures needs --real-ct" in capsys.readouterr().err
+    assert main(["bench", "--real-ct", str(shared_data / "totalseg_example"), "--all-structures",
+                 "--errors", "paper"]) == 2
+    assert "distort with the error library" in capsys.readouterr().err
+    assert main(["bench", "--unseen-classes", "2", "--real-ct", str(shared_data / "totalseg_example")]) == 2
+    assert "--unseen-classes makes its own cases" in capsys.readouterr().err
+
+
 def test_bench_real_ct_folder_must_hold_ct_and_seg(tmp_path, capsys):
     assert main(["bench", "--real-ct", str(tmp_path)]) == 2
     assert "needs ct.nii.gz and seg.nii.gz" in capsys.readouterr().err
