@@ -402,8 +402,11 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         source = interpolate_painted_slices(original, grid.spacing, painted.axis)
     case = to_working(source, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
     spacing = float(case.grid.spacing[0])
-    held = dice(to_source(case.mask, case.grid, grid) >= 0.5, source)
-    if held < conf_mod.MIN_ROUND_TRIP_DICE and opts.change_policy != conf_mod.CHANGE_ALL:
+    # only a working grid coarser than the source can lose real parts; at the same spacing the round
+    # trip loses just specks and 1-voxel noise (half-voxel offsets), which refinement is there to remove
+    coarser = spacing > 1.25 * max(grid.spacing)
+    held = dice(to_source(case.mask, case.grid, grid) >= 0.5, source) if coarser else None
+    if held is not None and held < conf_mod.MIN_ROUND_TRIP_DICE and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: thin parts that the working grid cannot hold would be erased by any refinement
         notes.append(f"on the prior's working grid ({spacing:.1f} mm voxels) this segment's thin parts are lost "
                      f"(Dice {held:.2f} after resampling there and back): it was kept as it is; "
@@ -492,5 +495,6 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             working_shape=tuple(case.mask.shape), working_spacing_mm=spacing,
             final_loss=losses[-1] if losses else None,
             confidence=None if confidence is None else round(float(confidence), 4),  # None: one view
-            action=action, signals=sig.as_dict(), round_trip_dice=round(held, 4)),
+            action=action, signals=sig.as_dict(),
+            round_trip_dice=None if held is None else round(held, 4)),  # None: the cube is not coarser
     )
