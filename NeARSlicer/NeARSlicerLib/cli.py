@@ -73,7 +73,6 @@ def _fraction(text: str) -> float:
 def cmd_refine(args) -> int:
 
     from .batch import read_case_inputs, structure_of
-    from .confidence import KEPT_TOO_FINE
     from .io import write_image, write_mask
     from .metrics import dice
     from .output_safety import atomic_paths, check_outputs
@@ -112,8 +111,7 @@ def cmd_refine(args) -> int:
                  "modality": info.get("modality"), "appearance": info.get("appearance"),
                  "prior": info.get("prior_name") or info.get("prior"),
                  "working_spacing_mm": info.get("working_spacing_mm"), "size_mm": info.get("size_mm"),
-                 "out_of_domain": info.get("out_of_domain"), "round_trip_dice": info.get("round_trip_dice"),
-                 "signals": info.get("signals"),
+                 "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
                  "device": info.get("device"), "warnings": list(res.warnings)}
@@ -127,8 +125,6 @@ def cmd_refine(args) -> int:
             why = f"{how} < keep threshold {info.get('keep_threshold')}"
         elif info.get("out_of_domain"):
             why = "the prior was not trained on shapes like this one (warning above); --changes all refines it anyway"
-        elif action == KEPT_TOO_FINE:
-            why = "its thin parts are lost on the prior's working grid (warning above); --changes all refines it anyway"
         else:
             why = (f"every change the prior proposed was thinner than its own boundary error, --changes "
                    f"{info.get('change_policy')}")

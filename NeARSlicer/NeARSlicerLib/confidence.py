@@ -42,14 +42,6 @@ DEFAULT_CHANGE_POLICY = "gated"
 KEPT_PLAUSIBLE = "kept: already plausible"
 KEPT_UNCERTAIN = "kept: low confidence"
 KEPT_OUT_OF_DOMAIN = "kept: outside the prior's domain"
-KEPT_TOO_FINE = "kept: too fine for the prior's working grid"
-# an annotation on a working cube coarser than its own grid (by > 1.25x) must survive its round trip
-# (resampled there and back) with at least this Dice, else the prior cannot even hold it and its
-# proposal is not applied
-# (measured at the general prior's scale: 34 of the example CT's 37 labels of >= 100 voxels hold
-# 0.92-1.0, a lung lobe 0.85, the small bowel 0.88, the costal cartilages (thin parts spread over
-# 294 mm, 7.3 mm working voxels) 0.78; README "Do no harm")
-MIN_ROUND_TRIP_DICE = 0.9
 REFINED = "refined"
 REFINED_ERRORS_ONLY = "refined: thick errors only, boundary kept"
 

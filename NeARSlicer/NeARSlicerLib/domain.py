@@ -88,9 +88,14 @@ def measure_domain(masks: Iterable[np.ndarray], spacing: Sequence[float], what: 
 
 
 def widen(domain: dict | None, facts: Sequence[ShapeFacts], what: str) -> dict | None:
-    """``domain`` grown to cover the shapes ``facts`` describe (a study's own annotations, which a
-    study-adapted prior has been trained on); None stays None (a prior without a domain is never
-    out of it); a limit the domain does not set stays unset. Sizes in mm."""
+    """``domain`` grown to cover the sizes and elongations of the shapes ``facts`` describe (a study's
+    own annotations, which a study-adapted prior has been trained on); None stays None (a prior
+    without a domain is never out of it); a limit the domain does not set stays unset. Sizes in mm.
+
+    The number of separate parts is not widened: the working cube is sized to one structure, and a
+    study's few epochs do not teach a prior of single structures to hold many thin parts (the
+    example CT's costal cartilages, six parts over 294 mm on 7.3 mm working voxels, came back from a
+    study of their clean annotation at 0.61 Dice while the widened domain let them in)."""
     if not domain or not facts:
         return domain
     out = {**domain, "what": f"{domain.get('what', 'its training shapes')} and {what}"}
@@ -99,8 +104,6 @@ def widen(domain: dict | None, facts: Sequence[ShapeFacts], what: str) -> dict |
             values = [getattr(f, key) for f in facts]
             out[key] = [round(float(min(domain[key][0], *values)), digits),
                         round(float(max(domain[key][-1], *values)), digits)]
-    if domain.get("components"):
-        out["components"] = int(max(domain["components"], *(f.components for f in facts)))
     return out
 
 

@@ -35,7 +35,6 @@ from .device import pick_device
 from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
-from .metrics import dice
 from .model import NeARModel
 from .appearance import normalise as normalise_image
 from .prior import any_modality_prior, choose_prior, load_prior, resolve_prior
@@ -402,23 +401,6 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         source = interpolate_painted_slices(original, grid.spacing, painted.axis)
     case = to_working(source, grid, image if use_appearance else None, min_component_fraction=0.02, **scale)
     spacing = float(case.grid.spacing[0])
-    # only a working grid coarser than the source can lose real parts; at the same spacing the round
-    # trip loses just specks and 1-voxel noise (half-voxel offsets), which refinement is there to remove
-    coarser = spacing > 1.25 * max(grid.spacing)
-    held = dice(to_source(case.mask, case.grid, grid) >= 0.5, source) if coarser else None
-    if held is not None and held < conf_mod.MIN_ROUND_TRIP_DICE and opts.change_policy != conf_mod.CHANGE_ALL:
-        # do no harm: thin parts that the working grid cannot hold would be erased by any refinement
-        notes.append(f"on the prior's working grid ({spacing:.1f} mm voxels) this segment's thin parts are lost "
-                     f"(Dice {held:.2f} after resampling there and back): it was kept as it is; "
-                     "--changes all refines it anyway")
-        report(1.0, "done")
-        return RefineResult(
-            mask=original.astype(np.uint8), probability=original.astype(np.float32),
-            added=np.zeros_like(original), removed=np.zeros_like(original), seconds=time.perf_counter() - t0,
-            warnings=notes,
-            info=case_info(steps=0, flips=0, decoder_steps=0, appearance=False, working_shape=tuple(case.mask.shape),
-                           working_spacing_mm=spacing, final_loss=None, confidence=None,
-                           action=conf_mod.KEPT_TOO_FINE, signals=None, round_trip_dice=round(held, 4)))
     side = case.mask.shape[0] * spacing
     if "extent_voxels" not in scale and side > 1.15 * fov:
         notes.append(f"the segment ({side:.0f} mm cube) is larger than the prior's {fov:.0f} mm field of view: "
@@ -495,6 +477,5 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             working_shape=tuple(case.mask.shape), working_spacing_mm=spacing,
             final_loss=losses[-1] if losses else None,
             confidence=None if confidence is None else round(float(confidence), 4),  # None: one view
-            action=action, signals=sig.as_dict(),
-            round_trip_dice=None if held is None else round(held, 4)),  # None: the cube is not coarser
+            action=action, signals=sig.as_dict()),
     )
