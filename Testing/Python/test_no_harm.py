@@ -213,7 +213,13 @@ def test_whole_scan_length_structure_within_the_memory_bound(tmp_path):
         mask = ((kk / 199.0) ** 2 + (jj / 125.0) ** 2 + (ii / 96.0) ** 2 <= 1.0).astype(np.uint8)
         res = refine_mask(mask, Grid(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), None,
                           RefineOptions(preset="fast", keep_threshold=0.0, change_policy="all"))
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM is this process's own peak; ru_maxrss keeps the forking parent's peak across exec on
+        # Linux, so a large test process would count against the child
+        try:
+            with open("/proc/self/status") as f:
+                rss = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration):
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(int(mask.sum()), int(res.mask.sum()), res.info["working_shape"][0], res.info["working_spacing_mm"], rss)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
