@@ -118,25 +118,26 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     label large enough."""
     import SimpleITK as sitk
 
-    from .io import read_image, read_mask
+    from .io import read_image
 
     image, igrid = read_image(str(ct_path))
-    label_map = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path)))
+    seg_img = sitk.ReadImage(str(seg_path))  # read once: every label's mask comes from this map
+    if not igrid.same_as(Grid.from_sitk(seg_img)):
+        raise InputError(f"{seg_path} and {ct_path} are on different grids")
+    label_map = sitk.GetArrayFromImage(seg_img)
+    adrenal = {int(v) for v in adrenal_labels}
     values, counts = np.unique(label_map[label_map > 0], return_counts=True)
-    chosen = [int(v) for v, c in zip(values, counts) if c >= min_voxels or int(v) in set(adrenal_labels)]
+    chosen = [int(v) for v, c in zip(values, counts) if c >= min_voxels or int(v) in adrenal]
     if not chosen:
         raise InputError(f"no label of {seg_path} has {min_voxels} voxels or more")
     cases = []
     for label in chosen:
-        truth, grid, _ = read_mask(str(seg_path), label=label)
-        if not igrid.same_as(grid):
-            raise InputError(f"{seg_path} and {ct_path} are on different grids")
-        truth = truth > 0
-        name = "adrenal gland" if label in set(adrenal_labels) else f"label {label}"
+        truth = label_map == label
+        name = "adrenal gland" if label in adrenal else f"label {label}"
         for s in range(per_label):
             seed = BENCH_SEED + 100 * label + s
-            noisy = corrupt(truth, grid.spacing, family, seed, image=image)
-            cases.append(BenchCase(f"label{label}_d{s}", truth, noisy, grid, image, structure=name))
+            noisy = corrupt(truth, igrid.spacing, family, seed, image=image)
+            cases.append(BenchCase(f"label{label}_d{s}", truth, noisy, igrid, image, structure=name))
     return cases
 
 
@@ -213,9 +214,8 @@ def run_bench(
             row["prior"] = res.info.get("prior_name") or Path(str(res.info["prior"])).stem
             per[name].append(row)
             info[name] = {k: res.info[k] for k in ("prior", "preset", "appearance", "device")}
-            # with --prior auto the prior differs per case: every one used is listed
-            used = {r["prior"] for r in per[name]}
-            info[name]["priors_used"] = sorted(used)
+    for name in variants:  # with --prior auto the prior differs per case: every one used is listed
+        info[name]["priors_used"] = sorted({r["prior"] for r in per[name]})
     for name, (prior, use_images) in (studies or {}).items():
         log(f"study mode: {name} on {len(cases)} cases")
         study_cases = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if use_images else None)

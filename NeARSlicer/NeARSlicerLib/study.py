@@ -65,7 +65,7 @@ from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centr
 from . import modality as modality_mod
 from .domain import shape_facts, widen as widen_domain
 from .prior import default_prior, load_prior, resolve_prior
-from .refine import card_meta, drop_islands
+from .refine import RefineOptions, card_meta, drop_islands, working_scale
 from .study_adapt import denoise_step, prior_snapshot, redistort, refine_with
 from .study_output import StudyOutputs, save_study_prior, study_card, summary_row, write_study
 
@@ -426,10 +426,8 @@ def _card_scale(cfg: StudyConfig, meta: dict) -> StudyConfig:
     """``cfg`` with the warm-start prior's working scale where ``cfg`` sets none: a prior whose card
     says ``scale: extent`` (the general prior) sees each structure spanning ``extent_voxels`` of its
     cube, in a study as in ``refine_mask``; a spleen on a 1 mm cube would be out of its scale."""
-    scale = meta.get("scale") or {}
-    if cfg.extent_voxels or str(scale.get("mode", "fixed")).lower() != "extent":
-        return cfg
-    return replace(cfg, extent_voxels=float(scale.get("extent_voxels", 40)))
+    extent = None if cfg.extent_voxels else working_scale(meta, RefineOptions()).get("extent_voxels")
+    return replace(cfg, extent_voxels=extent) if extent else cfg
 
 
 def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: StudyConfig, device: torch.device,
