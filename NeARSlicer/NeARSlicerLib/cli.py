@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from .errors import NeARError, RefinementError
 
@@ -621,5 +621,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def run(argv: Optional[Sequence[str]] = None) -> NoReturn:
+    """The ``nearslicer`` command: ``main``, then exit with its status; a process that torchrun
+    started exits through ``distributed.exit_process`` (no interpreter teardown: see there)."""
+    code = main(argv)
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world.isdigit() and int(world) > 1:
+        from .distributed import exit_process
+
+        exit_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -12,7 +12,9 @@ module and one step runs several backward passes, so it adds up the gradients it
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -41,6 +43,24 @@ def close_group() -> None:
     """Leave the process group this process joined, if any (at the end of a torchrun command)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process of a torchrun group whose work is done: leave the group, flush the standard
+    streams and exit with ``code`` without the interpreter's teardown.
+
+    Why: tearing down gloo's threads at interpreter exit, after ``destroy_process_group`` has
+    returned, now and then aborts the process (SIGABRT, "terminate called without an active
+    exception"; measured: about 1 in 20 to 1 in 250 two-process runs on a 2-core CPU, torch 2.13),
+    and torchrun then reports a finished run as failed. Every output is whole by then (each is
+    committed by an ``os.replace``), so nothing is lost by skipping the teardown."""
+    close_group()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing left to flush
+            pass
+    os._exit(code)
 
 
 @dataclass

@@ -88,7 +88,7 @@ def _rank_main(rank: int, world: int, port: int, prior: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from NeARSlicerLib.distributed import Distributed
+    from NeARSlicerLib.distributed import Distributed, exit_process
 
     ctx = Distributed.from_env("cpu")
     for recipe in ("denoise", "fast"):
@@ -97,7 +97,7 @@ def _rank_main(rank: int, world: int, port: int, prior: str, out: str) -> None:
         save_file({k: v.contiguous() for k, v in grads.items()}, f"{out}.{recipe}.{rank}.safetensors",
                   metadata={"loss": repr(loss)})
     ctx.barrier()
-    ctx.close()
+    exit_process(0)  # what the CLI does under torchrun: no teardown of gloo's threads (it can abort)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -158,8 +158,8 @@ def replace(src, dst, *a, **k):
         f.write(os.path.basename(str(dst)) + "\\n")
     return real(src, dst, *a, **k)
 os.replace = replace  # every output of NeARSlicer is committed by an os.replace (output_safety)
-from NeARSlicerLib.cli import main
-sys.exit(main(sys.argv[1:]))
+from NeARSlicerLib.cli import run
+run(sys.argv[1:])
 """
 
 

@@ -58,7 +58,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from NeARSlicerLib.distributed import Distributed
+    from NeARSlicerLib.distributed import Distributed, exit_process
 
     ctx = Distributed.from_env("cpu")
     model = _model()
@@ -66,7 +66,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     if ctx.main:
         save_file(grads, out)
     ctx.barrier()
-    ctx.close()
+    exit_process(0)  # what the CLI does under torchrun: no teardown of gloo's threads (it can abort)
 
 
 def test_two_gloo_processes_average_gradients_like_one_process_on_the_whole_batch(tmp_path):
@@ -99,9 +99,11 @@ def test_torchrun_two_processes_train_and_only_rank_0_writes(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import math, sys\n"
+        "from NeARSlicerLib.distributed import exit_process\n"
         "from NeARSlicerLib.train import TrainConfig, train_prior\n"
         f"train_prior(TrainConfig(data={str(data)!r}, out={str(out)!r}, minutes=math.inf, max_steps=2, batch=2,"
-        " points=128, val_every=2, val_cases=1, threads=1, device='cpu'))\n")
+        " points=128, val_every=2, val_cases=1, threads=1, device='cpu'))\n"
+        "exit_process(0)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "NeARSlicer"), "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
@@ -114,3 +116,11 @@ def test_torchrun_two_processes_train_and_only_rank_0_writes(tmp_path):
     assert proc.stdout.count('"steps": 2') == 1, proc.stdout
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors"] == ["p.safetensors"]
     assert math.isfinite(_meta(out)["val_dice_direct"])
+
+
+def test_exit_process_flushes_the_output_and_keeps_the_exit_status():
+    # os._exit alone would drop what is still buffered in a pipe: the final report of a torchrun run
+    code = "import sys\nfrom NeARSlicerLib.distributed import exit_process\nsys.stdout.write('done')\nexit_process(3)\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "NeARSlicer")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (3, "done"), proc.stderr[-2000:]
