@@ -73,6 +73,7 @@ def _fraction(text: str) -> float:
 def cmd_refine(args) -> int:
 
     from .batch import read_case_inputs, structure_of
+    from .confidence import KEPT_IMAGE
     from .io import write_image, write_mask
     from .metrics import dice
     from .output_safety import atomic_paths, check_outputs
@@ -112,6 +113,7 @@ def cmd_refine(args) -> int:
                  "prior": info.get("prior_name") or info.get("prior"),
                  "working_spacing_mm": info.get("working_spacing_mm"), "size_mm": info.get("size_mm"),
                  "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
+                 "image_check": info.get("image_check"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
                  "device": info.get("device"), "warnings": list(res.warnings)}
@@ -125,6 +127,9 @@ def cmd_refine(args) -> int:
             why = f"{how} < keep threshold {info.get('keep_threshold')}"
         elif info.get("out_of_domain"):
             why = "the prior was not trained on shapes like this one (warning above); --changes all refines it anyway"
+        elif action == KEPT_IMAGE:
+            why = ("the shape-only prior's changes disagree with the image's intensities; --changes all "
+                   "applies them anyway")
         else:
             why = (f"every change the prior proposed was thinner than its own boundary error, --changes "
                    f"{info.get('change_policy')}")

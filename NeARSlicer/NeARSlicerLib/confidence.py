@@ -22,7 +22,7 @@ shapes with some error families and held-out families/structures for testing
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -42,6 +42,7 @@ DEFAULT_CHANGE_POLICY = "gated"
 KEPT_PLAUSIBLE = "kept: already plausible"
 KEPT_UNCERTAIN = "kept: low confidence"
 KEPT_OUT_OF_DOMAIN = "kept: outside the prior's domain"
+KEPT_IMAGE = "kept: the image contradicts the prior's changes"  # image_evidence, shape-only priors
 REFINED = "refined"
 REFINED_ERRORS_ONLY = "refined: thick errors only, boundary kept"
 

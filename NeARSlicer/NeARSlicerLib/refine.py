@@ -35,6 +35,7 @@ from .device import pick_device
 from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
+from .image_evidence import undo_contradicted
 from .model import NeARModel
 from .appearance import normalise as normalise_image
 from .prior import any_modality_prior, choose_prior, load_prior, resolve_prior
@@ -358,6 +359,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         # modality, else its shape-only prior (not the S+A one reading a blank image)
         prior_name, prior_path, model, meta, use_appearance, image_notes = _fallback_prior(
             image, opts, prior_name, prior_path, model, meta, device, image_notes)
+    # an image refused for its modality is not read at all, not even to check the prior's changes
+    image_refused = bool(image_notes) and not use_appearance
     notes += image_notes
 
     report(0.0, "cropping and resampling to the working grid")
@@ -391,7 +394,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             info=case_info(slices_interpolated=False, steps=0, flips=0, decoder_steps=0, appearance=False,
                            working_shape=None,
                            working_spacing_mm=None, final_loss=None, confidence=None,
-                           action=conf_mod.KEPT_OUT_OF_DOMAIN, signals=None))
+                           action=conf_mod.KEPT_OUT_OF_DOMAIN, signals=None, image_check=None))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
     source = original
@@ -409,7 +412,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         notes.append("the mask touches the border of its volume: the refined surface there is extrapolated")
     if image is not None and opts.appearance and not model.cfg.appearance \
             and not any("refined by shape only" in n for n in notes):
-        notes.append("this prior is shape-only: the image was not used")
+        notes.append("this prior is shape-only: the image was not used" + (
+            "" if opts.change_policy == conf_mod.CHANGE_ALL else " to shape the segment, only to check the prior's changes"))
 
     # the only randomness is fit_latent's point sampling, from its own seeded generator
     n = case.mask.shape[0]
@@ -456,6 +460,17 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             refined = applied.astype(np.uint8)
             # nothing thicker than the prior's own boundary error: the annotation stands as it is
             action = conf_mod.REFINED_ERRORS_ONLY if (applied ^ original).any() else conf_mod.KEPT_PLAUSIBLE
+    verdict = None
+    if action in (conf_mod.REFINED, conf_mod.REFINED_ERRORS_ONLY) and opts.change_policy != conf_mod.CHANGE_ALL \
+            and image is not None and opts.appearance and not image_refused:
+        # do no harm with the image: no prior overrules it (a shape-only one never read it; an S+A
+        # one reads it through a small working cube and can still cut tissue that looks like the organ)
+        checked, verdict = undo_contradicted(original, refined, image, grid.spacing)
+        if verdict.restored or verdict.withdrawn:
+            prob = np.where(checked != (refined > 0), original.astype(np.float32), prob)
+            refined = checked.astype(np.uint8)
+            if not (checked ^ original).any():
+                action = conf_mod.KEPT_IMAGE
     if action in (conf_mod.REFINED, conf_mod.REFINED_ERRORS_ONLY):
         if not refined.any():
             notes.append("the refined mask is empty: the prior found no plausible shape in this annotation")
@@ -477,5 +492,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             working_shape=tuple(case.mask.shape), working_spacing_mm=spacing,
             final_loss=losses[-1] if losses else None,
             confidence=None if confidence is None else round(float(confidence), 4),  # None: one view
-            action=action, signals=sig.as_dict()),
+            action=action, signals=sig.as_dict(),
+            # what the image check undid of a shape-only prior's change (None: not checked)
+            image_check=None if verdict is None else verdict.as_dict()),
     )

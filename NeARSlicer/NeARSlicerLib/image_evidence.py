@@ -1,0 +1,109 @@
+"""Do no harm with the image: the changes of a shape-only prior that the image contradicts are undone.
+
+A shape-only prior (the general ``anatomy`` prior) reshapes a segment without reading the image. When
+an image is given it can still check the prior: the voxels that the annotation and the refinement
+agree on (less their surface) show what the structure looks like, a ring of tissue 1-9 mm outside
+both shows what surrounds it. Each voxel's log-likelihood ratio ``log p(I | inside) / p(I | around)``
+comes from the two intensity histograms (bins between their 1st and 99th percentiles, so any
+modality and unit). Each connected piece of the change is judged as a whole (partial volume makes
+single voxels unreliable):
+
+* a piece the prior **removed** that looks like the structure (mean ratio above ``margin``) is put back;
+* a piece the prior **added** that looks like the surroundings (mean ratio below ``-margin``) is taken out;
+* a piece that the image cannot tell apart (tissue of the structure's own intensity) stays as the
+  prior proposed: the image has nothing to say there.
+
+So the output only ever moves back towards the annotation. Arrays are ``[k, j, i]``, spacing
+``(i, j, k)`` mm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+RING_MM = (1.0, 9.0)  # the surroundings: this far outside both masks (mm)
+BINS = 32
+MIN_VOXELS = 30  # fewer reference voxels than this on either side: no verdict
+MARGIN = 0.0  # log-likelihood ratio a piece must pass: 0 is "more like one side than the other"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the image said of the prior's change."""
+
+    restored: int  # voxels the prior removed that are put back
+    withdrawn: int  # voxels the prior added that are taken out
+    pieces: int  # pieces of the change judged
+    judged: bool  # False: too few reference voxels to judge (the change stands as proposed)
+
+    def as_dict(self) -> dict:
+        return {"restored": self.restored, "withdrawn": self.withdrawn, "pieces": self.pieces, "judged": self.judged}
+
+
+def _box(a: np.ndarray, b: np.ndarray, pad: int) -> tuple:
+    nz = np.argwhere(a | b)
+    lo = np.maximum(nz.min(0) - pad, 0)
+    hi = np.minimum(nz.max(0) + pad + 1, a.shape)
+    return tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+
+
+def likelihood_ratio(image: np.ndarray, inside: np.ndarray, around: np.ndarray) -> np.ndarray:
+    """Per-voxel ``log p(I | inside) / p(I | around)`` (float32, shape of ``image``) from the
+    intensity histograms of the ``inside`` and ``around`` voxels (smoothed, with a pseudo-count so
+    that an intensity seen on one side only gives a finite ratio)."""
+    ref = np.concatenate([image[inside], image[around]]).astype(np.float64)
+    lo, hi = np.percentile(ref, [1.0, 99.0])
+    if not hi > lo:
+        return np.zeros(image.shape, np.float32)
+    edges = np.linspace(lo, hi, BINS + 1)
+
+    def density(values: np.ndarray) -> np.ndarray:
+        counts, _ = np.histogram(np.clip(values, lo, hi), edges)
+        smooth = ndimage.gaussian_filter1d(counts.astype(np.float64), 1.0) + 0.5
+        return smooth / smooth.sum()
+
+    log_ratio = np.log(density(image[inside])) - np.log(density(image[around]))
+    index = np.clip(np.searchsorted(edges, np.clip(image, lo, hi), side="right") - 1, 0, BINS - 1)
+    return log_ratio[index].astype(np.float32)
+
+
+def undo_contradicted(annotation: np.ndarray, refined: np.ndarray, image: np.ndarray,
+                      spacing: Sequence[float], margin: float = MARGIN) -> tuple[np.ndarray, Verdict]:
+    """``refined`` (bool ``[k, j, i]``) with the pieces of its change from ``annotation`` that
+    ``image`` contradicts undone (module docstring), and the verdict."""
+    ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
+    out = ref.copy()
+    if not (ann ^ ref).any():
+        return out, Verdict(0, 0, 0, True)
+    sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
+    pad = int(np.ceil(RING_MM[1] / sp.min())) + 1
+    box = _box(ann, ref, pad)
+    a, r, img = ann[box], ref[box], np.asarray(image, np.float32)[box]
+    agree = a & r
+    core = ndimage.binary_erosion(agree)
+    if core.sum() < MIN_VOXELS:
+        core = agree
+    outside = ndimage.distance_transform_edt(~(a | r), sampling=sp)
+    around = (outside > RING_MM[0]) & (outside <= RING_MM[1])
+    if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
+        return out, Verdict(0, 0, 0, False)
+    llr = likelihood_ratio(img, core, around)
+    sub = out[box]
+    restored = withdrawn = pieces = 0
+    full = np.ones((3, 3, 3), bool)
+    for removed, diff in ((True, a & ~r), (False, r & ~a)):
+        labels, n = ndimage.label(diff, full)
+        if n == 0:
+            continue
+        means = ndimage.mean(llr, labels, np.arange(1, n + 1))
+        sizes = ndimage.sum(diff, labels, np.arange(1, n + 1))
+        pieces += n
+        undo = np.flatnonzero(means > margin) + 1 if removed else np.flatnonzero(means < -margin) + 1
+        if len(undo):
+            sub[np.isin(labels, undo)] = removed
+            count = int(sizes[undo - 1].sum())
+            restored, withdrawn = (restored + count, withdrawn) if removed else (restored, withdrawn + count)
+    return out, Verdict(restored, withdrawn, pieces, True)
