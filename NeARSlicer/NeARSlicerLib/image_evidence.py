@@ -10,11 +10,12 @@ single voxels unreliable):
 
 * a piece the prior **removed** that looks like the structure (mean ratio above ``margin``) is put back;
 * a piece the prior **added** that looks like the surroundings (mean ratio below ``-margin``) is taken out;
-* a piece that the image cannot tell apart (tissue of the structure's own intensity) stays as the
-  prior proposed: the image has nothing to say there.
+* any other piece stays as the prior proposed.
 
-So the output only ever moves back towards the annotation. Arrays are ``[k, j, i]``, spacing
-``(i, j, k)`` mm.
+So the output only ever moves back towards the annotation. The price: a leak into tissue of the
+structure's own intensity looks like the structure, so the prior's removal of it is undone too (the
+image cannot tell them apart; the annotation stands there as it was). Arrays are ``[k, j, i]``,
+spacing ``(i, j, k)`` mm.
 """
 from __future__ import annotations
 
