@@ -20,7 +20,7 @@ spacing ``(i, j, k)`` mm.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -28,6 +28,7 @@ from scipy import ndimage
 RING_MM = (1.0, 9.0)  # the surroundings: this far outside both masks (mm)
 BINS = 32
 MIN_VOXELS = 30  # fewer reference voxels than this on either side: no verdict
+MAX_VOXELS = 4_000_000  # larger boxes give their reference intensities from a sub-sampled grid
 MARGIN = 0.0  # log-likelihood ratio a piece must pass: 0 is "more like one side than the other"
 
 
@@ -51,14 +52,14 @@ def _box(a: np.ndarray, b: np.ndarray, pad: int) -> tuple:
     return tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
 
 
-def likelihood_ratio(image: np.ndarray, inside: np.ndarray, around: np.ndarray) -> np.ndarray:
-    """Per-voxel ``log p(I | inside) / p(I | around)`` (float32, shape of ``image``) from the
-    intensity histograms of the ``inside`` and ``around`` voxels (smoothed, with a pseudo-count so
-    that an intensity seen on one side only gives a finite ratio)."""
-    ref = np.concatenate([image[inside], image[around]]).astype(np.float64)
+def likelihood_ratio(inside: np.ndarray, around: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``log p(I | inside) / p(I | around)`` as a function of intensity, from the intensities of
+    ``inside`` and ``around`` voxels (1-D arrays): histograms between their 1st and 99th percentiles,
+    smoothed, with a pseudo-count so that an intensity seen on one side only gives a finite ratio."""
+    ref = np.concatenate([inside, around]).astype(np.float64)
     lo, hi = np.percentile(ref, [1.0, 99.0])
     if not hi > lo:
-        return np.zeros(image.shape, np.float32)
+        return lambda values: np.zeros(np.shape(values), np.float32)
     edges = np.linspace(lo, hi, BINS + 1)
 
     def density(values: np.ndarray) -> np.ndarray:
@@ -66,9 +67,30 @@ def likelihood_ratio(image: np.ndarray, inside: np.ndarray, around: np.ndarray) 
         smooth = ndimage.gaussian_filter1d(counts.astype(np.float64), 1.0) + 0.5
         return smooth / smooth.sum()
 
-    log_ratio = np.log(density(image[inside])) - np.log(density(image[around]))
-    index = np.clip(np.searchsorted(edges, np.clip(image, lo, hi), side="right") - 1, 0, BINS - 1)
-    return log_ratio[index].astype(np.float32)
+    table = (np.log(density(inside)) - np.log(density(around))).astype(np.float32)
+
+    def lookup(values: np.ndarray) -> np.ndarray:
+        return table[np.clip(np.searchsorted(edges, np.clip(values, lo, hi), side="right") - 1, 0, BINS - 1)]
+
+    return lookup
+
+
+def _references(a: np.ndarray, r: np.ndarray, img: np.ndarray, sp: np.ndarray) -> Optional[tuple]:
+    """Intensities of the structure (the agreed voxels less their surface) and of its surroundings
+    (1-9 mm outside both masks), or None with fewer than ``MIN_VOXELS`` of either. A box of more than
+    ``MAX_VOXELS`` is sampled on every n-th voxel: histograms need no more."""
+    step = max(1, int(np.ceil((a.size / MAX_VOXELS) ** (1.0 / 3.0))))
+    if step > 1:
+        a, r, img, sp = a[::step, ::step, ::step], r[::step, ::step, ::step], img[::step, ::step, ::step], sp * step
+    agree = a & r
+    core = ndimage.binary_erosion(agree)
+    if core.sum() < MIN_VOXELS:
+        core = agree
+    outside = ndimage.distance_transform_edt(~(a | r), sampling=sp)
+    around = (outside > RING_MM[0]) & (outside <= RING_MM[1])
+    if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
+        return None
+    return img[core], img[around]
 
 
 def undo_contradicted(annotation: np.ndarray, refined: np.ndarray, image: np.ndarray,
@@ -82,29 +104,25 @@ def undo_contradicted(annotation: np.ndarray, refined: np.ndarray, image: np.nda
     sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
     pad = int(np.ceil(RING_MM[1] / sp.min())) + 1
     box = _box(ann, ref, pad)
-    a, r, img = ann[box], ref[box], np.asarray(image, np.float32)[box]
-    agree = a & r
-    core = ndimage.binary_erosion(agree)
-    if core.sum() < MIN_VOXELS:
-        core = agree
-    outside = ndimage.distance_transform_edt(~(a | r), sampling=sp)
-    around = (outside > RING_MM[0]) & (outside <= RING_MM[1])
-    if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
+    a, r, img = ann[box], ref[box], np.asarray(image)[box]
+    refs = _references(a, r, img, sp)
+    if refs is None:
         return out, Verdict(0, 0, 0, False)
-    llr = likelihood_ratio(img, core, around)
-    sub = out[box]
+    ratio = likelihood_ratio(*refs)
+    sub = out[box]  # a view: undoing a piece here undoes it in ``out``
     restored = withdrawn = pieces = 0
-    full = np.ones((3, 3, 3), bool)
     for removed, diff in ((True, a & ~r), (False, r & ~a)):
-        labels, n = ndimage.label(diff, full)
+        labels, n = ndimage.label(diff, np.ones((3, 3, 3), bool))
         if n == 0:
             continue
-        means = ndimage.mean(llr, labels, np.arange(1, n + 1))
-        sizes = ndimage.sum(diff, labels, np.arange(1, n + 1))
+        which = labels[diff]
+        sizes = np.bincount(which, minlength=n + 1)
+        means = np.bincount(which, ratio(img[diff]).astype(np.float64), minlength=n + 1) / np.maximum(sizes, 1)
+        undo = np.flatnonzero((means > margin) if removed else (means < -margin))
+        undo = undo[undo > 0]
         pieces += n
-        undo = np.flatnonzero(means > margin) + 1 if removed else np.flatnonzero(means < -margin) + 1
         if len(undo):
             sub[np.isin(labels, undo)] = removed
-            count = int(sizes[undo - 1].sum())
+            count = int(sizes[undo].sum())
             restored, withdrawn = (restored + count, withdrawn) if removed else (restored, withdrawn + count)
     return out, Verdict(restored, withdrawn, pieces, True)

@@ -83,3 +83,16 @@ def test_the_real_ct_pancreas_that_the_general_prior_made_worse_is_not_made_wors
     assert checked.info["prior_name"] == "anatomy-s" and checked.info["image_check"]["restored"] > 0
     assert dice(checked.mask, truth) >= before - 0.02, (before, dice(checked.mask, truth))
     assert unchecked.info["image_check"] is None and dice(unchecked.mask, truth) < before - 0.05
+
+
+def test_a_large_box_judges_from_a_sub_sampled_reference_with_the_same_verdict(scene, monkeypatch):
+    import NeARSlicerLib.image_evidence as evidence
+
+    organ, neighbour, image = scene
+    cap = organ & (np.arange(SHAPE[2])[None, None, :] * SPACING[0] > 54)
+    blob = _ball((36, 15, 42), 8) & ~organ
+    full, full_verdict = undo_contradicted(organ, (organ & ~cap) | blob, image, SPACING)
+    monkeypatch.setattr(evidence, "MAX_VOXELS", 5_000)  # every 3rd or 4th voxel of the box
+    sampled, sampled_verdict = undo_contradicted(organ, (organ & ~cap) | blob, image, SPACING)
+    assert np.array_equal(sampled, full) and sampled_verdict == full_verdict
+    assert np.array_equal(full, organ)
