@@ -128,8 +128,7 @@ def cmd_refine(args) -> int:
         elif info.get("out_of_domain"):
             why = "the prior was not trained on shapes like this one (warning above); --changes all refines it anyway"
         elif action == KEPT_IMAGE:
-            why = ("the shape-only prior's changes disagree with the image's intensities; --changes all "
-                   "applies them anyway")
+            why = "the prior's changes disagree with the image's intensities; --changes all applies them anyway"
         else:
             why = (f"every change the prior proposed was thinner than its own boundary error, --changes "
                    f"{info.get('change_policy')}")

@@ -42,7 +42,7 @@ DEFAULT_CHANGE_POLICY = "gated"
 KEPT_PLAUSIBLE = "kept: already plausible"
 KEPT_UNCERTAIN = "kept: low confidence"
 KEPT_OUT_OF_DOMAIN = "kept: outside the prior's domain"
-KEPT_IMAGE = "kept: the image contradicts the prior's changes"  # image_evidence, shape-only priors
+KEPT_IMAGE = "kept: the image contradicts the prior's changes"  # image_evidence.undo_contradicted undid every change
 REFINED = "refined"
 REFINED_ERRORS_ONLY = "refined: thick errors only, boundary kept"
 

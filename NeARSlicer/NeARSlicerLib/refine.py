@@ -493,6 +493,6 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             final_loss=losses[-1] if losses else None,
             confidence=None if confidence is None else round(float(confidence), 4),  # None: one view
             action=action, signals=sig.as_dict(),
-            # what the image check undid of a shape-only prior's change (None: not checked)
+            # what the image check undid of the prior's change (None: not checked)
             image_check=None if verdict is None else verdict.as_dict()),
     )
