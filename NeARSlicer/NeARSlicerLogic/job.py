@@ -74,6 +74,10 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
             job.stats[name] = info[key]
     if "appearance" in info:
         job.stats["appearance"] = bool(info["appearance"])
+    check = info.get("image_check") or {}
+    if check.get("restored") or check.get("withdrawn"):  # what the image check undid of the prior's change
+        job.stats["imageRestored"] = int(check.get("restored") or 0)
+        job.stats["imageWithdrawn"] = int(check.get("withdrawn") or 0)
 
 
 def formatOutcome(stats: dict) -> str:
@@ -105,6 +109,10 @@ def formatOutcome(stats: dict) -> str:
         how = " its painted slices were interpolated for NeAR, and" if stats.get("slicesInterpolated") else ""
         text += (f" The original looks painted on {painted:.1f} mm slices (a staircase):{how} the refined "
                  "surface replaces it everywhere.")
+    restored, withdrawn = int(stats.get("imageRestored") or 0), int(stats.get("imageWithdrawn") or 0)
+    if restored or withdrawn:
+        text += (f" Checked against the image: {restored} voxels the prior removed were put back and {withdrawn} "
+                 "it added were taken out (the image contradicted them).")
     if stats.get("outOfDomain"):
         text += " The segment is outside the prior's training domain."
     return text

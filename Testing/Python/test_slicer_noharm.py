@@ -85,6 +85,9 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     ({"action": "kept: already plausible", "confidence": 0.7, "paintedSlicesMm": 4.0}, "Kept the original"),
     ({"action": "refined", "confidence": 0.7, "paintedSlicesMm": 4.0, "slicesInterpolated": True},
      "Refined (confidence 0.70"),
+    ({"action": "refined", "confidence": 0.9, "imageRestored": 56, "imageWithdrawn": 0}, "Refined (confidence 0.90"),
+    ({"action": "kept: the image contradicts the prior's changes", "confidence": 0.6, "imageRestored": 12,
+      "imageWithdrawn": 3}, "Kept the original (the image contradicts the prior's changes, confidence 0.60)"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
@@ -96,3 +99,8 @@ def test_outcome_texts(slicer_app, stats, start):
     assert ("painted on 4.0 mm slices" in text) == (stats.get("paintedSlicesMm") is not None
                                                     and stats["action"] == "refined")
     assert ("slices were interpolated" in text) == bool(stats.get("slicesInterpolated"))
+    # what the image check undid is said, with its counts
+    undone = stats.get("imageRestored") or stats.get("imageWithdrawn")
+    assert ("Checked against the image" in text) == bool(undone)
+    if undone:
+        assert f"{stats['imageRestored']} voxels the prior removed were put back and {stats['imageWithdrawn']}" in text
