@@ -174,13 +174,15 @@ def _bench_cases(args, family: Optional[str]) -> tuple[list, bool, Optional[floa
         ct, seg = folder / "ct.nii.gz", folder / "seg.nii.gz"
         if not (ct.is_file() and seg.is_file()):
             raise InputError(f"--real-ct {folder} needs ct.nii.gz and seg.nii.gz (like ../shared/data/totalseg_example)")
+        def labels(text: str) -> list[int]:
+            return [int(v) for v in text.split(",") if v.strip()]
+
         if args.all_structures:
-            adrenal = [int(v) for v in args.adrenal_labels.split(",") if v.strip()]
             cases = real_ct_structures(ct, seg, min_voxels=args.min_voxels, per_label=args.per_label or 3,
-                                       family=family, adrenal_labels=adrenal)
+                                       family=family, adrenal_labels=labels(args.adrenal_labels))
             return cases, True, args.nsd_mm or max(cases[0].grid.spacing)  # the CT's coarsest voxel side
-        labels = [int(v) for v in args.labels.split(",") if v.strip()]
-        return real_ct_cases(ct, seg, labels, per_label=args.per_label or 10, family=family), True, args.nsd_mm or 1.0
+        return (real_ct_cases(ct, seg, labels(args.labels), per_label=args.per_label or 10, family=family), True,
+                args.nsd_mm or 1.0)
     if args.unseen_classes:  # 10 to 200 mm shapes: NSD at each case's own voxel
         return unseen_class_cases(args.unseen_classes, family), True, args.nsd_mm
     if not Path(args.data).is_file():
@@ -257,7 +259,8 @@ def cmd_bench(args) -> int:
             result["by_structure"] = summary = by_structure(result)
             what = "structures" if args.all_structures else "cases"
             if args.all_structures:
-                print(f"\nper structure, DSC / NSD {tolerance:g} mm (%), averaged over {args.per_label or 3} seeds:")
+                seeds = len(result["per_case"]["input"]) // len(summary["structures"])
+                print(f"\nper structure, DSC / NSD {tolerance:g} mm (%), averaged over {seeds} seeds:")
                 print(format_structures(summary, methods))
             table = result["table"]
             for m in methods:

@@ -77,7 +77,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
-def _box(a: np.ndarray, b: np.ndarray, pad: int = 2) -> tuple:
+def bounding_box(a: np.ndarray, b: np.ndarray, pad: int = 2) -> tuple:
+    """Slices of the box around ``a | b`` grown by ``pad`` voxels and clipped to the array."""
     nz = np.argwhere(a | b) if (a.any() or b.any()) else np.zeros((1, 3), int)
     lo = np.maximum(nz.min(0) - pad, 0)
     hi = np.minimum(nz.max(0) + pad + 1, a.shape)
@@ -89,7 +90,7 @@ def signals(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float
     """The signals of one refinement: the ``annotation`` and ``refined`` masks on the input grid
     ([k, j, i], ``spacing`` (i, j, k) mm) and each mirrored view's probability on the working cube."""
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
-    box = _box(ann, ref)
+    box = bounding_box(ann, ref)
     ann, ref = ann[box], ref[box]
     step = 2 if ann.size > MAX_VOXELS else 1
     sp = np.asarray(spacing, float)[::-1] * step
@@ -159,7 +160,7 @@ def thick_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
     diff = ann ^ ref
     if not diff.any():
         return out
-    box = _box(diff, diff, pad=3)
+    box = bounding_box(diff, diff, pad=3)
     out[box] = ndimage.binary_opening(diff[box], structure=_ellipsoid(spacing, radius_mm))
     return out
 
@@ -182,7 +183,7 @@ def painted_slices(annotation: np.ndarray, spacing: Sequence[float],
     ann = np.asarray(annotation) > 0
     if not ann.any():
         return None
-    box = _box(ann, ann, pad=0)
+    box = bounding_box(ann, ann, pad=0)
     ann = ann[box]
     best = None
     for axis in range(3):

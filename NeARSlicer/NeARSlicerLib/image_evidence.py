@@ -25,6 +25,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .confidence import bounding_box
+
 RING_MM = (1.0, 9.0)  # the surroundings: this far outside both masks (mm)
 BINS = 32
 MIN_VOXELS = 30  # fewer reference voxels than this on either side: no verdict
@@ -43,13 +45,6 @@ class Verdict:
 
     def as_dict(self) -> dict:
         return {"restored": self.restored, "withdrawn": self.withdrawn, "pieces": self.pieces, "judged": self.judged}
-
-
-def _box(a: np.ndarray, b: np.ndarray, pad: int) -> tuple:
-    nz = np.argwhere(a | b)
-    lo = np.maximum(nz.min(0) - pad, 0)
-    hi = np.minimum(nz.max(0) + pad + 1, a.shape)
-    return tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
 
 
 def likelihood_ratio(inside: np.ndarray, around: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -103,7 +98,7 @@ def undo_contradicted(annotation: np.ndarray, refined: np.ndarray, image: np.nda
         return out, Verdict(0, 0, 0, True)
     sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
     pad = int(np.ceil(RING_MM[1] / sp.min())) + 1
-    box = _box(ann, ref, pad)
+    box = bounding_box(ann, ref, pad)
     a, r, img = ann[box], ref[box], np.asarray(image)[box]
     refs = _references(a, r, img, sp)
     if refs is None:
