@@ -41,10 +41,10 @@ from .output_safety import (OutputError, atomic_write_bytes, check_output_folder
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                    "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error",
-                   "painted_slices_mm", "slices_interpolated"]
-# the columns of earlier versions (before painted_slices_mm, before slices_interpolated; 2026-11-28): such a
-# summary is resumed, not refused
-EARLIER_SUMMARY_COLUMNS = (SUMMARY_COLUMNS[:17], SUMMARY_COLUMNS[:18])
+                   "painted_slices_mm", "slices_interpolated", "image_restored", "image_withdrawn"]
+# the columns of earlier versions (before painted_slices_mm, before slices_interpolated, before the image
+# check's counts; 2026-11-28/29): such a summary is resumed, not refused
+EARLIER_SUMMARY_COLUMNS = (SUMMARY_COLUMNS[:17], SUMMARY_COLUMNS[:18], SUMMARY_COLUMNS[:19])
 WARNING_SEPARATOR = " | "  # the engine's warnings of one segment, in one cell
 SEG_SUFFIX = ".seg.nrrd"
 BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
@@ -62,12 +62,19 @@ def engine_cells(info: dict, warnings) -> dict:
     """The summary cells that report the engine's facts of one refined segment (``RefineResult.info`` and its
     warnings), as ``nearslicer batch`` and Slicer's ``refineStudy`` both write them. ``slices_interpolated``:
     for a segment found painted on thick slices, "yes" when the prior was given its painted slices
-    interpolated, "no" when its staircase (``--keep-staircase``, a study prior); empty otherwise."""
+    interpolated, "no" when its staircase (``--keep-staircase``, a study prior); empty otherwise.
+    ``image_restored`` / ``image_withdrawn``: voxels the image check put back / took out of the prior's
+    change (``image_evidence``); empty when the output was not checked against an image (or the image
+    had too few reference voxels to judge it)."""
     painted = info.get("painted_slices_mm")
+    check = info.get("image_check") or {}
+    check = check if check.get("judged") else {}
     return {"confidence": _fmt(info.get("confidence"), 4), "action": info.get("action") or "",
             "prior": info.get("prior_name") or info.get("prior") or "", "modality": info.get("modality") or "",
             "warnings": warnings_cell(warnings), "painted_slices_mm": _fmt(painted, 1),
-            "slices_interpolated": "" if painted is None else ("yes" if info.get("slices_interpolated") else "no")}
+            "slices_interpolated": "" if painted is None else ("yes" if info.get("slices_interpolated") else "no"),
+            "image_restored": str(int(check["restored"])) if check else "",
+            "image_withdrawn": str(int(check["withdrawn"])) if check else ""}
 
 
 def _fmt(value, digits: int) -> str:

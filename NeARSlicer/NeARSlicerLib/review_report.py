@@ -310,6 +310,16 @@ def _painted_note(row: BatchRow) -> str:
     return f"painted on {mm:.1f} mm slices{how}: the refined surface replaces its staircase everywhere"
 
 
+def _image_check_note(row: BatchRow) -> str:
+    """What the image check undid of the prior's change (batch's image_restored / image_withdrawn), in
+    the words of Slicer's line beside Accept."""
+    restored, withdrawn = int(row.number("image_restored") or 0), int(row.number("image_withdrawn") or 0)
+    if not restored and not withdrawn:
+        return ""
+    return (f"checked against the image: {restored} voxels the prior removed were put back and {withdrawn} "
+            "it added were taken out")
+
+
 def _row_html(index: int, row: BatchRow, thumb: Optional[str], full: Optional[str], note: str) -> str:
     esc = html.escape
     change = row.change_percent
@@ -326,6 +336,7 @@ def _row_html(index: int, row: BatchRow, thumb: Optional[str], full: Optional[st
             picture = f'<a href="{esc(full, quote=True)}" target="_blank" title="open the full report">{picture}</a>'
     else:
         picture = ""
+    notes = (note, _painted_note(row), _image_check_note(row), row.text("warnings"))
     status = row.review or "unreviewed"
     if row.failed:
         status = "failed"
@@ -335,7 +346,7 @@ def _row_html(index: int, row: BatchRow, thumb: Optional[str], full: Optional[st
              f"<td>{_fmt(row.confidence, '.2f')}</td>", f'<td class="t" title="{esc(row.text("prior"), quote=True)}">{esc(_prior_label(row.text("prior")))}</td>',
              f'<td class="t">{esc(row.text("action"))}</td>',
              f'<td class="t"><span class="st {esc(status)}">{esc(status.replace("_", " "))}</span></td>',
-             f'<td class="t">{esc(row.error or "; ".join(t for t in (note, _painted_note(row), row.text("warnings")) if t))}</td>']
+             f'<td class="t">{esc(row.error or "; ".join(t for t in notes if t))}</td>']
     klass = ' class="failed"' if row.failed else ""
     return f"<tr{klass} {attrs}>{''.join(cells)}</tr>"
 

@@ -59,6 +59,12 @@ def test_sequential_outputs_follow_the_contract(six):
             assert r["modality"] == "CT" and "this prior is shape-only: the image was not used" in r["warnings"]
         else:  # the .seg.nrrd case has no image
             assert r["modality"] == "" and "image" not in r["warnings"]
+        # what the image check undid of the prior's change: counts where a refinement was checked
+        # against the CT, empty where nothing was checked (no image, or the annotation kept)
+        if r["image"] and r["action"].startswith("refined"):
+            assert r["image_restored"].isdigit() and r["image_withdrawn"].isdigit(), r
+        else:
+            assert r["image_restored"] == r["image_withdrawn"] == "", r
     assert sorted(p.name for p in out.iterdir()) == sorted([f"c{k}.nii.gz" for k in range(5)]
                                                           + ["c5.seg.nrrd", "summary.csv"])
     written = masks_of(out)
@@ -80,6 +86,38 @@ def test_batch_refines_like_nearslicer_refine(six, tmp_path):
     assert cli.main(["refine", "--mask", str(root / "cases" / "c1_seg.nii.gz"), "--image",
                      str(root / "cases" / "c1.nii.gz"), "--out", str(target), "--preset", "fast"]) == 0
     assert np.array_equal(masks_of(tmp_path)["c1.nii.gz"]["mask"], masks_of(out)["c1.nii.gz"]["mask"])
+
+
+def test_the_image_checks_counts_are_in_the_row(tmp_path):
+    """A rough adrenal annotation with its CT (named as TotalSegmentator names it, so ``--prior auto``
+    picks the adrenal pair): the batch row holds what the image check undid, the very counts of
+    ``refine_mask``'s ``info['image_check']``; the same mask without its CT has them empty."""
+    from NeARSlicerLib.annotation_errors import corrupt
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.io import write_image, write_mask
+    from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
+    from NeARSlicerLib.refine import RefineOptions, refine_mask
+
+    clean = adrenal_phantom(seed=5)
+    ct = ct_phantom(clean, seed=5)
+    rough = corrupt(clean, (1.0, 1.0, 1.0), "paper", 4005)
+    grid = Grid(tuple(clean.shape), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    write_image(str(tmp_path / "ct.nii.gz"), ct, grid)
+    mask_path = str(tmp_path / "adrenal_gland_left.nii.gz")
+    write_mask(mask_path, rough, grid)
+    manifest = write_manifest(tmp_path / "cases.csv", [
+        {"case": "with_ct", "mask": mask_path, "image": str(tmp_path / "ct.nii.gz")},
+        {"case": "shape_only", "mask": mask_path, "image": ""}])
+    outcome = run_batch(read_manifest(manifest), tmp_path / "out", FAST, progress_bar=False)
+    assert outcome.done == 2 and outcome.failed == 0
+    rows = {r["case"]: r for r in read_summary(tmp_path / "out" / "summary.csv")}
+    direct = refine_mask(rough, grid, ct, options=RefineOptions(structure="adrenal_gland_left", **FAST))
+    check = direct.info["image_check"]
+    assert direct.info["action"].startswith("refined") and check and check["judged"], direct.info
+    assert (rows["with_ct"]["action"], rows["with_ct"]["prior"]) == (direct.info["action"], direct.info["prior_name"])
+    assert (rows["with_ct"]["image_restored"], rows["with_ct"]["image_withdrawn"]) == (
+        str(check["restored"]), str(check["withdrawn"]))
+    assert rows["shape_only"]["image_restored"] == rows["shape_only"]["image_withdrawn"] == ""
 
 
 def test_local_pool_gives_the_sequential_results(six, tmp_path):

@@ -221,6 +221,9 @@ def test_report_page_files_and_output_safety(batch_folder):
             r["painted_slices_mm"], r["slices_interpolated"] = "4.0", "yes"
         if r["case"] == "case01":
             r["painted_slices_mm"], r["slices_interpolated"] = "5.0", "no"  # --keep-staircase
+            r["image_restored"], r["image_withdrawn"] = "71", "13"  # the image check undid part of the change
+        if r["case"] == "case03":
+            r["image_restored"], r["image_withdrawn"] = "0", "0"  # checked, nothing undone: nothing to say
     with open(summary, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
         w.writeheader()
@@ -231,6 +234,9 @@ def test_report_page_files_and_output_safety(batch_folder):
     text = page.read_text()
     assert text.count("painted on 4.0 mm slices, interpolated for NeAR: the refined surface replaces its staircase") == 1
     assert text.count("painted on 5.0 mm slices: the refined surface replaces its staircase") == 1
+    assert text.count("checked against the image: 71 voxels the prior removed were put back and 13 it added "
+                      "were taken out") == 1
+    assert text.count("checked against the image") == 1
 
 
 def test_report_of_a_refine_study_folder_and_a_missing_output(study_folder):

@@ -21,7 +21,7 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
 # the batch contract's columns (shared with nearslicer batch)
 CSV_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error", "painted_slices_mm",
-               "slices_interpolated"]
+               "slices_interpolated", "image_restored", "image_withdrawn"]
 
 
 def _read_csv(path):
