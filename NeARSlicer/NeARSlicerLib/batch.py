@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from .errors import InputError
 from .output_safety import (OutputError, atomic_write_bytes, check_output_folder, check_outputs, locked,

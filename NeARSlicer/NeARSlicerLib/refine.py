@@ -331,6 +331,13 @@ def _fallback_prior(image: np.ndarray, opts: RefineOptions, prior_name: str, pri
     return prior_name, prior_path, model, meta, False, refused
 
 
+def _adopt(kept: np.ndarray, refined: np.ndarray, prob: np.ndarray, original: np.ndarray) -> tuple:
+    """(mask, probability) once only ``kept`` of the prior's change stands: where a change was undone
+    the probability is the annotation's (0 or 1), so that the review map shows no change there."""
+    undone = kept != (refined > 0)
+    return kept.astype(np.uint8), np.where(undone, original.astype(np.float32), prob)
+
+
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
             report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
     t0 = time.perf_counter()
@@ -456,8 +463,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         applied = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy,
                                          painted=painted is not None)
         if not np.array_equal(applied, refined > 0):
-            prob = np.where(applied != (refined > 0), original.astype(np.float32), prob)
-            refined = applied.astype(np.uint8)
+            refined, prob = _adopt(applied, refined, prob, original)
             # nothing thicker than the prior's own boundary error: the annotation stands as it is
             action = conf_mod.REFINED_ERRORS_ONLY if (applied ^ original).any() else conf_mod.KEPT_PLAUSIBLE
     verdict = None
@@ -467,8 +473,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         # one reads it through a small working cube and can still cut tissue that looks like the organ)
         checked, verdict = undo_contradicted(original, refined, image, grid.spacing)
         if verdict.restored or verdict.withdrawn:
-            prob = np.where(checked != (refined > 0), original.astype(np.float32), prob)
-            refined = checked.astype(np.uint8)
+            refined, prob = _adopt(checked, refined, prob, original)
             if not (checked ^ original).any():
                 action = conf_mod.KEPT_IMAGE
     if action in (conf_mod.REFINED, conf_mod.REFINED_ERRORS_ONLY):
