@@ -113,14 +113,15 @@ def cmd_refine(args) -> int:
                  "prior": info.get("prior_name") or info.get("prior"),
                  "working_spacing_mm": info.get("working_spacing_mm"), "size_mm": info.get("size_mm"),
                  "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
-                 "image_check": info.get("image_check"),
+                 "image_check": info.get("image_check"), "confidence_from": info.get("confidence_from"),
+                 "image_support": info.get("image_support"), "view_confidence": info.get("view_confidence"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
                  "device": info.get("device"), "warnings": list(res.warnings)}
         print(json.dumps(facts))
         return 0
-    how = (f"confidence {conf:.2f}" if isinstance(conf, (int, float))
-           else "no confidence (one view: use the default preset for do-no-harm)")
+    how = (f"confidence {conf:.2f}{' from the image' if info.get('confidence_from') == 'image' else ''}"
+           if isinstance(conf, (int, float)) else "no confidence (one view and no image: use the default preset)")
     if action.startswith("kept"):
         below = conf is not None and conf < float(info.get("keep_threshold") or 0.0)
         if below:
@@ -435,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
 
         sp.add_argument("--keep-threshold", type=_fraction, default=None, metavar="C",
                         help="do no harm: keep the input unchanged when the refinement's confidence is below C "
-                             "(0..1; default 0: always refine; 0.5: keep nearly every near-correct mask)")
+                             "(0..1; with an image: the share of the prior's change the image supports; "
+                             "default 0: always refine; 0.5: keep nearly every near-correct mask)")
         sp.add_argument("--changes", choices=CHANGE_POLICIES, default=None,
                         help="which of the prior's changes are applied: all; thick (only errors thicker than "
                              "about a voxel: blobs, holes, slabs, leaks, cut parts; the annotation's own boundary "

@@ -14,8 +14,11 @@ single voxels unreliable):
 
 So the output only ever moves back towards the annotation. The price: a leak into tissue of the
 structure's own intensity looks like the structure, so the prior's removal of it is undone too (the
-image cannot tell them apart; the annotation stands there as it was). Arrays are ``[k, j, i]``,
-spacing ``(i, j, k)`` mm.
+image cannot tell them apart; the annotation stands there as it was).
+
+``support`` is the same evidence as one number, the confidence of a refinement with an image: the
+share of the prior's proposed change (by voxels) that the image agrees with. Arrays are
+``[k, j, i]``, spacing ``(i, j, k)`` mm.
 """
 from __future__ import annotations
 
@@ -86,6 +89,28 @@ def _references(a: np.ndarray, r: np.ndarray, img: np.ndarray, sp: np.ndarray) -
     if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
         return None
     return img[core], img[around]
+
+
+def support(annotation: np.ndarray, refined: np.ndarray, image: np.ndarray,
+            spacing: Sequence[float]) -> Optional[float]:
+    """The share (0-1) of the change from ``annotation`` to ``refined`` (bool ``[k, j, i]``) that
+    ``image`` agrees with: voxels added that look more like the structure than its surroundings,
+    and voxels removed that look more like the surroundings. None when nothing changed or there are
+    too few reference voxels to tell (the references of ``undo_contradicted``). Unlike a prior's own
+    signals it is evidence the prior did not produce: the prior never read the image, or read it
+    only through its small working cube."""
+    ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
+    if not (ann ^ ref).any():
+        return None
+    sp = np.asarray(spacing, float)[::-1]
+    box = bounding_box(ann, ref, int(np.ceil(RING_MM[1] / sp.min())) + 1)
+    a, r, img = ann[box], ref[box], np.asarray(image)[box]
+    refs = _references(a, r, img, sp)
+    if refs is None:
+        return None
+    ratio = likelihood_ratio(*refs)
+    agree = int((ratio(img[r & ~a]) > 0).sum()) + int((ratio(img[a & ~r]) < 0).sum())
+    return agree / int((a ^ r).sum())
 
 
 def undo_contradicted(annotation: np.ndarray, refined: np.ndarray, image: np.ndarray,

@@ -35,7 +35,7 @@ from .device import pick_device
 from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
-from .image_evidence import undo_contradicted
+from .image_evidence import support, undo_contradicted
 from .model import NeARModel
 from .appearance import normalise as normalise_image
 from .prior import any_modality_prior, choose_prior, load_prior, resolve_prior
@@ -368,6 +368,9 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             image, opts, prior_name, prior_path, model, meta, device, image_notes)
     # an image refused for its modality is not read at all, not even to check the prior's changes
     image_refused = bool(image_notes) and not use_appearance
+    # the image is evidence of its own about the prior's change (image_evidence): its support is the
+    # confidence, and its verdict undoes what it contradicts
+    image_evidence = image is not None and opts.appearance and not image_refused
     notes += image_notes
 
     report(0.0, "cropping and resampling to the working grid")
@@ -400,7 +403,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             removed=np.zeros_like(original), seconds=time.perf_counter() - t0, warnings=notes,
             info=case_info(slices_interpolated=False, steps=0, flips=0, decoder_steps=0, appearance=False,
                            working_shape=None,
-                           working_spacing_mm=None, final_loss=None, confidence=None,
+                           working_spacing_mm=None, final_loss=None, confidence=None, confidence_from=None,
+                           view_confidence=None, image_support=None,
                            action=conf_mod.KEPT_OUT_OF_DOMAIN, signals=None, image_check=None))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
@@ -457,8 +461,12 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     refined = drop_islands(prob >= 0.5, grid.spacing, opts.min_island_mm3).astype(np.uint8)
     sig = conf_mod.signals(original, refined, grid.spacing, views)
     del views
-    confidence = conf_mod.confidence(sig)
+    view_confidence = conf_mod.confidence(sig)
+    image_support = support(original, refined > 0, image, grid.spacing) if image_evidence else None
+    confidence = image_support if image_support is not None else view_confidence
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
+    if image_support is not None and action != conf_mod.REFINED:
+        action = conf_mod.KEPT_IMAGE  # kept because the image does not support the prior's change
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy,
                                          painted=painted is not None)
@@ -468,7 +476,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             action = conf_mod.REFINED_ERRORS_ONLY if (applied ^ original).any() else conf_mod.KEPT_PLAUSIBLE
     verdict = None
     if action in (conf_mod.REFINED, conf_mod.REFINED_ERRORS_ONLY) and opts.change_policy != conf_mod.CHANGE_ALL \
-            and image is not None and opts.appearance and not image_refused:
+            and image_evidence:
         # do no harm with the image: no prior overrules it (a shape-only one never read it; an S+A
         # one reads it through a small working cube and can still cut tissue that looks like the organ)
         checked, verdict = undo_contradicted(original, refined, image, grid.spacing)
@@ -496,7 +504,12 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             steps=cfg.steps, flips=n_flips, decoder_steps=cfg.decoder_steps, appearance=use_appearance,
             working_shape=tuple(case.mask.shape), working_spacing_mm=spacing,
             final_loss=losses[-1] if losses else None,
-            confidence=None if confidence is None else round(float(confidence), 4),  # None: one view
+            # with an image read: the share of the prior's change the image supports; else the mirrored
+            # views' estimate (None: one view and no image)
+            confidence=None if confidence is None else round(float(confidence), 4),
+            confidence_from=None if confidence is None else ("image" if image_support is not None else "views"),
+            view_confidence=None if view_confidence is None else round(float(view_confidence), 4),
+            image_support=None if image_support is None else round(float(image_support), 4),
             action=action, signals=sig.as_dict(),
             # what the image check undid of the prior's change (None: not checked)
             image_check=None if verdict is None else verdict.as_dict()),

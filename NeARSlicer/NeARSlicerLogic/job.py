@@ -69,7 +69,8 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
     # do no harm / modality facts of the engine (absent from older engines: read with .get)
     for key, name in (("confidence", "confidence"), ("action", "action"), ("modality", "modality"),
                       ("prior_name", "prior"), ("out_of_domain", "outOfDomain"),
-                      ("painted_slices_mm", "paintedSlicesMm"), ("slices_interpolated", "slicesInterpolated")):
+                      ("painted_slices_mm", "paintedSlicesMm"), ("slices_interpolated", "slicesInterpolated"),
+                      ("confidence_from", "confidenceFrom")):
         if info.get(key) not in (None, ""):
             job.stats[name] = info[key]
     if "appearance" in info:
@@ -86,8 +87,10 @@ def formatOutcome(stats: dict) -> str:
         return ""
     action = str(stats.get("action") or "")
     conf = stats.get("confidence")
-    confText = (f"confidence {conf:.2f}" if isinstance(conf, (int, float))
-                else "no confidence measured: the 'fast' preset has no mirrored views")
+    # with an image the confidence is the share of the prior's change that the image supports
+    fromImage = " from the image" if stats.get("confidenceFrom") == "image" else ""
+    confText = (f"confidence {conf:.2f}{fromImage}" if isinstance(conf, (int, float))
+                else "no confidence measured: the 'fast' preset has no mirrored views and no image was given")
     image = "shape and image" if stats.get("appearance") else "shape only"
     if stats.get("modality"):
         image += f", image read as {stats['modality']}"

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from NeARSlicerLib.annotation_errors import corrupt
 from NeARSlicerLib.bench import BENCH_SEED
-from NeARSlicerLib.image_evidence import undo_contradicted
+from NeARSlicerLib.image_evidence import support, undo_contradicted
 from NeARSlicerLib.io import read_image
 from NeARSlicerLib.metrics import dice
 from NeARSlicerLib.refine import RefineOptions, refine_mask
@@ -57,6 +57,26 @@ def test_changes_that_the_image_supports_stay(scene):
     annotation = (organ | leak) & ~cap
     out, verdict = undo_contradicted(annotation, organ, image, SPACING)
     assert np.array_equal(out, organ) and verdict.restored == verdict.withdrawn == 0 and verdict.judged
+
+
+def test_support_is_the_share_of_the_change_the_image_agrees_with(scene):
+    """The confidence with an image: a repair the image agrees with has support 1, a change into fat
+    and bone 0, a mix its agreed share by voxels; no change or too small a reference: None."""
+    organ, neighbour, image = scene
+    leak = (_ball((36, 15, 42), 8) | (neighbour & _ball((36, 42, 64), 8))) & ~organ
+    cap = organ & (np.arange(SHAPE[2])[None, None, :] * SPACING[0] > 54)
+    annotation = (organ | leak) & ~cap
+    assert support(annotation, organ, image, SPACING) == pytest.approx(1.0, abs=0.02)  # the repair
+    assert support(organ, annotation, image, SPACING) == pytest.approx(0.0, abs=0.02)  # the damage
+    blob = _ball((36, 15, 42), 8) & ~organ
+    cut = organ & ~_ball((36, 42, 42), 19)  # a shell of organ as large as the blob
+    # the prior removes a leak into fat (agreed) and a shell of organ (contradicted)
+    both = support(organ | blob, organ & ~cut, image, SPACING)
+    assert both == pytest.approx(blob.sum() / (cut.sum() + blob.sum()), abs=0.02)
+    assert 0.05 < both < 0.95
+    assert support(organ, organ, image, SPACING) is None
+    speck = _ball((36, 42, 42), 2)
+    assert support(speck, np.zeros_like(speck), image, SPACING) is None
 
 
 def test_too_small_a_reference_gives_no_verdict(scene):

@@ -60,8 +60,13 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     assert stats["action"] == result.info["action"] and stats["confidence"] == result.info["confidence"]
     assert stats["modality"] == "CT" and stats["prior"] == result.info["prior_name"]
     assert stats["slicesInterpolated"] is result.info["slices_interpolated"] is False  # not painted on slices
+    # a CT was read: the confidence is the image's support of the prior's change, and the text says so;
+    # where the prior proposed no change at all there is nothing for the image to support (the views' estimate)
+    source = "views" if result.info["image_support"] is None else "image"
+    assert stats["confidenceFrom"] == result.info["confidence_from"] == source, result.info
+    assert source == "views" or result.info["confidence"] == result.info["image_support"]
     text = formatOutcome(stats)
-    assert f"confidence {result.info['confidence']:.2f}" in text
+    assert f"confidence {result.info['confidence']:.2f}{' from the image' if source == 'image' else ','}" in text
     if result.info["action"].startswith("kept"):
         assert text.startswith("Kept the original") and np.array_equal(result.mask, job.mask)
     elif result.info["action"].startswith("refined:"):
@@ -76,6 +81,10 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     ({"action": "refined", "confidence": 0.9, "appearance": True, "modality": "CT", "prior": "adrenal-sa"},
      "Refined (confidence 0.90, shape and image, image read as CT, prior adrenal-sa). Review, then Accept."),
     ({"action": "refined", "confidence": 0.3}, "Refined with LOW confidence (confidence 0.30"),
+    ({"action": "refined", "confidence": 0.85, "confidenceFrom": "image", "appearance": True},
+     "Refined (confidence 0.85 from the image, shape and image). Review, then Accept."),
+    ({"action": "refined", "confidence": 0.2, "confidenceFrom": "image"},
+     "Refined with LOW confidence (confidence 0.20 from the image"),
     ({"action": "kept: already plausible", "confidence": 0.2}, "Kept the original (already plausible, confidence 0.20)"),
     ({"action": "refined", "confidence": 0.8, "outOfDomain": True}, "Refined (confidence 0.80"),
     ({"action": "refined: thick errors only, boundary kept", "confidence": 0.1},
