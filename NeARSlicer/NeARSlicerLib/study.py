@@ -446,7 +446,9 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
     use_app = bool(cfg.appearance and model.cfg.appearance and any_image)
     notes: list[str] = []
     if cfg.appearance and any_image and not model.cfg.appearance:
-        notes.append("this prior is shape-only: the images were not used")
+        # denoise refines every case through refine_mask, which checks the prior's change against its image
+        notes.append("this prior is shape-only: the images were not used" + (
+            " to shape the segments, only to check the prior's changes" if cfg.recipe == "denoise" else ""))
     if use_app:
         cases = _readable_images(cases, meta, notes)
     if use_app and not all(c.image is not None for c in cases):
@@ -686,16 +688,20 @@ def run_study(
             probs.append(r.probability)
             masks.append(r.mask)
             case_seconds.append(r.seconds + share)
-            notes.extend(f"case {c.name}: {w}" for w in r.warnings if "touches the border" not in w)
+            notes.extend(f"case {c.name}: {w}" for w in r.warnings
+                         if "touches the border" not in w and "this prior is shape-only" not in w)
             if outputs is not None:
                 outputs.case_done(c, r.mask, case_seconds[-1])
 
         with warnings.catch_warnings():  # each case's notes are gathered into the study's warnings
             warnings.simplefilter("ignore")
             # adapted on the annotations as painted, the model refines them as painted (study_card says so too)
+            # with images each case is also checked against its own (a shape-only model reads none: do
+            # no harm with the image, and the confidence from it, as for a single refinement)
+            with_images = bool(cfg.appearance and any(c.image is not None for c in cases))
             refine_with(model, {**meta, "interpolate_slices": False}, cases, cfg.refine_preset, cfg.device,
-                        cfg.seed, cfg.margin_mm,
-                        [case_spacing(cfg, c) for c in cases], cfg.min_island_mm3, use_app, progress=sub, cancel=cancel, on_case=on_case)
+                        cfg.seed, cfg.margin_mm, [case_spacing(cfg, c) for c in cases], cfg.min_island_mm3,
+                        with_images, progress=sub, cancel=cancel, on_case=on_case)
     for i, (c, p) in enumerate(zip(cases, prep) if cfg.recipe != "denoise" and ctx.main else ()):
         if cancel is not None and cancel():
             raise Cancelled("study cancelled while decoding")

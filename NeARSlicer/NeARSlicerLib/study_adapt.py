@@ -88,7 +88,9 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
                 on_case: Optional[Callable[[int, object, object], None]] = None) -> list:
     """``refine_mask`` of every case (``StudyCase``) with ``model`` as its prior: the model is written to
     a temporary prior file that ``refine_mask`` loads like any other (same encode + latent fit + flips
-    + decode + map back), case i on a working spacing of ``spacing_mm[i]``; ``on_case(i, case, result)`` is called as each case finishes; returns the
+    + decode + map back), case i on a working spacing of ``spacing_mm[i]``. ``appearance``: each case's
+    image is given (read by an S+A model; with a shape-only one it only checks the change, as in
+    ``refine_mask``). ``on_case(i, case, result)`` is called as each case finishes; returns the
     ``RefineResult`` of each case."""
     from .prior import save_prior
     from .refine import RefineOptions, refine_mask

@@ -48,6 +48,31 @@ def test_denoise_study_beats_its_input_on_an_unseen_class(unseen_study, tmp_path
     assert again.info["painted_slices_mm"] is not None and again.info["slices_interpolated"] is False
 
 
+def test_a_shape_only_study_with_images_checks_each_case_against_its_image(tmp_path):
+    """Images given to a denoise study of a shape-only prior are not read to shape the segments, but
+    each case's refinement is checked against its own image, as ``refine_mask`` does with the image:
+    the same masks, and the study's warning says what the images were used for."""
+    raw = anatomy_study_cases(3, 4, classes=HELD_OUT_CLASSES, grid=40, extent_voxels=(24, 30))
+    cases = [StudyCase(f"c{i}", corrupt(c["mask"], (float(c["spacing_mm"]),) * 3, "mixture", 500 + i).astype(np.uint8),
+                       identity_grid(c["mask"].shape, float(c["spacing_mm"])), c["image"]) for i, c in enumerate(raw)]
+    cfg = StudyConfig.for_recipe("denoise", epochs=2, extent_voxels=30, refine_preset="fast", margin_mm=4.0)
+    res = run_study(cases, "anatomy", cfg, out_dir=str(tmp_path / "out"))
+    assert res.info["appearance"] is False  # the general prior is shape-only
+    assert "this prior is shape-only: the images were not used to shape the segments, only to check the " \
+           "prior's changes" in res.warnings
+    assert not any("case c" in w and "shape-only" in w for w in res.warnings)  # said once, not per case
+    sources = []
+    for case, mask in zip(cases, res.masks):
+        opts = RefineOptions(prior=str(tmp_path / "out" / "study_prior.safetensors"), preset="fast",
+                             spacing_mm=case_spacing(cfg, case), margin_mm=4.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            again = refine_mask(case.mask, case.grid, case.image, opts)
+        assert np.array_equal(again.mask, mask), case.name
+        sources.append(again.info["confidence_from"])
+    assert "image" in sources, sources  # the image's support is their confidence
+
+
 def test_redistortion_is_seeded_and_changes_the_annotation(unseen_study):
     cases = unseen_study[0]
     m = cases[0].mask > 0

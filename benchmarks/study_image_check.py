@@ -1,0 +1,66 @@
+"""Study mode with and without the cases' images, for the shape-only general prior.
+
+    PYTHONPATH=NeARSlicer python benchmarks/study_image_check.py   # -> benchmarks/results/study_image_check.json
+
+A denoise study of the general prior (shape-only) reads no image to shape the segments; since
+2026-11-29 a study given images checks each case's refinement against its own image, as
+``refine_mask`` does ("Do no harm with the image"). The same study is run twice on each case set,
+the StudyCases without and with their images (the training is the same: the images are not read
+there), and scored as ``bench`` scores its study rows (DSC, NSD at each case's coarsest voxel side):
+
+* ``unseen``: ``bench --unseen-classes 20``'s cases (branching and node shapes in synthetic CTs);
+* ``real_ct``: ``bench --all-structures``'s cases (every structure of the example CT, 3 seeds).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CT = HERE.parent.parent / "shared" / "data" / "totalseg_example"
+OUT = HERE / "results" / "study_image_check.json"
+
+
+def score(cases, masks) -> list:
+    from NeARSlicerLib.metrics import dice, normalized_surface_dice
+
+    return [{"case": c.name, "dsc": dice(m > 0, c.truth),
+             "nsd": normalized_surface_dice(m > 0, c.truth, c.grid.spacing, max(c.grid.spacing))}
+            for c, m in zip(cases, masks)]
+
+
+def main() -> int:
+    from NeARSlicerLib.bench import real_ct_structures, unseen_class_cases
+    from NeARSlicerLib.prior import resolve_prior
+    from NeARSlicerLib.study import StudyCase, StudyConfig, run_study
+
+    prior = str(resolve_prior("anatomy", with_image=False))
+    sets = {"unseen": unseen_class_cases(20),
+            "real_ct": real_ct_structures(CT / "ct.nii.gz", CT / "seg.nii.gz", per_label=3)}
+    result = {}
+    for name, cases in sets.items():
+        rows = {"input": score(cases, [c.annotation.astype(np.uint8) for c in cases])}
+        for label, with_images in (("study", False), ("study with images", True)):
+            t0 = time.perf_counter()
+            study = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if with_images else None)
+                     for c in cases]
+            res = run_study(study, prior, StudyConfig.for_recipe("denoise", appearance=with_images))
+            rows[label] = score(cases, res.masks)
+            print(f"{name} {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+        table = {}
+        for label, rs in rows.items():
+            worse = sum(1 for r, i in zip(rs, rows["input"]) if r["dsc"] < i["dsc"] - 0.01)
+            table[label] = {"dsc": 100 * float(np.mean([r["dsc"] for r in rs])),
+                            "nsd": 100 * float(np.mean([r["nsd"] for r in rs])), "worse_by_1_dsc": worse}
+        result[name] = {"table": table, "per_case": rows}
+        print(name, json.dumps(table), flush=True)
+    OUT.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
