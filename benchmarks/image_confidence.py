@@ -114,7 +114,8 @@ def main() -> int:
         rows.append({"set": st, "case": name, "prior": info.get("prior_name"),
                      "input_dsc": dice(ann, truth), "all_dsc": dice(proposal.mask, truth),
                      "default_dsc": dice(default.mask, truth), "default_action": default.info["action"],
-                     "view_confidence": info.get("view_confidence"), "image_support": info.get("image_support")})
+                     "view_confidence": info.get("view_confidence"), "image_support": info.get("image_support"),
+                     "signals": info.get("signals")})
         print(f"{len(rows):4d} {st:13s} {name:18s} in {rows[-1]['input_dsc']:.3f} all {rows[-1]['all_dsc']:.3f} "
               f"default {rows[-1]['default_dsc']:.3f} views {info.get('view_confidence')} image "
               f"{info.get('image_support')}", flush=True)
