@@ -91,6 +91,22 @@ def _references(a: np.ndarray, r: np.ndarray, img: np.ndarray, sp: np.ndarray) -
     return img[core], img[around]
 
 
+def _evidence(ann: np.ndarray, ref: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> Optional[tuple]:
+    """(box, annotation, refinement and image in the box, likelihood ratio) for judging the change
+    from ``ann`` to ``ref`` (bool), the box large enough for the surroundings' ring; None with too few
+    reference voxels."""
+    sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
+    box = bounding_box(ann, ref, int(np.ceil(RING_MM[1] / sp.min())) + 1)
+    a, r, img = ann[box], ref[box], np.asarray(image)[box]
+    refs = _references(a, r, img, sp)
+    return None if refs is None else (box, a, r, img, likelihood_ratio(*refs))
+
+
+def describe_undone(restored: int, withdrawn: int) -> str:
+    """What the check undid, in one clause (the CLI's and Slicer's words, the review report's)."""
+    return f"{restored} voxels the prior removed were put back and {withdrawn} it added were taken out"
+
+
 def support(annotation: np.ndarray, refined: np.ndarray, image: np.ndarray,
             spacing: Sequence[float]) -> Optional[float]:
     """The share (0-1) of the change from ``annotation`` to ``refined`` (bool ``[k, j, i]``) that
@@ -102,13 +118,10 @@ def support(annotation: np.ndarray, refined: np.ndarray, image: np.ndarray,
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
     if not (ann ^ ref).any():
         return None
-    sp = np.asarray(spacing, float)[::-1]
-    box = bounding_box(ann, ref, int(np.ceil(RING_MM[1] / sp.min())) + 1)
-    a, r, img = ann[box], ref[box], np.asarray(image)[box]
-    refs = _references(a, r, img, sp)
-    if refs is None:
+    evidence = _evidence(ann, ref, image, spacing)
+    if evidence is None:
         return None
-    ratio = likelihood_ratio(*refs)
+    _, a, r, img, ratio = evidence
     agree = int((ratio(img[r & ~a]) > 0).sum()) + int((ratio(img[a & ~r]) < 0).sum())
     return agree / int((a ^ r).sum())
 
@@ -121,14 +134,10 @@ def undo_contradicted(annotation: np.ndarray, refined: np.ndarray, image: np.nda
     out = ref.copy()
     if not (ann ^ ref).any():
         return out, Verdict(0, 0, 0, True)
-    sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
-    pad = int(np.ceil(RING_MM[1] / sp.min())) + 1
-    box = bounding_box(ann, ref, pad)
-    a, r, img = ann[box], ref[box], np.asarray(image)[box]
-    refs = _references(a, r, img, sp)
-    if refs is None:
+    evidence = _evidence(ann, ref, image, spacing)
+    if evidence is None:
         return out, Verdict(0, 0, 0, False)
-    ratio = likelihood_ratio(*refs)
+    box, a, r, img, ratio = evidence
     sub = out[box]  # a view: undoing a piece here undoes it in ``out``
     restored = withdrawn = pieces = 0
     for removed, diff in ((True, a & ~r), (False, r & ~a)):

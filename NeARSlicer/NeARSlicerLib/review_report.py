@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import InputError
+from .image_evidence import describe_undone
 from .output_safety import atomic_write, atomic_write_text, check_output_folder, check_outputs
 from .report import _CT_WINDOW, _ORIGINAL, _REFINED, _bbox, _outline, save_report_png
 from .review_status import BatchRow, read_batch
@@ -316,8 +317,7 @@ def _image_check_note(row: BatchRow) -> str:
     restored, withdrawn = int(row.number("image_restored") or 0), int(row.number("image_withdrawn") or 0)
     if not restored and not withdrawn:
         return ""
-    return (f"checked against the image: {restored} voxels the prior removed were put back and {withdrawn} "
-            "it added were taken out")
+    return f"checked against the image: {describe_undone(restored, withdrawn)}"
 
 
 def _row_html(index: int, row: BatchRow, thumb: Optional[str], full: Optional[str], note: str) -> str:

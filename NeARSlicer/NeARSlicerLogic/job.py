@@ -114,8 +114,9 @@ def formatOutcome(stats: dict) -> str:
                  "surface replaces it everywhere.")
     restored, withdrawn = int(stats.get("imageRestored") or 0), int(stats.get("imageWithdrawn") or 0)
     if restored or withdrawn:
-        text += (f" Checked against the image: {restored} voxels the prior removed were put back and {withdrawn} "
-                 "it added were taken out (the image contradicted them).")
+        from NeARSlicerLib.image_evidence import describe_undone
+
+        text += f" Checked against the image: {describe_undone(restored, withdrawn)} (the image contradicted them)."
     if stats.get("outOfDomain"):
         text += " The segment is outside the prior's training domain."
     return text
