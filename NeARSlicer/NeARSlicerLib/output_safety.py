@@ -26,6 +26,7 @@ import csv
 import io as _io
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -319,7 +320,9 @@ def locked(path: PathLike, timeout_s: float = 30.0) -> Iterator[None]:
     """Hold ``<path>.lock`` while reading, changing and rewriting ``path``.
 
     The lock is a file created exclusively (``O_CREAT | O_EXCL``: atomic on every platform and on
-    network shares, unlike ``fcntl``); a lock older than ``LOCK_STALE_S`` is taken over. Raises
+    network shares, unlike ``fcntl``) that names its holder (``pid@host``). It is taken over when it is
+    older than ``LOCK_STALE_S`` or its holder, on this host, is no longer running (a batch killed
+    mid-write, as Cancel does, must not block the next run for minutes). Raises
     :class:`OutputError` after ``timeout_s`` seconds of waiting, naming the lock file.
     """
     lock = os.fspath(path) + LOCK_SUFFIX
@@ -330,7 +333,7 @@ def locked(path: PathLike, timeout_s: float = 30.0) -> Iterator[None]:
             break
         except FileExistsError:
             try:
-                if time.time() - os.path.getmtime(lock) > LOCK_STALE_S:
+                if time.time() - os.path.getmtime(lock) > LOCK_STALE_S or _holder_is_gone(lock):
                     os.remove(lock)
                     continue
             except OSError:  # released meanwhile
@@ -340,12 +343,28 @@ def locked(path: PathLike, timeout_s: float = 30.0) -> Iterator[None]:
                                   "if none is running, delete the lock file") from None
             time.sleep(0.02)
     try:
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()}@{socket.gethostname()}".encode())
         os.close(fd)
         yield
     finally:
         with contextlib.suppress(OSError):
             os.remove(lock)
+
+
+def _holder_is_gone(lock: str) -> bool:
+    """True when ``lock`` names a process of this host that no longer runs; False when its holder
+    runs, is on another host, or is not written yet (a lock is created, then written)."""
+    with open(lock, "rb") as f:
+        pid, _, host = f.read(256).decode("utf-8", "replace").partition("@")
+    if os.name == "nt" or not pid.strip().isdigit() or host.strip() != socket.gethostname():
+        return False  # on Windows os.kill(pid, 0) would signal the process: the age rule stands
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, as another user
+        return False
+    return False
 
 
 # ----------------------------------------------------------------------------- summary CSV

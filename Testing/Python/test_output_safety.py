@@ -302,6 +302,38 @@ def test_a_locked_file_waits_for_its_writer_and_a_dead_writers_lock_is_taken_ove
     assert not lock.exists()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="on Windows a lock is only taken over by its age")
+def test_a_fresh_lock_of_a_killed_writer_on_this_host_is_taken_over_at_once(tmp_path):
+    """A batch killed while it wrote a row (Cancel kills the engine) leaves a fresh lock: the next run
+    takes it over at once when its holder no longer runs here, and still waits for a live holder or
+    one on another host."""
+    import socket
+    import subprocess
+    import sys
+
+    from NeARSlicerLib.output_safety import locked
+
+    path = tmp_path / "summary.csv"
+    lock = tmp_path / "summary.csv.lock"
+    with locked(path):
+        assert lock.read_text() == f"{os.getpid()}@{socket.gethostname()}"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    host = socket.gethostname()
+    for holder, taken in ((f"{gone.pid}@{host}", True), (f"{os.getpid()}@{host}", False),
+                          (f"{gone.pid}@another-host.example", False), ("", False)):
+        lock.write_text(holder)
+        if taken:
+            with locked(path, timeout_s=0.5):
+                pass
+            assert not lock.exists()
+        else:
+            with pytest.raises(OutputError, match="being written by another NeARSlicer process"):
+                with locked(path, timeout_s=0.2):
+                    pass
+            assert lock.read_text() == holder
+
+
 def test_a_summary_of_an_earlier_version_is_appended_to_with_todays_columns(tmp_path):
     path = tmp_path / "summary.csv"
     path.write_text("case,dice,review\na,0.9,accepted\n")  # an earlier version's columns, a reviewer's column
