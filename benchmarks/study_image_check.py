@@ -1,6 +1,7 @@
 """Study mode with and without the cases' images, for the shape-only general prior.
 
     PYTHONPATH=NeARSlicer python benchmarks/study_image_check.py   # -> benchmarks/results/study_image_check.json
+    PYTHONPATH=NeARSlicer python benchmarks/study_image_check.py --sets unseen --out benchmarks/results/X.json
 
 A denoise study of the general prior (shape-only) reads no image to shape the segments; since
 2026-11-29 a study given images checks each case's refinement against its own image, as
@@ -33,14 +34,21 @@ def score(cases, masks) -> list:
             for c, m in zip(cases, masks)]
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="unseen,real_ct", help="comma-separated: unseen, real_ct")
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args(argv)
     from NeARSlicerLib.bench import real_ct_structures, unseen_class_cases
     from NeARSlicerLib.prior import resolve_prior
     from NeARSlicerLib.study import StudyCase, StudyConfig, run_study
 
     prior = str(resolve_prior("anatomy", with_image=False))
-    sets = {"unseen": unseen_class_cases(20),
-            "real_ct": real_ct_structures(CT / "ct.nii.gz", CT / "seg.nii.gz", per_label=3)}
+    builders = {"unseen": lambda: unseen_class_cases(20),
+                "real_ct": lambda: real_ct_structures(CT / "ct.nii.gz", CT / "seg.nii.gz", per_label=3)}
+    sets = {name: builders[name]() for name in args.sets.split(",")}
     result = {}
     for name, cases in sets.items():
         rows = {"input": score(cases, [c.annotation.astype(np.uint8) for c in cases])}
@@ -58,7 +66,7 @@ def main() -> int:
                             "nsd": 100 * float(np.mean([r["nsd"] for r in rs])), "worse_by_1_dsc": worse}
         result[name] = {"table": table, "per_case": rows}
         print(name, json.dumps(table), flush=True)
-    OUT.write_text(json.dumps(result, indent=1))
+    Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 
 

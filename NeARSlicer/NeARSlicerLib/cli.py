@@ -50,6 +50,8 @@ def _option_fields(args) -> dict:
             fields[field] = getattr(args, name)
     if getattr(args, "keep_staircase", False):
         fields["interpolate_slices"] = False
+    if getattr(args, "no_margin_fit", False):
+        fields["fit_margin"] = False
     return fields
 
 
@@ -115,6 +117,7 @@ def cmd_refine(args) -> int:
                  "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
                  "image_check": info.get("image_check"), "confidence_from": info.get("confidence_from"),
                  "image_support": info.get("image_support"), "view_confidence": info.get("view_confidence"),
+                 "image_margin_mm": info.get("image_margin_mm"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
                  "device": info.get("device"), "warnings": list(res.warnings)}
@@ -449,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "to the prior as it is, not with its painted slices interpolated (shape-based "
                              "interpolation between the slices' centres: the default, unless the prior's card "
                              "says otherwise, as a study prior's does)")
+        sp.add_argument("--no-margin-fit", action="store_true",
+                        help="with a CT, a mask painted too thick or too thin all round (by up to 2.5 mm) first "
+                             "has its boundary moved to the image's edge when the image clearly shows one (the "
+                             "default); with this flag, never")
 
     r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
     r.add_argument("--mask", required=True)

@@ -45,6 +45,9 @@ KEPT_OUT_OF_DOMAIN = "kept: outside the prior's domain"
 KEPT_IMAGE = "kept: the image contradicts the prior's changes"  # image_evidence.undo_contradicted undid every change
 REFINED = "refined"
 REFINED_ERRORS_ONLY = "refined: thick errors only, boundary kept"
+# the prior's change was not applied, but the image showed the annotation painted too thick or too thin
+# all round, and its margin was moved to the image's edge (image_margin.py)
+REFINED_MARGIN = "refined: margin fitted to the image only"
 
 # logistic weights over the signals (see ``confidence``), fitted by ``benchmarks/no_harm.py calibrate``
 # on the calibration cases only (14 ALAN val cases, 2 of them improved by refinement: see README)

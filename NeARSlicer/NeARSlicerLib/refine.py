@@ -35,6 +35,7 @@ from .device import pick_device
 from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
+from . import image_margin
 from .image_evidence import support, undo_contradicted
 from .model import NeARModel
 from .appearance import normalise as normalise_image
@@ -94,6 +95,9 @@ class RefineOptions:
     # None: as the prior's card says (``interpolate_slices``; a study prior adapted on staircases says
     # False), else True
     interpolate_slices: Optional[bool] = None
+    # with a CT read: an annotation painted too thick or too thin all round (by up to 2.5 mm) first
+    # has its boundary moved to the image's edge (image_margin.py), when the image clearly shows it
+    fit_margin: bool = True
 
 
 @dataclass
@@ -338,6 +342,12 @@ def _adopt(kept: np.ndarray, refined: np.ndarray, prob: np.ndarray, original: np
     return kept.astype(np.uint8), np.where(undone, original.astype(np.float32), prob)
 
 
+def _margin_action(action: str, annotation: np.ndarray, original: np.ndarray) -> str:
+    """``action`` of a kept annotation, or ``REFINED_MARGIN`` when what is kept is the annotation with
+    its margin fitted to the image (it is not the input)."""
+    return conf_mod.REFINED_MARGIN if (annotation ^ original).any() else action
+
+
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
             report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
     t0 = time.perf_counter()
@@ -381,6 +391,15 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     painted = conf_mod.painted_slices(original, grid.spacing)
     interpolate = painted is not None and (opts.interpolate_slices if opts.interpolate_slices is not None
                                            else bool(meta.get("interpolate_slices", True)))
+    # the annotation the prior refines and its changes are measured against: the painted one, or with
+    # its margin fitted to the image (a staircase's error is not a margin: its slices are interpolated).
+    # CT only: on MR-like images whose structure's rim reads as its surroundings the fit shrank correct
+    # masks (benchmarks/image_margin.py)
+    annotation, margin = original, None
+    if image_evidence and opts.fit_margin and painted is None and modality == "CT":
+        annotation, margin = image_margin.fit(original, image, grid.spacing)
+        if margin.mm:
+            notes.append(f"the image shows a margin error: {image_margin.describe(margin.mm)}, before NeAR")
 
     def case_info(**fields) -> dict:
         """``RefineResult.info``: what every exit reports, then ``fields`` (the fit's own facts)."""
@@ -392,23 +411,26 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                 "out_of_domain": bool(domain_notes), "size_mm": round(facts.size_mm, 1),
                 # painted on slices this thick (mm) and resampled to a finer grid: a staircase (gated applies all)
                 "painted_slices_mm": None if painted is None else round(painted.thickness_mm, 1),
-                "slices_interpolated": interpolate, **fields}
+                "slices_interpolated": interpolate,
+                # the margin moved to the image's edge (mm, + outwards; 0: none; None: not fitted)
+                "image_margin_mm": None if margin is None or not margin.judged else margin.mm, **fields}
     if domain_notes and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: a prior does not reshape a structure unlike any it was trained on, so it is not
         # fitted at all (``--changes all`` still refines it)
         report(1.0, "done")
-        kept = original.astype(np.uint8)
+        kept = annotation.astype(np.uint8)
         return RefineResult(
-            mask=kept, probability=original.astype(np.float32), added=np.zeros_like(original),
-            removed=np.zeros_like(original), seconds=time.perf_counter() - t0, warnings=notes,
+            mask=kept, probability=annotation.astype(np.float32), added=annotation & ~original,
+            removed=original & ~annotation, seconds=time.perf_counter() - t0, warnings=notes,
             info=case_info(slices_interpolated=False, steps=0, flips=0, decoder_steps=0, appearance=False,
                            working_shape=None,
                            working_spacing_mm=None, final_loss=None, confidence=None, confidence_from=None,
                            view_confidence=None, image_support=None,
-                           action=conf_mod.KEPT_OUT_OF_DOMAIN, signals=None, image_check=None))
+                           action=_margin_action(conf_mod.KEPT_OUT_OF_DOMAIN, annotation, original),
+                           signals=None, image_check=None))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
-    source = original
+    source = annotation
     if interpolate:
         # the prior sees the painted slices interpolated, not their staircase; the annotation itself
         # stays what changes are measured against
@@ -459,38 +481,46 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     report(0.95, "mapping back to the input grid")
     prob = to_source(prob_work, case.grid, grid).astype(np.float32)
     refined = drop_islands(prob >= 0.5, grid.spacing, opts.min_island_mm3).astype(np.uint8)
-    sig = conf_mod.signals(original, refined, grid.spacing, views)
+    sig = conf_mod.signals(annotation, refined, grid.spacing, views)
     del views
     view_confidence = conf_mod.confidence(sig)
-    image_support = support(original, refined > 0, image, grid.spacing) if image_evidence else None
+    image_support = support(annotation, refined > 0, image, grid.spacing) if image_evidence else None
     confidence = image_support if image_support is not None else view_confidence
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
     if image_support is not None and action != conf_mod.REFINED:
         action = conf_mod.KEPT_IMAGE  # kept because the image does not support the prior's change
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
-        applied = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy,
+        applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,
                                          painted=painted is not None)
+        as_painted = None if not (margin is not None and margin.mm) or np.array_equal(applied, refined > 0) else \
+            conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy, painted=False)
+        if as_painted is not None and np.array_equal(as_painted, refined > 0):
+            # the gate opens for the annotation as painted (its margin error was one of its errors): the
+            # prior's whole output stands, as it would have without the margin fit
+            applied = refined > 0
         if not np.array_equal(applied, refined > 0):
-            refined, prob = _adopt(applied, refined, prob, original)
+            refined, prob = _adopt(applied, refined, prob, annotation)
             # nothing thicker than the prior's own boundary error: the annotation stands as it is
-            action = conf_mod.REFINED_ERRORS_ONLY if (applied ^ original).any() else conf_mod.KEPT_PLAUSIBLE
+            action = conf_mod.REFINED_ERRORS_ONLY if (applied ^ annotation).any() else conf_mod.KEPT_PLAUSIBLE
     verdict = None
     if action in (conf_mod.REFINED, conf_mod.REFINED_ERRORS_ONLY) and opts.change_policy != conf_mod.CHANGE_ALL \
             and image_evidence:
         # do no harm with the image: no prior overrules it (a shape-only one never read it; an S+A
         # one reads it through a small working cube and can still cut tissue that looks like the organ)
-        checked, verdict = undo_contradicted(original, refined, image, grid.spacing)
+        checked, verdict = undo_contradicted(annotation, refined, image, grid.spacing)
         if verdict.restored or verdict.withdrawn:
-            refined, prob = _adopt(checked, refined, prob, original)
-            if not (checked ^ original).any():
+            refined, prob = _adopt(checked, refined, prob, annotation)
+            if not (checked ^ annotation).any():
                 action = conf_mod.KEPT_IMAGE
     if action in (conf_mod.REFINED, conf_mod.REFINED_ERRORS_ONLY):
         if not refined.any():
             notes.append("the refined mask is empty: the prior found no plausible shape in this annotation")
     else:
-        # do no harm: the annotation is returned unchanged (the prior's proposal is not applied)
-        refined = original.astype(np.uint8)
-        prob = original.astype(np.float32)
+        # do no harm: the annotation is returned unchanged (the prior's proposal is not applied), its
+        # margin fitted to the image when the image showed one
+        refined = annotation.astype(np.uint8)
+        prob = annotation.astype(np.float32)
+        action = _margin_action(action, annotation, original)
     seconds = time.perf_counter() - t0
     report(1.0, "done")
     return RefineResult(

@@ -69,6 +69,8 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     assert f"confidence {result.info['confidence']:.2f}{' from the image' if source == 'image' else ','}" in text
     if result.info["action"].startswith("kept"):
         assert text.startswith("Kept the original") and np.array_equal(result.mask, job.mask)
+    elif result.info["action"] == "refined: margin fitted to the image only":
+        assert text.startswith("NeAR's changes were not applied, but its boundary was moved")
     elif result.info["action"].startswith("refined:"):
         assert text.startswith("Corrected thick errors only")
     else:
@@ -97,6 +99,10 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     ({"action": "refined", "confidence": 0.9, "imageRestored": 56, "imageWithdrawn": 0}, "Refined (confidence 0.90"),
     ({"action": "kept: the image contradicts the prior's changes", "confidence": 0.6, "imageRestored": 12,
       "imageWithdrawn": 3}, "Kept the original (the image contradicts the prior's changes, confidence 0.60)"),
+    ({"action": "refined: margin fitted to the image only", "confidence": 0.4, "confidenceFrom": "image",
+      "imageMarginMm": -1.0}, "NeAR's changes were not applied, but its boundary was moved 1.0 mm inwards to the "
+                              "image's edge (painted too thick all round) (confidence 0.40 from the image"),
+    ({"action": "refined", "confidence": 0.9, "imageMarginMm": 1.5}, "Refined (confidence 0.90"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
@@ -111,5 +117,10 @@ def test_outcome_texts(slicer_app, stats, start):
     # what the image check undid is said, with its counts
     undone = stats.get("imageRestored") or stats.get("imageWithdrawn")
     assert ("Checked against the image" in text) == bool(undone)
+    # a margin moved to the image's edge is said once, with its size and direction
+    margin = stats.get("imageMarginMm")
+    assert text.count("to the image's edge") == (1 if margin else 0)
+    if margin and stats["action"] == "refined":
+        assert "Before NeAR, its boundary was moved 1.5 mm outwards to the image's edge (painted too thin" in text
     if undone:
         assert f"{stats['imageRestored']} voxels the prior removed were put back and {stats['imageWithdrawn']}" in text

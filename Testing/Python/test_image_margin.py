@@ -1,0 +1,156 @@
+"""The image's margin fit (image_margin): an annotation painted too thick or too thin all round has its
+boundary moved to the image's edge; a correct one, or one whose error is not a margin, is not moved;
+sizes are in mm on anisotropic grids; refine applies it before NeAR and says so."""
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from NeARSlicerLib.cli import main
+from NeARSlicerLib.confidence import REFINED_MARGIN
+from NeARSlicerLib.geometry import Grid
+from NeARSlicerLib.image_margin import describe, fit
+from NeARSlicerLib.metrics import dice
+from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
+from NeARSlicerLib.refine import RefineOptions, refine_mask
+
+
+def _shell(mask: np.ndarray, mm: float, spacing_kji) -> np.ndarray:
+    """``mask`` grown (mm > 0) or shrunk (mm < 0) by ``|mm|`` in mm: the library's over/under-painting."""
+    if mm > 0:
+        return ndimage.distance_transform_edt(~mask, sampling=spacing_kji) <= mm
+    return ndimage.distance_transform_edt(mask, sampling=spacing_kji) > -mm
+
+
+@pytest.fixture(scope="module")
+def glands():
+    """Three adrenal-like glands (1 mm) each in its phantom CT, two standard and one of varied contrast."""
+    out = []
+    for seed, vary in ((1, False), (2, False), (3, True)):
+        gland = adrenal_phantom(seed)
+        out.append((gland, ct_phantom(gland, seed=seed, vary=vary)))
+    return out
+
+
+@pytest.mark.parametrize("mm", [1.0, -1.0, 2.0])
+def test_a_gland_painted_too_thick_or_too_thin_is_moved_to_the_image_edge(glands, mm):
+    for gland, image in glands:
+        painted = _shell(gland, mm, (1.0, 1.0, 1.0))
+        out, found = fit(painted, image, (1.0, 1.0, 1.0))
+        assert found.judged and np.sign(found.mm) == -np.sign(mm), found
+        assert dice(out, gland) > dice(painted, gland) + 0.1
+        # 2 mm: the shells may stop a discrete distance level short (1.73 mm), the smaller margin applies
+        assert dice(out, gland) >= (0.95 if abs(mm) == 1 else 0.8), (mm, found, dice(painted, gland), dice(out, gland))
+
+
+def test_a_correct_annotation_is_not_moved(glands):
+    for gland, image in glands:
+        out, found = fit(gland, image, (1.0, 1.0, 1.0))
+        assert found.judged and found.mm == 0.0
+        assert np.array_equal(out, gland)
+
+
+def test_errors_that_are_not_a_margin_are_not_moved(glands):
+    gland, image = glands[0]
+    rng = np.random.default_rng(0)
+    # a blob painted onto one side and a cut tip: the image's edge is still on the rest of the boundary
+    k, j, i = np.argwhere(gland)[rng.integers(gland.sum())]
+    blob = np.zeros_like(gland)
+    blob[max(k - 3, 0):k + 4, max(j - 3, 0):j + 4, max(i - 3, 0):i + 4] = True
+    for painted in (gland | blob, gland & ~blob):
+        out, found = fit(painted, image, (1.0, 1.0, 1.0))
+        assert found.mm == 0.0 and np.array_equal(out, painted)
+
+
+def test_no_edge_within_reach_means_no_margin():
+    """An under-painted ball inside a region of its own intensity (no boundary in the image within
+    2.5 mm): growing would flood that tissue, so nothing moves."""
+    shape = (48, 48, 48)
+    k, j, i = np.indices(shape)
+    ball = (k - 24) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 8 ** 2
+    same = (k - 24) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 18 ** 2  # the ball's tissue, 10 mm beyond it
+    rng = np.random.default_rng(1)
+    image = (np.where(same, 40.0, -100.0) + rng.normal(0, 10, shape)).astype(np.float32)
+    painted = _shell(ball, -1.0, (1.0, 1.0, 1.0))
+    out, found = fit(painted, image, (1.0, 1.0, 1.0))
+    assert found.mm == 0.0 and np.array_equal(out, painted), found
+
+
+def test_sizes_are_in_mm_on_an_anisotropic_grid():
+    """An ellipsoid on 0.8 x 0.8 x 2.5 mm voxels over-painted in-plane by 0.8 mm: moved inwards by
+    0.8 mm, which only takes in-plane voxels (no 2.5 mm slice is 0.8 mm from the outside)."""
+    spacing = (0.8, 0.8, 2.5)  # (i, j, k) mm
+    shape = (24, 80, 80)
+    k, j, i = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing[::-1])], indexing="ij")
+    organ = ((k - 30) / 20) ** 2 + ((j - 32) / 18) ** 2 + ((i - 32) / 14) ** 2 <= 1
+    rng = np.random.default_rng(2)
+    image = ndimage.gaussian_filter(np.where(organ, 60.0, -90.0), sigma=(0.4, 0.8, 0.8))
+    image = (image + rng.normal(0, 12, shape)).astype(np.float32)
+    painted = organ.copy()
+    painted |= ndimage.binary_dilation(organ, structure=np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]],
+                                                                  [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                                                                  [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], bool))
+    out, found = fit(painted, image, spacing)
+    assert found.mm == pytest.approx(-0.8)
+    assert dice(out, organ) > 0.97 > dice(painted, organ)
+
+
+def test_refine_fits_the_margin_before_near_and_says_so(glands):
+    gland, image = glands[0]
+    grid = Grid(shape=gland.shape, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    painted = _shell(gland, 1.0, (1.0, 1.0, 1.0)).astype(np.uint8)
+    before = painted.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = refine_mask(painted, grid, image, RefineOptions(structure="adrenal gland"))
+        off = refine_mask(painted, grid, image, RefineOptions(structure="adrenal gland", fit_margin=False))
+        shape_only = refine_mask(painted, grid, None, RefineOptions(structure="adrenal gland"))
+    assert np.array_equal(painted, before)
+    assert res.info["image_margin_mm"] == -1.0
+    assert any(describe(-1.0) in w for w in res.warnings)
+    # the S+A prior alone does not take the gland's extra millimetre away; the image's edge does
+    assert dice(res.mask, gland) >= 0.97 and dice(off.mask, gland) < 0.9
+    assert off.info["image_margin_mm"] is None and shape_only.info["image_margin_mm"] is None
+    assert np.array_equal(res.removed, (painted > 0) & (res.mask == 0)) and not res.added.any()
+    if res.info["action"] == REFINED_MARGIN:
+        assert np.array_equal(res.mask, fit(painted, image, (1.0, 1.0, 1.0))[0])
+
+
+def test_the_cli_reports_the_margin_and_can_turn_it_off(glands, tmp_path, capsys):
+    gland, image = glands[1]
+    painted = _shell(gland, -1.0, (1.0, 1.0, 1.0)).astype(np.uint8)
+    for name, array in (("mask", painted), ("ct", image)):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / f"{name}.nii.gz"))
+    facts = {}
+    for flag in ([], ["--no-margin-fit"]):
+        out = tmp_path / f"out{len(flag)}.nii.gz"
+        capsys.readouterr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(["refine", "--mask", str(tmp_path / "mask.nii.gz"), "--image", str(tmp_path / "ct.nii.gz"),
+                         "--out", str(out), "--structure", "adrenal gland", "--json", *flag]) == 0
+        facts[len(flag)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        facts[len(flag)]["dice"] = dice(sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0, gland)
+    assert facts[0]["image_margin_mm"] == 1.0 and facts[1]["image_margin_mm"] is None
+    assert any(describe(1.0) in w for w in facts[0]["warnings"])
+    assert facts[0]["dice"] >= 0.95 and facts[0]["dice"] > facts[1]["dice"] + 0.1
+
+
+def test_an_image_not_read_as_ct_is_not_fitted(glands):
+    """MR-like images: the fit is for CT only (on the MR-like generator it shrank correct glands)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from no_harm import mr_phantom
+
+    gland, _ = glands[0]
+    grid = Grid(shape=gland.shape, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    painted = _shell(gland, 1.0, (1.0, 1.0, 1.0)).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = refine_mask(painted, grid, mr_phantom(gland, 3), RefineOptions(structure="adrenal gland", preset="fast"))
+    assert res.info["modality"] != "CT" and res.info["image_margin_mm"] is None
+    assert not any("to the image's edge" in w for w in res.warnings)
