@@ -173,9 +173,15 @@ def main() -> int:
                 print(f"{len(rows):4d} {st:22s} {name:22s} margin {row['margin_mm']:+.2f} input {row['input_dsc']:.3f} "
                       f"without {row['without_dsc']:.3f} with {row['with_dsc']:.3f}", flush=True)
             rows.append(row)
-    result = {"seconds": round(time.perf_counter() - t0, 1), "sets": summarise(rows), "rows": rows}
-    OUT.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["sets"], indent=1))
+    from NeARSlicerLib import image_margin
+
+    thresholds = {name: getattr(image_margin, name) for name in ("MAX_MM", "AGREE", "EDGE_GAIN", "CORE_MM", "RING_MM")}
+    sets = summarise(rows)
+    OUT.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "thresholds": thresholds,
+                               "sets": sets, "rows": rows}, indent=1))
+    for name, entry in sets.items():
+        print(f"{name:32s} moved {entry['moved']:3d} of {entry['cases']:3d}, default gain "
+              f"{entry['default_gain_dsc']:+.2f} DSC / {entry['default_gain_nsd']:+.2f} NSD")
     return 0
 
 
