@@ -37,10 +37,11 @@ def command(python: str, source: list, outputDir, workers=None, rayAddress=None,
             options=None) -> list:
     """The command line of the child: ``<python> -c <bootstrap> batch <source> --out ... [options]``."""
     options = dict(options or {})
-    unknown = sorted(k for k in options if k not in _FLAGS and k != "appearance")
+    switches = ("appearance", "fitMargin")  # True by default; False adds --shape-only / --no-margin-fit
+    unknown = sorted(k for k in options if k not in _FLAGS and k not in switches)
     if unknown:
         raise InputError(f"option(s) {unknown} are not supported with workers/rayAddress "
-                         f"(supported: {sorted(_FLAGS) + ['appearance']})")
+                         f"(supported: {sorted(_FLAGS) + list(switches)})")
     # PYTHONPATH is not used for the engine's own modules: Slicer's launcher rewrites it
     bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_PARENT)!r}); "
                  "from NeARSlicerLib.cli import main; sys.exit(main(sys.argv[1:]))")
@@ -54,6 +55,8 @@ def command(python: str, source: list, outputDir, workers=None, rayAddress=None,
             args += [flag, str(options[key])]
     if options.get("appearance") is False:
         args.append("--shape-only")
+    if options.get("fitMargin") is False:
+        args.append("--no-margin-fit")
     if overwrite:
         args.append("--overwrite")
     if resume:

@@ -147,7 +147,7 @@ def segmentBox(segmentationNode, segmentId, ijkToLocal: np.ndarray, shape, padMm
 
 def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearance=True, preset="default",
                device="auto", seed=0, marginMm=None, spacingMm=None, probabilityVolume=False,
-               changeSegments=False, geometry="auto", changes=None) -> RefinementJob:
+               changeSegments=False, geometry="auto", changes=None, fitMargin=True) -> RefinementJob:
     """Check the inputs and take the arrays from the scene (main thread). See ``refineSegment``."""
     segmentName = checkSegment(segmentationNode, segmentId)
     if preset not in PRESETS:
@@ -198,6 +198,8 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
         if changes not in CHANGE_POLICIES:
             raise InputError(f"changes must be one of {', '.join(CHANGE_POLICIES)}, got {changes!r}")
         options["change_policy"] = changes
+    if not fitMargin:
+        options["fit_margin"] = False
 
     segToWorld = grids.toWorldMatrix(segmentationNode)
     return RefinementJob(

@@ -25,6 +25,22 @@ def test_dicom_modality_reaches_the_engine_options(ct_case):
     assert "modality" not in job.options, "the job's own options are not modified"
 
 
+def test_margin_fit_can_be_turned_off_from_slicer(ct_case):
+    """refineSegment(fitMargin=False) is the CLI's --no-margin-fit, in-process and in the engine batch;
+    the default leaves the engine's own (on, with a CT)."""
+    import NeARSlicerLogic as L
+    from NeARSlicerLogic.batch_engine import command
+
+    volume, segmentation, labels = ct_case
+    logic = L.NeARSlicerLogic()
+    segment = labels[LEFT_ADRENAL_LABEL]
+    assert "fit_margin" not in logic.prepareRefinement(volume, segmentation, segment, preset="fast").options
+    job = logic.prepareRefinement(volume, segmentation, segment, preset="fast", fitMargin=False)
+    assert job.options["fit_margin"] is False
+    args = command("python", ["--cases", "in"], "out", workers=1, options={"fitMargin": False})
+    assert "--no-margin-fit" in args and "--no-margin-fit" not in command("python", ["--cases", "in"], "out")
+
+
 def test_change_policy_reaches_the_engine_and_is_checked(ct_case):
     """refineSegment(changes=...) becomes the engine's change policy; an unknown one is refused
     before anything runs, and the default leaves the engine's own (do no harm: gated)."""
