@@ -2,7 +2,7 @@
 
     PYTHONPATH=NeARSlicer python benchmarks/image_margin.py   # -> benchmarks/results/image_margin.json
 
-``refine_mask`` fits the margin first (``image_margin.fit``, with an image, unless the mask is found
+``refine_mask`` fits the margin first (all round, else side by side) (``image_margin.fit``, with an image, unless the mask is found
 painted on thick slices) and refines the fitted annotation. Where the fit does not move a case, the
 output with it is the output without it, by construction, so only the cases it moved are refined,
 with the product's default (``--prior auto``, ``default`` preset, the case's image) once with the fit
@@ -110,14 +110,14 @@ def summarise(rows: list) -> dict:
     sets: dict = {}
     for name in dict.fromkeys(r["set"] for r in rows):
         rs = [r for r in rows if r["set"] == name]
-        moved = [r for r in rs if r["margin_mm"]]
+        moved = [r for r in rs if r["margin_mm"] or r["sides"]]
         entry = {"group": rs[0]["group"], "cases": len(rs), "moved": len(moved),
                  "input_dsc": round(100 * float(np.mean([r["input_dsc"] for r in rs])), 2),
                  "fit_alone_dsc": round(100 * float(np.mean([r["fit_dsc"] for r in rs])), 2),
                  "fit_alone_worse": sum(1 for r in rs if r["fit_dsc"] < r["input_dsc"] - 0.01),
                  # the fit on any image, CT or not (refine fits CT only)
                  "fit_any_dsc": round(100 * float(np.mean([r["fit_any_dsc"] for r in rs])), 2),
-                 "fit_any_moved": sum(1 for r in rs if r["fit_any_mm"]),
+                 "fit_any_moved": sum(1 for r in rs if r["fit_any_moved"]),
                  "fit_any_worse": sum(1 for r in rs if r["fit_any_dsc"] < r["input_dsc"] - 0.01)}
         for key in ("dsc", "nsd"):
             # the fit's change of the set's mean default output (unmoved cases: no change)
@@ -151,14 +151,15 @@ def main() -> int:
             ann = np.asarray(annotation, bool)
             tol = max(spacing)
             fitted, found = fit(ann, image, spacing)
-            any_dsc, any_mm = dice(fitted, truth), found.mm
+            any_dsc, any_moved = dice(fitted, truth), found.moved
             read_as = guess(image, None).modality
             if painted_slices(ann, spacing) is not None or read_as != "CT":
                 fitted, found = ann, None  # refine fits neither a staircase's margin nor a non-CT image's
             row = {"group": group, "set": st, "case": name, "modality": read_as,
-                   "margin_mm": found.mm if found else 0.0, "input_dsc": dice(ann, truth),
-                   "fit_dsc": dice(fitted, truth), "fit_any_dsc": any_dsc, "fit_any_mm": any_mm}
-            if row["margin_mm"]:
+                   "margin_mm": found.mm if found else 0.0, "sides": list(found.sides) if found else [],
+                   "input_dsc": dice(ann, truth), "fit_dsc": dice(fitted, truth), "fit_any_dsc": any_dsc,
+                   "fit_any_moved": any_moved}
+            if found is not None and found.moved:
                 grid = Grid(shape=ann.shape, spacing=tuple(spacing), origin=(0.0, 0.0, 0.0))
                 outs = {}
                 for key, on in (("with", True), ("without", False)):
@@ -166,12 +167,13 @@ def main() -> int:
                                       RefineOptions(structure=structure, fit_margin=on))
                     outs[key] = res.mask > 0
                     row[f"{key}_action"] = res.info["action"]
-                assert res.info["image_margin_mm"] is None and row["with_action"]
+                assert res.info["image_margin_mm"] is None and row["with_action"]  # the last run: no fit
                 for key, mask in (("input", ann), *outs.items()):
                     row[f"{key}_dsc"] = dice(mask, truth)
                     row[f"{key}_nsd"] = normalized_surface_dice(mask, truth, spacing, tol)
-                print(f"{len(rows):4d} {st:22s} {name:22s} margin {row['margin_mm']:+.2f} input {row['input_dsc']:.3f} "
-                      f"without {row['without_dsc']:.3f} with {row['with_dsc']:.3f}", flush=True)
+                print(f"{len(rows):4d} {st:22s} {name:22s} margin {row['margin_mm']:+.2f} sides {row['sides']} "
+                      f"input {row['input_dsc']:.3f} without {row['without_dsc']:.3f} with {row['with_dsc']:.3f}",
+                      flush=True)
             rows.append(row)
     from NeARSlicerLib import image_margin
 

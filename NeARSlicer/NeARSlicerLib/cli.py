@@ -117,7 +117,7 @@ def cmd_refine(args) -> int:
                  "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
                  "image_check": info.get("image_check"), "confidence_from": info.get("confidence_from"),
                  "image_support": info.get("image_support"), "view_confidence": info.get("view_confidence"),
-                 "image_margin_mm": info.get("image_margin_mm"),
+                 "image_margin_mm": info.get("image_margin_mm"), "image_margin_sides": info.get("image_margin_sides"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
                  "device": info.get("device"), "warnings": list(res.warnings)}

@@ -15,7 +15,9 @@ by it only when two independent readings of the image agree:
   at least ``EDGE_GAIN`` times that on the annotation's own boundary.
 
 The smaller of the two margins is applied (so a 2 mm over-painting whose shells stop at 1.73 mm,
-a discrete distance level, is moved 1.73 mm). A correct annotation has its edge on its boundary, so it
+a discrete distance level, is moved 1.73 mm). Without a margin all round, each of the boundary's six
+sides (by the dominant direction of its outward normal) is judged on its own the same way: a segment
+painted too thick on one side only. A correct annotation has its edge on its boundary, so it
 is never moved; neither is one whose error is not a margin (the edge is not stronger elsewhere).
 ``refine`` fits images read as CT only: an MR-like generator that paints a gland's blurred rim with
 its surroundings' intensity made the fit shrink correct masks (``benchmarks/image_margin.py``).
@@ -25,7 +27,7 @@ be fitted (nothing moves on a grid too coarse for the error).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -41,23 +43,70 @@ RING_MM = (3.0, 10.0)  # the surroundings' reference: beyond any margin fitted
 SIGMA_VOXELS = 1.0  # Gaussian derivative scale of the edge strength
 
 
+SIDES = ("-k", "+k", "-j", "+j", "-i", "+i")  # the outward directions of the boundary, by array axis
+MIN_SIDE_VOXELS = 30  # a side with fewer boundary voxels than this is not fitted on its own
+
+
 @dataclass(frozen=True)
 class MarginFit:
     """What the image said of the annotation's margin."""
 
-    mm: float  # the margin applied: + outwards (under-painted), - inwards (over-painted), 0: none
+    mm: float  # the margin applied all round: + outwards (under-painted), - inwards (over-painted), 0: none
     judged: bool  # False: too few reference voxels (or no contrast) to judge
-    shells_mm: float  # the shells' margin (signed; 0: none found)
-    edge_mm: float  # the edge's margin (signed; 0: none found)
+    sides: tuple = ()  # ((side, mm), ...): margins applied to single sides (``SIDES``) when none all round
+
+    @property
+    def moved(self) -> bool:
+        return bool(self.mm or self.sides)
 
     def as_dict(self) -> dict:
-        return {"mm": self.mm, "judged": self.judged, "shells_mm": self.shells_mm, "edge_mm": self.edge_mm}
+        return {"mm": self.mm, "judged": self.judged, "sides": [list(s) for s in self.sides]}
 
 
-def describe(mm: float) -> str:
-    """The margin in the CLI's, Slicer's and the batch's words."""
-    way, how = ("outwards", "thin") if mm > 0 else ("inwards", "thick")
-    return f"its boundary was moved {abs(mm):.1f} mm {way} to the image's edge (painted too {how} all round)"
+def describe(mm: float, sides: Sequence = ()) -> str:
+    """The margin in the CLI's, Slicer's and the batch's words (``sides``: (side, mm) pairs)."""
+    if mm:
+        way, how = ("outwards", "thin") if mm > 0 else ("inwards", "thick")
+        return f"its boundary was moved {abs(mm):.1f} mm {way} to the image's edge (painted too {how} all round)"
+    parts = ", ".join(f"{abs(m):.1f} mm {'outwards' if m > 0 else 'inwards'}" for _, m in sides)
+    n = len(sides)
+    return (f"its boundary was moved to the image's edge on {n} of its {len(SIDES)} sides ({parts}: painted "
+            f"too thick or too thin on {'that side' if n == 1 else 'those sides'})")
+
+
+@dataclass
+class _Evidence:
+    """The image around an annotation, in its box: what every margin is judged from."""
+
+    box: tuple
+    a: np.ndarray  # the annotation in the box
+    din: np.ndarray  # mm from each inside voxel to the outside
+    dout: np.ndarray  # mm from each outside voxel to the inside
+    ratio: np.ndarray  # log-likelihood ratio structure / surroundings of each voxel's intensity
+    strength: np.ndarray  # gradient magnitude (intensity per mm)
+    sp: np.ndarray  # (k, j, i) mm
+
+
+def _evidence(ann: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> Optional[_Evidence]:
+    """None with too few reference voxels or no contrast."""
+    sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
+    pad = int(np.ceil(max(RING_MM[1], MAX_MM + 4 * SIGMA_VOXELS * sp.max()) / sp.min())) + 2
+    box = bounding_box(ann, ann, pad)
+    a, img = ann[box], np.asarray(image, np.float32)[box]
+    din = ndimage.distance_transform_edt(a, sampling=sp)
+    dout = ndimage.distance_transform_edt(~a, sampling=sp)
+    core = din > CORE_MM
+    if core.sum() < MIN_VOXELS:
+        core = din > sp.min() * 1.01  # a thin structure: all but its boundary layer
+    around = (dout > RING_MM[0]) & (dout <= RING_MM[1])
+    if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
+        return None
+    ratio = likelihood_ratio(img[core], img[around])(img)
+    if not ratio.any():
+        return None
+    grads = [ndimage.gaussian_filter(img, SIGMA_VOXELS, order=tuple(int(i == axis) for i in range(3))) / sp[axis]
+             for axis in range(3)]
+    return _Evidence(box, a, din, dout, ratio, np.sqrt(sum(g * g for g in grads)), sp)
 
 
 def _shell_margin(inside: np.ndarray, dist: np.ndarray, looks_right: np.ndarray, step: float) -> float:
@@ -78,62 +127,81 @@ def _shell_margin(inside: np.ndarray, dist: np.ndarray, looks_right: np.ndarray,
     return 0.0
 
 
-def _edge_margin(a: np.ndarray, din: np.ndarray, dout: np.ndarray, img: np.ndarray, sp: np.ndarray) -> float:
-    """The margin (mm, signed) whose boundary has the strongest edge, 0 when that is the annotation's
-    own boundary, the range's end or less than ``EDGE_GAIN`` times the annotation's edge."""
-    grads = [ndimage.gaussian_filter(img, SIGMA_VOXELS, order=tuple(int(i == axis) for i in range(3))) / sp[axis]
-             for axis in range(3)]
-    strength = np.sqrt(sum(g * g for g in grads))
-    half = sp.min() / 2
+def _edge_margin(ev: _Evidence, where: np.ndarray) -> float:
+    """The margin (mm, signed) whose boundary has the strongest edge within ``where``, 0 when that is
+    the annotation's own boundary, the range's end or less than ``EDGE_GAIN`` times the annotation's edge."""
+    half = ev.sp.min() / 2
     # signed distance of each voxel centre from the annotation's boundary surface (half a voxel
     # beyond the outermost inside centres), negative inside
-    phi = np.where(a, -din + half, dout - half)
-    step = sp.min()
+    phi = np.where(ev.a, -ev.din + half, ev.dout - half)
+    step = ev.sp.min()
     n = int(np.floor(MAX_MM / step)) + 1
     margins = np.arange(-n, n + 1) * step
-    profile = np.array([float(strength[band].mean()) if (band := np.abs(phi - d) <= half + 1e-6).any() else 0.0
-                        for d in margins])
+    profile = np.array([float(ev.strength[band].mean()) if (band := (np.abs(phi - d) <= half + 1e-6) & where).any()
+                        else 0.0 for d in margins])
     best, zero = int(np.argmax(profile)), n
     if best in (0, len(margins) - 1) or best == zero or not profile[best] >= EDGE_GAIN * profile[zero]:
         return 0.0
     return float(margins[best])
 
 
+def _margin(ev: _Evidence, where: np.ndarray) -> float:
+    """The margin (mm, signed) both readings find within ``where``, the smaller of the two; 0: none."""
+    step = float(ev.sp.min())
+    inwards = _shell_margin(ev.a & where, ev.din, ev.ratio < 0, step)
+    outwards = _shell_margin(~ev.a & where, ev.dout, ev.ratio > 0, step)
+    shells = 0.0 if (inwards and outwards) else (outwards or -inwards)
+    edge = _edge_margin(ev, where)
+    return 0.0 if shells * edge <= 0 else float(np.sign(shells) * min(abs(shells), abs(edge)))
+
+
+def _sides(ev: _Evidence) -> np.ndarray:
+    """Each voxel's side (index into ``SIDES``): the dominant axis and sign of the outward normal at
+    its nearest boundary voxel (the normal of the annotation smoothed by 1.5 voxels)."""
+    soft = ndimage.gaussian_filter(ev.a.astype(np.float32), 1.5)
+    normal = np.stack([-ndimage.sobel(soft, axis=axis) / ev.sp[axis] for axis in range(3)])
+    surface = ev.a & ~ndimage.binary_erosion(ev.a)
+    nearest = ndimage.distance_transform_edt(~surface, sampling=ev.sp, return_distances=False, return_indices=True)
+    normal = normal[(slice(None), *nearest)]
+    axis = np.argmax(np.abs(normal), axis=0)
+    outward = np.take_along_axis(normal, axis[None], axis=0)[0] > 0
+    return axis * 2 + outward
+
+
+def _moved(ev: _Evidence, mm: float, where: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``a`` with its boundary within ``where`` moved by ``mm``."""
+    if mm > 0:
+        return a | (where & (ev.dout <= mm + 1e-6))
+    return a & ~(where & ev.a & (ev.din <= -mm + 1e-6))
+
+
 def fit(annotation: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, MarginFit]:
     """(the annotation with its margin fitted to ``image``, the fit): bool ``[k, j, i]`` on the
-    annotation's grid; the annotation itself when the image does not show a margin error."""
+    annotation's grid; the annotation itself when the image does not show a margin error. A margin
+    all round is looked for first; when there is none, one on each side (``SIDES``) on its own,
+    judged the same way from that side's voxels (a segment painted too thick on one side only)."""
     ann = np.asarray(annotation) > 0
-    sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
-    none = MarginFit(0.0, False, 0.0, 0.0)
-    if not ann.any():
-        return ann.copy(), none
-    pad = int(np.ceil(max(RING_MM[1], MAX_MM + 4 * SIGMA_VOXELS * sp.max()) / sp.min())) + 2
-    box = bounding_box(ann, ann, pad)
-    a, img = ann[box], np.asarray(image, np.float32)[box]
-    din = ndimage.distance_transform_edt(a, sampling=sp)
-    dout = ndimage.distance_transform_edt(~a, sampling=sp)
-    core = din > CORE_MM
-    if core.sum() < MIN_VOXELS:
-        core = din > sp.min() * 1.01  # a thin structure: all but its boundary layer
-    around = (dout > RING_MM[0]) & (dout <= RING_MM[1])
-    if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
-        return ann.copy(), none
-    ratio = likelihood_ratio(img[core], img[around])(img)
-    if not ratio.any():
-        return ann.copy(), none
-    step = float(sp.min())
-    inwards = _shell_margin(a, din, ratio < 0, step)
-    outwards = _shell_margin(~a, dout, ratio > 0, step)
-    shells = 0.0 if (inwards and outwards) else (outwards or -inwards)
-    edge = _edge_margin(a, din, dout, img, sp)
-    mm = 0.0 if shells * edge <= 0 else float(np.sign(shells) * min(abs(shells), abs(edge)))
-    out = ann.copy()
-    if mm > 0:
-        out[box] = a | (dout <= mm + 1e-6)
-    elif mm < 0:
-        moved = a & (din > -mm + 1e-6)
-        if not moved.any():  # a margin never removes the whole structure
-            return ann.copy(), MarginFit(0.0, True, shells, edge)
-        out[box] = moved
-    return out, MarginFit(round(mm, 3), True, round(shells, 3), round(edge, 3))
-
+    ev = _evidence(ann, image, spacing) if ann.any() else None
+    if ev is None:
+        return ann.copy(), MarginFit(0.0, False)
+    everywhere = np.ones_like(ev.a)
+    mm = _margin(ev, everywhere)
+    sides: list = []
+    if mm:
+        out = _moved(ev, mm, everywhere, ev.a)
+    else:
+        side_of, out = _sides(ev), ev.a.copy()
+        surface = ev.a & ~ndimage.binary_erosion(ev.a)
+        for index, name in enumerate(SIDES):
+            where = side_of == index
+            if int((surface & where).sum()) < MIN_SIDE_VOXELS:
+                continue
+            side_mm = _margin(ev, where)
+            if side_mm:
+                out = _moved(ev, side_mm, where, out)
+                sides.append((name, round(side_mm, 3)))
+    if not out.any():  # a margin never removes the whole structure
+        return ann.copy(), MarginFit(0.0, True)
+    full = ann.copy()
+    full[ev.box] = out
+    return full, MarginFit(round(mm, 3), True, tuple(sides))

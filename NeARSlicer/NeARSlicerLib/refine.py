@@ -398,8 +398,9 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     annotation, margin = original, None
     if image_evidence and opts.fit_margin and painted is None and modality == "CT":
         annotation, margin = image_margin.fit(original, image, grid.spacing)
-        if margin.mm:
-            notes.append(f"the image shows a margin error: {image_margin.describe(margin.mm)}, before NeAR")
+        if margin.moved:
+            notes.append(f"the image shows a margin error: {image_margin.describe(margin.mm, margin.sides)}, "
+                         "before NeAR")
 
     def case_info(**fields) -> dict:
         """``RefineResult.info``: what every exit reports, then ``fields`` (the fit's own facts)."""
@@ -412,8 +413,11 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                 # painted on slices this thick (mm) and resampled to a finer grid: a staircase (gated applies all)
                 "painted_slices_mm": None if painted is None else round(painted.thickness_mm, 1),
                 "slices_interpolated": interpolate,
-                # the margin moved to the image's edge (mm, + outwards; 0: none; None: not fitted)
-                "image_margin_mm": None if margin is None or not margin.judged else margin.mm, **fields}
+                # the margin moved to the image's edge all round (mm, + outwards; 0: none; None: not fitted),
+                # else on single sides ([[side, mm], ...])
+                "image_margin_mm": None if margin is None or not margin.judged else margin.mm,
+                "image_margin_sides": None if margin is None or not margin.sides else [list(s) for s in margin.sides],
+                **fields}
     if domain_notes and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: a prior does not reshape a structure unlike any it was trained on, so it is not
         # fitted at all (``--changes all`` still refines it)
@@ -492,7 +496,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,
                                          painted=painted is not None)
-        as_painted = None if not (margin is not None and margin.mm) or np.array_equal(applied, refined > 0) else \
+        as_painted = None if not (margin is not None and margin.moved) or np.array_equal(applied, refined > 0) else \
             conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy, painted=False)
         if as_painted is not None and np.array_equal(as_painted, refined > 0):
             # the gate opens for the annotation as painted (its margin error was one of its errors): the

@@ -70,7 +70,8 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
     for key, name in (("confidence", "confidence"), ("action", "action"), ("modality", "modality"),
                       ("prior_name", "prior"), ("out_of_domain", "outOfDomain"),
                       ("painted_slices_mm", "paintedSlicesMm"), ("slices_interpolated", "slicesInterpolated"),
-                      ("confidence_from", "confidenceFrom"), ("image_margin_mm", "imageMarginMm")):
+                      ("confidence_from", "confidenceFrom"), ("image_margin_mm", "imageMarginMm"),
+                      ("image_margin_sides", "imageMarginSides")):
         if info.get(key) not in (None, ""):
             job.stats[name] = info[key]
     if "appearance" in info:
@@ -98,13 +99,13 @@ def formatOutcome(stats: dict) -> str:
     from NeARSlicerLib.confidence import REFINED_MARGIN
     from NeARSlicerLib.image_margin import describe as describeMargin
 
-    margin = stats.get("imageMarginMm")
+    margin, sides = stats.get("imageMarginMm") or 0.0, stats.get("imageMarginSides") or ()
     if action.startswith("kept"):
         reason = action.split(":", 1)[1].strip() if ":" in action else "kept"
         text = (f"Kept the original ({reason}, {confText}): NeAR found nothing it could reliably improve; "
                 f"the '(NeAR)' segment equals the original.")
     elif action == REFINED_MARGIN:  # NeAR's change was not applied, the image's margin was
-        text = (f"NeAR's changes were not applied, but {describeMargin(margin or 0.0)} ({confText}, {image}{prior}). "
+        text = (f"NeAR's changes were not applied, but {describeMargin(margin, sides)} ({confText}, {image}{prior}). "
                 "Review, then Accept.")
     elif action.startswith("refined:"):  # do no harm: only thick errors corrected
         text = (f"Corrected thick errors only (blobs, holes, slabs, leaks, cut parts); the original boundary "
@@ -119,8 +120,8 @@ def formatOutcome(stats: dict) -> str:
         how = " its painted slices were interpolated for NeAR, and" if stats.get("slicesInterpolated") else ""
         text += (f" The original looks painted on {painted:.1f} mm slices (a staircase):{how} the refined "
                  "surface replaces it everywhere.")
-    if isinstance(margin, (int, float)) and margin and action != REFINED_MARGIN:
-        text += f" Before NeAR, {describeMargin(margin)}."
+    if (margin or sides) and action != REFINED_MARGIN:
+        text += f" Before NeAR, {describeMargin(margin, sides)}."
     restored, withdrawn = int(stats.get("imageRestored") or 0), int(stats.get("imageWithdrawn") or 0)
     if restored or withdrawn:
         from NeARSlicerLib.image_evidence import describe_undone

@@ -119,6 +119,10 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
       "imageMarginMm": -1.0}, "NeAR's changes were not applied, but its boundary was moved 1.0 mm inwards to the "
                               "image's edge (painted too thick all round) (confidence 0.40 from the image"),
     ({"action": "refined", "confidence": 0.9, "imageMarginMm": 1.5}, "Refined (confidence 0.90"),
+    ({"action": "refined: margin fitted to the image only", "confidence": 0.3, "imageMarginMm": 0.0,
+      "imageMarginSides": [["+i", -1.0], ["-k", 1.0]]},
+     "NeAR's changes were not applied, but its boundary was moved to the image's edge on 2 of its 6 sides (1.0 mm "
+     "inwards, 1.0 mm outwards: painted too thick or too thin on those sides) (confidence 0.30"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
@@ -135,7 +139,7 @@ def test_outcome_texts(slicer_app, stats, start):
     assert ("Checked against the image" in text) == bool(undone)
     # a margin moved to the image's edge is said once, with its size and direction
     margin = stats.get("imageMarginMm")
-    assert text.count("to the image's edge") == (1 if margin else 0)
+    assert text.count("to the image's edge") == (1 if margin or stats.get("imageMarginSides") else 0)
     if margin and stats["action"] == "refined":
         assert "Before NeAR, its boundary was moved 1.5 mm outwards to the image's edge (painted too thin" in text
     if undone:
