@@ -171,3 +171,16 @@ def test_a_gland_painted_too_thick_on_one_side_is_moved_on_that_side(glands):
         assert dice(out, gland) > dice(painted, gland)
     assert describe(0.0, found.sides) == ("its boundary was moved to the image's edge on 1 of its 6 sides (1.0 mm "
                                           "inwards: painted too thick or too thin on that side)")
+
+
+def test_a_box_too_large_to_fit_in_time_is_not_fitted(glands, monkeypatch):
+    """Past ``MAX_BOX_VOXELS`` (about 1 s per million voxels) the margin is not fitted: not judged,
+    the annotation as it is (refine reports ``image_margin_mm`` None)."""
+    import NeARSlicerLib.image_margin as image_margin
+
+    gland, image = glands[0]
+    painted = _shell(gland, 1.0, (1.0, 1.0, 1.0))
+    assert fit(painted, image, (1.0, 1.0, 1.0))[1].mm == -1.0
+    monkeypatch.setattr(image_margin, "MAX_BOX_VOXELS", 10_000)
+    out, found = fit(painted, image, (1.0, 1.0, 1.0))
+    assert not found.judged and found.mm == 0.0 and np.array_equal(out, painted)
