@@ -60,6 +60,7 @@ class MarginFit:
 
     @property
     def moved(self) -> bool:
+        """Whether the fitted annotation differs from the painted one."""
         return bool(self.mm or self.sides)
 
     def as_dict(self) -> dict:
@@ -160,12 +161,11 @@ def _margin(ev: _Evidence, where: np.ndarray) -> float:
     return 0.0 if shells * edge <= 0 else float(np.sign(shells) * min(abs(shells), abs(edge)))
 
 
-def _sides(ev: _Evidence) -> np.ndarray:
+def _sides(ev: _Evidence, surface: np.ndarray) -> np.ndarray:
     """Each voxel's side (index into ``SIDES``): the dominant axis and sign of the outward normal at
-    its nearest boundary voxel (the normal of the annotation smoothed by 1.5 voxels)."""
+    its nearest ``surface`` (boundary) voxel (the normal of the annotation smoothed by 1.5 voxels)."""
     soft = ndimage.gaussian_filter(ev.a.astype(np.float32), 1.5)
     normal = np.stack([-ndimage.sobel(soft, axis=axis) / ev.sp[axis] for axis in range(3)])
-    surface = ev.a & ~ndimage.binary_erosion(ev.a)
     nearest = ndimage.distance_transform_edt(~surface, sampling=ev.sp, return_distances=False, return_indices=True)
     normal = normal[(slice(None), *nearest)]
     axis = np.argmax(np.abs(normal), axis=0)
@@ -195,15 +195,18 @@ def fit(annotation: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> 
     if mm:
         out = _moved(ev, mm, everywhere, ev.a)
     else:
-        side_of, out = _sides(ev), ev.a.copy()
         surface = ev.a & ~ndimage.binary_erosion(ev.a)
+        side_of, out = _sides(ev, surface), ev.a.copy()
         for index, name in enumerate(SIDES):
             where = side_of == index
             if int((surface & where).sum()) < MIN_SIDE_VOXELS:
                 continue
             side_mm = _margin(ev, where)
-            if side_mm:
-                out = _moved(ev, side_mm, where, out)
+            if not side_mm:
+                continue
+            moved = _moved(ev, side_mm, where, out)
+            if (moved ^ out).any():  # a side is reported only where it moved voxels (``MarginFit.moved``)
+                out = moved
                 sides.append((name, round(side_mm, 3)))
     if not out.any():  # a margin never removes the whole structure
         return ann.copy(), MarginFit(0.0, True)

@@ -342,10 +342,10 @@ def _adopt(kept: np.ndarray, refined: np.ndarray, prob: np.ndarray, original: np
     return kept.astype(np.uint8), np.where(undone, original.astype(np.float32), prob)
 
 
-def _margin_action(action: str, annotation: np.ndarray, original: np.ndarray) -> str:
+def _margin_action(action: str, margin: Optional[image_margin.MarginFit]) -> str:
     """``action`` of a kept annotation, or ``REFINED_MARGIN`` when what is kept is the annotation with
     its margin fitted to the image (it is not the input)."""
-    return conf_mod.REFINED_MARGIN if (annotation ^ original).any() else action
+    return conf_mod.REFINED_MARGIN if margin is not None and margin.moved else action
 
 
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
@@ -430,7 +430,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                            working_shape=None,
                            working_spacing_mm=None, final_loss=None, confidence=None, confidence_from=None,
                            view_confidence=None, image_support=None,
-                           action=_margin_action(conf_mod.KEPT_OUT_OF_DOMAIN, annotation, original),
+                           action=_margin_action(conf_mod.KEPT_OUT_OF_DOMAIN, margin),
                            signals=None, image_check=None))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
@@ -496,12 +496,12 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,
                                          painted=painted is not None)
-        as_painted = None if not (margin is not None and margin.moved) or np.array_equal(applied, refined > 0) else \
-            conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy, painted=False)
-        if as_painted is not None and np.array_equal(as_painted, refined > 0):
-            # the gate opens for the annotation as painted (its margin error was one of its errors): the
-            # prior's whole output stands, as it would have without the margin fit
-            applied = refined > 0
+        if margin is not None and margin.moved and not np.array_equal(applied, refined > 0):
+            as_painted = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy, painted=False)
+            if np.array_equal(as_painted, refined > 0):
+                # the gate opens for the annotation as painted (its margin error was one of its errors): the
+                # prior's whole output stands, as it would have without the margin fit
+                applied = refined > 0
         if not np.array_equal(applied, refined > 0):
             refined, prob = _adopt(applied, refined, prob, annotation)
             # nothing thicker than the prior's own boundary error: the annotation stands as it is
@@ -524,7 +524,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         # margin fitted to the image when the image showed one
         refined = annotation.astype(np.uint8)
         prob = annotation.astype(np.float32)
-        action = _margin_action(action, annotation, original)
+        action = _margin_action(action, margin)
     seconds = time.perf_counter() - t0
     report(1.0, "done")
     return RefineResult(
