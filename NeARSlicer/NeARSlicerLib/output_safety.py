@@ -322,8 +322,9 @@ def locked(path: PathLike, timeout_s: float = 30.0) -> Iterator[None]:
     The lock is a file created exclusively (``O_CREAT | O_EXCL``: atomic on every platform and on
     network shares, unlike ``fcntl``) that names its holder (``pid@host``). It is taken over when it is
     older than ``LOCK_STALE_S`` or its holder, on this host, is no longer running (a batch killed
-    mid-write, as Cancel does, must not block the next run for minutes). Raises
-    :class:`OutputError` after ``timeout_s`` seconds of waiting, naming the lock file.
+    mid-write, as Cancel does, must not block the next run for minutes); a lock that replaced the one
+    judged meanwhile is left in place (``_take_over``). Raises :class:`OutputError` after
+    ``timeout_s`` seconds of waiting, naming the lock file.
     """
     lock = os.fspath(path) + LOCK_SUFFIX
     deadline = time.monotonic() + timeout_s
@@ -333,8 +334,9 @@ def locked(path: PathLike, timeout_s: float = 30.0) -> Iterator[None]:
             break
         except FileExistsError:
             try:
-                if time.time() - os.path.getmtime(lock) > LOCK_STALE_S or _holder_is_gone(lock):
-                    os.remove(lock)
+                judged = os.stat(lock)
+                if time.time() - judged.st_mtime > LOCK_STALE_S or _holder_is_gone(lock):
+                    _take_over(lock, judged)
                     continue
             except OSError:  # released meanwhile
                 continue
@@ -349,6 +351,32 @@ def locked(path: PathLike, timeout_s: float = 30.0) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             os.remove(lock)
+
+
+def _take_over(lock: str, judged: os.stat_result) -> None:
+    """Remove ``lock``, judged stale when its status was ``judged``, unless another process has replaced
+    it since (two runs that both found the same dead holder's lock: the first takes it over and creates
+    its own, which the second must not remove). The lock is renamed aside (atomic) and put back when it
+    is not the file judged."""
+    aside = f"{lock}.{os.getpid()}.{time.monotonic_ns()}.stale"
+    try:
+        os.rename(lock, aside)
+    except OSError:  # released, or taken over by another run
+        return
+    try:
+        now = os.stat(aside)
+        if (now.st_ino, now.st_dev, now.st_mtime_ns) != (judged.st_ino, judged.st_dev, judged.st_mtime_ns):
+            # a fresh lock: its holder keeps it (put back unless yet another lock was created meanwhile)
+            try:
+                os.link(aside, lock)
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links here (FAT, some network shares)
+                if not os.path.exists(lock):
+                    os.rename(aside, lock)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(aside)
 
 
 def _holder_is_gone(lock: str) -> bool:

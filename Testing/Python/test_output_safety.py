@@ -348,3 +348,37 @@ def test_a_summary_of_an_earlier_version_is_appended_to_with_todays_columns(tmp_
                            {"case": "b", "dice": "0.8", "nsd": "0.7", "review": ""}]
     w.add({"case": "c"})
     assert [r["case"] for r in _read(path)] == ["a", "b", "c"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="on Windows a lock is only taken over by its age")
+def test_a_lock_that_replaced_the_dead_writers_one_is_not_removed(tmp_path, monkeypatch):
+    """Two runs find the same dead writer's lock; the first takes it over and creates its own. The
+    second, which judged the old lock stale, must not remove the first one's: it waits for it."""
+    import socket
+    import subprocess
+    import sys
+
+    import NeARSlicerLib.output_safety as output_safety
+
+    path = tmp_path / "summary.csv"
+    lock = tmp_path / "summary.csv.lock"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    dead, first_run = f"{gone.pid}@{socket.gethostname()}", f"{os.getpid()}@{socket.gethostname()}"
+    lock.write_text(dead)
+    judge = output_safety._holder_is_gone
+
+    def meanwhile(name):
+        verdict = judge(name)
+        if lock.read_text() == dead:
+            # between this run's judgement and its takeover, another run took the lock over and holds it
+            lock.unlink()
+            lock.write_text(first_run)
+        return verdict
+
+    monkeypatch.setattr(output_safety, "_holder_is_gone", meanwhile)
+    with pytest.raises(OutputError, match="being written by another NeARSlicer process"):
+        with output_safety.locked(path, timeout_s=0.3):
+            pass
+    assert lock.read_text() == first_run
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.csv.lock"]  # nothing left aside
