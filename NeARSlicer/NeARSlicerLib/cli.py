@@ -52,6 +52,8 @@ def _option_fields(args) -> dict:
         fields["interpolate_slices"] = False
     if getattr(args, "no_margin_fit", False):
         fields["fit_margin"] = False
+    if getattr(args, "no_image_trim", False):
+        fields["trim_to_image"] = False
     return fields
 
 
@@ -118,6 +120,7 @@ def cmd_refine(args) -> int:
                  "image_check": info.get("image_check"), "confidence_from": info.get("confidence_from"),
                  "image_support": info.get("image_support"), "view_confidence": info.get("view_confidence"),
                  "image_margin_mm": info.get("image_margin_mm"), "image_margin_sides": info.get("image_margin_sides"),
+                 "image_trim": info.get("image_trim"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
                  "device": info.get("device"), "warnings": list(res.warnings)}
@@ -456,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with a CT, a mask painted too thick or too thin all round (by up to 2.5 mm) first "
                              "has its boundary moved to the image's edge when the image clearly shows one (the "
                              "default); with this flag, never")
+        sp.add_argument("--no-image-trim", action="store_true",
+                        help="with a CT, pieces of the output that the image shows as the structure's "
+                             "surroundings (a slab or leak painted into fat, ending in homogeneous tissue) are "
+                             "removed last (the default); with this flag, never")
 
     r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
     r.add_argument("--mask", required=True)

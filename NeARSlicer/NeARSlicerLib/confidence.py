@@ -48,6 +48,9 @@ REFINED_ERRORS_ONLY = "refined: thick errors only, boundary kept"
 # the prior's change was not applied, but the image showed the annotation painted too thick or too thin
 # all round, and its margin was moved to the image's edge (image_margin.py)
 REFINED_MARGIN = "refined: margin fitted to the image only"
+# the prior's change was not applied, but pieces the image shows as the structure's surroundings were
+# removed (image_trim.py)
+REFINED_TRIM = "refined: trimmed to the image only"
 
 # logistic weights over the signals (see ``confidence``), fitted by ``benchmarks/no_harm.py calibrate``
 # on the calibration cases only (14 ALAN val cases, 2 of them improved by refinement: see README)

@@ -35,7 +35,7 @@ from .device import pick_device
 from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, to_source, to_working
-from . import image_margin
+from . import image_margin, image_trim
 from .image_evidence import support, undo_contradicted
 from .model import NeARModel
 from .appearance import normalise as normalise_image
@@ -98,6 +98,9 @@ class RefineOptions:
     # with a CT read: an annotation painted too thick or too thin all round (by up to 2.5 mm) first
     # has its boundary moved to the image's edge (image_margin.py), when the image clearly shows it
     fit_margin: bool = True
+    # with a CT read: the output's pieces that the image shows as the structure's surroundings (a slab or
+    # leak painted into fat) are removed last (image_trim.py; not with change_policy "all")
+    trim_to_image: bool = True
 
 
 @dataclass
@@ -348,6 +351,19 @@ def _margin_action(action: str, margin: Optional[image_margin.MarginFit]) -> str
     return conf_mod.REFINED_MARGIN if margin is not None and margin.moved else action
 
 
+def _trim(refined: np.ndarray, prob: np.ndarray, action: str, image: np.ndarray, spacing, notes: list) -> tuple:
+    """(mask, probability, action, trim) once the pieces the image shows as the surroundings are
+    removed (image_trim.py): the probability is 0 there, and a kept annotation that lost a piece is
+    ``REFINED_TRIM`` (it is not the input)."""
+    trimmed, found = image_trim.trim(refined > 0, image, spacing)
+    if not found.removed:
+        return refined, prob, action, found
+    notes.append(f"after NeAR, {image_trim.describe(found.removed, found.pieces)}")
+    if action.startswith("kept"):
+        action = conf_mod.REFINED_TRIM
+    return trimmed.astype(np.uint8), np.where(trimmed, prob, 0.0).astype(np.float32), action, found
+
+
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
             report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
     t0 = time.perf_counter()
@@ -395,7 +411,11 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     # its margin fitted to the image (a staircase's error is not a margin: its slices are interpolated).
     # CT only: on MR-like images whose structure's rim reads as its surroundings the fit shrank correct
     # masks (benchmarks/image_margin.py)
-    annotation, margin = original, None
+    annotation, margin, found_trim = original, None, None
+    # the trim reads the image as the margin fit does (CT only, not a staircase: benchmarks/image_trim.py);
+    # like the image check it is part of the do-no-harm default, so ``--changes all`` is the prior's mask
+    trims = (image_evidence and opts.trim_to_image and painted is None and modality == "CT"
+             and opts.change_policy != conf_mod.CHANGE_ALL)
     if image_evidence and opts.fit_margin and painted is None and modality == "CT":
         annotation, margin = image_margin.fit(original, image, grid.spacing)
         if margin.moved:
@@ -417,21 +437,25 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                 # else on single sides ([[side, mm], ...])
                 "image_margin_mm": None if margin is None or not margin.judged else margin.mm,
                 "image_margin_sides": None if margin is None or not margin.sides else [list(s) for s in margin.sides],
+                # what the image trimmed from the output ({removed, pieces, judged}; None: not tried)
+                "image_trim": None if found_trim is None else found_trim.as_dict(),
                 **fields}
     if domain_notes and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: a prior does not reshape a structure unlike any it was trained on, so it is not
         # fitted at all (``--changes all`` still refines it)
+        kept, prob = annotation.astype(np.uint8), annotation.astype(np.float32)
+        action = _margin_action(conf_mod.KEPT_OUT_OF_DOMAIN, margin)
+        if trims:
+            kept, prob, action, found_trim = _trim(kept, prob, action, image, grid.spacing, notes)
         report(1.0, "done")
-        kept = annotation.astype(np.uint8)
         return RefineResult(
-            mask=kept, probability=annotation.astype(np.float32), added=annotation & ~original,
-            removed=original & ~annotation, seconds=time.perf_counter() - t0, warnings=notes,
+            mask=kept, probability=prob, added=(kept > 0) & ~original,
+            removed=original & (kept == 0), seconds=time.perf_counter() - t0, warnings=notes,
             info=case_info(slices_interpolated=False, steps=0, flips=0, decoder_steps=0, appearance=False,
                            working_shape=None,
                            working_spacing_mm=None, final_loss=None, confidence=None, confidence_from=None,
                            view_confidence=None, image_support=None,
-                           action=_margin_action(conf_mod.KEPT_OUT_OF_DOMAIN, margin),
-                           signals=None, image_check=None))
+                           action=action, signals=None, image_check=None))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
     source = annotation
@@ -525,6 +549,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         refined = annotation.astype(np.uint8)
         prob = annotation.astype(np.float32)
         action = _margin_action(action, margin)
+    if trims:
+        refined, prob, action, found_trim = _trim(refined, prob, action, image, grid.spacing, notes)
     seconds = time.perf_counter() - t0
     report(1.0, "done")
     return RefineResult(

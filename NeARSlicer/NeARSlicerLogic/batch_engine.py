@@ -37,7 +37,8 @@ def command(python: str, source: list, outputDir, workers=None, rayAddress=None,
             options=None) -> list:
     """The command line of the child: ``<python> -c <bootstrap> batch <source> --out ... [options]``."""
     options = dict(options or {})
-    switches = ("appearance", "fitMargin")  # True by default; False adds --shape-only / --no-margin-fit
+    # True by default; False adds --shape-only / --no-margin-fit / --no-image-trim
+    switches = ("appearance", "fitMargin", "trimToImage")
     unknown = sorted(k for k in options if k not in _FLAGS and k not in switches)
     if unknown:
         raise InputError(f"option(s) {unknown} are not supported with workers/rayAddress "
@@ -57,6 +58,8 @@ def command(python: str, source: list, outputDir, workers=None, rayAddress=None,
         args.append("--shape-only")
     if options.get("fitMargin") is False:
         args.append("--no-margin-fit")
+    if options.get("trimToImage") is False:
+        args.append("--no-image-trim")
     if overwrite:
         args.append("--overwrite")
     if resume:

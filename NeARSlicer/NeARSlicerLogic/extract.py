@@ -147,7 +147,8 @@ def segmentBox(segmentationNode, segmentId, ijkToLocal: np.ndarray, shape, padMm
 
 def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearance=True, preset="default",
                device="auto", seed=0, marginMm=None, spacingMm=None, probabilityVolume=False,
-               changeSegments=False, geometry="auto", changes=None, fitMargin=True) -> RefinementJob:
+               changeSegments=False, geometry="auto", changes=None, fitMargin=True,
+               trimToImage=True) -> RefinementJob:
     """Check the inputs and take the arrays from the scene (main thread). See ``refineSegment``."""
     segmentName = checkSegment(segmentationNode, segmentId)
     if preset not in PRESETS:
@@ -200,6 +201,8 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
         options["change_policy"] = changes
     if not fitMargin:
         options["fit_margin"] = False
+    if not trimToImage:
+        options["trim_to_image"] = False
 
     segToWorld = grids.toWorldMatrix(segmentationNode)
     return RefinementJob(

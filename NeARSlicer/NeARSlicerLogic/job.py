@@ -76,6 +76,10 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
             job.stats[name] = info[key]
     if "appearance" in info:
         job.stats["appearance"] = bool(info["appearance"])
+    trimmed = info.get("image_trim") or {}
+    if trimmed.get("removed"):  # what the image trimmed from the result
+        job.stats["imageTrimmed"] = int(trimmed["removed"])
+        job.stats["imageTrimmedPieces"] = int(trimmed.get("pieces") or 0)
     check = info.get("image_check") or {}
     if check.get("restored") or check.get("withdrawn"):  # what the image check undid of the prior's change
         job.stats["imageRestored"] = int(check.get("restored") or 0)
@@ -96,10 +100,12 @@ def formatOutcome(stats: dict) -> str:
     if stats.get("modality"):
         image += f", image read as {stats['modality']}"
     prior = f", prior {stats['prior']}" if stats.get("prior") else ""
-    from NeARSlicerLib.confidence import REFINED_MARGIN
+    from NeARSlicerLib.confidence import REFINED_MARGIN, REFINED_TRIM
     from NeARSlicerLib.image_margin import describe as describeMargin
+    from NeARSlicerLib.image_trim import describe as describeTrim
 
     margin, sides = stats.get("imageMarginMm") or 0.0, stats.get("imageMarginSides") or ()
+    trimmed, trimmedPieces = int(stats.get("imageTrimmed") or 0), int(stats.get("imageTrimmedPieces") or 0)
     if action.startswith("kept"):
         reason = action.split(":", 1)[1].strip() if ":" in action else "kept"
         text = (f"Kept the original ({reason}, {confText}): NeAR found nothing it could reliably improve; "
@@ -107,6 +113,9 @@ def formatOutcome(stats: dict) -> str:
     elif action == REFINED_MARGIN:  # NeAR's change was not applied, the image's margin was
         text = (f"NeAR's changes were not applied, but {describeMargin(margin, sides)} ({confText}, {image}{prior}). "
                 "Review, then Accept.")
+    elif action == REFINED_TRIM:  # NeAR's change was not applied, the image's trim was
+        text = (f"NeAR's changes were not applied, but {describeTrim(trimmed, trimmedPieces)} ({confText}, "
+                f"{image}{prior}). Review, then Accept.")
     elif action.startswith("refined:"):  # do no harm: only thick errors corrected
         text = (f"Corrected thick errors only (blobs, holes, slabs, leaks, cut parts); the original boundary "
                 f"was kept ({confText}, {image}{prior}). Review, then Accept.")
@@ -122,6 +131,8 @@ def formatOutcome(stats: dict) -> str:
                  "surface replaces it everywhere.")
     if (margin or sides) and action != REFINED_MARGIN:
         text += f" Before NeAR, {describeMargin(margin, sides)}."
+    if trimmed and action != REFINED_TRIM:
+        text += f" Last, {describeTrim(trimmed, trimmedPieces)}."
     restored, withdrawn = int(stats.get("imageRestored") or 0), int(stats.get("imageWithdrawn") or 0)
     if restored or withdrawn:
         from NeARSlicerLib.image_evidence import describe_undone

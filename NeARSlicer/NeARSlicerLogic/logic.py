@@ -83,7 +83,8 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
     def refineSegment(self, volumeNode, segmentationNode, segmentId, *, prior=None, appearance=True,
                       preset="default", device="auto", seed=0, progress=None, cancel=None,
                       probabilityVolume=False, changeSegments=False, showResult=True,
-                      marginMm=None, spacingMm=None, geometry="auto", changes=None, fitMargin=True) -> str:
+                      marginMm=None, spacingMm=None, geometry="auto", changes=None, fitMargin=True,
+                      trimToImage=True) -> str:
         """Refine one segment with NeAR and add the result as a new segment; return its id.
 
         :param volumeNode: scalar volume (CT) whose grid and intensities are used; None to use the
@@ -114,13 +115,16 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
         :param fitMargin: with a CT, a segment painted too thick or too thin all round (up to 2.5 mm) first
           has its boundary moved to the image's edge when the image clearly shows it (the CLI's
           ``--no-margin-fit`` is ``fitMargin=False``).
+        :param trimToImage: with a CT, pieces of the result that the image shows as the structure's
+          surroundings (a slab or leak painted into fat) are removed last (the CLI's ``--no-image-trim``
+          is ``trimToImage=False``).
         :raises InputError: (a ValueError) with a one-line reason for bad inputs.
         """
         job = self.prepareRefinement(volumeNode, segmentationNode, segmentId, prior=prior, appearance=appearance,
                                      preset=preset, device=device, seed=seed, marginMm=marginMm,
                                      spacingMm=spacingMm, probabilityVolume=probabilityVolume,
                                      changeSegments=changeSegments, geometry=geometry, changes=changes,
-                                     fitMargin=fitMargin)
+                                     fitMargin=fitMargin, trimToImage=trimToImage)
         self.computeRefinement(job, progress=progress, cancel=cancel)
         return self.applyRefinement(job, showResult=showResult)
 

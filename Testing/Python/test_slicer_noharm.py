@@ -41,6 +41,22 @@ def test_margin_fit_can_be_turned_off_from_slicer(ct_case):
     assert "--no-margin-fit" in args and "--no-margin-fit" not in command("python", ["--cases", "in"], "out")
 
 
+def test_image_trim_can_be_turned_off_from_slicer(ct_case):
+    """refineSegment(trimToImage=False) is the CLI's --no-image-trim, in-process and in the engine batch;
+    the default leaves the engine's own (on, with a CT)."""
+    import NeARSlicerLogic as L
+    from NeARSlicerLogic.batch_engine import command
+
+    volume, segmentation, labels = ct_case
+    logic = L.NeARSlicerLogic()
+    segment = labels[LEFT_ADRENAL_LABEL]
+    assert "trim_to_image" not in logic.prepareRefinement(volume, segmentation, segment, preset="fast").options
+    job = logic.prepareRefinement(volume, segmentation, segment, preset="fast", trimToImage=False)
+    assert job.options["trim_to_image"] is False
+    args = command("python", ["--cases", "in"], "out", workers=1, options={"trimToImage": False})
+    assert "--no-image-trim" in args and "--no-image-trim" not in command("python", ["--cases", "in"], "out")
+
+
 def test_change_policy_reaches_the_engine_and_is_checked(ct_case):
     """refineSegment(changes=...) becomes the engine's change policy; an unknown one is refused
     before anything runs, and the default leaves the engine's own (do no harm: gated)."""
@@ -123,6 +139,10 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
       "imageMarginSides": [["+i", -1.0], ["-k", 1.0]]},
      "NeAR's changes were not applied, but its boundary was moved to the image's edge on 2 of its 6 sides (1.0 mm "
      "inwards, 1.0 mm outwards: painted too thick or too thin on those sides) (confidence 0.30"),
+    ({"action": "refined: trimmed to the image only", "confidence": 0.2, "imageTrimmed": 120, "imageTrimmedPieces": 1},
+     "NeAR's changes were not applied, but 120 voxels in 1 piece that the image shows as the structure's "
+     "surroundings were removed (confidence 0.20"),
+    ({"action": "refined", "confidence": 0.9, "imageTrimmed": 300, "imageTrimmedPieces": 2}, "Refined (confidence 0.90"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
@@ -144,3 +164,26 @@ def test_outcome_texts(slicer_app, stats, start):
         assert "Before NeAR, its boundary was moved 1.5 mm outwards to the image's edge (painted too thin" in text
     if undone:
         assert f"{stats['imageRestored']} voxels the prior removed were put back and {stats['imageWithdrawn']}" in text
+    # what the image trimmed is said once, with its counts
+    assert text.count("as the structure's surroundings were removed") == (1 if stats.get("imageTrimmed") else 0)
+    if stats.get("imageTrimmed") and stats["action"] == "refined":
+        assert text.endswith("Last, 300 voxels in 2 pieces that the image shows as the structure's surroundings "
+                             "were removed.")
+
+
+def test_the_engines_trim_reaches_the_outcome_line(ct_case):
+    """attachResult takes the engine's ``image_trim`` into the job's statistics, and the line beside
+    Accept says it; a trim that removed nothing is not said."""
+    from types import SimpleNamespace
+
+    import NeARSlicerLogic as L
+    from NeARSlicerLogic.job import attachResult, formatOutcome
+
+    volume, segmentation, labels = ct_case
+    job = L.NeARSlicerLogic().prepareRefinement(volume, segmentation, labels[LEFT_ADRENAL_LABEL], preset="fast")
+    for removed, pieces in ((40, 2), (0, 0)):
+        info = {"action": "refined: trimmed to the image only" if removed else "kept: already plausible",
+                "confidence": 0.3, "image_trim": {"removed": removed, "pieces": pieces, "judged": True}}
+        attachResult(job, SimpleNamespace(mask=job.mask, warnings=[], info=info), 1.0)
+        assert job.stats.get("imageTrimmed") == (removed or None)
+        assert ("40 voxels in 2 pieces that the image shows" in formatOutcome(job.stats)) == bool(removed)
