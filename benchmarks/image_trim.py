@@ -91,8 +91,10 @@ def main() -> int:
             else:
                 row["with_dsc"], row["with_nsd"] = row["without_dsc"], row["without_nsd"]
             rows.append(row)
-    thresholds = {name: getattr(image_trim, name) for name in
-                  ("RATIO", "EDGE_GAIN", "SMOOTH_MM", "THICK_MM", "CORE_MM", "RING_MM", "MAX_SHARE")}
+    from NeARSlicerLib import image_margin
+
+    thresholds = {name: getattr(image_trim, name) for name in ("RATIO", "EDGE_GAIN", "SMOOTH_MM", "THICK_MM", "MAX_SHARE")}
+    thresholds.update({name: getattr(image_margin, name) for name in ("CORE_MM", "RING_MM")})  # the image's references
     sets = summarise(rows)
     OUT.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "thresholds": thresholds,
                                "sets": sets, "rows": rows}, indent=1))

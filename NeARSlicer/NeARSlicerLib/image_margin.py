@@ -99,6 +99,16 @@ def _evidence(ann: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> O
     if int(np.prod([b.stop - b.start for b in box])) > MAX_BOX_VOXELS:
         return None
     a, img = ann[box], np.asarray(image, np.float32)[box]
+    read = core_ring_ratio(a, img, sp)
+    return None if read is None else _Evidence(box, a, *read, edge_strength(img, sp), sp)
+
+
+def core_ring_ratio(a: np.ndarray, img: np.ndarray, sp: np.ndarray) -> Optional[tuple]:
+    """(din, dout, ratio) of a mask ``a`` and its image ``img`` in a box (``sp``: mm per array axis):
+    mm from each inside voxel to the outside and from each outside voxel to the inside, and each
+    voxel's log-likelihood ratio structure / surroundings, from the mask deeper than ``CORE_MM`` (all
+    but its boundary layer for a thin structure) and a ring ``RING_MM`` outside. None with fewer than
+    ``MIN_VOXELS`` reference voxels on either side or no contrast. The trim reads the image the same way."""
     din = ndimage.distance_transform_edt(a, sampling=sp)
     dout = ndimage.distance_transform_edt(~a, sampling=sp)
     core = din > CORE_MM
@@ -108,11 +118,15 @@ def _evidence(ann: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> O
     if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
         return None
     ratio = likelihood_ratio(img[core], img[around])(img)
-    if not ratio.any():
-        return None
+    return (din, dout, ratio) if ratio.any() else None
+
+
+def edge_strength(img: np.ndarray, sp: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of ``img`` (intensity per mm; ``sp``: mm per array axis), Gaussian
+    derivatives at ``SIGMA_VOXELS``."""
     grads = [ndimage.gaussian_filter(img, SIGMA_VOXELS, order=tuple(int(i == axis) for i in range(3))) / sp[axis]
              for axis in range(3)]
-    return _Evidence(box, a, din, dout, ratio, np.sqrt(sum(g * g for g in grads)), sp)
+    return np.sqrt(sum(g * g for g in grads))
 
 
 def _shell_margin(inside: np.ndarray, dist: np.ndarray, looks_right: np.ndarray, step: float) -> float:

@@ -7,9 +7,9 @@ shape-plausible (a slab on a flat side, a blob the prior keeps) survives all thr
 in the image alone, judged by two readings, as the margin fit is:
 
 * **it looks like the surroundings**: the voxels of the mask whose intensity, by the likelihood ratio
-  of ``image_evidence`` (references: the mask's core deeper than ``CORE_MM`` and a ring ``RING_MM``
-  outside; smoothed over ``SMOOTH_MM`` against partial volume and noise), is more like the
-  surroundings; of these only the thick part (holding a ball of ``THICK_MM``, at least one voxel each
+  of ``image_evidence`` (references as the margin fit takes them: the mask's core deeper than
+  ``image_margin.CORE_MM`` and a ring ``RING_MM`` outside; smoothed over ``SMOOTH_MM`` against
+  partial volume and noise), is more like the surroundings; of these only the thick part (holding a ball of ``THICK_MM``, at least one voxel each
   way, as ``confidence.thick_changes``), in connected pieces that reach the mask's boundary (a piece
   deep inside, such as a cyst, is the annotator's call), each with a mean ratio below ``-RATIO``;
 * **the structure ends where it would end**: the image's edge (gradient magnitude) on the boundary that
@@ -31,15 +31,13 @@ import numpy as np
 from scipy import ndimage
 
 from .confidence import _ellipsoid, bounding_box
-from .image_evidence import MIN_VOXELS, likelihood_ratio
+# the image is read as the margin fit reads it: references deeper than CORE_MM and a ring RING_MM out
+from .image_margin import RING_MM, core_ring_ratio, edge_strength
 
-CORE_MM = 2.0  # the structure's reference: deeper than this inside the mask
-RING_MM = (3.0, 10.0)  # the surroundings' reference
 SMOOTH_MM = 1.0  # Gaussian smoothing of the ratio before pieces are cut (at least half a voxel)
 THICK_MM = 1.0  # a piece must hold a ball of this radius (at least one voxel each way)
 RATIO = 1.0  # a piece's mean log-likelihood ratio must be below -RATIO
 EDGE_GAIN = 1.5  # the boundary left behind against the piece's own outer boundary
-SIGMA_VOXELS = 1.0  # Gaussian derivative scale of the edge strength
 MAX_SHARE = 0.3  # a piece larger than this share of the mask is not removed
 MAX_BOX_VOXELS = 4_000_000  # as ``image_margin``: a larger box is not judged
 
@@ -74,25 +72,16 @@ def trim(mask: np.ndarray, image: np.ndarray, spacing: Sequence[float],
     if int(np.prod([b.stop - b.start for b in box])) > MAX_BOX_VOXELS:
         return m.copy(), Trim(0, 0, False)
     a, img = m[box], np.asarray(image, np.float32)[box]
-    din = ndimage.distance_transform_edt(a, sampling=sp)
-    dout = ndimage.distance_transform_edt(~a, sampling=sp)
-    core = din > CORE_MM
-    if core.sum() < MIN_VOXELS:
-        core = din > sp.min() * 1.01  # a thin structure: all but its boundary layer
-    around = (dout > RING_MM[0]) & (dout <= RING_MM[1])
-    if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
+    read = core_ring_ratio(a, img, sp)
+    if read is None:
         return m.copy(), Trim(0, 0, False)
-    ratio = likelihood_ratio(img[core], img[around])(img)
-    if not ratio.any():
-        return m.copy(), Trim(0, 0, False)
+    ratio = read[2]
     smooth = ndimage.gaussian_filter(ratio, np.maximum(SMOOTH_MM / sp, 0.5))
     candidates = ndimage.binary_opening(a & (smooth < 0), structure=_ellipsoid(spacing, THICK_MM))
     labels, n = ndimage.label(candidates, np.ones((3, 3, 3), bool))
     if n == 0:
         return m.copy(), Trim(0, 0, True)
-    grads = [ndimage.gaussian_filter(img, SIGMA_VOXELS, order=tuple(int(i == axis) for i in range(3))) / sp[axis]
-             for axis in range(3)]
-    strength = np.sqrt(sum(g * g for g in grads))
+    strength = edge_strength(img, sp)
     face = ndimage.generate_binary_structure(3, 1)
     outside = ndimage.binary_dilation(~a, face)  # voxels with a face on the outside (or outside)
     volume = int(a.sum())
