@@ -120,7 +120,7 @@ def cmd_refine(args) -> int:
                  "image_check": info.get("image_check"), "confidence_from": info.get("confidence_from"),
                  "image_support": info.get("image_support"), "view_confidence": info.get("view_confidence"),
                  "image_margin_mm": info.get("image_margin_mm"), "image_margin_sides": info.get("image_margin_sides"),
-                 "image_trim": info.get("image_trim"),
+                 "image_trim": info.get("image_trim"), "specks": info.get("specks"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),
                  "device": info.get("device"), "warnings": list(res.warnings)}

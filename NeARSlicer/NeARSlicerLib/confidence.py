@@ -51,6 +51,9 @@ REFINED_MARGIN = "refined: margin fitted to the image only"
 # the prior's change was not applied, but pieces the image shows as the structure's surroundings were
 # removed (image_trim.py)
 REFINED_TRIM = "refined: trimmed to the image only"
+# the prior's change was not applied, but the annotation's specks (islands and enclosed holes smaller than
+# RefineOptions.min_island_mm3) were removed and filled
+REFINED_SPECKS = "refined: specks cleaned only"
 
 # logistic weights over the signals (see ``confidence``), fitted by ``benchmarks/no_harm.py calibrate``
 # on the calibration cases only (14 ALAN val cases, 2 of them improved by refinement: see README)

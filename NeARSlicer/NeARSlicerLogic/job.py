@@ -76,6 +76,10 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
             job.stats[name] = info[key]
     if "appearance" in info:
         job.stats["appearance"] = bool(info["appearance"])
+    specks = info.get("specks") or {}
+    if specks.get("removed") or specks.get("filled"):  # the output's specks cleaned
+        job.stats["specksRemoved"] = int(specks.get("removed") or 0)
+        job.stats["specksFilled"] = int(specks.get("filled") or 0)
     trimmed = info.get("image_trim") or {}
     if trimmed.get("removed"):  # what the image trimmed from the result
         job.stats["imageTrimmed"] = int(trimmed["removed"])
@@ -100,12 +104,14 @@ def formatOutcome(stats: dict) -> str:
     if stats.get("modality"):
         image += f", image read as {stats['modality']}"
     prior = f", prior {stats['prior']}" if stats.get("prior") else ""
-    from NeARSlicerLib.confidence import REFINED_MARGIN, REFINED_TRIM
+    from NeARSlicerLib.confidence import REFINED_MARGIN, REFINED_SPECKS, REFINED_TRIM
     from NeARSlicerLib.image_margin import describe as describeMargin
     from NeARSlicerLib.image_trim import describe as describeTrim
 
     margin, sides = stats.get("imageMarginMm") or 0.0, stats.get("imageMarginSides") or ()
     trimmed, trimmedPieces = int(stats.get("imageTrimmed") or 0), int(stats.get("imageTrimmedPieces") or 0)
+    specksRemoved, specksFilled = int(stats.get("specksRemoved") or 0), int(stats.get("specksFilled") or 0)
+    specksText = f"{specksRemoved} isolated voxels removed, {specksFilled} voxels of small enclosed holes filled"
     if action.startswith("kept"):
         reason = action.split(":", 1)[1].strip() if ":" in action else "kept"
         text = (f"Kept the original ({reason}, {confText}): NeAR found nothing it could reliably improve; "
@@ -115,6 +121,9 @@ def formatOutcome(stats: dict) -> str:
                 "Review, then Accept.")
     elif action == REFINED_TRIM:  # NeAR's change was not applied, the image's trim was
         text = (f"NeAR's changes were not applied, but {describeTrim(trimmed, trimmedPieces)} ({confText}, "
+                f"{image}{prior}). Review, then Accept.")
+    elif action == REFINED_SPECKS:  # NeAR's change was not applied, the specks were cleaned
+        text = (f"NeAR's changes were not applied; only specks were cleaned ({specksText}) ({confText}, "
                 f"{image}{prior}). Review, then Accept.")
     elif action.startswith("refined:"):  # do no harm: only thick errors corrected
         text = (f"Corrected thick errors only (blobs, holes, slabs, leaks, cut parts); the original boundary "
@@ -131,6 +140,8 @@ def formatOutcome(stats: dict) -> str:
                  "surface replaces it everywhere.")
     if (margin or sides) and action != REFINED_MARGIN:
         text += f" Before NeAR, {describeMargin(margin, sides)}."
+    if (specksRemoved or specksFilled) and action != REFINED_SPECKS:
+        text += f" Specks cleaned: {specksText}."
     if trimmed and action != REFINED_TRIM:
         text += f" Last, {describeTrim(trimmed, trimmedPieces)}."
     restored, withdrawn = int(stats.get("imageRestored") or 0), int(stats.get("imageWithdrawn") or 0)

@@ -25,36 +25,23 @@ def test_dicom_modality_reaches_the_engine_options(ct_case):
     assert "modality" not in job.options, "the job's own options are not modified"
 
 
-def test_margin_fit_can_be_turned_off_from_slicer(ct_case):
-    """refineSegment(fitMargin=False) is the CLI's --no-margin-fit, in-process and in the engine batch;
-    the default leaves the engine's own (on, with a CT)."""
+@pytest.mark.parametrize("switch, option, flag", [("fitMargin", "fit_margin", "--no-margin-fit"),
+                                                  ("trimToImage", "trim_to_image", "--no-image-trim")])
+def test_the_image_fits_can_be_turned_off_from_slicer(ct_case, switch, option, flag):
+    """refineSegment(fitMargin=False) is the CLI's --no-margin-fit and refineSegment(trimToImage=False)
+    its --no-image-trim, in-process and in the engine batch; the default leaves the engine's own (on,
+    with a CT)."""
     import NeARSlicerLogic as L
     from NeARSlicerLogic.batch_engine import command
 
     volume, segmentation, labels = ct_case
     logic = L.NeARSlicerLogic()
     segment = labels[LEFT_ADRENAL_LABEL]
-    assert "fit_margin" not in logic.prepareRefinement(volume, segmentation, segment, preset="fast").options
-    job = logic.prepareRefinement(volume, segmentation, segment, preset="fast", fitMargin=False)
-    assert job.options["fit_margin"] is False
-    args = command("python", ["--cases", "in"], "out", workers=1, options={"fitMargin": False})
-    assert "--no-margin-fit" in args and "--no-margin-fit" not in command("python", ["--cases", "in"], "out")
-
-
-def test_image_trim_can_be_turned_off_from_slicer(ct_case):
-    """refineSegment(trimToImage=False) is the CLI's --no-image-trim, in-process and in the engine batch;
-    the default leaves the engine's own (on, with a CT)."""
-    import NeARSlicerLogic as L
-    from NeARSlicerLogic.batch_engine import command
-
-    volume, segmentation, labels = ct_case
-    logic = L.NeARSlicerLogic()
-    segment = labels[LEFT_ADRENAL_LABEL]
-    assert "trim_to_image" not in logic.prepareRefinement(volume, segmentation, segment, preset="fast").options
-    job = logic.prepareRefinement(volume, segmentation, segment, preset="fast", trimToImage=False)
-    assert job.options["trim_to_image"] is False
-    args = command("python", ["--cases", "in"], "out", workers=1, options={"trimToImage": False})
-    assert "--no-image-trim" in args and "--no-image-trim" not in command("python", ["--cases", "in"], "out")
+    assert option not in logic.prepareRefinement(volume, segmentation, segment, preset="fast").options
+    job = logic.prepareRefinement(volume, segmentation, segment, preset="fast", **{switch: False})
+    assert job.options[option] is False
+    args = command("python", ["--cases", "in"], "out", workers=1, options={switch: False})
+    assert flag in args and flag not in command("python", ["--cases", "in"], "out")
 
 
 def test_change_policy_reaches_the_engine_and_is_checked(ct_case):
@@ -143,6 +130,10 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
      "NeAR's changes were not applied, but 120 voxels in 1 piece that the image shows as the structure's "
      "surroundings were removed (confidence 0.20"),
     ({"action": "refined", "confidence": 0.9, "imageTrimmed": 300, "imageTrimmedPieces": 2}, "Refined (confidence 0.90"),
+    ({"action": "refined: specks cleaned only", "confidence": 0.1, "specksRemoved": 3, "specksFilled": 2},
+     "NeAR's changes were not applied; only specks were cleaned (3 isolated voxels removed, 2 voxels of small "
+     "enclosed holes filled) (confidence 0.10"),
+    ({"action": "refined", "confidence": 0.9, "specksRemoved": 0, "specksFilled": 4}, "Refined (confidence 0.90"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
@@ -164,6 +155,9 @@ def test_outcome_texts(slicer_app, stats, start):
         assert "Before NeAR, its boundary was moved 1.5 mm outwards to the image's edge (painted too thin" in text
     if undone:
         assert f"{stats['imageRestored']} voxels the prior removed were put back and {stats['imageWithdrawn']}" in text
+    # cleaned specks are said once, with their counts
+    specks = stats.get("specksRemoved") or stats.get("specksFilled")
+    assert text.count("isolated voxels removed") == (1 if specks else 0)
     # what the image trimmed is said once, with its counts
     assert text.count("as the structure's surroundings were removed") == (1 if stats.get("imageTrimmed") else 0)
     if stats.get("imageTrimmed") and stats["action"] == "refined":
@@ -172,8 +166,8 @@ def test_outcome_texts(slicer_app, stats, start):
 
 
 def test_the_engines_trim_reaches_the_outcome_line(ct_case):
-    """attachResult takes the engine's ``image_trim`` into the job's statistics, and the line beside
-    Accept says it; a trim that removed nothing is not said."""
+    """attachResult takes the engine's ``image_trim`` and ``specks`` into the job's statistics, and the
+    line beside Accept says them; a trim or a cleaning that changed nothing is not said."""
     from types import SimpleNamespace
 
     import NeARSlicerLogic as L
@@ -183,7 +177,9 @@ def test_the_engines_trim_reaches_the_outcome_line(ct_case):
     job = L.NeARSlicerLogic().prepareRefinement(volume, segmentation, labels[LEFT_ADRENAL_LABEL], preset="fast")
     for removed, pieces in ((40, 2), (0, 0)):
         info = {"action": "refined: trimmed to the image only" if removed else "kept: already plausible",
-                "confidence": 0.3, "image_trim": {"removed": removed, "pieces": pieces, "judged": True}}
+                "confidence": 0.3, "image_trim": {"removed": removed, "pieces": pieces, "judged": True},
+                "specks": {"removed": pieces, "filled": 0}}
         attachResult(job, SimpleNamespace(mask=job.mask, warnings=[], info=info), 1.0)
         assert job.stats.get("imageTrimmed") == (removed or None)
+        assert job.stats.get("specksRemoved") == (pieces or None)
         assert ("40 voxels in 2 pieces that the image shows" in formatOutcome(job.stats)) == bool(removed)
