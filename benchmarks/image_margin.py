@@ -106,6 +106,13 @@ def held_out() -> list:
     return out
 
 
+def all_cases():
+    """(group, set, name, truth, annotation (bool), spacing, image, structure) of both groups in turn."""
+    for group, cases in (("chosen on", chosen_on()), ("held out", held_out())):
+        for st, name, truth, annotation, spacing, image, structure in cases:
+            yield group, st, name, truth, np.asarray(annotation, bool), spacing, image, structure
+
+
 def summarise(rows: list) -> dict:
     sets: dict = {}
     for name in dict.fromkeys(r["set"] for r in rows):
@@ -146,35 +153,33 @@ def main() -> int:
     warnings.simplefilter("ignore")
     rows = []
     t0 = time.perf_counter()
-    for group, cases in (("chosen on", chosen_on()), ("held out", held_out())):
-        for st, name, truth, annotation, spacing, image, structure in cases:
-            ann = np.asarray(annotation, bool)
-            tol = max(spacing)
-            fitted, found = fit(ann, image, spacing)
-            any_dsc, any_moved = dice(fitted, truth), found.moved
-            read_as = guess(image, None).modality
-            if painted_slices(ann, spacing) is not None or read_as != "CT":
-                fitted, found = ann, None  # refine fits neither a staircase's margin nor a non-CT image's
-            row = {"group": group, "set": st, "case": name, "modality": read_as,
-                   "margin_mm": found.mm if found else 0.0, "sides": list(found.sides) if found else [],
-                   "input_dsc": dice(ann, truth), "fit_dsc": dice(fitted, truth), "fit_any_dsc": any_dsc,
-                   "fit_any_moved": any_moved}
-            if found is not None and found.moved:
-                grid = Grid(shape=ann.shape, spacing=tuple(spacing), origin=(0.0, 0.0, 0.0))
-                outs = {}
-                for key, on in (("with", True), ("without", False)):
-                    res = refine_mask(ann.astype(np.uint8), grid, image,
-                                      RefineOptions(structure=structure, fit_margin=on))
-                    outs[key] = res.mask > 0
-                    row[f"{key}_action"] = res.info["action"]
-                assert res.info["image_margin_mm"] is None and row["with_action"]  # the last run: no fit
-                for key, mask in (("input", ann), *outs.items()):
-                    row[f"{key}_dsc"] = dice(mask, truth)
-                    row[f"{key}_nsd"] = normalized_surface_dice(mask, truth, spacing, tol)
-                print(f"{len(rows):4d} {st:22s} {name:22s} margin {row['margin_mm']:+.2f} sides {row['sides']} "
-                      f"input {row['input_dsc']:.3f} without {row['without_dsc']:.3f} with {row['with_dsc']:.3f}",
-                      flush=True)
-            rows.append(row)
+    for group, st, name, truth, ann, spacing, image, structure in all_cases():
+        tol = max(spacing)
+        fitted, found = fit(ann, image, spacing)
+        any_dsc, any_moved = dice(fitted, truth), found.moved
+        read_as = guess(image, None).modality
+        if painted_slices(ann, spacing) is not None or read_as != "CT":
+            fitted, found = ann, None  # refine fits neither a staircase's margin nor a non-CT image's
+        row = {"group": group, "set": st, "case": name, "modality": read_as,
+               "margin_mm": found.mm if found else 0.0, "sides": list(found.sides) if found else [],
+               "input_dsc": dice(ann, truth), "fit_dsc": dice(fitted, truth), "fit_any_dsc": any_dsc,
+               "fit_any_moved": any_moved}
+        if found is not None and found.moved:
+            grid = Grid(shape=ann.shape, spacing=tuple(spacing), origin=(0.0, 0.0, 0.0))
+            outs = {}
+            for key, on in (("with", True), ("without", False)):
+                res = refine_mask(ann.astype(np.uint8), grid, image,
+                                  RefineOptions(structure=structure, fit_margin=on))
+                outs[key] = res.mask > 0
+                row[f"{key}_action"] = res.info["action"]
+            assert res.info["image_margin_mm"] is None and row["with_action"]  # the last run: no fit
+            for key, mask in (("input", ann), *outs.items()):
+                row[f"{key}_dsc"] = dice(mask, truth)
+                row[f"{key}_nsd"] = normalized_surface_dice(mask, truth, spacing, tol)
+            print(f"{len(rows):4d} {st:22s} {name:22s} margin {row['margin_mm']:+.2f} sides {row['sides']} "
+                  f"input {row['input_dsc']:.3f} without {row['without_dsc']:.3f} with {row['with_dsc']:.3f}",
+                  flush=True)
+        rows.append(row)
     from NeARSlicerLib import image_margin
 
     thresholds = {name: getattr(image_margin, name) for name in ("MAX_MM", "AGREE", "EDGE_GAIN", "CORE_MM", "RING_MM")}

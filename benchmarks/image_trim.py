@@ -55,7 +55,7 @@ def summarise(rows: list) -> dict:
 def main() -> int:
     import warnings
 
-    from image_margin import chosen_on, held_out
+    from image_margin import all_cases
 
     from NeARSlicerLib import image_trim
     from NeARSlicerLib.geometry import Grid
@@ -65,32 +65,30 @@ def main() -> int:
     warnings.simplefilter("ignore")
     rows = []
     t0 = time.perf_counter()
-    for group, cases in (("chosen on", chosen_on()), ("held out", held_out())):
-        for st, name, truth, annotation, spacing, image, structure in cases:
-            ann = np.asarray(annotation, bool)
-            tol = max(spacing)
-            grid = Grid(shape=ann.shape, spacing=tuple(spacing), origin=(0.0, 0.0, 0.0))
-            res = refine_mask(ann.astype(np.uint8), grid, image, RefineOptions(structure=structure, trim_to_image=False))
-            without = res.mask > 0
-            anywhere, any_found = image_trim.trim(without, image, spacing)
-            ct = res.info["modality"] == "CT" and res.info["painted_slices_mm"] is None
-            row = {"group": group, "set": st, "case": name, "modality": res.info["modality"],
-                   "input_dsc": dice(ann, truth), "without_dsc": dice(without, truth),
-                   "without_nsd": normalized_surface_dice(without, truth, spacing, tol),
-                   "any_removed": any_found.removed, "any_dsc": dice(anywhere, truth),
-                   "removed": any_found.removed if ct else 0}
-            if row["removed"]:
-                again = refine_mask(ann.astype(np.uint8), grid, image, RefineOptions(structure=structure))
-                assert np.array_equal(again.mask > 0, anywhere), f"{st} {name}: refine's trim is not trim()'s"
-                assert again.info["image_trim"]["removed"] == any_found.removed
-                row["with_action"] = again.info["action"]
-                row["with_dsc"] = dice(anywhere, truth)
-                row["with_nsd"] = normalized_surface_dice(anywhere, truth, spacing, tol)
-                print(f"{len(rows):4d} {st:24s} {name:22s} removed {row['removed']:5d} without "
-                      f"{row['without_dsc']:.3f} with {row['with_dsc']:.3f}", flush=True)
-            else:
-                row["with_dsc"], row["with_nsd"] = row["without_dsc"], row["without_nsd"]
-            rows.append(row)
+    for group, st, name, truth, ann, spacing, image, structure in all_cases():
+        tol = max(spacing)
+        grid = Grid(shape=ann.shape, spacing=tuple(spacing), origin=(0.0, 0.0, 0.0))
+        res = refine_mask(ann.astype(np.uint8), grid, image, RefineOptions(structure=structure, trim_to_image=False))
+        without = res.mask > 0
+        anywhere, any_found = image_trim.trim(without, image, spacing)
+        ct = res.info["modality"] == "CT" and res.info["painted_slices_mm"] is None
+        row = {"group": group, "set": st, "case": name, "modality": res.info["modality"],
+               "input_dsc": dice(ann, truth), "without_dsc": dice(without, truth),
+               "without_nsd": normalized_surface_dice(without, truth, spacing, tol),
+               "any_removed": any_found.removed, "any_dsc": dice(anywhere, truth),
+               "removed": any_found.removed if ct else 0}
+        if row["removed"]:
+            again = refine_mask(ann.astype(np.uint8), grid, image, RefineOptions(structure=structure))
+            assert np.array_equal(again.mask > 0, anywhere), f"{st} {name}: refine's trim is not trim()'s"
+            assert again.info["image_trim"]["removed"] == any_found.removed
+            row["with_action"] = again.info["action"]
+            row["with_dsc"] = dice(anywhere, truth)
+            row["with_nsd"] = normalized_surface_dice(anywhere, truth, spacing, tol)
+            print(f"{len(rows):4d} {st:24s} {name:22s} removed {row['removed']:5d} without "
+                  f"{row['without_dsc']:.3f} with {row['with_dsc']:.3f}", flush=True)
+        else:
+            row["with_dsc"], row["with_nsd"] = row["without_dsc"], row["without_nsd"]
+        rows.append(row)
     from NeARSlicerLib import image_margin
 
     thresholds = {name: getattr(image_trim, name) for name in ("RATIO", "EDGE_GAIN", "SMOOTH_MM", "THICK_MM", "MAX_SHARE")}
