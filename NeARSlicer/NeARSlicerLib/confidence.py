@@ -55,6 +55,14 @@ REFINED_TRIM = "refined: trimmed to the image only"
 # RefineOptions.min_island_mm3) were removed and filled
 REFINED_SPECKS = "refined: specks cleaned only"
 
+
+def describe_specks(removed: int, filled: int) -> str:
+    """The specks cleaned, in one clause (the CLI's, Slicer's and the batch's words)."""
+    def voxels(n: int) -> str:
+        return f"{n} voxel{'s' if n != 1 else ''}"
+    return f"{voxels(removed)} of isolated specks removed, {voxels(filled)} of small enclosed holes filled"
+
+
 # logistic weights over the signals (see ``confidence``), fitted by ``benchmarks/no_harm.py calibrate``
 # on the calibration cases only (14 ALAN val cases, 2 of them improved by refinement: see README)
 WEIGHTS = {"bias": 1.0, "deep_change": 0.0, "shell": -8.29, "disagreement": -116.638}

@@ -233,8 +233,7 @@ def _specks(refined: np.ndarray, prob: np.ndarray, action: str, spacing, min_mm3
     found = {"removed": removed, "filled": filled}
     if not (removed or filled):
         return refined, prob, action, found
-    notes.append(f"specks smaller than {min_mm3:g} mm^3 were cleaned: {removed} isolated voxels removed, "
-                 f"{filled} voxels of enclosed holes filled")
+    notes.append(f"specks smaller than {min_mm3:g} mm^3 were cleaned: {conf_mod.describe_specks(removed, filled)}")
     if action.startswith("kept"):
         action = conf_mod.REFINED_SPECKS
     prob = np.where(cleaned & ~mask, 1.0, np.where(mask & ~cleaned, 0.0, prob)).astype(np.float32)
@@ -389,14 +388,14 @@ def _margin_action(action: str, margin: Optional[image_margin.MarginFit]) -> str
 
 def _trim(refined: np.ndarray, prob: np.ndarray, action: str, image: np.ndarray, spacing, notes: list) -> tuple:
     """(mask, probability, action, trim) once the pieces the image shows as the surroundings are
-    removed (image_trim.py): the probability is 0 there, and a kept annotation that lost a piece is
-    ``REFINED_TRIM`` (it is not the input)."""
+    removed (image_trim.py): the probability is 0 there, and a kept annotation that lost a piece (its
+    specks cleaned or not) is ``REFINED_TRIM`` (it is not the input)."""
     trimmed, found = image_trim.trim(refined > 0, image, spacing)
     if not found.removed:
         return refined, prob, action, found
     notes.append(f"after NeAR, {image_trim.describe(found.removed, found.pieces)}")
-    if action.startswith("kept"):
-        action = conf_mod.REFINED_TRIM
+    if action.startswith("kept") or action == conf_mod.REFINED_SPECKS:
+        action = conf_mod.REFINED_TRIM  # NeAR's change not applied: the trim is what changed most
     return trimmed.astype(np.uint8), np.where(trimmed, prob, 0.0).astype(np.float32), action, found
 
 

@@ -104,14 +104,14 @@ def formatOutcome(stats: dict) -> str:
     if stats.get("modality"):
         image += f", image read as {stats['modality']}"
     prior = f", prior {stats['prior']}" if stats.get("prior") else ""
-    from NeARSlicerLib.confidence import REFINED_MARGIN, REFINED_SPECKS, REFINED_TRIM
+    from NeARSlicerLib.confidence import REFINED_MARGIN, REFINED_SPECKS, REFINED_TRIM, describe_specks
     from NeARSlicerLib.image_margin import describe as describeMargin
     from NeARSlicerLib.image_trim import describe as describeTrim
 
     margin, sides = stats.get("imageMarginMm") or 0.0, stats.get("imageMarginSides") or ()
     trimmed, trimmedPieces = int(stats.get("imageTrimmed") or 0), int(stats.get("imageTrimmedPieces") or 0)
     specksRemoved, specksFilled = int(stats.get("specksRemoved") or 0), int(stats.get("specksFilled") or 0)
-    specksText = f"{specksRemoved} isolated voxels removed, {specksFilled} voxels of small enclosed holes filled"
+    specksText = describe_specks(specksRemoved, specksFilled)
     if action.startswith("kept"):
         reason = action.split(":", 1)[1].strip() if ":" in action else "kept"
         text = (f"Kept the original ({reason}, {confText}): NeAR found nothing it could reliably improve; "

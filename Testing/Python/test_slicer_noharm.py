@@ -131,9 +131,12 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
      "surroundings were removed (confidence 0.20"),
     ({"action": "refined", "confidence": 0.9, "imageTrimmed": 300, "imageTrimmedPieces": 2}, "Refined (confidence 0.90"),
     ({"action": "refined: specks cleaned only", "confidence": 0.1, "specksRemoved": 3, "specksFilled": 2},
-     "NeAR's changes were not applied; only specks were cleaned (3 isolated voxels removed, 2 voxels of small "
-     "enclosed holes filled) (confidence 0.10"),
+     "NeAR's changes were not applied; only specks were cleaned (3 voxels of isolated specks removed, 2 voxels "
+     "of small enclosed holes filled) (confidence 0.10"),
     ({"action": "refined", "confidence": 0.9, "specksRemoved": 0, "specksFilled": 4}, "Refined (confidence 0.90"),
+    ({"action": "refined: trimmed to the image only", "confidence": 0.2, "imageTrimmed": 120, "imageTrimmedPieces": 1,
+      "specksRemoved": 1, "specksFilled": 0},
+     "NeAR's changes were not applied, but 120 voxels in 1 piece that the image shows as the structure's"),
 ])
 def test_outcome_texts(slicer_app, stats, start):
     from NeARSlicerLogic.job import formatOutcome
@@ -157,7 +160,7 @@ def test_outcome_texts(slicer_app, stats, start):
         assert f"{stats['imageRestored']} voxels the prior removed were put back and {stats['imageWithdrawn']}" in text
     # cleaned specks are said once, with their counts
     specks = stats.get("specksRemoved") or stats.get("specksFilled")
-    assert text.count("isolated voxels removed") == (1 if specks else 0)
+    assert text.count("of isolated specks removed") == (1 if specks else 0)
     # what the image trimmed is said once, with its counts
     assert text.count("as the structure's surroundings were removed") == (1 if stats.get("imageTrimmed") else 0)
     if stats.get("imageTrimmed") and stats["action"] == "refined":

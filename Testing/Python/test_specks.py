@@ -67,7 +67,32 @@ def test_a_kept_annotation_loses_its_specks_and_says_so():
         assert res.info["specks"] == {"removed": 3, "filled": 2}
         assert res.info["action"] == REFINED_SPECKS and np.array_equal(res.mask > 0, gland)
         assert np.array_equal(res.probability >= 0.5, gland)
-        assert any("3 isolated voxels removed, 2 voxels of enclosed holes filled" in w for w in res.warnings)
+        assert any("3 voxels of isolated specks removed, 2 voxels of small enclosed holes filled" in w for w in res.warnings)
         off = _refine(painted, min_island_mm3=0.0)
         assert off.info["specks"] is None and np.array_equal(off.mask > 0, painted)
     assert _refine(painted, change_policy="all").info["specks"] is None
+
+
+def test_specks_and_a_trim_together_are_said_as_a_trim():
+    """A kept annotation that lost specks and a piece painted into fat says the trim (the larger change);
+    the warnings say both (the line beside Accept: ``test_slicer_noharm.test_outcome_texts``)."""
+    import sys
+    from pathlib import Path
+
+    from NeARSlicerLib.confidence import REFINED_TRIM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_image_trim import _ct, _organ, _slab
+
+    organ = _organ()
+    painted = organ | _slab(organ)
+    painted[0, 0, 0] = True  # a stray voxel far from the organ
+    grid = Grid(shape=painted.shape, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = refine_mask(painted.astype(np.uint8), grid, _ct(organ, 5),
+                          RefineOptions(prior="anatomy", preset="fast", modality="CT"))
+    assert res.info["specks"]["removed"] == 1 and res.info["image_trim"]["removed"] > 0
+    assert res.info["action"] == REFINED_TRIM and not res.mask[0, 0, 0]
+    assert any("1 voxel of isolated specks removed" in w for w in res.warnings)
+    assert any("that the image shows as the structure's surroundings were removed" in w for w in res.warnings)
