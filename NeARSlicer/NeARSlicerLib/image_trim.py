@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from .confidence import _ellipsoid, bounding_box
 # the image is read as the margin fit reads it: references deeper than CORE_MM and a ring RING_MM out
+from . import image_margin
 from .image_margin import RING_MM, core_ring_ratio, edge_strength
 
 SMOOTH_MM = 1.0  # Gaussian smoothing of the ratio before pieces are cut (at least half a voxel)
@@ -39,7 +40,7 @@ THICK_MM = 1.0  # a piece must hold a ball of this radius (at least one voxel ea
 RATIO = 1.0  # a piece's mean log-likelihood ratio must be below -RATIO
 EDGE_GAIN = 1.5  # the boundary left behind against the piece's own outer boundary
 MAX_SHARE = 0.3  # a piece larger than this share of the mask is not removed
-MAX_BOX_VOXELS = 4_000_000  # as ``image_margin``: a larger box is not judged
+MAX_BOX_VOXELS = image_margin.MAX_BOX_VOXELS  # the margin fit's bound (time and memory): a larger box is not judged
 
 
 @dataclass(frozen=True)

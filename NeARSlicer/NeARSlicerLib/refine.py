@@ -446,12 +446,10 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     # its margin fitted to the image (a staircase's error is not a margin: its slices are interpolated).
     # CT only: on MR-like images whose structure's rim reads as its surroundings the fit shrank correct
     # masks (benchmarks/image_margin.py)
+    # the trim (benchmarks/image_trim.py) reads the image as the margin fit does, under the same conditions
+    reads_ct = image_evidence and painted is None and modality == "CT"
     annotation, margin, found_trim = original, None, None
-    # the trim reads the image as the margin fit does (CT only, not a staircase: benchmarks/image_trim.py);
-    # like the image check it is part of the do-no-harm default, so ``--changes all`` is the prior's mask
-    trims = (image_evidence and opts.trim_to_image and painted is None and modality == "CT"
-             and opts.change_policy != conf_mod.CHANGE_ALL)
-    if image_evidence and opts.fit_margin and painted is None and modality == "CT":
+    if reads_ct and opts.fit_margin:
         annotation, margin = image_margin.fit(original, image, grid.spacing)
         if margin.moved:
             notes.append(f"the image shows a margin error: {image_margin.describe(margin.mm, margin.sides)}, "
@@ -475,16 +473,25 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                 # what the image trimmed from the output ({removed, pieces, judged}; None: not tried)
                 "image_trim": None if found_trim is None else found_trim.as_dict(),
                 **fields}
+    def finish(mask: np.ndarray, prob: np.ndarray, action: str) -> tuple:
+        """(mask, probability, action, specks) after the do-no-harm default's last steps, on every exit
+        but ``--changes all`` (the prior's mask): specks cleaned (``_specks``), then, with a CT read,
+        the pieces the image shows as the surroundings trimmed (``_trim``, its facts in ``found_trim``)."""
+        nonlocal found_trim
+        specks = None
+        if opts.change_policy == conf_mod.CHANGE_ALL:
+            return mask, prob, action, specks
+        if opts.min_island_mm3 > 0:
+            mask, prob, action, specks = _specks(mask, prob, action, grid.spacing, opts.min_island_mm3, notes)
+        if reads_ct and opts.trim_to_image:
+            mask, prob, action, found_trim = _trim(mask, prob, action, image, grid.spacing, notes)
+        return mask, prob, action, specks
+
     if domain_notes and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: a prior does not reshape a structure unlike any it was trained on, so it is not
         # fitted at all (``--changes all`` still refines it)
-        kept, prob = annotation.astype(np.uint8), annotation.astype(np.float32)
-        action = _margin_action(conf_mod.KEPT_OUT_OF_DOMAIN, margin)
-        specks = None
-        if opts.min_island_mm3 > 0:
-            kept, prob, action, specks = _specks(kept, prob, action, grid.spacing, opts.min_island_mm3, notes)
-        if trims:
-            kept, prob, action, found_trim = _trim(kept, prob, action, image, grid.spacing, notes)
+        kept, prob, action, specks = finish(annotation.astype(np.uint8), annotation.astype(np.float32),
+                                            _margin_action(conf_mod.KEPT_OUT_OF_DOMAIN, margin))
         report(1.0, "done")
         return RefineResult(
             mask=kept, probability=prob, added=(kept > 0) & ~original,
@@ -587,11 +594,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         refined = annotation.astype(np.uint8)
         prob = annotation.astype(np.float32)
         action = _margin_action(action, margin)
-    specks = None
-    if opts.change_policy != conf_mod.CHANGE_ALL and opts.min_island_mm3 > 0:
-        refined, prob, action, specks = _specks(refined, prob, action, grid.spacing, opts.min_island_mm3, notes)
-    if trims:
-        refined, prob, action, found_trim = _trim(refined, prob, action, image, grid.spacing, notes)
+    refined, prob, action, specks = finish(refined, prob, action)
     seconds = time.perf_counter() - t0
     report(1.0, "done")
     return RefineResult(
