@@ -41,10 +41,11 @@ from .output_safety import (OutputError, atomic_write_bytes, check_output_folder
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                    "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error",
-                   "painted_slices_mm", "slices_interpolated", "image_restored", "image_withdrawn"]
+                   "painted_slices_mm", "slices_interpolated", "image_restored", "image_withdrawn",
+                   "image_margin_mm", "image_margin_sides", "image_trimmed", "specks_removed", "specks_filled"]
 # the columns of earlier versions (before painted_slices_mm, before slices_interpolated, before the image
-# check's counts; 2026-11-28/29): such a summary is resumed, not refused
-EARLIER_SUMMARY_COLUMNS = (SUMMARY_COLUMNS[:17], SUMMARY_COLUMNS[:18], SUMMARY_COLUMNS[:19])
+# check's counts, before the margin, trim and specks; 2026-11-28/29): such a summary is resumed, not refused
+EARLIER_SUMMARY_COLUMNS = (SUMMARY_COLUMNS[:17], SUMMARY_COLUMNS[:18], SUMMARY_COLUMNS[:19], SUMMARY_COLUMNS[:21])
 WARNING_SEPARATOR = " | "  # the engine's warnings of one segment, in one cell
 SEG_SUFFIX = ".seg.nrrd"
 BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
@@ -65,16 +66,27 @@ def engine_cells(info: dict, warnings) -> dict:
     interpolated, "no" when its staircase (``--keep-staircase``, a study prior); empty otherwise.
     ``image_restored`` / ``image_withdrawn``: voxels the image check put back / took out of the prior's
     change (``image_evidence``); empty when the output was not checked against an image (or the image
-    had too few reference voxels to judge it)."""
+    had too few reference voxels to judge it). ``image_margin_mm``: the margin moved to the image's edge
+    all round (mm, + outwards; 0: none found; empty: not fitted), ``image_margin_sides`` the sides moved
+    instead (``+i:-1.0 -j:1.0``); ``image_trimmed``: voxels the image's trim removed (empty: not tried);
+    ``specks_removed`` / ``specks_filled``: voxels of specks dropped / small holes filled (empty: not cleaned)."""
     painted = info.get("painted_slices_mm")
     check = info.get("image_check") or {}
     check = check if check.get("judged") else {}
+    trim = info.get("image_trim") or {}
+    trim = trim if trim.get("judged") else {}
+    specks = info.get("specks") or {}
     return {"confidence": _fmt(info.get("confidence"), 4), "action": info.get("action") or "",
             "prior": info.get("prior_name") or info.get("prior") or "", "modality": info.get("modality") or "",
             "warnings": warnings_cell(warnings), "painted_slices_mm": _fmt(painted, 1),
             "slices_interpolated": "" if painted is None else ("yes" if info.get("slices_interpolated") else "no"),
             "image_restored": str(int(check["restored"])) if check else "",
-            "image_withdrawn": str(int(check["withdrawn"])) if check else ""}
+            "image_withdrawn": str(int(check["withdrawn"])) if check else "",
+            "image_margin_mm": _fmt(info.get("image_margin_mm"), 2),
+            "image_margin_sides": " ".join(f"{side}:{float(mm):.1f}" for side, mm in info.get("image_margin_sides") or ()),
+            "image_trimmed": str(int(trim["removed"])) if trim else "",
+            "specks_removed": str(int(specks["removed"])) if specks else "",
+            "specks_filled": str(int(specks["filled"])) if specks else ""}
 
 
 def _fmt(value, digits: int) -> str:

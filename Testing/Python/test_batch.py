@@ -118,6 +118,15 @@ def test_the_image_checks_counts_are_in_the_row(tmp_path):
     assert (rows["with_ct"]["image_restored"], rows["with_ct"]["image_withdrawn"]) == (
         str(check["restored"]), str(check["withdrawn"]))
     assert rows["shape_only"]["image_restored"] == rows["shape_only"]["image_withdrawn"] == ""
+    # the margin fit, the trim and the specks cleanup: the engine's counts, empty where not done (no image)
+    margin, trim, specks = direct.info["image_margin_mm"], direct.info["image_trim"], direct.info["specks"]
+    assert margin is not None and trim["judged"] and specks is not None, direct.info
+    with_ct = rows["with_ct"]
+    assert float(with_ct["image_margin_mm"]) == margin and with_ct["image_trimmed"] == str(trim["removed"])
+    assert (with_ct["specks_removed"], with_ct["specks_filled"]) == (str(specks["removed"]), str(specks["filled"]))
+    shape_only = rows["shape_only"]
+    assert shape_only["image_margin_mm"] == shape_only["image_margin_sides"] == shape_only["image_trimmed"] == ""
+    assert shape_only["specks_removed"].isdigit()  # cleaned with or without an image
 
 
 def test_local_pool_gives_the_sequential_results(six, tmp_path):

@@ -21,7 +21,8 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
 # the batch contract's columns (shared with nearslicer batch)
 CSV_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error", "painted_slices_mm",
-               "slices_interpolated", "image_restored", "image_withdrawn"]
+               "slices_interpolated", "image_restored", "image_withdrawn", "image_margin_mm", "image_margin_sides",
+               "image_trimmed", "specks_removed", "specks_filled"]
 
 
 def _read_csv(path):
