@@ -1,6 +1,6 @@
 """Which confidence flags the cases that got worse: the mirrored views' estimate or the image's support.
 
-    PYTHONPATH=NeARSlicer python benchmarks/image_confidence.py   # -> benchmarks/results/image_confidence.json
+    PYTHONPATH=NeARSlicer python benchmarks/image_confidence.py [OUT.json]   # default benchmarks/results/image_confidence.json
 
 Every case is refined twice with the product's options (``--prior auto``, ``default`` preset, the case's
 image): once with every change applied (``--changes all``: the prior's proposal, which both
@@ -114,13 +114,14 @@ def main() -> int:
         rows.append({"set": st, "case": name, "prior": info.get("prior_name"),
                      "input_dsc": dice(ann, truth), "all_dsc": dice(proposal.mask, truth),
                      "default_dsc": dice(default.mask, truth), "default_action": default.info["action"],
+                     "default_gate_opened_by_image": default.info.get("gate_opened_by_image"),
                      "view_confidence": info.get("view_confidence"), "image_support": info.get("image_support"),
                      "signals": info.get("signals")})
         print(f"{len(rows):4d} {st:13s} {name:18s} in {rows[-1]['input_dsc']:.3f} all {rows[-1]['all_dsc']:.3f} "
               f"default {rows[-1]['default_dsc']:.3f} views {info.get('view_confidence')} image "
               f"{info.get('image_support')}", flush=True)
     result = {"seconds": round(time.perf_counter() - t0, 1), "sets": summarise(rows), "rows": rows}
-    OUT.write_text(json.dumps(result, indent=1))
+    (Path(sys.argv[1]) if len(sys.argv) > 1 else OUT).write_text(json.dumps(result, indent=1))
     print(json.dumps(result["sets"], indent=1))
     return 0
 

@@ -119,6 +119,7 @@ def cmd_refine(args) -> int:
                  "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
                  "image_check": info.get("image_check"), "confidence_from": info.get("confidence_from"),
                  "image_support": info.get("image_support"), "view_confidence": info.get("view_confidence"),
+                 "gate_opened_by_image": info.get("gate_opened_by_image"),
                  "image_margin_mm": info.get("image_margin_mm"), "image_margin_sides": info.get("image_margin_sides"),
                  "image_trim": info.get("image_trim"), "specks": info.get("specks"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),

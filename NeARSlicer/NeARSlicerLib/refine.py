@@ -436,9 +436,6 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
 
     report(0.0, "cropping and resampling to the working grid")
     original = np.asarray(mask) > 0
-    facts = shape_facts(original, grid.spacing)
-    domain_notes = domain_check(facts, meta.get("domain"))
-    notes += domain_notes
     painted = conf_mod.painted_slices(original, grid.spacing)
     interpolate = painted is not None and (opts.interpolate_slices if opts.interpolate_slices is not None
                                            else bool(meta.get("interpolate_slices", True)))
@@ -454,6 +451,12 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         if margin.moved:
             notes.append(f"the image shows a margin error: {image_margin.describe(margin.mm, margin.sides)}, "
                          "before NeAR")
+    # the domain is judged on what the prior would refine: a gland painted 1.7 mm too thin all round looks
+    # too small for the adrenal prior until the image's margin has been fitted (ALAN val 91: kept at 64 DSC
+    # as out of domain, refined from its fitted margin at 86)
+    facts = shape_facts(annotation, grid.spacing)
+    domain_notes = domain_check(facts, meta.get("domain"))
+    notes += domain_notes
 
     def case_info(**fields) -> dict:
         """``RefineResult.info``: what every exit reports, then ``fields`` (the fit's own facts)."""
@@ -499,7 +502,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             info=case_info(slices_interpolated=False, steps=0, flips=0, decoder_steps=0, appearance=False,
                            working_shape=None,
                            working_spacing_mm=None, final_loss=None, confidence=None, confidence_from=None,
-                           view_confidence=None, image_support=None,
+                           view_confidence=None, image_support=None, gate_opened_by_image=False,
                            action=action, signals=None, image_check=None, specks=specks))
     fov = float(meta.get("fov_mm", 64.0))
     scale = working_scale(meta, opts)
@@ -562,6 +565,10 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     action = conf_mod.decide(confidence, sig, float(opts.keep_threshold))
     if image_support is not None and action != conf_mod.REFINED:
         action = conf_mod.KEPT_IMAGE  # kept because the image does not support the prior's change
+    # a CT that supports nearly all of the prior's change opens the gate (a thin repair, not the prior's
+    # own boundary error); the image check below still undoes any piece it contradicts
+    supported = reads_ct and image_support is not None and image_support >= conf_mod.OPEN_SUPPORT
+    opened_by_image = False
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,
                                          painted=painted is not None)
@@ -571,6 +578,11 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                 # the gate opens for the annotation as painted (its margin error was one of its errors): the
                 # prior's whole output stands, as it would have without the margin fit
                 applied = refined > 0
+        if supported and not np.array_equal(applied, refined > 0):
+            widened = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,
+                                             painted=painted is not None, supported=True)
+            opened_by_image = not np.array_equal(widened, applied)  # the gated policy opens, thick does not
+            applied = widened
         if not np.array_equal(applied, refined > 0):
             refined, prob = _adopt(applied, refined, prob, annotation)
             # nothing thicker than the prior's own boundary error: the annotation stands as it is
@@ -614,6 +626,9 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             confidence_from=None if confidence is None else ("image" if image_support is not None else "views"),
             view_confidence=None if view_confidence is None else round(float(view_confidence), 4),
             image_support=None if image_support is None else round(float(image_support), 4),
+            # the gate was closed on the change's shape, and the CT's support of it (at least
+            # confidence.OPEN_SUPPORT) opened it: every change applied, less what the image check undid
+            gate_opened_by_image=opened_by_image,
             action=action, signals=sig.as_dict(),
             # what the image check undid of the prior's change (None: not checked)
             image_check=None if verdict is None else verdict.as_dict(),

@@ -71,7 +71,7 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
                       ("prior_name", "prior"), ("out_of_domain", "outOfDomain"),
                       ("painted_slices_mm", "paintedSlicesMm"), ("slices_interpolated", "slicesInterpolated"),
                       ("confidence_from", "confidenceFrom"), ("image_margin_mm", "imageMarginMm"),
-                      ("image_margin_sides", "imageMarginSides")):
+                      ("image_margin_sides", "imageMarginSides"), ("gate_opened_by_image", "gateOpenedByImage")):
         if info.get(key) not in (None, ""):
             job.stats[name] = info[key]
     if "appearance" in info:
@@ -138,6 +138,11 @@ def formatOutcome(stats: dict) -> str:
         how = " its painted slices were interpolated for NeAR, and" if stats.get("slicesInterpolated") else ""
         text += (f" The original looks painted on {painted:.1f} mm slices (a staircase):{how} the refined "
                  "surface replaces it everywhere.")
+    if stats.get("gateOpenedByImage") and action == "refined":
+        # a thin change is applied only because the CT supports it: say why the boundary moved everywhere
+        text += (" The change is thin, as NeAR's own boundary error is, but the CT supports"
+                 f"{f' {conf:.0%} of it' if isinstance(conf, (int, float)) else ' it'}: the refined surface replaces "
+                 "the original everywhere.")
     if (margin or sides) and action != REFINED_MARGIN:
         text += f" Before NeAR, {describeMargin(margin, sides)}."
     if (specksRemoved or specksFilled) and action != REFINED_SPECKS:

@@ -116,3 +116,29 @@ def test_a_large_box_judges_from_a_sub_sampled_reference_with_the_same_verdict(s
     sampled, sampled_verdict = undo_contradicted(organ, (organ & ~cap) | blob, image, SPACING)
     assert np.array_equal(sampled, full) and sampled_verdict == full_verdict
     assert np.array_equal(full, organ)
+
+
+def test_a_thin_repair_that_the_ct_supports_opens_the_gate(shared_data, monkeypatch):
+    """ALAN val 1 of ``bench --appearance --errors mixture`` (a leak, then oversmoothing that thinned the
+    gland): the prior's repair is thin, so on its shape alone the do-no-harm gate applies only its thick
+    part (81 DSC). Its phantom CT supports 90 % of the change (``confidence.OPEN_SUPPORT`` 0.8): the
+    gate opens and the whole repair is applied (85 DSC). With the gate's image threshold out of reach,
+    the thin repair is left out again."""
+    import NeARSlicerLib.confidence as confidence
+    from NeARSlicerLib.bench import identity_grid
+    from NeARSlicerLib.phantom import ct_phantom
+
+    truth = np.load(shared_data / "alan64" / "alan64_trainval.npz")["val_shapes"][1].astype(bool)
+    image = ct_phantom(truth, seed=BENCH_SEED + 1)
+    painted = corrupt(truth, (1.0, 1.0, 1.0), "mixture", BENCH_SEED + 1, image=image)
+    g, options = identity_grid(truth.shape), RefineOptions(structure="adrenal gland")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opened = refine_mask(painted.astype(np.uint8), g, image, options)
+        monkeypatch.setattr(confidence, "OPEN_SUPPORT", 1.01)
+        closed = refine_mask(painted.astype(np.uint8), g, image, options)
+    assert opened.info["image_support"] >= 0.8 and opened.info["gate_opened_by_image"]
+    assert opened.info["action"] == confidence.REFINED
+    assert not closed.info["gate_opened_by_image"] and closed.info["action"] == confidence.REFINED_ERRORS_ONLY
+    assert dice(opened.mask, truth) > dice(closed.mask, truth) + 0.02
+    assert dice(opened.mask, truth) > dice(painted, truth) + 0.03

@@ -134,6 +134,8 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
      "NeAR's changes were not applied; only specks were cleaned (3 voxels of isolated specks removed, 2 voxels "
      "of small enclosed holes filled) (confidence 0.10"),
     ({"action": "refined", "confidence": 0.9, "specksRemoved": 0, "specksFilled": 4}, "Refined (confidence 0.90"),
+    ({"action": "refined", "confidence": 0.86, "confidenceFrom": "image", "gateOpenedByImage": True},
+     "Refined (confidence 0.86 from the image"),
     ({"action": "refined: trimmed to the image only", "confidence": 0.2, "imageTrimmed": 120, "imageTrimmedPieces": 1,
       "specksRemoved": 1, "specksFilled": 0},
      "NeAR's changes were not applied, but 120 voxels in 1 piece that the image shows as the structure's"),
@@ -163,6 +165,9 @@ def test_outcome_texts(slicer_app, stats, start):
     assert text.count("of isolated specks removed") == (1 if specks else 0)
     # what the image trimmed is said once, with its counts
     assert text.count("as the structure's surroundings were removed") == (1 if stats.get("imageTrimmed") else 0)
+    # a thin change applied because the CT supports it is said, with the share the image supports
+    assert ("but the CT supports 86% of it: the refined surface replaces the original everywhere." in text) == bool(
+        stats.get("gateOpenedByImage"))
     if stats.get("imageTrimmed") and stats["action"] == "refined":
         assert text.endswith("Last, 300 voxels in 2 pieces that the image shows as the structure's surroundings "
                              "were removed.")
