@@ -145,6 +145,8 @@ def cmd_refine(args) -> int:
         return 0
     if action != "refined":  # thick errors only: say that the annotation's own boundary was kept
         how += f"; {action.split(':', 1)[1].strip()}"
+    elif info.get("gate_opened_by_image"):  # a thin change applied because the CT supports it
+        how += "; the change is thin, but the CT supports it: applied everywhere"
     print(f"refined {Path(args.mask).name}: {int(mask.sum())} -> {int(res.mask.sum())} voxels "
           f"(+{int(res.added.sum())} / -{int(res.removed.sum())}), Dice(input, refined) "
           f"{score:.3f}, {how}, {res.seconds:.1f} s on {info['device']}, prior "

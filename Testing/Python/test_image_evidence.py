@@ -118,7 +118,7 @@ def test_a_large_box_judges_from_a_sub_sampled_reference_with_the_same_verdict(s
     assert np.array_equal(full, organ)
 
 
-def test_a_thin_repair_that_the_ct_supports_opens_the_gate(shared_data, monkeypatch):
+def test_a_thin_repair_that_the_ct_supports_opens_the_gate(shared_data, monkeypatch, tmp_path, capsys):
     """ALAN val 1 of ``bench --appearance --errors mixture`` (a leak, then oversmoothing that thinned the
     gland): the prior's repair is thin, so on its shape alone the do-no-harm gate applies only its thick
     part (81 DSC). Its phantom CT supports 90 % of the change (``confidence.OPEN_SUPPORT`` 0.8): the
@@ -142,3 +142,17 @@ def test_a_thin_repair_that_the_ct_supports_opens_the_gate(shared_data, monkeypa
     assert not closed.info["gate_opened_by_image"] and closed.info["action"] == confidence.REFINED_ERRORS_ONLY
     assert dice(opened.mask, truth) > dice(closed.mask, truth) + 0.02
     assert dice(opened.mask, truth) > dice(painted, truth) + 0.03
+    # the CLI says why a thin change was applied, and --json has the flag
+    from NeARSlicerLib.cli import main
+    from NeARSlicerLib.io import write_image, write_mask
+
+    monkeypatch.undo()  # the threshold as shipped
+    write_image(str(tmp_path / "ct.nii.gz"), image, g)
+    write_mask(str(tmp_path / "left_adrenal_gland.nii.gz"), painted, g)
+    args = ["refine", "--mask", str(tmp_path / "left_adrenal_gland.nii.gz"), "--image", str(tmp_path / "ct.nii.gz")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args + ["--out", str(tmp_path / "out.nii.gz")]) == 0
+        assert "the change is thin, but the CT supports it: applied everywhere" in capsys.readouterr().out
+        assert main(args + ["--out", str(tmp_path / "out2.nii.gz"), "--json"]) == 0
+        assert '"gate_opened_by_image": true' in capsys.readouterr().out
