@@ -54,6 +54,8 @@ def _option_fields(args) -> dict:
         fields["fit_margin"] = False
     if getattr(args, "no_image_trim", False):
         fields["trim_to_image"] = False
+    if getattr(args, "no_image_gate", False):
+        fields["image_opens_gate"] = False
     return fields
 
 
@@ -466,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with a CT, pieces of the output that the image shows as the structure's "
                              "surroundings (a slab or leak painted into fat, ending in homogeneous tissue) are "
                              "removed last (the default); with this flag, never")
+        sp.add_argument("--no-image-gate", action="store_true",
+                        help="with a CT, a thin change of the prior's that the image supports (80 %% of it or "
+                             "more) is applied whole, where the do-no-harm gate would apply only its thick part "
+                             "(the default); with this flag, never")
 
     r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
     r.add_argument("--mask", required=True)

@@ -103,6 +103,9 @@ class RefineOptions:
     # with a CT read: the output's pieces that the image shows as the structure's surroundings (a slab or
     # leak painted into fat) are removed last (image_trim.py; not with change_policy "all")
     trim_to_image: bool = True
+    # with a CT read: a thin change (the gate's "thick errors only") is applied whole when the image supports
+    # at least confidence.OPEN_SUPPORT of it (a repair, not the prior's own boundary error)
+    image_opens_gate: bool = True
 
 
 @dataclass
@@ -567,7 +570,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         action = conf_mod.KEPT_IMAGE  # kept because the image does not support the prior's change
     # a CT that supports nearly all of the prior's change opens the gate (a thin repair, not the prior's
     # own boundary error); the image check below still undoes any piece it contradicts
-    supported = reads_ct and image_support is not None and image_support >= conf_mod.OPEN_SUPPORT
+    supported = (opts.image_opens_gate and reads_ct and image_support is not None
+                 and image_support >= conf_mod.OPEN_SUPPORT)
     opened_by_image = False
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,

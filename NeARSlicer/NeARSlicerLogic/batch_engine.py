@@ -37,8 +37,8 @@ def command(python: str, source: list, outputDir, workers=None, rayAddress=None,
             options=None) -> list:
     """The command line of the child: ``<python> -c <bootstrap> batch <source> --out ... [options]``."""
     options = dict(options or {})
-    # True by default; False adds --shape-only / --no-margin-fit / --no-image-trim
-    switches = ("appearance", "fitMargin", "trimToImage")
+    # True by default; False adds --shape-only / --no-margin-fit / --no-image-trim / --no-image-gate
+    switches = ("appearance", "fitMargin", "trimToImage", "imageOpensGate")
     unknown = sorted(k for k in options if k not in _FLAGS and k not in switches)
     if unknown:
         raise InputError(f"option(s) {unknown} are not supported with workers/rayAddress "
@@ -60,6 +60,8 @@ def command(python: str, source: list, outputDir, workers=None, rayAddress=None,
         args.append("--no-margin-fit")
     if options.get("trimToImage") is False:
         args.append("--no-image-trim")
+    if options.get("imageOpensGate") is False:
+        args.append("--no-image-gate")
     if overwrite:
         args.append("--overwrite")
     if resume:

@@ -148,7 +148,7 @@ def segmentBox(segmentationNode, segmentId, ijkToLocal: np.ndarray, shape, padMm
 def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearance=True, preset="default",
                device="auto", seed=0, marginMm=None, spacingMm=None, probabilityVolume=False,
                changeSegments=False, geometry="auto", changes=None, fitMargin=True,
-               trimToImage=True) -> RefinementJob:
+               trimToImage=True, imageOpensGate=True) -> RefinementJob:
     """Check the inputs and take the arrays from the scene (main thread). See ``refineSegment``."""
     segmentName = checkSegment(segmentationNode, segmentId)
     if preset not in PRESETS:
@@ -203,6 +203,8 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
         options["fit_margin"] = False
     if not trimToImage:
         options["trim_to_image"] = False
+    if not imageOpensGate:
+        options["image_opens_gate"] = False
 
     segToWorld = grids.toWorldMatrix(segmentationNode)
     return RefinementJob(

@@ -84,7 +84,7 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
                       preset="default", device="auto", seed=0, progress=None, cancel=None,
                       probabilityVolume=False, changeSegments=False, showResult=True,
                       marginMm=None, spacingMm=None, geometry="auto", changes=None, fitMargin=True,
-                      trimToImage=True) -> str:
+                      trimToImage=True, imageOpensGate=True) -> str:
         """Refine one segment with NeAR and add the result as a new segment; return its id.
 
         :param volumeNode: scalar volume (CT) whose grid and intensities are used; None to use the
@@ -118,13 +118,17 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
         :param trimToImage: with a CT, pieces of the result that the image shows as the structure's
           surroundings (a slab or leak painted into fat) are removed last (the CLI's ``--no-image-trim``
           is ``trimToImage=False``).
+        :param imageOpensGate: with a CT, a thin change the image supports (80 % of it or more) is applied
+          whole where the do-no-harm gate would keep the segment's boundary (the CLI's ``--no-image-gate``
+          is ``imageOpensGate=False``).
         :raises InputError: (a ValueError) with a one-line reason for bad inputs.
         """
         job = self.prepareRefinement(volumeNode, segmentationNode, segmentId, prior=prior, appearance=appearance,
                                      preset=preset, device=device, seed=seed, marginMm=marginMm,
                                      spacingMm=spacingMm, probabilityVolume=probabilityVolume,
                                      changeSegments=changeSegments, geometry=geometry, changes=changes,
-                                     fitMargin=fitMargin, trimToImage=trimToImage)
+                                     fitMargin=fitMargin, trimToImage=trimToImage,
+                                     imageOpensGate=imageOpensGate)
         self.computeRefinement(job, progress=progress, cancel=cancel)
         return self.applyRefinement(job, showResult=showResult)
 

@@ -1,6 +1,7 @@
 """Do no harm with the image (image_evidence): a shape-only prior's change that the image contradicts
 is undone, one that the image supports stays, and the real CT's pancreas case that the general prior
 made worse (bench --all-structures, label 7, seed 1) is no longer made worse."""
+import json
 import warnings
 
 import numpy as np
@@ -118,41 +119,40 @@ def test_a_large_box_judges_from_a_sub_sampled_reference_with_the_same_verdict(s
     assert np.array_equal(full, organ)
 
 
-def test_a_thin_repair_that_the_ct_supports_opens_the_gate(shared_data, monkeypatch, tmp_path, capsys):
+def test_a_thin_repair_that_the_ct_supports_opens_the_gate(shared_data, tmp_path, capsys):
     """ALAN val 1 of ``bench --appearance --errors mixture`` (a leak, then oversmoothing that thinned the
     gland): the prior's repair is thin, so on its shape alone the do-no-harm gate applies only its thick
     part (81 DSC). Its phantom CT supports 90 % of the change (``confidence.OPEN_SUPPORT`` 0.8): the
-    gate opens and the whole repair is applied (85 DSC). With the gate's image threshold out of reach,
-    the thin repair is left out again."""
+    gate opens and the whole repair is applied (85 DSC). Turned off (``image_opens_gate=False``, the
+    CLI's ``--no-image-gate``), the thin repair is left out again; the CLI says which it was."""
     import NeARSlicerLib.confidence as confidence
     from NeARSlicerLib.bench import identity_grid
+    from NeARSlicerLib.cli import main
+    from NeARSlicerLib.io import write_image, write_mask
     from NeARSlicerLib.phantom import ct_phantom
 
     truth = np.load(shared_data / "alan64" / "alan64_trainval.npz")["val_shapes"][1].astype(bool)
     image = ct_phantom(truth, seed=BENCH_SEED + 1)
     painted = corrupt(truth, (1.0, 1.0, 1.0), "mixture", BENCH_SEED + 1, image=image)
-    g, options = identity_grid(truth.shape), RefineOptions(structure="adrenal gland")
+    g = identity_grid(truth.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opened = refine_mask(painted.astype(np.uint8), g, image, options)
-        monkeypatch.setattr(confidence, "OPEN_SUPPORT", 1.01)
-        closed = refine_mask(painted.astype(np.uint8), g, image, options)
-    assert opened.info["image_support"] >= 0.8 and opened.info["gate_opened_by_image"]
+        opened = refine_mask(painted.astype(np.uint8), g, image, RefineOptions(structure="adrenal gland"))
+        closed = refine_mask(painted.astype(np.uint8), g, image, RefineOptions(structure="adrenal gland",
+                                                                                 image_opens_gate=False))
+    assert opened.info["image_support"] >= confidence.OPEN_SUPPORT and opened.info["gate_opened_by_image"]
     assert opened.info["action"] == confidence.REFINED
     assert not closed.info["gate_opened_by_image"] and closed.info["action"] == confidence.REFINED_ERRORS_ONLY
     assert dice(opened.mask, truth) > dice(closed.mask, truth) + 0.02
     assert dice(opened.mask, truth) > dice(painted, truth) + 0.03
-    # the CLI says why a thin change was applied, and --json has the flag
-    from NeARSlicerLib.cli import main
-    from NeARSlicerLib.io import write_image, write_mask
-
-    monkeypatch.undo()  # the threshold as shipped
     write_image(str(tmp_path / "ct.nii.gz"), image, g)
     write_mask(str(tmp_path / "left_adrenal_gland.nii.gz"), painted, g)
     args = ["refine", "--mask", str(tmp_path / "left_adrenal_gland.nii.gz"), "--image", str(tmp_path / "ct.nii.gz")]
+    said = "the change is thin, but the CT supports it: applied everywhere"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main(args + ["--out", str(tmp_path / "out.nii.gz")]) == 0
-        assert "the change is thin, but the CT supports it: applied everywhere" in capsys.readouterr().out
-        assert main(args + ["--out", str(tmp_path / "out2.nii.gz"), "--json"]) == 0
-        assert '"gate_opened_by_image": true' in capsys.readouterr().out
+        assert main(args + ["--out", str(tmp_path / "on.nii.gz")]) == 0
+        assert said in capsys.readouterr().out
+        assert main(args + ["--out", str(tmp_path / "off.nii.gz"), "--no-image-gate", "--json"]) == 0
+        facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert facts["gate_opened_by_image"] is False and facts["action"] == confidence.REFINED_ERRORS_ONLY

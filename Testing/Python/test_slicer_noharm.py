@@ -26,7 +26,8 @@ def test_dicom_modality_reaches_the_engine_options(ct_case):
 
 
 @pytest.mark.parametrize("switch, option, flag", [("fitMargin", "fit_margin", "--no-margin-fit"),
-                                                  ("trimToImage", "trim_to_image", "--no-image-trim")])
+                                                  ("trimToImage", "trim_to_image", "--no-image-trim"),
+                                                  ("imageOpensGate", "image_opens_gate", "--no-image-gate")])
 def test_the_image_fits_can_be_turned_off_from_slicer(ct_case, switch, option, flag):
     """refineSegment(fitMargin=False) is the CLI's --no-margin-fit and refineSegment(trimToImage=False)
     its --no-image-trim, in-process and in the engine batch; the default leaves the engine's own (on,
