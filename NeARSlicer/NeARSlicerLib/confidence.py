@@ -234,10 +234,10 @@ def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
     if policy not in CHANGE_POLICIES:
         raise ValueError(f"change policy must be one of {', '.join(CHANGE_POLICIES)}, got {policy!r}")
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
-    if policy == CHANGE_ALL:
-        return ref.copy()
+    if policy == CHANGE_ALL or (policy == CHANGE_GATED and supported):
+        return ref.copy()  # the image's support opens the gate before the thick part is measured
     thick = thick_changes(ann, ref, spacing, radius_mm)
-    if policy == CHANGE_GATED and (supported or thick.sum() > gate_fraction * max(int(ann.sum()), 1)
+    if policy == CHANGE_GATED and (thick.sum() > gate_fraction * max(int(ann.sum()), 1)
                                    or 1.0 - _dice(ann, ref) > gate_change
                                    or (painted if painted is not None else painted_slices(ann, spacing) is not None)):
         return ref.copy()
