@@ -1,13 +1,14 @@
-"""Study mode with and without the cases' images, for the shape-only general prior.
+"""Study mode with and without the cases' images, one study per prior that ``--prior auto`` gives.
 
     PYTHONPATH=NeARSlicer python benchmarks/study_image_check.py   # -> benchmarks/results/study_image_check.json
     PYTHONPATH=NeARSlicer python benchmarks/study_image_check.py --sets unseen --out benchmarks/results/X.json
 
-A denoise study of the general prior (shape-only) reads no image to shape the segments; since
-2026-11-29 a study given images checks each case's refinement against its own image, as
-``refine_mask`` does ("Do no harm with the image"). The same study is run twice on each case set,
-the StudyCases without and with their images (the training is the same: the images are not read
-there), and scored as ``bench`` scores its study rows (DSC, NSD at each case's coarsest voxel side):
+The cases are grouped as ``nearslicer study --prior auto`` asks a user to run them
+(``study_prior_choice``): the real CT's adrenal glands adapt the adrenal prior (with images its
+S+A prior, which reads the CT), every other case the general prior (shape-only: since 2026-11-29 a
+study given images checks each case's refinement against its own image, as ``refine_mask`` does).
+The same studies are run twice on each case set, the StudyCases without and with their images, and
+scored as ``bench`` scores its study rows (DSC, NSD at each case's coarsest voxel side):
 
 * ``unseen``: ``bench --unseen-classes 20``'s cases (branching and node shapes in synthetic CTs);
 * ``real_ct``: ``bench --all-structures``'s cases (every structure of the example CT, 3 seeds).
@@ -40,24 +41,34 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="unseen,real_ct", help="comma-separated: unseen, real_ct")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--prior", default="auto", help="auto (one study per prior --prior auto gives the cases), "
+                        "or one prior for every case")
+    parser.add_argument("--denoise-targets", default="prior", help="StudyConfig.denoise_targets")
+    parser.add_argument("--images-only", action="store_true", help="only the study with images")
     args = parser.parse_args(argv)
     from NeARSlicerLib.bench import real_ct_structures, unseen_class_cases
-    from NeARSlicerLib.prior import resolve_prior
+    from NeARSlicerLib.study_prior_choice import groups_by_prior
     from NeARSlicerLib.study import StudyCase, StudyConfig, run_study
 
-    prior = str(resolve_prior("anatomy", with_image=False))
     builders = {"unseen": lambda: unseen_class_cases(20),
                 "real_ct": lambda: real_ct_structures(CT / "ct.nii.gz", CT / "seg.nii.gz", per_label=3)}
     sets = {name: builders[name]() for name in args.sets.split(",")}
     result = {}
     for name, cases in sets.items():
         rows = {"input": score(cases, [c.annotation.astype(np.uint8) for c in cases])}
-        for label, with_images in (("study", False), ("study with images", True)):
+        for label, with_images in (("study", False), ("study with images", True))[1 if args.images_only else 0:]:
             t0 = time.perf_counter()
-            study = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if with_images else None)
-                     for c in cases]
-            res = run_study(study, prior, StudyConfig.for_recipe("denoise", appearance=with_images))
-            rows[label] = score(cases, res.masks)
+            study = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if with_images else None,
+                               structure=c.structure) for c in cases]
+            masks = [None] * len(cases)
+            # --prior auto: one study per prior (the real CT's adrenal glands adapt the adrenal prior)
+            for path, idx in groups_by_prior([c.structure for c in cases], args.prior, with_images).items():
+                res = run_study([study[i] for i in idx], str(path),
+                                StudyConfig.for_recipe("denoise", appearance=with_images,
+                                                       denoise_targets=args.denoise_targets))
+                for i, m in zip(idx, res.masks):
+                    masks[i] = m
+            rows[label] = score(cases, masks)
             print(f"{name} {label}: {time.perf_counter() - t0:.0f} s", flush=True)
         table = {}
         for label, rs in rows.items():

@@ -188,10 +188,12 @@ def run_bench(
 
     ``cases``: BenchCase list, or an array of clean shapes (``alan_cases`` without images).
     ``variants``: single-case NeAR rows, name -> RefineOptions (default ``{"NeAR": options}``).
-    ``studies``: study-mode rows, name -> (prior path or None, use images), ``study_recipe`` on all cases.
+    ``studies``: study-mode rows, name -> (prior path, or None / "auto": one study per prior that
+    ``--prior auto`` gives the cases' structures; use images), ``study_recipe`` on all cases.
     A case's ``structure`` is given to a variant that names none (``--prior auto`` chooses by it).
     """
     from .study import StudyCase, StudyConfig, run_study
+    from .study_prior_choice import groups_by_prior
 
     if not isinstance(cases, (list, tuple)) or (cases and not isinstance(cases[0], BenchCase)):
         cases = alan_cases(np.asarray(cases))
@@ -218,13 +220,25 @@ def run_bench(
         info[name]["priors_used"] = sorted({r["prior"] for r in per[name]})
     for name, (prior, use_images) in (studies or {}).items():
         log(f"study mode: {name} on {len(cases)} cases")
-        study_cases = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if use_images else None)
-                       for c in cases]
-        res = run_study(study_cases, prior, StudyConfig.for_recipe(study_recipe, appearance=use_images))
-        per[name] = [_score(c, m > 0, s, tolerance_mm) for c, m, s in zip(cases, res.masks, res.case_seconds)]
-        info[name] = {"prior": res.info["prior"], "appearance": res.info["appearance"], "epochs": res.epochs,
-                      "recipe": study_recipe, "extent_voxels": res.config.extent_voxels,
-                      "train_seconds": round(res.train_seconds, 1)}
+        study_cases = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if use_images else None,
+                                 structure=c.structure) for c in cases]
+        # --prior auto: one study per prior (adrenal glands with the adrenal prior, the rest with the
+        # general one), as a user runs them (study_prior_choice refuses a mixed study)
+        groups = groups_by_prior([c.structure for c in cases], prior,
+                                 bool(use_images and any(c.image is not None for c in cases)))
+        rows: list[Optional[dict]] = [None] * len(cases)
+        info[name] = {"prior": [], "appearance": [], "epochs": [], "recipe": study_recipe, "extent_voxels": [],
+                      "train_seconds": [], "cases": []}
+        for path, idx in groups.items():
+            res = run_study([study_cases[i] for i in idx], str(path),
+                            StudyConfig.for_recipe(study_recipe, appearance=use_images))
+            for i, m, s in zip(idx, res.masks, res.case_seconds):
+                rows[i] = _score(cases[i], m > 0, s, tolerance_mm)
+            for k, v in (("prior", res.info["prior"]), ("appearance", res.info["appearance"]),
+                         ("epochs", res.epochs), ("extent_voxels", res.config.extent_voxels),
+                         ("train_seconds", round(res.train_seconds, 1)), ("cases", len(idx))):
+                info[name][k].append(v)
+        per[name] = rows
     return {
         "table": {name: _summary(rows) for name, rows in per.items()},
         "per_case": per,

@@ -205,7 +205,7 @@ def _bench_cases(args, family: Optional[str]) -> tuple[list, bool, Optional[floa
 
 def _bench_methods(args, any_structure: bool, with_images: bool) -> tuple[dict, Optional[dict]]:
     """The NeAR rows of a bench run: single-case variants (name -> RefineOptions) and study rows."""
-    from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR, resolve_prior
+    from .prior import DEFAULT_PRIOR, DEFAULT_SA_PRIOR
     from .refine import RefineOptions
 
     if any_structure:
@@ -213,10 +213,9 @@ def _bench_methods(args, any_structure: bool, with_images: bool) -> tuple[dict, 
         common = dict(preset=args.preset, device=args.device, seed=args.seed)
         variants = {"NeAR S": RefineOptions(prior=args.prior, appearance=False, **common),
                     "NeAR S+A": RefineOptions(prior=args.prior_sa or args.prior, **common)}
-        # one study of every case, warm-started from the general prior (no class-specific prior fits a
-        # study of spleens, vertebrae and glands)
-        study_prior = str(resolve_prior(args.prior or "anatomy", with_image=False))
-        return variants, ({"NeAR S, study": (study_prior, False)} if args.study else None)
+        # --prior auto: one study of the adrenal glands (adrenal prior) and one of every other case (general
+        # prior), as `nearslicer study --prior auto` asks a user to run them; a named prior: one study of all
+        return variants, ({"NeAR S, study": (args.prior, False)} if args.study else None)
     # the ALAN shapes and the real CT's labels 8/9 are adrenal glands: --prior auto picks accordingly
     common = dict(preset=args.preset, device=args.device, seed=args.seed, structure="adrenal gland")
     if with_images:
@@ -341,7 +340,7 @@ def cmd_study(args) -> int:
     if args.denoise_targets is not None:
         overrides["denoise_targets"] = args.denoise_targets
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
-    cases = load_cases(args.masks, args.images, args.manifest, label=args.label)
+    cases = load_cases(args.masks, args.images, args.manifest, label=args.label, structure=args.structure)
     out = Path(args.out)
     ck = out / CHECKPOINT_NAME
     if rank == 0:
@@ -598,7 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (not the masks' or images' folder): <case>.nii.gz, study_prior.*, "
                    "summary.csv, " + CHECKPOINT_NAME)
     s.add_argument("--label", help="label value (or .seg.nrrd segment name) of multilabel masks")
-    s.add_argument("--prior", help="prior to warm-start from: name (adrenal) or .safetensors path (default: adrenal)")
+    s.add_argument("--prior", default="auto",
+                   help="prior to adapt: auto (default: the adrenal prior when every case names an adrenal gland, "
+                   "by --structure, .seg.nrrd segment name or file name, the general prior when none does; a study "
+                   "that mixes them is refused), adrenal, anatomy or a .safetensors path")
+    s.add_argument("--structure", help="what every mask is (e.g. 'adrenal gland'), for --prior auto")
     s.add_argument("--recipe", default="denoise", choices=["denoise", "fast", "paper"],
                    help="denoise (default): adapt the prior to recover (its reconstruction of) each annotation from a re-distorted copy, "
                    "then refine every case with it; fast: warm-started transductive NeAR, early stop; "

@@ -163,7 +163,8 @@ class Worker:
         cases = []
         for entry in request["cases"]:
             arrays = load_arrays(folder / entry["file"])
-            cases.append(StudyCase(entry["name"], arrays["mask"], self._grid(entry["grid"]), arrays.get("image")))
+            cases.append(StudyCase(entry["name"], arrays["mask"], self._grid(entry["grid"]), arrays.get("image"),
+                                   structure=entry.get("structure")))
         config = dict(request.get("config") or {})
         recipe = config.pop("recipe", "fast")
         if "milestones" in config:

@@ -67,6 +67,7 @@ from .domain import shape_facts, widen as widen_domain
 from .prior import default_prior, load_prior, resolve_prior
 from .refine import RefineOptions, card_meta, drop_islands, working_scale
 from .study_adapt import denoise_step, prior_snapshot, redistort, refine_with
+from .study_prior_choice import study_prior
 from .study_output import StudyOutputs, save_study_prior, study_card, summary_row, write_study
 
 RECIPES = ("denoise", "fast", "paper")
@@ -86,6 +87,8 @@ class StudyCase:
     image: Optional[np.ndarray] = None
     mask_path: Optional[str] = None  # the files it was read from: outputs must never replace them
     image_path: Optional[str] = None
+    # what the mask is (segment name, terminology text, label or file name): ``--prior auto`` chooses by it
+    structure: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -565,6 +568,10 @@ def run_study(
     report = progress or (lambda f, m: None)
     _check_config(cfg)
     check_cases(cases)
+    # auto: the prior refine would give the cases' structure; a study mixing structures of different priors is refused
+    any_image = any(c.image is not None for c in cases)
+    prior_path = study_prior([c.name for c in cases], [getattr(c, "structure", None) for c in cases], prior_path,
+                             bool(cfg.appearance and any_image))
     # under torchrun: this process's rank and device (NCCL on CUDA, gloo on CPU); alone: rank 0 of 1
     ctx = Distributed.from_env(cfg.device)
     if not ctx.main:
@@ -796,12 +803,14 @@ def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[s
 
 
 def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None, manifest: Optional[str] = None,
-               label: Optional[str] = None) -> list[StudyCase]:
+               label: Optional[str] = None, structure: Optional[str] = None) -> list[StudyCase]:
     """Read the cases of a study from folders (matched by name) or a CSV manifest.
 
     ``label`` picks one label of multilabel masks (a manifest's label column wins). A mask and
-    its image must share a grid.
+    its image must share a grid. Each case's ``structure`` is ``structure`` when given, else its
+    .seg.nrrd segment's name, else its file name (``batch.structure_of``, as ``refine`` reads it).
     """
+    from .batch import structure_of
     from .io import read_image, read_mask
 
     if manifest:
@@ -813,7 +822,7 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     cases = []
     for name, mpath, ipath, lab in entries:
         try:
-            mask, grid, _ = read_mask(str(mpath), label=lab if lab is not None else label)
+            mask, grid, info = read_mask(str(mpath), label=lab if lab is not None else label)
             image = None
             if ipath is not None:
                 image, igrid = read_image(str(ipath))
@@ -823,7 +832,8 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
                                      f"spacing {igrid.spacing} vs {grid.spacing})")
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
-        cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None))
+        cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None,
+                               structure_of(str(mpath), structure, info)))
     return cases
 
 

@@ -395,7 +395,8 @@ class EngineProcess:
                     arrays["image"] = np.asarray(case.image, dtype=np.float32)
                 name = f"case-{index}.npz"
                 save_arrays(job.folder / name, **arrays)
-                entries.append({"name": str(case.name), "grid": grid_to_dict(case.grid), "file": name})
+                entries.append({"name": str(case.name), "grid": grid_to_dict(case.grid), "file": name,
+                                "structure": getattr(case, "structure", None)})
         except OSError as exc:
             shutil.rmtree(job.folder, ignore_errors=True)
             raise EngineError(f"could not write the study's input to {job.folder}: {exc}") from None

@@ -158,8 +158,10 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
         jobs = [job for entry in loaded for job in entry[4]]
         if not jobs:
             return
+        # the segment's name is its structure: the engine's --prior auto chooses the study's prior by it
         studyCases = [SimpleNamespace(name=f"{entry[0]}/{job.segmentName}", mask=job.mask, grid=job.grid,
-                                      image=job.image) for entry in loaded for job in entry[4]]
+                                      image=job.image, structure=job.segmentName)
+                      for entry in loaded for job in entry[4]]
         config = {"recipe": "fast", "appearance": bool(options.get("appearance", True)),
                   "seed": int(options.get("seed", 0)), "device": options.get("device") or "auto", **studyOptions}
         # the engine process trains the model and saves it (atomically) as the study prior

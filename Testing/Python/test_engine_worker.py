@@ -202,6 +202,18 @@ def test_study_through_the_worker_equals_in_process(engine, case, tmp_path):
     assert (tmp_path / "study.safetensors").is_file() and (tmp_path / "study.json").is_file()
 
 
+def test_study_structures_reach_the_worker(engine, case, tmp_path):
+    """Each case's structure travels to the engine, whose --prior auto refuses a study that mixes an
+    adrenal gland with another structure (one study per prior), naming the cases."""
+    from NeARSlicerLib.study import StudyCase
+
+    cases = [StudyCase("gland", case[0], case[1], structure="adrenal gland"),
+             StudyCase("other", case[0], case[1], structure="spleen")]
+    with pytest.raises(Exception, match=r"different priors: the adrenal-s prior for 1 case\(s\) \(gland\)"):
+        engine.study(cases, None, {"recipe": "fast", "epochs": 0}, prior_out=str(tmp_path / "study.safetensors"))
+    assert not (tmp_path / "study.safetensors").exists()
+
+
 def test_protocol_stdout_is_json_only_and_pickle_is_refused(tmp_path):
     """The worker run by hand: every stdout line is a message; an object array (pickle) is refused;
     closing stdin ends the worker."""

@@ -197,6 +197,25 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
     assert _read_csv(out / "summary.csv") == rows
 
 
+def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic, mrml_scene, tmp_path,
+                                                                             monkeypatch):
+    """study=True: the engine's --prior auto chooses the study's prior by the segments' names, so each
+    study case carries its segment's name as its structure."""
+    require_totalseg_data()
+    seen = []
+
+    def compute(cases, prior, config, **kwargs):
+        seen.extend((c.name, c.structure, prior) for c in cases)
+        raise RuntimeError("stopped after the request")
+
+    monkeypatch.setattr(logic, "computeStudy", compute)
+    before = scene_state(mrml_scene)
+    with pytest.raises(RuntimeError, match="stopped after the request"):
+        logic.refineStudy([(str(CT_PATH), str(SEG_PATH), [8, 9])], tmp_path / "out", study=True)
+    assert seen == [("totalseg_example/Label_8", "Label_8", None), ("totalseg_example/Label_9", "Label_9", None)]
+    assert scene_state(mrml_scene) == before
+
+
 # ------------------------------------------------------------------ output safety of the batch
 def _digest(folder):
     import hashlib
