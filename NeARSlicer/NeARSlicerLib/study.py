@@ -130,6 +130,9 @@ class StudyConfig:
     # denoise: what each re-distorted annotation is trained back to: "prior", the warm-start prior's own
     # reconstruction of the annotation (its errors already partly removed), or "annotation" itself
     denoise_targets: str = "prior"
+    # denoise: the share of training pairs left clean (input = target), as the priors are trained
+    # (training_data.SampleSpec.p_clean): the adapted prior learns that a plausible shape stays
+    clean_share: float = 0.15
 
     @classmethod
     def for_recipe(cls, recipe: str, **overrides) -> "StudyConfig":
@@ -225,6 +228,8 @@ def _check_config(cfg: StudyConfig) -> None:
         if cfg.denoise_targets not in DENOISE_TARGETS:
             raise InputError(f"unknown denoise targets {cfg.denoise_targets!r}: "
                              f"use one of {', '.join(DENOISE_TARGETS)}")
+        if not 0.0 <= cfg.clean_share < 1.0:
+            raise InputError(f"bad study settings: clean_share {cfg.clean_share} (a share in [0, 1))")
         if cfg.refine_preset not in PRESETS or cfg.l2sp < 0:
             raise InputError(f"bad study settings: refine_preset {cfg.refine_preset!r} (use one of "
                              f"{', '.join(PRESETS)}), l2sp {cfg.l2sp}")
@@ -312,6 +317,8 @@ def _fingerprint(cfg: StudyConfig, names: Sequence[str], model: NeARModel) -> di
         d["l2sp"] = cfg.l2sp
         if cfg.denoise_targets != "annotation":  # absent in checkpoints of the annotation-target recipe
             d["denoise_targets"] = cfg.denoise_targets
+        if cfg.clean_share:  # absent in checkpoints of the recipe before clean pairs (2026-12-06)
+            d["clean_share"] = cfg.clean_share
     d["cases"] = list(names)
     d["model"] = model.cfg.to_dict()
     return json.loads(json.dumps(d))  # tuples -> lists, so a loaded copy compares equal
@@ -388,7 +395,7 @@ def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared]
             inputs.append(None)
             continue
         clean = p.target[0, 0].cpu().numpy() > 0.5
-        noisy = redistort(clean, float(p.work_grid.spacing[0]), cfg.seed, epoch, i, p.image_hu)
+        noisy = redistort(clean, float(p.work_grid.spacing[0]), cfg.seed, epoch, i, p.image_hu, cfg.clean_share)
         inputs.append(torch.from_numpy(noisy.astype(np.float32))[None, None].to(device))
     return denoise_step(model, inputs, [p.target for p in prep], [p.appearance for p in prep], cfg.points, gen,
                         anchor, cfg.l2sp if regularise else 0.0)

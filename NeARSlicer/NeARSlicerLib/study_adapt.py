@@ -43,11 +43,11 @@ def l2sp_penalty(model: NeARModel, anchor: dict[str, torch.Tensor]) -> torch.Ten
 
 
 def redistort(mask: np.ndarray, spacing_mm: float, seed: int, epoch: int, case: int,
-              image: Optional[np.ndarray] = None) -> np.ndarray:
-    """The working-cube annotation ``mask`` (bool) corrupted again by the error library's mixture;
-    a pure function of (seed, epoch, case)."""
+              image: Optional[np.ndarray] = None, p_clean: float = 0.0) -> np.ndarray:
+    """The working-cube annotation ``mask`` (bool) corrupted again by the error library's mixture, or
+    left as it is with probability ``p_clean``; a pure function of (seed, epoch, case)."""
     rng = np.random.default_rng([int(seed), int(epoch), int(case), 0x5EED])
-    out, _ = mixture(mask, (spacing_mm,) * 3, rng, FAMILIES, image=image)
+    out, _ = mixture(mask, (spacing_mm,) * 3, rng, FAMILIES, image=image, p_clean=p_clean)
     return out
 
 

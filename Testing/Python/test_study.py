@@ -365,6 +365,20 @@ def test_denoise_targets_are_part_of_the_recipe(tmp_path, tiny_prior):
         run_study(cases, tiny_prior, StudyConfig.for_recipe("denoise", denoise_targets="truth"))
 
 
+def test_clean_pairs_are_part_of_the_recipe(tmp_path, tiny_prior):
+    """A checkpoint of the denoise recipe without clean pairs (before 2026-12-06) is not continued by
+    the recipe with them; a share outside [0, 1) is a clear error."""
+    cases = _small_cases(2)
+    ck = tmp_path / "study.ckpt.safetensors"
+    run_study(cases, tiny_prior, StudyConfig.for_recipe("denoise", epochs=1, points=256, refine_preset="fast",
+                                                        clean_share=0.0), checkpoint=str(ck))
+    with pytest.raises(InputError, match="differs in: clean_share"):
+        run_study(cases, tiny_prior, StudyConfig.for_recipe("denoise", epochs=2, points=256, refine_preset="fast"),
+                  checkpoint=str(ck))
+    with pytest.raises(InputError, match=r"clean_share 1.0 \(a share in \[0, 1\)\)"):
+        run_study(cases, tiny_prior, StudyConfig.for_recipe("denoise", clean_share=1.0))
+
+
 def test_study_does_not_read_mr_through_a_ct_window(tiny_prior):
     """A CT-window S+A prior does not read an MR-like image (positive intensities, no fat or air in
     HU): that case is fitted by shape only, as ``refine`` does, and the study says so."""

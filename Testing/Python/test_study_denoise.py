@@ -84,6 +84,20 @@ def test_redistortion_is_seeded_and_changes_the_annotation(unseen_study):
     assert m.sum() == np.count_nonzero(cases[0].mask)  # the annotation itself is untouched
 
 
+def test_a_share_of_the_denoise_pairs_is_left_clean(unseen_study):
+    """As the priors are trained, a share of the study's training pairs is left clean (input = target),
+    so that the adapted prior learns that a plausible shape stays; the draws are otherwise those of
+    the recipe without clean pairs."""
+    m = unseen_study[0][1].mask > 0
+    assert StudyConfig.for_recipe("denoise").clean_share == pytest.approx(0.15)
+    assert all(np.array_equal(redistort(m, 1.0, 0, e, 0, p_clean=0.999), m) for e in range(4))
+    draws = [redistort(m, 1.0, 0, e, 0, p_clean=0.15) for e in range(40)]
+    clean = sum(np.array_equal(d, m) for d in draws)
+    assert 1 <= clean <= 15, clean  # about 6 of 40 left clean
+    # a corrupted draw is the same corruption as without clean pairs (one random number decides)
+    assert all(np.array_equal(d, redistort(m, 1.0, 0, e, 0)) for e, d in enumerate(draws) if not np.array_equal(d, m))
+
+
 def _ellipsoid(shape, centre, radii) -> np.ndarray:
     kk, jj, ii = np.ogrid[tuple(slice(0, n) for n in shape)]
     return ((kk - centre[0]) / radii[0]) ** 2 + ((jj - centre[1]) / radii[1]) ** 2 + ((ii - centre[2]) / radii[2]) ** 2 <= 1
