@@ -162,7 +162,9 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
         studyCases = [SimpleNamespace(name=f"{entry[0]}/{job.segmentName}", mask=job.mask, grid=job.grid,
                                       image=job.image, structure=job.segmentName)
                       for entry in loaded for job in entry[4]]
-        config = {"recipe": "fast", "appearance": bool(options.get("appearance", True)),
+        # the engine's default recipe (NeARSlicerLib.study.DEFAULT_RECIPE, not imported here: no torch in
+        # Slicer's process): denoise never trains towards the annotations, so it does not learn their errors
+        config = {"recipe": "denoise", "appearance": bool(options.get("appearance", True)),
                   "seed": int(options.get("seed", 0)), "device": options.get("device") or "auto", **studyOptions}
         # the engine process trains the model and saves it (atomically) as the study prior
         result = logic.computeStudy(studyCases, options.get("prior") or None, config,
