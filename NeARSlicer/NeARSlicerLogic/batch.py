@@ -165,7 +165,9 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
         # the engine's default recipe (NeARSlicerLib.study.DEFAULT_RECIPE, not imported here: no torch in
         # Slicer's process): denoise never trains towards the annotations, so it does not learn their errors
         config = {"recipe": "denoise", "appearance": bool(options.get("appearance", True)),
-                  "seed": int(options.get("seed", 0)), "device": options.get("device") or "auto", **studyOptions}
+                  "seed": int(options.get("seed", 0)), "device": options.get("device") or "auto",
+                  # denoise refines every case after adapting: with the batch's preset, as without study mode
+                  **({"refine_preset": options["preset"]} if options.get("preset") else {}), **studyOptions}
         # the engine process trains the model and saves it (atomically) as the study prior
         result = logic.computeStudy(studyCases, options.get("prior") or None, config,
                                     priorOut=str(outputs.priorPath),

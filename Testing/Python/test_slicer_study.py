@@ -200,19 +200,22 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
 def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic, mrml_scene, tmp_path,
                                                                              monkeypatch):
     """study=True: the engine's --prior auto chooses the study's prior by the segments' names, so each
-    study case carries its segment's name as its structure."""
+    study case carries its segment's name as its structure; the study is the engine's default
+    (denoise) recipe, refining every case with the batch's preset."""
     require_totalseg_data()
-    seen = []
+    seen, configs = [], []
 
     def compute(cases, prior, config, **kwargs):
         seen.extend((c.name, c.structure, prior) for c in cases)
+        configs.append(config)
         raise RuntimeError("stopped after the request")
 
     monkeypatch.setattr(logic, "computeStudy", compute)
     before = scene_state(mrml_scene)
     with pytest.raises(RuntimeError, match="stopped after the request"):
-        logic.refineStudy([(str(CT_PATH), str(SEG_PATH), [8, 9])], tmp_path / "out", study=True)
+        logic.refineStudy([(str(CT_PATH), str(SEG_PATH), [8, 9])], tmp_path / "out", study=True, preset="fast")
     assert seen == [("totalseg_example/Label_8", "Label_8", None), ("totalseg_example/Label_9", "Label_9", None)]
+    assert configs[0]["recipe"] == "denoise" and configs[0]["refine_preset"] == "fast"
     assert scene_state(mrml_scene) == before
 
 
