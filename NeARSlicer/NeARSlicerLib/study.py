@@ -560,8 +560,9 @@ def run_study(
 ) -> StudyResult:
     """Train a NeAR model and one latent code per case on ``cases`` jointly, then decode every case.
 
-    ``prior_path``: the prior to warm-start from (fast recipe; None = the shipped one) or whose
-    architecture to copy (paper recipe). ``checkpoint``: a file written every
+    ``prior_path``: the prior to warm-start from (fast and denoise recipes) or whose architecture to
+    copy (paper recipe); None or "auto": the one ``--prior auto`` gives every case's ``structure``
+    (``study_prior_choice``; InputError when they would get different priors). ``checkpoint``: a file written every
     ``cfg.checkpoint_every`` steps and on cancel; when it exists and ``resume`` is true, training
     continues from it (an error if it belongs to other cases or settings). ``out_dir``: if given,
     the outputs are checked before training (``study_output.StudyOutputs``: not the inputs'
