@@ -49,8 +49,8 @@ def study_prior(names: Sequence[str], structures: Sequence[Optional[str]], prior
             what = choose_prior(None, structures[idx[0]], with_image)[0] or path.stem
             parts.append(f"the {what} prior for {len(idx)} case(s) ({shown})")
         raise InputError("--prior auto would refine the cases of this study with different priors: "
-                         + "; ".join(parts) + ". A study adapts one prior: run one study per prior, "
-                         "or name one for all (--prior adrenal, --prior anatomy or a .safetensors file)")
+                         + "; ".join(parts) + ". A study adapts one prior: run one study per prior, or name "
+                         "one for all (--prior in the CLI, prior= in Slicer: adrenal, anatomy or a .safetensors file)")
     return str(next(iter(groups))) if groups else None
 
 
