@@ -314,11 +314,12 @@ def cmd_train_prior(args) -> int:
 def cmd_study(args) -> int:
     import signal
 
-    from tqdm import tqdm
-
     from .distributed import close_group, launch_rank
     from .errors import InputError
-    from .study import StudyConfig, load_cases, run_study
+    from .study import StudyConfig, load_cases
+    from .output_safety import OutputError, same_file
+    from .study_output import StudyOutputs
+    from .study_prior_choice import groups_by_prior, prior_label
 
     # under torchrun every process runs this command; only rank 0 reports and writes (run_study)
     rank, world = launch_rank()
@@ -342,11 +343,23 @@ def cmd_study(args) -> int:
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
     cases = load_cases(args.masks, args.images, args.manifest, label=args.label, structure=args.structure)
     out = Path(args.out)
-    ck = out / CHECKPOINT_NAME
-    if rank == 0:
-        print(f"study: {len(cases)} cases, recipe {cfg.recipe}, up to {cfg.epochs} epochs"
-              + (f", {world} processes (torchrun)" if world > 1 else "")
-              + (f", resuming from {ck}" if args.resume and ck.is_file() else ""))
+    # one study, or with --split-by-prior one per prior --prior auto gives the cases, each in OUT/<prior>/
+    runs = [(out, cases, args.prior)]
+    if args.split_by_prior:
+        with_image = bool(cfg.appearance and any(c.image is not None for c in cases))
+        groups = groups_by_prior([c.structure for c in cases], args.prior, with_image)
+        if len(groups) > 1:
+            runs = [(out / prior_label(path, cases[idx[0]].structure, with_image), [cases[i] for i in idx], str(path))
+                    for path, idx in groups.items()]
+            for c in cases:  # as for one study: not in the inputs' folder
+                for f in (p for p in (c.mask_path, c.image_path) if p):
+                    if same_file(Path(os.path.abspath(f)).parent, Path(os.path.abspath(out))):
+                        raise OutputError(f"output folder {out} holds the study's input {Path(f).name}; "
+                                          "choose another output folder")
+            # every study's outputs are checked before the first one trains (none is left half-done by another's)
+            for folder, group, prior in runs:
+                StudyOutputs(folder, group, overwrite=args.overwrite, checkpoint=folder / CHECKPOINT_NAME,
+                             other_inputs=[prior])
     # a first Ctrl-C stops at the next step boundary with a checkpoint saved; a second one at once
     stop = {"asked": False}
 
@@ -360,31 +373,48 @@ def cmd_study(args) -> int:
     except ValueError:  # not the main thread: keep the default behaviour
         previous = None
     try:
-        with tqdm(total=1000, desc="study", unit="", mininterval=0.5, leave=False, disable=rank != 0,
-                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
-            def cb(f: float, msg: str) -> None:
-                bar.set_postfix_str(msg, refresh=False)
-                bar.update(max(0, int(f * 1000) - bar.n))
-
-            # run_study checks every output (folder, collisions, --overwrite) before training
-            res = run_study(cases, args.prior, cfg, out_dir=str(out), checkpoint=str(ck), progress=cb,
-                            cancel=lambda: stop["asked"], resume=args.resume, overwrite=args.overwrite)
+        for folder, group, prior in runs:  # every torchrun process runs every study (rank 0 alone writes)
+            _one_study(args, cfg, group, prior, folder, rank, world, stop)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         close_group()
+    return 0
+
+
+def _one_study(args, cfg, cases, prior, out: Path, rank: int, world: int, stop: dict):
+    """One ``run_study`` into ``out`` with the CLI's progress bar and report; None in a process other
+    than rank 0 (it neither reports nor writes)."""
+    from tqdm import tqdm
+
+    from .study import run_study
+
+    ck = out / CHECKPOINT_NAME
+    if rank == 0:
+        print(f"study: {len(cases)} cases, recipe {cfg.recipe}, up to {cfg.epochs} epochs"
+              + (f", {world} processes (torchrun)" if world > 1 else "")
+              + (f", resuming from {ck}" if args.resume and ck.is_file() else ""))
+    with tqdm(total=1000, desc="study", unit="", mininterval=0.5, leave=False, disable=rank != 0,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}") as bar:
+        def cb(f: float, msg: str) -> None:
+            bar.set_postfix_str(msg, refresh=False)
+            bar.update(max(0, int(f * 1000) - bar.n))
+
+        # run_study checks every output (folder, collisions, --overwrite) before training
+        res = run_study(cases, prior, cfg, out_dir=str(out), checkpoint=str(ck), progress=cb,
+                        cancel=lambda: stop["asked"], resume=args.resume, overwrite=args.overwrite)
     if res.info.get("rank", 0) != 0:
-        return 0
+        return None
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
     for row in res.rows([c.mask for c in cases]):
         print(f"{row['case']}: {row['voxels_before']} -> {row['voxels_after']} voxels, "
               f"Dice(input, refined) {row['dice_input_refined']:.3f}")
-    stop = " (early stop)" if res.stopped_early else ""
-    print(f"study of {len(cases)} cases: {res.epochs} epochs / {res.steps} steps{stop}, "
+    early = " (early stop)" if res.stopped_early else ""
+    print(f"study of {len(cases)} cases: {res.epochs} epochs / {res.steps} steps{early}, "
           f"final loss {res.losses[-1] if res.losses else float('nan'):.4f}, {res.seconds:.1f} s on "
           f"{res.info['device']}; wrote {out}/<case>.nii.gz, study_prior.safetensors/.json, summary.csv")
-    return 0
+    return res
 
 
 def cmd_report(args) -> int:
@@ -602,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "by --structure, .seg.nrrd segment name or file name, the general prior when none does; a study "
                    "that mixes them is refused), adrenal, anatomy or a .safetensors path")
     s.add_argument("--structure", help="what every mask is (e.g. 'adrenal gland'), for --prior auto")
+    s.add_argument("--split-by-prior", action="store_true",
+                   help="with --prior auto, cases that ask for different priors (adrenal glands among other "
+                   "structures) are run as one study per prior, each in OUT/<prior>/ (default: refused)")
     s.add_argument("--recipe", default="denoise", choices=["denoise", "fast", "paper"],
                    help="denoise (default): adapt the prior to recover (its reconstruction of) each annotation from a re-distorted copy, "
                    "then refine every case with it; fast: warm-started transductive NeAR, early stop; "

@@ -34,6 +34,12 @@ def groups_by_prior(structures: Sequence[Optional[str]], prior: Optional[str],
     return groups
 
 
+def prior_label(path: Path, structure: Optional[str], with_image: bool) -> str:
+    """A short name for the prior ``auto`` gives ``structure`` (its registry name, e.g. ``adrenal-sa``;
+    else the file's stem): the sub-folder of its study under ``--split-by-prior``."""
+    return choose_prior(None, structure, with_image)[0] or Path(path).stem
+
+
 def study_prior(names: Sequence[str], structures: Sequence[Optional[str]], prior: Optional[str],
                 with_image: bool) -> Optional[str]:
     """The one prior file a study of these cases adapts (``prior`` as given when it names one).
@@ -46,12 +52,13 @@ def study_prior(names: Sequence[str], structures: Sequence[Optional[str]], prior
         parts = []
         for path, idx in groups.items():
             shown = ", ".join(names[i] for i in idx[:4]) + (f" and {len(idx) - 4} more" if len(idx) > 4 else "")
-            what = choose_prior(None, structures[idx[0]], with_image)[0] or path.stem
+            what = prior_label(path, structures[idx[0]], with_image)
             parts.append(f"the {what} prior for {len(idx)} case(s) ({shown})")
         raise InputError("--prior auto would refine the cases of this study with different priors: "
-                         + "; ".join(parts) + ". A study adapts one prior: run one study per prior, or name "
-                         "one for all (--prior in the CLI, prior= in Slicer: adrenal, anatomy or a .safetensors file)")
+                         + "; ".join(parts) + ". A study adapts one prior: run one study per prior (the CLI's "
+                         "--split-by-prior does, one sub-folder each), or name one for all (--prior in the CLI, "
+                         "prior= in Slicer: adrenal, anatomy or a .safetensors file)")
     return str(next(iter(groups))) if groups else None
 
 
-__all__ = ["groups_by_prior", "study_prior"]
+__all__ = ["groups_by_prior", "prior_label", "study_prior"]

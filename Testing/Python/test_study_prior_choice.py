@@ -1,5 +1,7 @@
 """--prior auto for a study: the prior refine would give the cases' structure, one prior per study."""
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -75,3 +77,33 @@ def test_cli_study_reads_structures_from_file_names_and_structure(tmp_path, caps
     assert rc == 0, capsys.readouterr().err
     card = json.loads((out / "study_prior.json").read_text())
     assert card["warm_start"] == str(resolve_prior("adrenal", with_image=False))
+
+
+def test_cli_split_by_prior_runs_one_study_per_prior_in_its_own_folder(tmp_path, capsys):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    write_mask(str(masks / "adrenal_gland_left.nii.gz"), _gland(7), GRID)
+    write_mask(str(masks / "spleen.nii.gz"), _gland(8), GRID)
+    write_mask(str(masks / "liver.nii.gz"), _gland(9), GRID)
+    out = tmp_path / "out"
+    args = ["study", "--masks", str(masks), "--out", str(out), "--recipe", "fast", "--epochs", "0", "--split-by-prior"]
+    assert main(args) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert text.count("study of ") == 2
+    adrenal, general = out / "adrenal-s", out / "anatomy-s"
+    assert sorted(p.name for p in adrenal.iterdir() if p.suffix == ".gz") == ["adrenal_gland_left.nii.gz"]
+    assert sorted(p.name for p in general.iterdir() if p.suffix == ".gz") == ["liver.nii.gz", "spleen.nii.gz"]
+    for folder, prior in ((adrenal, "adrenal"), (general, "anatomy")):
+        card = json.loads((folder / "study_prior.json").read_text())
+        assert card["warm_start"] == str(resolve_prior(prior, with_image=False))
+    # run again: the second study's outputs are checked before the first one trains, so nothing is replaced
+    shutil.rmtree(adrenal)  # the first study could run again, the second could not
+    before = {p: p.stat().st_mtime_ns for p in general.iterdir()}
+    assert main(args) == 2
+    assert re.search(r"(liver|spleen)\.nii\.gz exists; pass --overwrite", capsys.readouterr().err)
+    assert not adrenal.exists() or not any(adrenal.iterdir())
+    assert {p: p.stat().st_mtime_ns for p in general.iterdir()} == before
+    # nor into the inputs' folder, split or not
+    rc = main(["study", "--masks", str(masks), "--out", str(masks), "--epochs", "0", "--split-by-prior"])
+    assert rc == 2 and "holds the study's input" in capsys.readouterr().err
+    assert sorted(p.name for p in masks.iterdir()) == ["adrenal_gland_left.nii.gz", "liver.nii.gz", "spleen.nii.gz"]
