@@ -317,8 +317,7 @@ def cmd_study(args) -> int:
     from .distributed import close_group, launch_rank
     from .errors import InputError
     from .study import StudyConfig, load_cases
-    from .output_safety import OutputError, same_file
-    from .study_output import StudyOutputs
+    from .study_output import StudyOutputs, case_inputs, refuse_input_folder
     from .study_prior_choice import groups_by_prior, prior_label
 
     # under torchrun every process runs this command; only rank 0 reports and writes (run_study)
@@ -351,11 +350,7 @@ def cmd_study(args) -> int:
         if len(groups) > 1:
             runs = [(out / prior_label(path, cases[idx[0]].structure, with_image), [cases[i] for i in idx], str(path))
                     for path, idx in groups.items()]
-            for c in cases:  # as for one study: not in the inputs' folder
-                for f in (p for p in (c.mask_path, c.image_path) if p):
-                    if same_file(Path(os.path.abspath(f)).parent, Path(os.path.abspath(out))):
-                        raise OutputError(f"output folder {out} holds the study's input {Path(f).name}; "
-                                          "choose another output folder")
+            refuse_input_folder(out, case_inputs(cases))  # as for one study: not in the inputs' folder
             # every study's outputs are checked before the first one trains (none is left half-done by another's)
             for folder, group, prior in runs:
                 StudyOutputs(folder, group, overwrite=args.overwrite, checkpoint=folder / CHECKPOINT_NAME,
@@ -382,9 +377,8 @@ def cmd_study(args) -> int:
     return 0
 
 
-def _one_study(args, cfg, cases, prior, out: Path, rank: int, world: int, stop: dict):
-    """One ``run_study`` into ``out`` with the CLI's progress bar and report; None in a process other
-    than rank 0 (it neither reports nor writes)."""
+def _one_study(args, cfg, cases, prior, out: Path, rank: int, world: int, stop: dict) -> None:
+    """One ``run_study`` into ``out`` with the CLI's progress bar; rank 0 alone reports."""
     from tqdm import tqdm
 
     from .study import run_study
@@ -404,7 +398,7 @@ def _one_study(args, cfg, cases, prior, out: Path, rank: int, world: int, stop: 
         res = run_study(cases, prior, cfg, out_dir=str(out), checkpoint=str(ck), progress=cb,
                         cancel=lambda: stop["asked"], resume=args.resume, overwrite=args.overwrite)
     if res.info.get("rank", 0) != 0:
-        return None
+        return
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
     for row in res.rows([c.mask for c in cases]):
@@ -414,7 +408,6 @@ def _one_study(args, cfg, cases, prior, out: Path, rank: int, world: int, stop: 
     print(f"study of {len(cases)} cases: {res.epochs} epochs / {res.steps} steps{early}, "
           f"final loss {res.losses[-1] if res.losses else float('nan'):.4f}, {res.seconds:.1f} s on "
           f"{res.info['device']}; wrote {out}/<case>.nii.gz, study_prior.safetensors/.json, summary.csv")
-    return res
 
 
 def cmd_report(args) -> int:

@@ -79,8 +79,19 @@ def save_study_prior(result: "StudyResult", path: str | Path) -> Path:
     return prior
 
 
-def _case_inputs(cases: Sequence["StudyCase"]) -> List[str]:
+def case_inputs(cases: Sequence["StudyCase"]) -> List[str]:
     return [p for c in cases for p in (getattr(c, "mask_path", None), getattr(c, "image_path", None)) if p]
+
+
+def refuse_input_folder(out_dir: str | Path, inputs: Iterable[str | Path]) -> Path:
+    """``out_dir`` as an absolute path; OutputError if it is the folder of one of ``inputs``."""
+    out = Path(os.path.abspath(os.fspath(out_dir)))
+    for inp in inputs:
+        if same_file(Path(os.path.abspath(os.fspath(inp))).parent, out):
+            raise OutputError(f"output folder {out} holds the study's input {Path(inp).name}: the refined "
+                              "<case>.nii.gz files would sit among (and could replace) the inputs; "
+                              "choose another output folder")
+    return out
 
 
 class StudyOutputs:
@@ -96,13 +107,8 @@ class StudyOutputs:
     def __init__(self, out_dir: str | Path, cases: Sequence["StudyCase"], overwrite: bool = False,
                  inputs: Optional[Iterable[str | Path]] = None, checkpoint: Optional[str | Path] = None,
                  other_inputs: Iterable[Optional[str | Path]] = ()) -> None:
-        ins = [os.fspath(p) for p in (inputs if inputs is not None else _case_inputs(cases)) if p]
-        out = Path(os.path.abspath(os.fspath(out_dir)))
-        for inp in ins:
-            if same_file(Path(os.path.abspath(inp)).parent, out):
-                raise OutputError(f"output folder {out} holds the study's input {Path(inp).name}: the refined "
-                                  "<case>.nii.gz files would sit among (and could replace) the inputs; "
-                                  "choose another output folder")
+        ins = [os.fspath(p) for p in (inputs if inputs is not None else case_inputs(cases)) if p]
+        out = refuse_input_folder(out_dir, ins)
         self.folder = check_output_folder(out, create=True)
         self.masks = {c.name: self.folder / f"{c.name}.nii.gz" for c in cases}
         self.prior = self.folder / PRIOR_NAME
