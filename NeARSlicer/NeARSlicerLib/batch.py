@@ -96,13 +96,15 @@ def _fmt(value, digits: int) -> str:
 @dataclass(frozen=True)
 class BatchCase:
     """One entry of a batch: absolute paths; ``label`` a value or segment name (None: the only one,
-    or every segment of a ``.seg.nrrd``); ``error`` set when the entry cannot be run."""
+    or every segment of a ``.seg.nrrd``); ``error`` set when the entry cannot be run; ``structure``
+    what the mask is, for ``--prior auto`` (None: the segment's or the file's name, as ``refine`` reads it)."""
 
     name: str
     mask: str
     image: Optional[str] = None
     label: Optional[str] = None
     error: str = ""
+    structure: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,9 @@ class CaseTask:
 
 # ------------------------------------------------------------------------------ case lists
 def read_manifest(path) -> List[BatchCase]:
-    """Cases of a CSV with columns ``case,mask`` and optionally ``image,label``; relative paths are
-    relative to the CSV's folder. A row with a bad entry (no mask, a name that is no file name, a
+    """Cases of a CSV with columns ``case,mask`` and optionally ``image,label,structure``; relative paths
+    are relative to the CSV's folder. ``structure`` names what a row's mask is, for ``--prior auto`` (a
+    mixed study of adrenal glands and other organs whose files are all called ``seg.nii.gz``). A row with a bad entry (no mask, a name that is no file name, a
     repeated name) becomes a case with ``error``; a file without the columns is an InputError."""
     p = Path(path)
     if not p.is_file():
@@ -126,7 +129,8 @@ def read_manifest(path) -> List[BatchCase]:
         reader = csv.DictReader(f)
         cols = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
         if "case" not in cols or "mask" not in cols:
-            raise InputError(f"manifest {p.name} needs the columns case and mask (optional: image, label); found {cols}")
+            raise InputError(f"manifest {p.name} needs the columns case and mask (optional: image, label, structure); "
+                             f"found {cols}")
         raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
                for row in reader]
     base = p.resolve().parent
@@ -135,7 +139,7 @@ def read_manifest(path) -> List[BatchCase]:
         return str(Path(os.path.join(base, os.path.expanduser(value)))) if value else None
 
     cases = [BatchCase(r.get("case", ""), absolute(r.get("mask", "")) or "", absolute(r.get("image", "")),
-                       r.get("label") or None) for r in raw if any(r.values())]
+                       r.get("label") or None, structure=r.get("structure") or None) for r in raw if any(r.values())]
     return _checked_names(cases, f"manifest {p.name}")
 
 
@@ -164,7 +168,7 @@ def _checked_names(cases: List[BatchCase], where: str) -> List[BatchCase]:
             error = f"case name {c.name!r} appears {count[c.name]} times in {where}"
         elif not error and not c.mask:
             error = f"case {c.name}: no mask file given"
-        out.append(BatchCase(c.name, c.mask, c.image, c.label, error) if error != c.error else c)
+        out.append(replace(c, error=error) if error != c.error else c)
     return out
 
 
@@ -263,7 +267,9 @@ def run_task(task: CaseTask) -> List[dict]:
             t0 = time.perf_counter()
             with warnings.catch_warnings():  # the engine's notes are in res.warnings; no stderr noise per case
                 warnings.simplefilter("ignore", UserWarning)
-                res = refine_mask(mask, grid, image, options if options.structure else replace(options, structure=structure))
+                # what the mask is: the manifest row's structure, else the options', else the segment's or file's name
+                given = case.structure or options.structure or structure
+                res = refine_mask(mask, grid, image, replace(options, structure=given))
             rows.append({**base, "segment": name, "label": str(value), "output": task.output,
                          "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                          "dice": f"{dice(mask, res.mask):.4f}", **engine_cells(res.info, res.warnings),

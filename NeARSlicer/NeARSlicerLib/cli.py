@@ -315,6 +315,7 @@ def cmd_study(args) -> int:
     import signal
 
     from .distributed import close_group, launch_rank
+    from .engine_protocol import STUDY_REFINE_OPTIONS
     from .errors import InputError
     from .study import StudyConfig, load_cases
     from .study_output import StudyOutputs, case_inputs, refuse_input_folder
@@ -339,6 +340,10 @@ def cmd_study(args) -> int:
         overrides["refine_preset"] = args.preset
     if args.denoise_targets is not None:
         overrides["denoise_targets"] = args.denoise_targets
+    # the do-no-harm flags, as refine and batch take them, for every case's final refinement (denoise)
+    harm = {k: v for k, v in _option_fields(args).items() if k in STUDY_REFINE_OPTIONS}
+    if harm:
+        overrides["refine_options"] = harm
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
     cases = load_cases(args.masks, args.images, args.manifest, label=args.label, structure=args.structure)
     out = Path(args.out)
@@ -464,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--seed", type=int, default=seed)
 
-    def no_harm(sp):
+    def no_harm(sp, staircase: bool = True):
         from .confidence import CHANGE_POLICIES, DEFAULT_CHANGE_POLICY
 
         sp.add_argument("--keep-threshold", type=_fraction, default=None, metavar="C",
@@ -477,11 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "is kept); gated (all when the annotation has thick errors or the prior changes over "
                              "15 %% of it, else thick). thick and gated keep a segment outside the prior's domain. "
                              f"Default {DEFAULT_CHANGE_POLICY}")
-        sp.add_argument("--keep-staircase", action="store_true",
-                        help="a mask painted on thick slices and resampled to a finer grid (a staircase) is given "
-                             "to the prior as it is, not with its painted slices interpolated (shape-based "
-                             "interpolation between the slices' centres: the default, unless the prior's card "
-                             "says otherwise, as a study prior's does)")
+        if staircase:  # a study prior refines its cases as painted anyway
+            sp.add_argument("--keep-staircase", action="store_true",
+                            help="a mask painted on thick slices and resampled to a finer grid (a staircase) is given "
+                                 "to the prior as it is, not with its painted slices interpolated (shape-based "
+                                 "interpolation between the slices' centres: the default, unless the prior's card "
+                                 "says otherwise, as a study prior's does)")
         sp.add_argument("--no-margin-fit", action="store_true",
                         help="with a CT, a mask painted too thick or too thin all round (by up to 2.5 mm) first "
                              "has its boundary moved to the image's edge when the image clearly shows one (the "
@@ -594,7 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bt = sub.add_parser("batch", help="refine many cases, one by one, on a local process pool or a Ray cluster")
     bt.add_argument("--manifest", help="CSV with columns case,mask and optionally image,label (a value or a "
-                    ".seg.nrrd segment name); relative paths are relative to the CSV")
+                    ".seg.nrrd segment name),structure (what the mask is, for --prior auto); relative paths are "
+                    "relative to the CSV")
     bt.add_argument("--cases", metavar="DIR", help="folder of cases (the rules of Slicer's batch: sub-folders, "
                     "NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz pairs, or masks alone)")
     bt.add_argument("--out", required=True, help="output folder: <case>.nii.gz or <case>.seg.nrrd, summary.csv")
@@ -615,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "segmentation pairs (NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz) or one sub-folder per case "
                         "(the same rules as Slicer's refineStudy)")
     s.add_argument("--images", help="folder of CTs named like the masks (optional: shape-only without)")
-    s.add_argument("--manifest", help="CSV with columns name, mask and optionally image, label (instead of folders)")
+    s.add_argument("--manifest", help="CSV with columns name, mask and optionally image, label, structure (what the "
+                   "mask is, for --prior auto), instead of folders")
     s.add_argument("--out", required=True,
                    help="output folder (not the masks' or images' folder): <case>.nii.gz, study_prior.*, "
                    "summary.csv, " + CHECKPOINT_NAME)
@@ -624,7 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prior to adapt: auto (default: the adrenal prior when every case names an adrenal gland, "
                    "by --structure, .seg.nrrd segment name or file name, the general prior when none does; a study "
                    "that mixes them is refused), adrenal, anatomy or a .safetensors path")
-    s.add_argument("--structure", help="what every mask is (e.g. 'adrenal gland'), for --prior auto")
+    s.add_argument("--structure", help="what every mask is (e.g. 'adrenal gland'), for --prior auto (a manifest's "
+                   "structure column wins)")
     s.add_argument("--split-by-prior", action="store_true",
                    help="with --prior auto, cases that ask for different priors (adrenal glands among other "
                    "structures) are run as one study per prior, each in OUT/<prior>/ (default: refused)")
@@ -639,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--denoise-targets", choices=["prior", "annotation"],
                    help="denoise: train towards the prior's reconstruction of each annotation (default) or the "
                    "annotation itself (the recipe before 2026-11-28)")
+    no_harm(s, staircase=False)
     s.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME} if it exists")
     s.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier study in --out")
     s.add_argument("--shape-only", action="store_true", help="ignore the images even with an S+A prior")

@@ -23,6 +23,9 @@ import numpy as np
 PROTOCOL = "nearslicer-engine-1"
 INPUT_FILE = "input.npz"
 RESULT_FILE = "result.npz"
+# the RefineOptions fields a study passes on to every case's final refinement (``StudyConfig.refine_options``):
+# the do-no-harm settings a user chose for the batch; the study sets the prior, preset, seed, scale itself
+STUDY_REFINE_OPTIONS = ("keep_threshold", "change_policy", "fit_margin", "trim_to_image", "image_opens_gate")
 
 
 def grid_to_dict(grid: Any) -> dict:

@@ -186,7 +186,7 @@ class Worker:
                 "seconds": result.seconds, "train_seconds": result.train_seconds, "steps": result.steps,
                 "epochs": result.epochs, "stopped_early": result.stopped_early,
                 "epoch_losses": result.epoch_losses, "warnings": result.warnings, "info": info,
-                "config": result.config.to_dict()}
+                "config": result.config.to_dict(), "case_info": result.case_info}
 
     def warm(self, request: dict, report: Reporter) -> dict:
         """Load a prior ahead of the first job (``prior``, ``appearance``, ``device`` as in RefineOptions)."""

@@ -402,15 +402,20 @@ def _trim(refined: np.ndarray, prob: np.ndarray, action: str, image: np.ndarray,
     return trimmed.astype(np.uint8), np.where(trimmed, prob, 0.0).astype(np.float32), action, found
 
 
-def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
-            report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
-    t0 = time.perf_counter()
-    check_inputs(np.asarray(mask), grid, image)
+def check_do_no_harm(opts: RefineOptions) -> None:
+    """InputError unless the do-no-harm settings of ``opts`` are usable (a study checks them before it trains)."""
     if not 0.0 <= float(opts.keep_threshold) <= 1.0:
         raise InputError(f"keep_threshold must be in [0, 1], got {opts.keep_threshold}")
     if opts.change_policy not in conf_mod.CHANGE_POLICIES:
         raise InputError(f"change policy must be one of {', '.join(conf_mod.CHANGE_POLICIES)}, "
                          f"got {opts.change_policy!r}")
+
+
+def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
+            report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
+    t0 = time.perf_counter()
+    check_inputs(np.asarray(mask), grid, image)
+    check_do_no_harm(opts)
     cfg, n_flips = fit_config(opts)
     device = pick_device(opts.device)
     prior_name, prior_path, prior_note = choose_prior(opts.prior, opts.structure,

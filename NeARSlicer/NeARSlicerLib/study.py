@@ -133,6 +133,9 @@ class StudyConfig:
     # denoise: the share of training pairs left clean (input = target), as the priors are trained
     # (training_data.SampleSpec.p_clean): the adapted prior learns that a plausible shape stays
     clean_share: float = 0.15
+    # denoise: RefineOptions fields of every case's final refinement (``engine_protocol.STUDY_REFINE_OPTIONS``:
+    # the do-no-harm settings, e.g. {"keep_threshold": 0.5, "image_opens_gate": False}); the rest is the study's
+    refine_options: dict = field(default_factory=dict)
 
     @classmethod
     def for_recipe(cls, recipe: str, **overrides) -> "StudyConfig":
@@ -178,10 +181,15 @@ class StudyResult:
     config: StudyConfig
     warnings: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    # per case (denoise: every case is refined) its refinement's facts, RefineResult.info (confidence,
+    # action, prior, image checks...); empty for the fast and paper recipes, which decode without refine
+    case_info: list[dict] = field(default_factory=list)
 
     def rows(self, inputs: Sequence[np.ndarray]) -> list[dict]:
-        """Summary rows: case, voxels before/after, Dice(input, refined), seconds."""
-        return [summary_row(n, a, m, s) for n, a, m, s in zip(self.names, inputs, self.masks, self.case_seconds)]
+        """Summary rows: case, voxels before/after, Dice(input, refined), confidence, action, seconds."""
+        infos = self.case_info or [None] * len(self.names)
+        return [summary_row(n, a, m, s, i) for n, a, m, s, i in zip(self.names, inputs, self.masks,
+                                                                     self.case_seconds, infos)]
 
 
 @dataclass
@@ -230,11 +238,27 @@ def _check_config(cfg: StudyConfig) -> None:
                              f"use one of {', '.join(DENOISE_TARGETS)}")
         if not 0.0 <= cfg.clean_share < 1.0:
             raise InputError(f"bad study settings: clean_share {cfg.clean_share} (a share in [0, 1))")
+        _check_refine_options(cfg.refine_options)
         if cfg.refine_preset not in PRESETS or cfg.l2sp < 0:
             raise InputError(f"bad study settings: refine_preset {cfg.refine_preset!r} (use one of "
                              f"{', '.join(PRESETS)}), l2sp {cfg.l2sp}")
+    elif cfg.refine_options:
+        raise InputError(f"refine options ({', '.join(sorted(cfg.refine_options))}) apply to the denoise recipe only: "
+                         f"the {cfg.recipe} recipe decodes every case from its trained code, without refine")
     if cfg.checkpoint_every < 1 or cfg.patience < 0:
         raise InputError(f"bad study settings: checkpoint_every {cfg.checkpoint_every}, patience {cfg.patience}")
+
+
+def _check_refine_options(options: dict) -> None:
+    """Refuse, before anything trains, refine options a study does not pass on or values refine would refuse."""
+    from .engine_protocol import STUDY_REFINE_OPTIONS
+    from .refine import RefineOptions, check_do_no_harm
+
+    other = sorted(set(options) - set(STUDY_REFINE_OPTIONS))
+    if other:
+        raise InputError(f"a study's refine_options take {', '.join(STUDY_REFINE_OPTIONS)}, not {', '.join(other)} "
+                         "(the study sets the prior, preset, seed and working scale of every case itself)")
+    check_do_no_harm(RefineOptions(**options))
 
 
 def case_spacing(cfg: StudyConfig, case: StudyCase) -> float:
@@ -689,7 +713,7 @@ def run_study(
         p.requires_grad_(False)
 
     # ------------------------------------------------------------------ decoding
-    probs, masks, case_seconds = [], [], []
+    probs, masks, case_seconds, case_info = [], [], [], []
     evals, passes = state["mlp_point_evals"], state["decoder_passes"]
     share = state["train_seconds"] / n
     # rank 0 alone decodes and writes every case; the other processes are done after training (no
@@ -699,14 +723,18 @@ def run_study(
         def sub(f: float, msg: str) -> None:
             report(0.55 + 0.45 * f, msg)
 
+        warm = resolve_prior(prior_path, use_app).stem  # the warm-start prior's file: anatomy_v1, adrenal_mr_v1...
+
         def on_case(i: int, c: StudyCase, r) -> None:
             probs.append(r.probability)
             masks.append(r.mask)
             case_seconds.append(r.seconds + share)
+            # the prior refine read is a temporary copy of the adapted model: name what it is instead
+            case_info.append({**r.info, "prior": None, "prior_name": f"study ({warm})"})
             notes.extend(f"case {c.name}: {w}" for w in r.warnings
                          if "touches the border" not in w and "this prior is shape-only" not in w)
             if outputs is not None:
-                outputs.case_done(c, r.mask, case_seconds[-1])
+                outputs.case_done(c, r.mask, case_seconds[-1], case_info[-1])
 
         with warnings.catch_warnings():  # each case's notes are gathered into the study's warnings
             warnings.simplefilter("ignore")
@@ -716,7 +744,7 @@ def run_study(
             with_images = bool(cfg.appearance and any(c.image is not None for c in cases))
             refine_with(model, {**meta, "interpolate_slices": False}, cases, cfg.refine_preset, cfg.device,
                         cfg.seed, cfg.margin_mm, [case_spacing(cfg, c) for c in cases], cfg.min_island_mm3,
-                        with_images, progress=sub, cancel=cancel, on_case=on_case)
+                        with_images, progress=sub, cancel=cancel, on_case=on_case, options=cfg.refine_options)
     for i, (c, p) in enumerate(zip(cases, prep) if cfg.recipe != "denoise" and ctx.main else ()):
         if cancel is not None and cancel():
             raise Cancelled("study cancelled while decoding")
@@ -745,7 +773,7 @@ def run_study(
         losses=list(state["losses"]), epoch_losses=list(state["epoch_losses"]), steps=state["step"],
         epochs=state["epoch"], stopped_early=bool(state["stopped"] and state["epoch"] < cfg.epochs),
         seconds=time.perf_counter() - t0, train_seconds=state["train_seconds"], case_seconds=case_seconds,
-        mlp_point_evals=int(evals), decoder_passes=int(passes), config=cfg, warnings=notes,
+        mlp_point_evals=int(evals), decoder_passes=int(passes), config=cfg, warnings=notes, case_info=case_info,
         info={"device": str(device), "appearance": use_app, "resumed_from_step": resumed_from,
               "prior": str(prior_path or default_prior(use_app)) if cfg.recipe != "paper" else None,
               "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep],
@@ -775,9 +803,9 @@ def find_cases(masks_dir: str, images_dir: Optional[str] = None) -> list[tuple[s
     return [(c.name, c.segmentation, c.image) for c in usable_cases(found)]
 
 
-def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[str]]]:
-    """(name, mask, image or None, label or None) rows of a CSV with columns name, mask[, image][, label];
-    relative paths are relative to the CSV's folder."""
+def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[str], Optional[str]]]:
+    """(name, mask, image or None, label or None, structure or None) rows of a CSV with columns name,
+    mask[, image][, label][, structure]; relative paths are relative to the CSV's folder."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"manifest not found: {path}")
@@ -785,7 +813,7 @@ def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[s
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
         if "name" not in cols or "mask" not in cols:
-            raise InputError(f"manifest {p.name} needs the columns name and mask (optional: image, label); "
+            raise InputError(f"manifest {p.name} needs the columns name and mask (optional: image, label, structure); "
                              f"found {cols}")
         raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
     rows, seen = [], set()
@@ -804,7 +832,7 @@ def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[s
         for f_, what in ((m, "mask"), (img, "image")):
             if f_ is not None and not f_.is_file():
                 raise InputError(f"manifest {p.name} line {i}: {what} file not found: {f_}")
-        rows.append((name, m, img, r.get("label") or None))
+        rows.append((name, m, img, r.get("label") or None, r.get("structure") or None))
     if not rows:
         raise InputError(f"manifest {p.name} lists no cases")
     return rows
@@ -815,8 +843,9 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     """Read the cases of a study from folders (matched by name) or a CSV manifest.
 
     ``label`` picks one label of multilabel masks (a manifest's label column wins). A mask and
-    its image must share a grid. Each case's ``structure`` is ``structure`` when given, else its
-    .seg.nrrd segment's name, else its file name (``batch.structure_of``, as ``refine`` reads it).
+    its image must share a grid. Each case's ``structure`` is its manifest row's when given, else
+    ``structure``, else its .seg.nrrd segment's name, else its file name (``batch.structure_of``, as
+    ``refine`` reads it).
     """
     from .batch import structure_of
     from .io import read_image, read_mask
@@ -824,11 +853,11 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     if manifest:
         entries = read_manifest(manifest)
     elif masks_dir:
-        entries = [(n, m, i, None) for n, m, i in find_cases(masks_dir, images_dir)]
+        entries = [(n, m, i, None, None) for n, m, i in find_cases(masks_dir, images_dir)]
     else:
         raise InputError("give a masks folder or a manifest")
     cases = []
-    for name, mpath, ipath, lab in entries:
+    for name, mpath, ipath, lab, what in entries:
         try:
             mask, grid, info = read_mask(str(mpath), label=lab if lab is not None else label)
             image = None
@@ -841,7 +870,7 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
         cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None,
-                               structure_of(str(mpath), structure, info)))
+                               structure_of(str(mpath), what or structure, info)))
     return cases
 
 

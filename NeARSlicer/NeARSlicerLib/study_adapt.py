@@ -85,13 +85,15 @@ def denoise_step(model: NeARModel, inputs: Sequence[Optional[torch.Tensor]], tar
 def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, device: str, seed: int,
                 margin_mm: float, spacing_mm: Sequence[float], min_island_mm3: float, appearance: bool,
                 progress: Optional[Progress] = None, cancel: Optional[Callable[[], bool]] = None,
-                on_case: Optional[Callable[[int, object, object], None]] = None) -> list:
+                on_case: Optional[Callable[[int, object, object], None]] = None,
+                options: Optional[dict] = None) -> list:
     """``refine_mask`` of every case (``StudyCase``) with ``model`` as its prior: the model is written to
     a temporary prior file that ``refine_mask`` loads like any other (same encode + latent fit + flips
     + decode + map back), case i on a working spacing of ``spacing_mm[i]``. ``appearance``: each case's
     image is given (read by an S+A model; with a shape-only one it only checks the change, as in
     ``refine_mask``). ``on_case(i, case, result)`` is called as each case finishes; returns the
-    ``RefineResult`` of each case."""
+    ``RefineResult`` of each case. ``options``: further RefineOptions fields of every case (the
+    do-no-harm settings, ``StudyConfig.refine_options``)."""
     from .prior import save_prior
     from .refine import RefineOptions, refine_mask
 
@@ -101,7 +103,8 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
         path = save_prior(Path(tmp) / "adapted.safetensors", model, meta)
         for i, c in enumerate(cases):
             opts = RefineOptions(prior=str(path), appearance=appearance, preset=preset, device=device, seed=seed,
-                                 margin_mm=margin_mm, spacing_mm=spacing_mm[i], min_island_mm3=min_island_mm3)
+                                 margin_mm=margin_mm, spacing_mm=spacing_mm[i], min_island_mm3=min_island_mm3,
+                                 **(options or {}))
             def sub(f: float, msg: str, _i: int = i) -> None:
                 report((_i + f) / len(cases), f"refining {cases[_i].name} ({_i + 1}/{len(cases)}): {msg}")
 

@@ -23,7 +23,7 @@ from .prior import save_prior
 if TYPE_CHECKING:  # only for type hints: study.py imports this module
     from .study import StudyCase, StudyResult
 
-SUMMARY_COLUMNS = ("case", "voxels_before", "voxels_after", "dice_input_refined", "seconds")
+SUMMARY_COLUMNS = ("case", "voxels_before", "voxels_after", "dice_input_refined", "confidence", "action", "seconds")
 SUMMARY_NAME = "summary.csv"
 PRIOR_NAME = "study_prior.safetensors"
 CARD_NAME = "study_prior.json"
@@ -31,10 +31,15 @@ CARD_NAME = "study_prior.json"
 __all__ = ["StudyOutputs", "write_study", "save_study_prior", "study_card", "summary_row", "SUMMARY_COLUMNS"]
 
 
-def summary_row(name: str, before: np.ndarray, after: np.ndarray, seconds: float) -> dict:
-    """One summary row: voxels before/after, Dice(input, refined), seconds."""
+def summary_row(name: str, before: np.ndarray, after: np.ndarray, seconds: float, info: Optional[dict] = None) -> dict:
+    """One summary row: voxels before/after, Dice(input, refined), seconds, and (denoise recipe: each case
+    is refined) the refinement's confidence and action, as a batch reports them; empty otherwise."""
+    info = info or {}
+    conf = info.get("confidence")
     return {"case": name, "voxels_before": int(np.count_nonzero(before)), "voxels_after": int(np.count_nonzero(after)),
-            "dice_input_refined": round(dice(before, after), 4), "seconds": round(float(seconds), 2)}
+            "dice_input_refined": round(dice(before, after), 4),
+            "confidence": "" if conf is None else round(float(conf), 4), "action": info.get("action") or "",
+            "seconds": round(float(seconds), 2)}
 
 
 def study_card(result: "StudyResult") -> dict:
@@ -117,12 +122,12 @@ class StudyOutputs:
         # existence was checked above: the summary starts afresh at its first row (not before)
         self.summary = SummaryWriter(self.folder / SUMMARY_NAME, SUMMARY_COLUMNS, overwrite=True)
 
-    def case_done(self, case: "StudyCase", mask: np.ndarray, seconds: float) -> None:
-        """Write one refined mask, then its summary row."""
+    def case_done(self, case: "StudyCase", mask: np.ndarray, seconds: float, info: Optional[dict] = None) -> None:
+        """Write one refined mask, then its summary row (``info``: its refinement's facts, if refined)."""
         from .io import write_mask
 
         write_mask(str(self.masks[case.name]), mask, case.grid)
-        self.summary.add(summary_row(case.name, case.mask, mask, seconds))
+        self.summary.add(summary_row(case.name, case.mask, mask, seconds, info))
 
     def finish(self, result: "StudyResult") -> Path:
         """Write the study-trained prior and its card; returns the folder."""
@@ -135,6 +140,7 @@ def write_study(result: "StudyResult", cases: Sequence["StudyCase"], out_dir: st
     """Write a finished study's ``<name>.nii.gz`` masks, ``summary.csv`` and ``study_prior.*`` into
     ``out_dir`` (created if needed), with the checks of :class:`StudyOutputs`."""
     outs = StudyOutputs(out_dir, cases, overwrite=overwrite)
-    for c, m, s in zip(cases, result.masks, result.case_seconds):
-        outs.case_done(c, m, s)
+    infos = result.case_info or [None] * len(cases)
+    for c, m, s, info in zip(cases, result.masks, result.case_seconds, infos):
+        outs.case_done(c, m, s, info)
     return outs.finish(result)

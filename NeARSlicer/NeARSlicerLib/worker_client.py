@@ -84,6 +84,7 @@ class StudyOutcome:
     warnings: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    case_info: list = field(default_factory=list)  # per case its refinement's facts (denoise), else empty
 
 
 @dataclass(frozen=True)
@@ -313,7 +314,8 @@ class EngineProcess:
                 train_seconds=float(message["train_seconds"]), steps=int(message["steps"]),
                 epochs=int(message["epochs"]), stopped_early=bool(message["stopped_early"]),
                 epoch_losses=list(message["epoch_losses"]), warnings=list(message.get("warnings", [])),
-                info=dict(message.get("info", {})), config=dict(message.get("config", {})))
+                info=dict(message.get("info", {})), config=dict(message.get("config", {})),
+                case_info=[dict(i) for i in message.get("case_info") or []])
         return {k: v for k, v in message.items() if k not in ("id", "type")}
 
     def _end(self, job: EngineJob, result: Any = None, error: Optional[BaseException] = None) -> None:

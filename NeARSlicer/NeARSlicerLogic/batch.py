@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import slicer
+from NeARSlicerLib.engine_protocol import STUDY_REFINE_OPTIONS
 from NeARSlicerLib.errors import Cancelled, InputError
 
 from . import io as nio
@@ -168,14 +169,19 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
                   "seed": int(options.get("seed", 0)), "device": options.get("device") or "auto",
                   # denoise refines every case after adapting: with the batch's preset, as without study mode
                   **({"refine_preset": options["preset"]} if options.get("preset") else {}), **studyOptions}
+        if config["recipe"] == "denoise" and "refine_options" not in config:
+            # ... and the batch's do-no-harm settings (changes=, imageOpensGate=...), the same for every job
+            config["refine_options"] = {k: v for k, v in jobs[0].options.items() if k in STUDY_REFINE_OPTIONS}
         # the engine process trains the model and saves it (atomically) as the study prior
         result = logic.computeStudy(studyCases, options.get("prior") or None, config,
                                     priorOut=str(outputs.priorPath),
                                     progress=lambda f, m: report(0.1 + 0.8 * f, f"study: {m}"), cancel=cancelled)
-        for job, studyCase, mask, prob, seconds in zip(jobs, studyCases, result.masks, result.probabilities,
-                                                        result.case_seconds):
+        infos = list(getattr(result, "case_info", None) or []) or [{}] * len(jobs)
+        for job, studyCase, mask, prob, seconds, info in zip(jobs, studyCases, result.masks, result.probabilities,
+                                                              result.case_seconds, infos):
             own = [w for w in result.warnings if w.startswith(f"case {studyCase.name}:")]
-            logic.setJobResult(job, SimpleNamespace(mask=mask, probability=prob, warnings=own), seconds)
+            # info: the case's refinement facts (confidence, action, prior...) for the summary, as without study mode
+            logic.setJobResult(job, SimpleNamespace(mask=mask, probability=prob, warnings=own, info=info), seconds)
         for index, (caseName, nodes, segmentationNode, outputNode, caseJobs) in enumerate(loaded):
             report(0.9 + 0.1 * index / len(loaded), f"{caseName}: writing")
             outputPath = outputs.segmentationPath(caseName)

@@ -1,6 +1,7 @@
 """nearslicer batch: the engine batch, its local process pool, resume, bad rows, output safety."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import signal
@@ -324,3 +325,22 @@ def test_existing_outputs_need_overwrite(six, tmp_path):
     assert (out / "c1.nii.gz").read_bytes() == b"someone else's file" and not (out / "summary.csv").exists()
     with pytest.raises(InputError, match="not both"):
         run_batch(read_manifest(manifest), out, FAST, resume=True, overwrite=True, progress_bar=False)
+
+
+def test_a_manifests_structure_column_chooses_each_rows_prior(tmp_path):
+    """--prior auto per row: the manifest's structure column names what a mask file called
+    ``cK_seg.nii.gz`` holds (an adrenal gland gets the adrenal prior, with its CT the S+A one); a
+    row without it is unnamed and gets the general prior, as before."""
+    rows = make_cases(tmp_path / "cases", 2, with_seg_nrrd=False)
+    rows[0]["structure"], rows[1]["structure"] = "left adrenal gland", ""
+    manifest = tmp_path / "cases.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["case", "mask", "image", "label", "structure"])
+        w.writeheader()
+        w.writerows(rows)
+    assert [c.structure for c in read_manifest(manifest)] == ["left adrenal gland", None]
+    outcome = run_batch(read_manifest(manifest), tmp_path / "out", FAST, executor=SequentialExecutor(),
+                        progress_bar=False)
+    assert outcome.failed == 0
+    prior = {r["case"]: r["prior"] for r in read_summary(tmp_path / "out" / "summary.csv")}
+    assert prior == {"c0": "adrenal-sa", "c1": "anatomy-s"}, prior

@@ -188,6 +188,10 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
     for row in ok:
         assert int(row["voxels_after"]) > 0 and 0.3 < float(row["dice"]) <= 1.0
         assert os.path.isfile(row["output"])
+        # every case is refined (denoise recipe): its confidence and action are reported as without study
+        # mode, and the prior is named as the study's adaptation of the warm-start prior
+        assert 0.0 <= float(row["confidence"]) <= 1.0 and row["action"], row
+        assert row["prior"].startswith("study (adrenal"), row["prior"]
     assert any("FileNotFoundError" in r["error"] for r in rows)
     card = json.loads((out / "study_prior.json").read_text())
     assert card["cases"] == ["totalseg_example/Label_8", "totalseg_example/Label_9"]
@@ -201,7 +205,7 @@ def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic
                                                                              monkeypatch):
     """study=True: the engine's --prior auto chooses the study's prior by the segments' names, so each
     study case carries its segment's name as its structure; the study is the engine's default
-    (denoise) recipe, refining every case with the batch's preset."""
+    (denoise) recipe, refining every case with the batch's preset and do-no-harm settings."""
     require_totalseg_data()
     seen, configs = [], []
 
@@ -213,9 +217,12 @@ def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic
     monkeypatch.setattr(logic, "computeStudy", compute)
     before = scene_state(mrml_scene)
     with pytest.raises(RuntimeError, match="stopped after the request"):
-        logic.refineStudy([(str(CT_PATH), str(SEG_PATH), [8, 9])], tmp_path / "out", study=True, preset="fast")
+        logic.refineStudy([(str(CT_PATH), str(SEG_PATH), [8, 9])], tmp_path / "out", study=True, preset="fast",
+                          changes="thick", imageOpensGate=False)
     assert seen == [("totalseg_example/Label_8", "Label_8", None), ("totalseg_example/Label_9", "Label_9", None)]
     assert configs[0]["recipe"] == "denoise" and configs[0]["refine_preset"] == "fast"
+    # the batch's do-no-harm settings reach every case's final refinement, as without study mode
+    assert configs[0]["refine_options"] == {"change_policy": "thick", "image_opens_gate": False}
     assert scene_state(mrml_scene) == before
 
 

@@ -147,7 +147,10 @@ def test_cli_study_end_to_end(tmp_path, tiny_prior, capsys, with_images):
     assert meta["cases"] == ["case0", "case1"] and model.cfg.latent_dim == TINY.latent_dim
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["case"] for r in rows] == ["case0", "case1"]
-    assert set(rows[0]) == {"case", "voxels_before", "voxels_after", "dice_input_refined", "seconds"}
+    assert set(rows[0]) == {"case", "voxels_before", "voxels_after", "dice_input_refined", "confidence", "action",
+                            "seconds"}
+    # the denoise recipe refines every case: its confidence and action, as a batch reports them
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 and r["action"] for r in rows), rows
     assert (out / "checkpoint.safetensors").is_file()
     assert "study of 2 cases" in capsys.readouterr().out
     # the outputs of a finished study are not replaced without --overwrite, and nothing is computed
@@ -160,6 +163,25 @@ def test_cli_study_end_to_end(tmp_path, tiny_prior, capsys, with_images):
     assert main(args + ["--resume", "--overwrite"]) == 0
     assert np.array_equal(read_mask(str(out / "case0.nii.gz"))[0], before)
     assert json.loads((out / "study_prior.json").read_text())["steps"] == 2
+
+
+def test_cli_study_takes_the_do_no_harm_flags_for_every_cases_refinement(tmp_path, tiny_prior, capsys):
+    """--keep-threshold, --changes, --no-margin-fit, --no-image-trim, --no-image-gate mean for a study's
+    cases what they mean for refine and batch (the card records them); --keep-staircase is not a study
+    flag (a study prior refines its cases as painted)."""
+    masks, imgs, _ = _write_folders(tmp_path)
+    out = tmp_path / "out"
+    args = ["study", "--masks", str(masks), "--images", str(imgs), "--out", str(out), "--prior", tiny_prior,
+            "--epochs", "1", "--keep-threshold", "1", "--changes", "all", "--no-image-gate"]
+    assert main(args) == 0, capsys.readouterr().err
+    card = json.loads((out / "study_prior.json").read_text())
+    assert card["config"]["refine_options"] == {"keep_threshold": 1.0, "change_policy": "all",
+                                                "image_opens_gate": False}
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert all(r["action"].startswith("kept") or float(r["confidence"]) >= 1.0 for r in rows), rows
+    with pytest.raises(SystemExit):
+        main(["study", "--masks", str(masks), "--out", str(tmp_path / "o2"), "--keep-staircase"])
+    assert "unrecognized arguments: --keep-staircase" in capsys.readouterr().err
 
 
 def test_manifest_and_label(tmp_path, tiny_prior):

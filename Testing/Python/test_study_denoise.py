@@ -118,3 +118,34 @@ def test_study_takes_the_general_priors_working_scale():
                       identity_grid((12, 16, 16), 3.0))
     small = run_study([gland], "adrenal", StudyConfig.for_recipe("fast", epochs=1))
     assert small.config.extent_voxels is None and case_spacing(small.config, gland) == 1.0
+
+
+def test_a_studys_do_no_harm_settings_reach_every_cases_refinement(unseen_study, tmp_path):
+    """StudyConfig.refine_options are the do-no-harm settings of every case's final refinement (what
+    --keep-threshold, --changes... give refine and batch); each case reports its refinement's facts
+    (StudyResult.case_info, the summary's confidence and action). Options the study sets itself, bad
+    values, or options for a recipe that does not refine are refused before anything trains."""
+    import csv
+
+    from NeARSlicerLib.errors import InputError
+
+    cases = unseen_study[0][:2]
+    cfg = StudyConfig.for_recipe("denoise", epochs=1, extent_voxels=30, margin_mm=4.0,
+                                 refine_options={"keep_threshold": 1.0, "change_policy": "all"})
+    res = run_study(cases, "anatomy", cfg, out_dir=str(tmp_path / "out"))
+    assert len(res.case_info) == 2
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    for info, row, c, m in zip(res.case_info, rows, cases, res.masks):
+        assert info["keep_threshold"] == 1.0 and info["change_policy"] == "all"
+        assert info["prior_name"] == "study (anatomy_v1)"
+        # confidence below 1: the annotation is kept (the default, 0, would refine it)
+        assert info["confidence"] < 1.0 and info["action"].startswith("kept"), info
+        assert row["action"] == info["action"] and float(row["confidence"]) == round(info["confidence"], 4)
+        assert dice(m, c.mask) >= 0.99
+    for bad, match in (({"prior": "adrenal"}, "refine_options take keep_threshold"),
+                       ({"keep_threshold": 2.0}, "keep_threshold must be in"),
+                       ({"change_policy": "some"}, "change policy must be one of")):
+        with pytest.raises(InputError, match=match):
+            run_study(cases, "anatomy", StudyConfig.for_recipe("denoise", refine_options=bad))
+    with pytest.raises(InputError, match="apply to the denoise recipe only"):
+        run_study(cases, "anatomy", StudyConfig.for_recipe("fast", refine_options={"keep_threshold": 0.5}))

@@ -107,3 +107,24 @@ def test_cli_split_by_prior_runs_one_study_per_prior_in_its_own_folder(tmp_path,
     rc = main(["study", "--masks", str(masks), "--out", str(masks), "--epochs", "0", "--split-by-prior"])
     assert rc == 2 and "holds the study's input" in capsys.readouterr().err
     assert sorted(p.name for p in masks.iterdir()) == ["adrenal_gland_left.nii.gz", "liver.nii.gz", "spleen.nii.gz"]
+
+
+def test_a_manifests_structure_column_names_each_case_for_auto(tmp_path, capsys):
+    """Files that say nothing of what they hold (``seg.nii.gz`` in every case's folder): the manifest's
+    structure column names each case, and wins over --structure."""
+    rows = []
+    for k, what in enumerate(["left adrenal gland", "spleen", ""]):
+        folder = tmp_path / f"case{k}"
+        folder.mkdir()
+        write_mask(str(folder / "seg.nii.gz"), _gland(10 + k), GRID)
+        rows.append(f"c{k},case{k}/seg.nii.gz,,,{what}")
+    man = tmp_path / "cases.csv"
+    man.write_text("name,mask,image,label,structure\n" + "\n".join(rows) + "\n")
+    assert [c.structure for c in load_cases(manifest=str(man))] == ["left adrenal gland", "spleen", "seg"]
+    assert [c.structure for c in load_cases(manifest=str(man), structure="liver")] == [
+        "left adrenal gland", "spleen", "liver"]
+    out = tmp_path / "out"
+    rc = main(["study", "--manifest", str(man), "--out", str(out), "--recipe", "fast", "--epochs", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the adrenal-s prior for 1 case(s) (c0)" in err and "2 case(s) (c1, c2)" in err, err
+    assert not out.exists() or not any(out.iterdir())
