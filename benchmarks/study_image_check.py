@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +45,36 @@ def main(argv=None) -> int:
     parser.add_argument("--prior", default="auto", help="auto (one study per prior --prior auto gives the cases), "
                         "or one prior for every case")
     parser.add_argument("--denoise-targets", default="prior", help="StudyConfig.denoise_targets")
+    parser.add_argument("--unseen-cases", type=int, default=20)
+    parser.add_argument("--unseen-seed", type=int, default=None,
+                        help="another seed: a fresh sample of the held-out classes (default: bench's)")
+    parser.add_argument("--unadapted", action="store_true",
+                        help="also the un-adapted prior of each group (refine_mask, default preset, with the images)")
     parser.add_argument("--images-only", action="store_true", help="only the study with images")
     args = parser.parse_args(argv)
-    from NeARSlicerLib.bench import real_ct_structures, unseen_class_cases
-    from NeARSlicerLib.study_prior_choice import groups_by_prior
+    from NeARSlicerLib.bench import BENCH_SEED, real_ct_structures, unseen_class_cases
+    from NeARSlicerLib.refine import RefineOptions, refine_mask
     from NeARSlicerLib.study import StudyCase, StudyConfig, run_study
+    from NeARSlicerLib.study_prior_choice import groups_by_prior
 
-    builders = {"unseen": lambda: unseen_class_cases(20),
+    seed = BENCH_SEED if args.unseen_seed is None else args.unseen_seed
+    builders = {"unseen": lambda: unseen_class_cases(args.unseen_cases, seed=seed),
                 "real_ct": lambda: real_ct_structures(CT / "ct.nii.gz", CT / "seg.nii.gz", per_label=3)}
     sets = {name: builders[name]() for name in args.sets.split(",")}
     result = {}
     for name, cases in sets.items():
         rows = {"input": score(cases, [c.annotation.astype(np.uint8) for c in cases])}
+        if args.unadapted:  # what the studies adapt, as refine gives it each case (with its image)
+            t0 = time.perf_counter()
+            masks = [None] * len(cases)
+            for path, idx in groups_by_prior([c.structure for c in cases], args.prior, True).items():
+                for i in idx:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        masks[i] = refine_mask(cases[i].annotation.astype(np.uint8), cases[i].grid, cases[i].image,
+                                               RefineOptions(prior=str(path))).mask
+            rows["un-adapted prior"] = score(cases, masks)
+            print(f"{name} un-adapted: {time.perf_counter() - t0:.0f} s", flush=True)
         for label, with_images in (("study", False), ("study with images", True))[1 if args.images_only else 0:]:
             t0 = time.perf_counter()
             study = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if with_images else None,

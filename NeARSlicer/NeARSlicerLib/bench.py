@@ -141,19 +141,20 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     return cases
 
 
-def unseen_class_cases(n: int, family: str = "mixture") -> list[BenchCase]:
+def unseen_class_cases(n: int, family: str = "mixture", seed: int = BENCH_SEED) -> list[BenchCase]:
     """``n`` generated shapes of the classes no general prior trained on (``HELD_OUT_CLASSES``:
     branching vessel trees and lymph-node-like shapes, 10-200 mm, each on its own isotropic grid so
     that it spans 32-48 voxels), each in a synthetic CT, distorted by the error library's ``family``
-    (sizes in mm) with seed ``BENCH_SEED + i``. Named by class (``branching_03_d0``); no structure
-    name, so ``--prior auto`` gives them the general prior, as it would an unnamed segment."""
+    (sizes in mm) with seed ``seed + i`` (another ``seed``: a fresh sample of the same classes). Named by
+    class (``branching_03_d0``); no structure name, so ``--prior auto`` gives them the general prior, as
+    it would an unnamed segment."""
     from .anatomy_shapes import HELD_OUT_CLASSES, anatomy_study_cases
 
     cases = []
-    for i, c in enumerate(anatomy_study_cases(BENCH_SEED, n, classes=HELD_OUT_CLASSES)):
+    for i, c in enumerate(anatomy_study_cases(seed, n, classes=HELD_OUT_CLASSES)):
         sp = float(c["spacing_mm"])
         clean = np.asarray(c["mask"], bool)
-        noisy = corrupt(clean, (sp,) * 3, family, BENCH_SEED + i, image=c["image"])
+        noisy = corrupt(clean, (sp,) * 3, family, seed + i, image=c["image"])
         cases.append(BenchCase(f"{c['cls']}_{i:02d}_d0", clean, noisy, identity_grid(clean.shape, sp), c["image"]))
     return cases
 
