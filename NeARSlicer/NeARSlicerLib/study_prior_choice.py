@@ -6,15 +6,21 @@ chooses as ``prior.choose_prior`` does for a single refinement: the adrenal pair
 gland, the general ``anatomy`` pair otherwise. A study whose cases would get different priors is
 refused with the cases named (one study per prior: a study of spleens does not adapt the adrenal
 prior, and adrenal glands studied with spleens would lose the adrenal prior that ``refine`` gives
-them); ``groups_by_prior`` gives those studies. A named prior or a file is used for every case.
+them); ``groups_by_prior`` gives those studies, and ``run_studies_by_prior`` runs them one after
+the other (the engine worker for Slicer's study mode; the CLI's ``--split-by-prior`` writes each to a
+folder of its own). A named prior or a file is used for every case.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .errors import InputError
 from .prior import AUTO, choose_prior
+
+if TYPE_CHECKING:  # study.py imports this module
+    from .study import StudyCase, StudyConfig, StudyResult
 
 
 def _is_auto(prior: Optional[str]) -> bool:
@@ -56,9 +62,60 @@ def study_prior(names: Sequence[str], structures: Sequence[Optional[str]], prior
             parts.append(f"the {what} prior for {len(idx)} case(s) ({shown})")
         raise InputError("--prior auto would refine the cases of this study with different priors: "
                          + "; ".join(parts) + ". A study adapts one prior: run one study per prior (the CLI's "
-                         "--split-by-prior does, one sub-folder each), or name one for all (--prior in the CLI, "
+                         "--split-by-prior does, one sub-folder each; Slicer's refineStudy does it itself), or name one for all (--prior in the CLI, "
                          "prior= in Slicer: adrenal, anatomy or a .safetensors file)")
     return str(next(iter(groups))) if groups else None
 
 
-__all__ = ["groups_by_prior", "prior_label", "study_prior"]
+@dataclass
+class PriorStudy:
+    """One of the studies a split study ran: the prior it adapted, its cases (indices into the
+    whole study's cases) and its result; ``prior_out`` where its trained prior was saved (or None)."""
+
+    label: str
+    prior: Path
+    cases: list[int]
+    result: "StudyResult"
+    prior_out: Optional[Path] = None
+
+
+def split_prior_path(prior_out: str | Path, label: str) -> Path:
+    """Where the study of one prior saves its trained prior when a study is split by prior:
+    ``study_prior.safetensors`` -> ``study_prior-adrenal-sa.safetensors`` (its card beside it)."""
+    path = Path(prior_out)
+    return path.with_name(f"{path.stem}-{label}{path.suffix}")
+
+
+def run_studies_by_prior(cases: Sequence["StudyCase"], prior: Optional[str], cfg: "StudyConfig",
+                         prior_out: Optional[str | Path] = None, overwrite: bool = False,
+                         progress: Optional[Callable[[float, str], None]] = None) -> list[PriorStudy]:
+    """``run_study`` once per prior that ``prior`` (``auto``: each case's structure) gives the cases, in
+    first-seen order; one study, and ``prior_out`` as given, when they all get one prior. With several,
+    each study's trained prior is saved to ``split_prior_path(prior_out, label)``; every such file is
+    checked (existing ones only replaced with ``overwrite``) before the first study trains."""
+    from .output_safety import check_outputs
+    from .study import run_study, save_study_prior
+
+    report = progress or (lambda f, m: None)
+    with_image = bool(cfg.appearance and any(c.image is not None for c in cases))
+    groups = groups_by_prior([getattr(c, "structure", None) for c in cases], prior, with_image)
+    plan = [(prior_label(path, getattr(cases[idx[0]], "structure", None), with_image), path, idx)
+            for path, idx in groups.items()]
+    outs: list[Optional[Path]] = [None] * len(plan)
+    if prior_out is not None:
+        outs = [Path(prior_out) if len(plan) == 1 else split_prior_path(prior_out, label) for label, _, _ in plan]
+        check_outputs([f for o in outs for f in (o, o.with_suffix(".json"))],
+                      [p for c in cases for p in (c.mask_path, c.image_path)], overwrite=overwrite)
+    done = []
+    for k, ((label, path, idx), out) in enumerate(zip(plan, outs)):
+        def sub(f: float, msg: str, _k: int = k, _label: str = label) -> None:
+            report((_k + f) / len(plan), msg if len(plan) == 1 else f"study {_k + 1}/{len(plan)} ({_label}): {msg}")
+
+        result = run_study([cases[i] for i in idx], str(path), cfg, progress=sub)
+        if out is not None:
+            save_study_prior(result, out)
+        done.append(PriorStudy(label, Path(path), list(idx), result, out))
+    return done
+
+
+__all__ = ["groups_by_prior", "prior_label", "study_prior", "split_prior_path", "run_studies_by_prior", "PriorStudy"]

@@ -382,11 +382,15 @@ class EngineProcess:
 
     def submit_study(self, cases: Sequence[Any], prior: Optional[str] = None, config: Optional[dict] = None,
                      prior_out: Optional[str] = None, out_dir: Optional[str] = None,
-                     checkpoint: Optional[str] = None) -> EngineJob:
+                     checkpoint: Optional[str] = None, split_by_prior: bool = False,
+                     overwrite: bool = False) -> EngineJob:
         """Start a study on ``cases`` (objects with name, mask, grid, image like ``study.StudyCase``).
 
         ``config``: ``study.StudyConfig`` fields (``recipe`` picks the defaults); ``prior_out``: where
         to save the study-trained prior; ``out_dir`` / ``checkpoint``: as in ``run_study``.
+        ``split_by_prior``: cases that ``--prior auto`` gives different priors are run as one study per
+        prior (``study_prior_choice.run_studies_by_prior``: each prior saved beside ``prior_out``,
+        replacing an existing one only with ``overwrite``) instead of being refused.
         """
         job = self._new_job("study")
         entries = []
@@ -403,7 +407,8 @@ class EngineProcess:
             shutil.rmtree(job.folder, ignore_errors=True)
             raise EngineError(f"could not write the study's input to {job.folder}: {exc}") from None
         job.request.update(cases=entries, prior=prior, config=jsonable(config or {}),
-                           prior_out=prior_out, out_dir=out_dir, checkpoint=checkpoint)
+                           prior_out=prior_out, out_dir=out_dir, checkpoint=checkpoint,
+                           split_by_prior=bool(split_by_prior), overwrite=bool(overwrite))
         self._launch(job)
         return job
 

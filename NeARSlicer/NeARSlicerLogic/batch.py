@@ -172,10 +172,16 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
         if config["recipe"] == "denoise" and "refine_options" not in config:
             # ... and the batch's do-no-harm settings (changes=, imageOpensGate=...), the same for every job
             config["refine_options"] = {k: v for k, v in jobs[0].options.items() if k in STUDY_REFINE_OPTIONS}
-        # the engine process trains the model and saves it (atomically) as the study prior
+        # the engine process trains the model and saves it (atomically) as the study prior; segments that
+        # --prior auto gives different priors (adrenal glands among other organs) run as one study per
+        # prior, each prior saved beside it (study_prior-adrenal-sa.safetensors, ...)
         result = logic.computeStudy(studyCases, options.get("prior") or None, config,
                                     priorOut=str(outputs.priorPath),
-                                    progress=lambda f, m: report(0.1 + 0.8 * f, f"study: {m}"), cancel=cancelled)
+                                    progress=lambda f, m: report(0.1 + 0.8 * f, f"study: {m}"), cancel=cancelled,
+                                    splitByPrior=True, overwrite=outputs.overwrite)
+        for study in (getattr(result, "info", None) or {}).get("studies") or ():
+            logging.info("NeAR study of %d segment(s) adapted the %s prior; saved to %s",
+                         len(study["cases"]), study["label"], study["prior_out"])
         infos = list(getattr(result, "case_info", None) or []) or [{}] * len(jobs)
         for job, studyCase, mask, prob, seconds, info in zip(jobs, studyCases, result.masks, result.probabilities,
                                                               result.case_seconds, infos):

@@ -91,10 +91,15 @@ def computeRefinement(job: RefinementJob, engine: EngineProcess, progress=None, 
 
 
 def computeStudy(engine: EngineProcess, cases: Sequence, prior: Optional[str], config: dict,
-                 priorOut: Optional[str] = None, progress=None, cancel=None) -> StudyOutcome:
-    """Study mode in the engine (blocking): ``cases`` have name, mask, grid, image; ``config`` holds
-    ``StudyConfig`` fields (``recipe`` picks the defaults); the trained prior is saved to ``priorOut``."""
-    handle = engine.submit_study(cases, prior, config, prior_out=priorOut)
+                 priorOut: Optional[str] = None, progress=None, cancel=None, splitByPrior: bool = False,
+                 overwrite: bool = False) -> StudyOutcome:
+    """Study mode in the engine (blocking): ``cases`` have name, mask, grid, image (and structure);
+    ``config`` holds ``StudyConfig`` fields (``recipe`` picks the defaults); the trained prior is saved to
+    ``priorOut``. ``splitByPrior``: cases that ``auto`` gives different priors run as one study per prior,
+    each prior saved beside ``priorOut`` (``study_prior-<prior>.safetensors``; an existing one replaced only
+    with ``overwrite``)."""
+    handle = engine.submit_study(cases, prior, config, prior_out=priorOut, split_by_prior=splitByPrior,
+                                 overwrite=overwrite)
     return engine.wait(progress=progress, cancel=cancelFunction(cancel), tick=_keepResponsive, job=handle)
 
 

@@ -59,10 +59,12 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
         """Run the engine on the prepared arrays in the engine process; blocks until done. Touches no node."""
         return compute.computeRefinement(job, self.engineProcess(), progress=progress, cancel=cancel)
 
-    def computeStudy(self, cases, prior, config: dict, priorOut=None, progress=None, cancel=None):
+    def computeStudy(self, cases, prior, config: dict, priorOut=None, progress=None, cancel=None,
+                     splitByPrior=False, overwrite=False):
         """Study mode in the engine process (blocking); see ``compute.computeStudy``."""
         return compute.computeStudy(self.engineProcess(), cases, prior, config, priorOut=priorOut,
-                                    progress=progress, cancel=cancel)
+                                    progress=progress, cancel=cancel, splitByPrior=splitByPrior,
+                                    overwrite=overwrite)
 
     def startRefinement(self, job: RefinementJob) -> compute.RefinementRun:
         """Start the engine on the prepared arrays and return at once; poll the returned run (GUI timer)."""

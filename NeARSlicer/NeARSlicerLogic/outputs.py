@@ -43,6 +43,7 @@ class CaseOutputs:
     def __init__(self, outputDir, csvName: str, cases: list, names: list, overwrite: bool = False,
                  study: bool = False):
         self.outputDir = check_output_folder(outputDir, create=True)
+        self.overwrite = bool(overwrite)
         inputs = [p for case in cases for p in (case.get("volume"), case.get("segmentation")) if p]
         self._paths = {}
         # absolute input paths (and a single segment spec) of each case, for its summary rows

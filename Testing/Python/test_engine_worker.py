@@ -212,6 +212,21 @@ def test_study_structures_reach_the_worker(engine, case, tmp_path):
     with pytest.raises(Exception, match=r"different priors: the adrenal-s prior for 1 case\(s\) \(gland\)"):
         engine.study(cases, None, {"recipe": "fast", "epochs": 0}, prior_out=str(tmp_path / "study.safetensors"))
     assert not (tmp_path / "study.safetensors").exists()
+    # split by prior (Slicer's study mode): one study per prior, each case's result in the order given
+    outcome = engine.study(cases, None, {"recipe": "fast", "epochs": 0}, prior_out=str(tmp_path / "study.safetensors"),
+                           split_by_prior=True)
+    assert outcome.names == ["gland", "other"] and len(outcome.masks) == 2
+    assert all(m.shape == case[0].shape for m in outcome.masks)
+    studies = outcome.info["studies"]
+    assert [(s["label"], s["cases"]) for s in studies] == [("adrenal-s", ["gland"]), ("anatomy-s", ["other"])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study-adrenal-s.json", "study-adrenal-s.safetensors",
+                                                          "study-anatomy-s.json", "study-anatomy-s.safetensors"]
+    # again: the priors exist, so nothing is trained or replaced without overwrite
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(Exception, match="study-adrenal-s.safetensors exists"):
+        engine.study(cases, None, {"recipe": "fast", "epochs": 0}, prior_out=str(tmp_path / "study.safetensors"),
+                     split_by_prior=True)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
 
 
 def test_protocol_stdout_is_json_only_and_pickle_is_refused(tmp_path):

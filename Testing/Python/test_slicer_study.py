@@ -201,6 +201,37 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
     assert _read_csv(out / "summary.csv") == rows
 
 
+def test_a_study_of_an_adrenal_gland_and_another_organ_runs_one_study_per_prior(logic, mrml_scene, tmp_path):
+    """Slicer's study mode splits what ``--prior auto`` gives different priors (the left adrenal gland,
+    the gallbladder) into one study per prior, instead of refusing: both segments are written, and each
+    prior is saved beside the outputs under its name."""
+    require_totalseg_data()
+    require_engine()
+    import json
+
+    from NeARSlicerLib.io import read_mask, write_segmentation
+
+    # the example's label map, as named segments (a label map's segments are called Label_N: no structure)
+    labels, grid, _ = read_mask(str(SEG_PATH), label=8)
+    other, _, _ = read_mask(str(SEG_PATH), label=4)
+    named = tmp_path / "named.seg.nrrd"
+    write_segmentation(str(named), [("left adrenal gland", labels, (1, 0, 0)), ("gallbladder", other, (0, 1, 0))],
+                       grid)
+    before = scene_state(mrml_scene)
+    out = tmp_path / "out"
+    rows = logic.refineStudy([(str(CT_PATH), str(named))], out, study=True, studyOptions={"recipe": "fast", "epochs": 1})
+    assert scene_state(mrml_scene) == before
+    assert sorted(r["segment"] for r in rows) == ["gallbladder", "left adrenal gland"], rows
+    assert not any(r["error"] for r in rows), rows
+    assert all(int(r["voxels_after"]) > 0 for r in rows)
+    assert not (out / "study_prior.safetensors").exists()
+    cards = {p.name: json.loads(p.read_text()) for p in out.glob("study_prior-*.json")}
+    assert sorted(cards) == ["study_prior-adrenal-sa.json", "study_prior-anatomy-s.json"], sorted(cards)
+    assert cards["study_prior-adrenal-sa.json"]["cases"] == ["totalseg_example/left adrenal gland"]
+    assert cards["study_prior-anatomy-s.json"]["cases"] == ["totalseg_example/gallbladder"]
+    assert (out / "study_prior-adrenal-sa.safetensors").is_file() and (out / "study_prior-anatomy-s.safetensors").is_file()
+
+
 def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic, mrml_scene, tmp_path,
                                                                              monkeypatch):
     """study=True: the engine's --prior auto chooses the study's prior by the segments' names, so each
@@ -211,7 +242,7 @@ def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic
 
     def compute(cases, prior, config, **kwargs):
         seen.extend((c.name, c.structure, prior) for c in cases)
-        configs.append(config)
+        configs.append({**config, **kwargs})
         raise RuntimeError("stopped after the request")
 
     monkeypatch.setattr(logic, "computeStudy", compute)
@@ -223,6 +254,8 @@ def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic
     assert configs[0]["recipe"] == "denoise" and configs[0]["refine_preset"] == "fast"
     # the batch's do-no-harm settings reach every case's final refinement, as without study mode
     assert configs[0]["refine_options"] == {"change_policy": "thick", "image_opens_gate": False}
+    # segments that --prior auto gives different priors run as one study per prior, not refused
+    assert configs[0]["splitByPrior"] is True and configs[0]["overwrite"] is False
     assert scene_state(mrml_scene) == before
 
 
