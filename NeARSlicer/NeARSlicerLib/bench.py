@@ -183,6 +183,7 @@ def run_bench(
     studies: Optional[dict[str, tuple[Optional[str], bool]]] = None,
     tolerance_mm: Optional[float] = 1.0,
     study_recipe: str = "fast",
+    seed_base: int = BENCH_SEED,
 ) -> dict:
     """Score every method on every case against its truth (NSD at ``tolerance_mm``; None: at each
     case's coarsest voxel side).
@@ -192,6 +193,7 @@ def run_bench(
     ``studies``: study-mode rows, name -> (prior path, or None / "auto": one study per prior that
     ``--prior auto`` gives the cases' structures; use images), ``study_recipe`` on all cases.
     A case's ``structure`` is given to a variant that names none (``--prior auto`` chooses by it).
+    ``seed_base``: the seed the cases were drawn with (case i: ``seed_base + i``), recorded in the settings.
     """
     from .study import StudyCase, StudyConfig, run_study
     from .study_prior_choice import groups_by_prior
@@ -243,7 +245,7 @@ def run_bench(
     return {
         "table": {name: _summary(rows) for name, rows in per.items()},
         "per_case": per,
-        "settings": {"seed_base": BENCH_SEED, "nsd_tolerance_mm": tolerance_mm, "torch_threads": torch.get_num_threads(),
+        "settings": {"seed_base": seed_base, "nsd_tolerance_mm": tolerance_mm, "torch_threads": torch.get_num_threads(),
                      "machine": platform.machine(), "methods": info},
     }
 

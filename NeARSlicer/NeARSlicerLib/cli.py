@@ -174,6 +174,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _seed_base(args) -> int:
+    """The seed of a bench's first case (case i: seed + i): the bench's own unless --unseen-seed gives one."""
+    from .bench import BENCH_SEED
+
+    seed = getattr(args, "unseen_seed", None)
+    return BENCH_SEED if seed is None else int(seed)
+
+
 def _bench_cases(args, family: Optional[str]) -> tuple[list, bool, Optional[float]]:
     """(cases, whether they carry images, NSD tolerance in mm or None for each case's voxel) of a bench run."""
     import numpy as np
@@ -196,7 +204,7 @@ def _bench_cases(args, family: Optional[str]) -> tuple[list, bool, Optional[floa
         return (real_ct_cases(ct, seg, labels(args.labels), per_label=args.per_label or 10, family=family), True,
                 args.nsd_mm or 1.0)
     if args.unseen_classes:  # 10 to 200 mm shapes: NSD at each case's own voxel
-        return unseen_class_cases(args.unseen_classes, family), True, args.nsd_mm
+        return unseen_class_cases(args.unseen_classes, family, seed=_seed_base(args)), True, args.nsd_mm
     if not Path(args.data).is_file():
         raise InputError(f"benchmark data not found: {args.data} (the ALAN shapes of ../shared/data; see --data)")
     shapes = np.load(args.data)[args.split + "_shapes"][: args.cases]
@@ -235,6 +243,8 @@ def cmd_bench(args) -> int:
 
     if args.all_structures and not args.real_ct:
         raise InputError("--all-structures needs --real-ct DIR (a CT and its label map)")
+    if args.unseen_seed is not None and not args.unseen_classes:
+        raise InputError("--unseen-seed draws the cases of --unseen-classes: give --unseen-classes N")
     if args.unseen_classes and (args.real_ct or args.appearance):
         raise InputError("--unseen-classes makes its own cases: not with --real-ct or --appearance")
     # cases of any structure: refined with the prior --prior auto picks for each (as a user's segments)
@@ -261,7 +271,8 @@ def cmd_bench(args) -> int:
         cases, with_images, tolerance = _bench_cases(args, family)
         variants, studies = _bench_methods(args, any_structure, with_images)
         recipe = args.study_recipe or ("denoise" if any_structure else "fast")
-        result = run_bench(cases, variants=variants, studies=studies, tolerance_mm=tolerance, study_recipe=recipe)
+        result = run_bench(cases, variants=variants, studies=studies, tolerance_mm=tolerance, study_recipe=recipe,
+                           seed_base=_seed_base(args))
         name = family or "paper"
         print(f"\nerrors: {name} (best smoothing: {best_smoothing(result)})")
         print(format_table(result))
@@ -546,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--unseen-classes", type=int, default=0, metavar="N",
                    help="N generated shapes of the classes the general prior never trained on (branching, node; "
                         "10-200 mm), each in a synthetic CT, refined with --prior auto (default errors: mixture)")
+    b.add_argument("--unseen-seed", type=int, default=None, metavar="S",
+                   help="--unseen-classes: case i is drawn and distorted with seed S + i (default: the bench's "
+                        "20000); another S is a fresh sample of the same classes")
     b.add_argument("--min-voxels", type=int, default=300, help="--all-structures: smallest label scored (voxels)")
     b.add_argument("--adrenal-labels", default="8,9",
                    help="--all-structures: labels that are adrenal glands, for --prior auto (TotalSegmentator: 8,9)")

@@ -215,6 +215,15 @@ def test_bench_unseen_classes_use_the_general_prior(tmp_path, capsys):
     assert result["settings"]["nsd_tolerance_mm"] is None
     printed = capsys.readouterr().out
     assert "| NSD 1 voxel (%) |" in printed and "cases worse than the input by more than 1 DSC" in printed
+    assert result["settings"]["seed_base"] == 20_000
+    # --unseen-seed: a fresh sample of the same classes (other shapes and errors), recorded in the settings
+    fresh = tmp_path / "fresh.json"
+    assert main(["bench", "--unseen-classes", "1", "--unseen-seed", "31000", "--preset", "fast", "--json", str(fresh)]) == 0
+    other = json.loads(fresh.read_text())
+    assert other["settings"]["seed_base"] == 31_000
+    assert other["per_case"]["input"][0]["dsc"] != result["per_case"]["input"][0]["dsc"]
+    assert main(["bench", "--unseen-seed", "5", "--json", str(tmp_path / "x.json")]) == 2
+    assert "--unseen-seed draws the cases of --unseen-classes" in capsys.readouterr().err
 
 
 def test_by_structure_averages_each_structure_over_its_seeds():
