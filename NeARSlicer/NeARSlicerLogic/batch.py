@@ -17,12 +17,16 @@ from pathlib import Path
 import numpy as np
 
 import slicer
+from NeARSlicerLib.cases import case_stem
 from NeARSlicerLib.engine_protocol import STUDY_REFINE_OPTIONS
 from NeARSlicerLib.errors import Cancelled, InputError
 
 from . import io as nio
 from .common import cancelFunction
 from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, engine_cells
+
+# the name Slicer gives a label map's segment: it says nothing of the structure
+_GENERIC_SEGMENT = re.compile(r"Label_\d+")
 
 __all__ = ["refineStudy", "discoverCases", "SUMMARY_COLUMNS"]
 
@@ -83,7 +87,9 @@ def refineStudy(logic, cases, outputDir, progress=None, cancel=None, csvName=SUM
 
 
 def _loadCase(case, caseName):
-    """(nodes, volumeNode, segmentationNode, segmentIds, outputNode) of one case; nodes are in the scene."""
+    """(nodes, volumeNode, segmentationNode, segmentIds, outputNode, fileStructure) of one case; nodes are
+    in the scene. ``fileStructure``: for a label map of one structure, its file's name (TotalSegmentator
+    writes ``adrenal_gland_left.nii.gz``), what ``nearslicer batch`` reads for ``--prior auto``; else None."""
     nodes = []
     try:
         volumeNode = None
@@ -94,6 +100,7 @@ def _loadCase(case, caseName):
                                                                name=f"{caseName} segmentation")
         nodes.append(segmentationNode)
         segmentIds = _resolveSegments(segmentationNode, labelToId, case.get("segment"))
+        fileStructure = case_stem(case["segmentation"]) if len(labelToId) == 1 else None
         outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{caseName} NeAR")
         nodes.append(outputNode)
         geometryName = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
@@ -102,7 +109,16 @@ def _loadCase(case, caseName):
     except BaseException:
         nio.removeNodes(nodes)
         raise
-    return nodes, volumeNode, segmentationNode, segmentIds, outputNode
+    return nodes, volumeNode, segmentationNode, segmentIds, outputNode, fileStructure
+
+
+def _prepareJob(logic, volumeNode, segmentationNode, segmentId, fileStructure, options):
+    """``prepareRefinement`` of one segment; a label map's ``Label_N`` segment names no structure, so
+    ``--prior auto`` reads its file's name instead, as ``nearslicer batch`` does (``batch.structure_of``)."""
+    job = logic.prepareRefinement(volumeNode, segmentationNode, segmentId, **options)
+    if fileStructure and _GENERIC_SEGMENT.fullmatch(job.segmentName or ""):
+        job.options["structure"] = fileStructure
+    return job
 
 
 def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath, record) -> bool:
@@ -138,7 +154,7 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
                 continue
             report(0.1 * index / len(named), f"{caseName}: reading")
             try:
-                nodes, volumeNode, segmentationNode, segmentIds, outputNode = _loadCase(case, caseName)
+                nodes, volumeNode, segmentationNode, segmentIds, outputNode, fileStructure = _loadCase(case, caseName)
             except Exception as exc:  # the case could not be read: recorded, the batch goes on
                 logging.warning("NeAR batch: case %s failed: %s", caseName, exc)
                 record({"case": caseName, "segment": _segmentSpecText(case.get("segment")), "error": _oneLine(exc)})
@@ -146,7 +162,7 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
             loaded.append((caseName, nodes, segmentationNode, outputNode, []))
             for segmentId in segmentIds:
                 try:
-                    job = logic.prepareRefinement(volumeNode, segmentationNode, segmentId, **options)
+                    job = _prepareJob(logic, volumeNode, segmentationNode, segmentId, fileStructure, options)
                 except Exception as exc:
                     segmentName = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
                     record({"case": caseName, "segment": segmentName, "error": _oneLine(exc)})
@@ -159,9 +175,10 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
         jobs = [job for entry in loaded for job in entry[4]]
         if not jobs:
             return
-        # the segment's name is its structure: the engine's --prior auto chooses the study's prior by it
+        # the structure refine would read (segment name and terminology, or a label map's file name): the
+        # engine's --prior auto chooses the study's prior by it
         studyCases = [SimpleNamespace(name=f"{entry[0]}/{job.segmentName}", mask=job.mask, grid=job.grid,
-                                      image=job.image, structure=job.segmentName)
+                                      image=job.image, structure=job.options.get("structure") or job.segmentName)
                       for entry in loaded for job in entry[4]]
         # the engine's default recipe (NeARSlicerLib.study.DEFAULT_RECIPE, not imported here: no torch in
         # Slicer's process): denoise never trains towards the annotations, so it does not learn their errors
@@ -209,7 +226,7 @@ def _refineCase(logic, case, caseName, outputs, progress, cancel, options):
     nodes = []
     started = time.perf_counter()
     try:
-        nodes, volumeNode, segmentationNode, segmentIds, outputNode = _loadCase(case, caseName)
+        nodes, volumeNode, segmentationNode, segmentIds, outputNode, fileStructure = _loadCase(case, caseName)
         outputPath = outputs.segmentationPath(caseName)
         okCount = 0
         for index, segmentId in enumerate(segmentIds):
@@ -219,7 +236,7 @@ def _refineCase(logic, case, caseName, outputs, progress, cancel, options):
                 def segmentProgress(fraction, message="", _i=index, _name=segmentName):
                     progress((_i + float(fraction)) / len(segmentIds), f"{_name}: {message}")
 
-                job = logic.prepareRefinement(volumeNode, segmentationNode, segmentId, **options)
+                job = _prepareJob(logic, volumeNode, segmentationNode, segmentId, fileStructure, options)
                 logic.computeRefinement(job, progress=segmentProgress, cancel=cancel)
                 okCount += _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath, record)
             except Cancelled:
@@ -280,8 +297,6 @@ def _normalizeCase(case) -> dict:
 
 
 def _uniqueCaseName(case, usedNames) -> str:
-    from NeARSlicerLib.cases import case_stem
-
     name = case.get("name")
     if not name:
         path = Path(case.get("volume") or case.get("segmentation"))

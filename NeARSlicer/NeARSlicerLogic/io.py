@@ -98,6 +98,9 @@ def loadLabelmapAsSegmentation(path, referenceVolumeNode=None, name=None):
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
         labelToSegmentId[int(segment.GetLabelValue())] = segmentation.GetNthSegmentID(index)
+        if segment.GetName() == labelmapNode.GetName():
+            # a single label is named after the temporary labelmap node: Label_<value>, as with several
+            segment.SetName(f"Label_{int(segment.GetLabelValue())}")
     return segmentationNode, labelToSegmentId
 
 

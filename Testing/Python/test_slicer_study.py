@@ -241,7 +241,8 @@ def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic
     seen, configs = [], []
 
     def compute(cases, prior, config, **kwargs):
-        seen.extend((c.name, c.structure, prior) for c in cases)
+        # the structure refine reads: the segment's name, then its terminology
+        seen.extend((c.name, c.structure.split(" | ")[0], prior) for c in cases)
         configs.append({**config, **kwargs})
         raise RuntimeError("stopped after the request")
 
@@ -257,6 +258,42 @@ def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic
     # segments that --prior auto gives different priors run as one study per prior, not refused
     assert configs[0]["splitByPrior"] is True and configs[0]["overwrite"] is False
     assert scene_state(mrml_scene) == before
+
+
+def test_a_label_map_of_one_structure_is_named_by_its_file_as_the_cli_batch_names_it(logic, mrml_scene, tmp_path,
+                                                                                     monkeypatch):
+    """TotalSegmentator writes one file per structure (``adrenal_gland_left.nii.gz``); Slicer calls its
+    segment ``Label_1``, which names nothing, so --prior auto reads the file's name, as ``nearslicer
+    batch`` does (the adrenal prior for an adrenal gland), in a batch and in study mode. A multi-label
+    file's segments keep their own names (``Label_8``: the general prior, as in the CLI)."""
+    require_totalseg_data()
+    from NeARSlicerLib.batch import structure_of
+    from NeARSlicerLib.io import read_mask, write_mask
+
+    gland, grid, _ = read_mask(str(SEG_PATH), label=8)
+    single = tmp_path / "adrenal_gland_left.nii.gz"
+    write_mask(str(single), gland, grid)
+    seen = []
+
+    def compute(job, progress=None, cancel=None):
+        seen.append((job.segmentName, job.options.get("structure").split(" | ")[0]))  # name, then terminology
+        logic.setJobResult(job, fake_result(job.mask, job.mask), seconds=0.01)
+
+    monkeypatch.setattr(logic, "computeRefinement", compute)
+    logic.refineStudy([(str(CT_PATH), str(single)), (str(CT_PATH), str(SEG_PATH), 8)], tmp_path / "out")
+    assert seen == [("Label_1", "adrenal_gland_left"), ("Label_8", "Label_8")]
+    # the engine's batch reads the same structure from the same file
+    assert structure_of(str(single), None, read_mask(str(single))[2]) == "adrenal_gland_left"
+    studied = []
+
+    def study(cases, prior, config, **kwargs):
+        studied.extend(c.structure for c in cases)
+        raise RuntimeError("stopped after the request")
+
+    monkeypatch.setattr(logic, "computeStudy", study)
+    with pytest.raises(RuntimeError, match="stopped after the request"):
+        logic.refineStudy([(str(CT_PATH), str(single))], tmp_path / "study", study=True)
+    assert studied == ["adrenal_gland_left"]
 
 
 # ------------------------------------------------------------------ output safety of the batch
