@@ -120,8 +120,9 @@ class CaseTask:
 def read_manifest(path) -> List[BatchCase]:
     """Cases of a CSV with columns ``case,mask`` and optionally ``image,label,structure``; relative paths
     are relative to the CSV's folder. ``structure`` names what a row's mask is, for ``--prior auto`` (a
-    mixed study of adrenal glands and other organs whose files are all called ``seg.nii.gz``). A row with a bad entry (no mask, a name that is no file name, a
-    repeated name) becomes a case with ``error``; a file without the columns is an InputError."""
+    mixed study of adrenal glands and other organs whose files are all called ``seg.nii.gz``). A row
+    with a bad entry (no mask, a name that is no file name, a repeated name) becomes a case with
+    ``error``; a file without the columns is an InputError."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"manifest not found: {path}")

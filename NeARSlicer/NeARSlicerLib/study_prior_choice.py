@@ -62,8 +62,9 @@ def study_prior(names: Sequence[str], structures: Sequence[Optional[str]], prior
             parts.append(f"the {what} prior for {len(idx)} case(s) ({shown})")
         raise InputError("--prior auto would refine the cases of this study with different priors: "
                          + "; ".join(parts) + ". A study adapts one prior: run one study per prior (the CLI's "
-                         "--split-by-prior does, one sub-folder each; Slicer's refineStudy does it itself), or name one for all (--prior in the CLI, "
-                         "prior= in Slicer: adrenal, anatomy or a .safetensors file)")
+                         "--split-by-prior does, one sub-folder each; Slicer's refineStudy does it itself), or "
+                         "name one for all (--prior in the CLI, prior= in Slicer: adrenal, anatomy or a "
+                         ".safetensors file)")
     return str(next(iter(groups))) if groups else None
 
 
@@ -105,7 +106,8 @@ def run_studies_by_prior(cases: Sequence["StudyCase"], prior: Optional[str], cfg
     if prior_out is not None:
         outs = [Path(prior_out) if len(plan) == 1 else split_prior_path(prior_out, label) for label, _, _ in plan]
         check_outputs([f for o in outs for f in (o, o.with_suffix(".json"))],
-                      [p for c in cases for p in (c.mask_path, c.image_path)], overwrite=overwrite)
+                      [p for c in cases for p in (getattr(c, "mask_path", None), getattr(c, "image_path", None))],
+                      overwrite=overwrite)
     done = []
     for k, ((label, path, idx), out) in enumerate(zip(plan, outs)):
         def sub(f: float, msg: str, _k: int = k, _label: str = label) -> None:
