@@ -417,9 +417,9 @@ def _one_study(args, cfg, cases, prior, out: Path, rank: int, world: int, stop: 
         return
     for w in res.warnings:
         print(f"nearslicer: warning: {w}", file=sys.stderr)
-    for row in res.rows([c.mask for c in cases]):
+    for row in res.rows(cases):
         print(f"{row['case']}: {row['voxels_before']} -> {row['voxels_after']} voxels, "
-              f"Dice(input, refined) {row['dice_input_refined']:.3f}")
+              f"Dice(input, refined) {float(row['dice']):.3f}" + (f", {row['action']}" if row["action"] else ""))
     early = " (early stop)" if res.stopped_early else ""
     print(f"study of {len(cases)} cases: {res.epochs} epochs / {res.steps} steps{early}, "
           f"final loss {res.losses[-1] if res.losses else float('nan'):.4f}, {res.seconds:.1f} s on "

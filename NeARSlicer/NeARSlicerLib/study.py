@@ -89,6 +89,10 @@ class StudyCase:
     image_path: Optional[str] = None
     # what the mask is (segment name, terminology text, label or file name): ``--prior auto`` chooses by it
     structure: Optional[str] = None
+    # the summary's segment name and the label it was read with (a value, or a .seg.nrrd segment's): the
+    # review reads the original from ``mask_path`` with it, as for a batch
+    segment: Optional[str] = None
+    label: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -185,11 +189,16 @@ class StudyResult:
     # action, prior, image checks...); empty for the fast and paper recipes, which decode without refine
     case_info: list[dict] = field(default_factory=list)
 
-    def rows(self, inputs: Sequence[np.ndarray]) -> list[dict]:
-        """Summary rows: case, voxels before/after, Dice(input, refined), confidence, action, seconds."""
+    def rows(self, cases: Sequence["StudyCase"]) -> list[dict]:
+        """Summary rows of ``cases`` (the study's, in order) in the batch contract (no output files)."""
         infos = self.case_info or [None] * len(self.names)
-        return [summary_row(n, a, m, s, i) for n, a, m, s, i in zip(self.names, inputs, self.masks,
-                                                                     self.case_seconds, infos)]
+        return [summary_row(c, m, s, i, self.case_warnings(c.name))
+                for c, m, s, i in zip(cases, self.masks, self.case_seconds, infos)]
+
+    def case_warnings(self, name: str) -> list[str]:
+        """The study's warnings about case ``name`` (``"case NAME: ..."``), without that prefix."""
+        prefix = f"case {name}: "
+        return [w[len(prefix):] for w in self.warnings if w.startswith(prefix)]
 
 
 @dataclass
@@ -731,10 +740,10 @@ def run_study(
             case_seconds.append(r.seconds + share)
             # the prior refine read is a temporary copy of the adapted model: name what it is instead
             case_info.append({**r.info, "prior": None, "prior_name": f"study ({warm})"})
-            notes.extend(f"case {c.name}: {w}" for w in r.warnings
-                         if "touches the border" not in w and "this prior is shape-only" not in w)
+            own = [w for w in r.warnings if "touches the border" not in w and "this prior is shape-only" not in w]
+            notes.extend(f"case {c.name}: {w}" for w in own)
             if outputs is not None:
-                outputs.case_done(c, r.mask, case_seconds[-1], case_info[-1])
+                outputs.case_done(c, r.mask, case_seconds[-1], case_info[-1], own)
 
         with warnings.catch_warnings():  # each case's notes are gathered into the study's warnings
             warnings.simplefilter("ignore")
@@ -870,7 +879,8 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
         cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None,
-                               structure_of(str(mpath), what or structure, info)))
+                               structure_of(str(mpath), what or structure, info),
+                               segment=info.get("segment") or f"Label_{info['label']}", label=str(info["label"])))
     return cases
 
 

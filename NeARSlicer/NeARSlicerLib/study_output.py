@@ -1,6 +1,7 @@
-"""The files a study writes: ``<case>.nii.gz`` refined masks, ``summary.csv`` (one row per case,
-added as each case is written), and the study-trained prior (``study_prior.safetensors`` + its
-JSON card).
+"""The files a study writes: ``<case>.nii.gz`` refined masks, ``summary.csv`` (one row per case in
+the batch contract, ``batch.SUMMARY_COLUMNS``, added as each case is written: ``nearslicer report``
+reviews a study as it reviews a batch), and the study-trained prior (``study_prior.safetensors`` +
+its JSON card).
 
 Everything is checked before training starts (:class:`StudyOutputs`): the output folder must not be
 a folder holding the study's inputs (the refined ``<case>.nii.gz`` files would sit among, and with
@@ -10,11 +11,13 @@ only replaced with ``overwrite``. Every file is written atomically (``output_saf
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from .batch import SUMMARY_COLUMNS as BATCH_COLUMNS, engine_cells
 from .metrics import dice
 from .output_safety import (OutputError, SummaryWriter, atomic_write_text, check_output_folder, check_outputs,
                             same_file)
@@ -23,7 +26,11 @@ from .prior import save_prior
 if TYPE_CHECKING:  # only for type hints: study.py imports this module
     from .study import StudyCase, StudyResult
 
-SUMMARY_COLUMNS = ("case", "voxels_before", "voxels_after", "dice_input_refined", "confidence", "action", "seconds")
+_HOST = socket.gethostname()
+
+# the batch contract (``nearslicer batch``, Slicer's refineStudy): ``nearslicer report`` and Slicer's review
+# queue read a study's outputs as they read a batch's
+SUMMARY_COLUMNS = tuple(BATCH_COLUMNS)
 SUMMARY_NAME = "summary.csv"
 PRIOR_NAME = "study_prior.safetensors"
 CARD_NAME = "study_prior.json"
@@ -31,15 +38,23 @@ CARD_NAME = "study_prior.json"
 __all__ = ["StudyOutputs", "write_study", "save_study_prior", "study_card", "summary_row", "SUMMARY_COLUMNS"]
 
 
-def summary_row(name: str, before: np.ndarray, after: np.ndarray, seconds: float, info: Optional[dict] = None) -> dict:
-    """One summary row: voxels before/after, Dice(input, refined), seconds, and (denoise recipe: each case
-    is refined) the refinement's confidence and action, as a batch reports them; empty otherwise."""
-    info = info or {}
-    conf = info.get("confidence")
-    return {"case": name, "voxels_before": int(np.count_nonzero(before)), "voxels_after": int(np.count_nonzero(after)),
-            "dice_input_refined": round(dice(before, after), 4),
-            "confidence": "" if conf is None else round(float(conf), 4), "action": info.get("action") or "",
-            "seconds": round(float(seconds), 2)}
+def summary_row(case: "StudyCase", refined: np.ndarray, seconds: float, info: Optional[dict] = None,
+                warnings: Sequence[str] = (), output: Optional[str | Path] = None) -> dict:
+    """One summary row in the batch contract (``batch.SUMMARY_COLUMNS``): the case's input files, segment
+    and label (what the review reads the original with), ``output``, voxels before/after, Dice(input,
+    refined), seconds and, for the denoise recipe (each case is refined), the refinement's facts and
+    ``warnings``, as a batch reports them (empty for the fast and paper recipes)."""
+    before = np.asarray(case.mask) > 0
+    after = np.asarray(refined) > 0
+    cells = {key: "" for key in SUMMARY_COLUMNS}
+    cells.update(engine_cells(info or {}, list(warnings)))
+    cells.update({"case": case.name, "segment": case.segment or "", "label": "" if case.label is None else str(case.label),
+                  "mask": os.path.abspath(case.mask_path) if case.mask_path else "",
+                  "image": os.path.abspath(case.image_path) if case.image_path else "",
+                  "output": os.path.abspath(output) if output else "",
+                  "voxels_before": int(before.sum()), "voxels_after": int(after.sum()),
+                  "dice": f"{dice(before, after):.4f}", "seconds": f"{float(seconds):.2f}", "host": _HOST})
+    return cells
 
 
 def study_card(result: "StudyResult") -> dict:
@@ -122,12 +137,14 @@ class StudyOutputs:
         # existence was checked above: the summary starts afresh at its first row (not before)
         self.summary = SummaryWriter(self.folder / SUMMARY_NAME, SUMMARY_COLUMNS, overwrite=True)
 
-    def case_done(self, case: "StudyCase", mask: np.ndarray, seconds: float, info: Optional[dict] = None) -> None:
-        """Write one refined mask, then its summary row (``info``: its refinement's facts, if refined)."""
+    def case_done(self, case: "StudyCase", mask: np.ndarray, seconds: float, info: Optional[dict] = None,
+                  warnings: Sequence[str] = ()) -> None:
+        """Write one refined mask, then its summary row (``info``, ``warnings``: its refinement's, if refined)."""
         from .io import write_mask
 
-        write_mask(str(self.masks[case.name]), mask, case.grid)
-        self.summary.add(summary_row(case.name, case.mask, mask, seconds, info))
+        path = self.masks[case.name]
+        write_mask(str(path), mask, case.grid)
+        self.summary.add(summary_row(case, mask, seconds, info, warnings, output=path))
 
     def finish(self, result: "StudyResult") -> Path:
         """Write the study-trained prior and its card; returns the folder."""
@@ -142,5 +159,5 @@ def write_study(result: "StudyResult", cases: Sequence["StudyCase"], out_dir: st
     outs = StudyOutputs(out_dir, cases, overwrite=overwrite)
     infos = result.case_info or [None] * len(cases)
     for c, m, s, info in zip(cases, result.masks, result.case_seconds, infos):
-        outs.case_done(c, m, s, info)
+        outs.case_done(c, m, s, info, result.case_warnings(c.name))
     return outs.finish(result)

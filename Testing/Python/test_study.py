@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from NeARSlicerLib.batch import SUMMARY_COLUMNS
 from NeARSlicerLib.checkpoint import load_checkpoint
 from NeARSlicerLib.cli import main
 from NeARSlicerLib.distort import distort
@@ -147,10 +148,15 @@ def test_cli_study_end_to_end(tmp_path, tiny_prior, capsys, with_images):
     assert meta["cases"] == ["case0", "case1"] and model.cfg.latent_dim == TINY.latent_dim
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["case"] for r in rows] == ["case0", "case1"]
-    assert set(rows[0]) == {"case", "voxels_before", "voxels_after", "dice_input_refined", "confidence", "action",
-                            "seconds"}
+    # the batch contract: a study is reviewed as a batch is (nearslicer report, Slicer's review queue)
+    assert list(rows[0]) == SUMMARY_COLUMNS
+    for s, r in enumerate(rows):
+        assert r["mask"] == str((masks / f"case{s}.nii.gz").absolute()) and r["output"] == str((out / f"case{s}.nii.gz"))
+        assert r["image"] == (str((imgs / f"case{s}.nii.gz").absolute()) if with_images else "")
+        assert r["segment"] == "Label_1" and r["label"] == "1" and r["error"] == "" and r["host"]
     # the denoise recipe refines every case: its confidence and action, as a batch reports them
     assert all(0.0 <= float(r["confidence"]) <= 1.0 and r["action"] for r in rows), rows
+    assert all(r["prior"].startswith("study (") for r in rows), rows
     assert (out / "checkpoint.safetensors").is_file()
     assert "study of 2 cases" in capsys.readouterr().out
     # the outputs of a finished study are not replaced without --overwrite, and nothing is computed
@@ -163,6 +169,20 @@ def test_cli_study_end_to_end(tmp_path, tiny_prior, capsys, with_images):
     assert main(args + ["--resume", "--overwrite"]) == 0
     assert np.array_equal(read_mask(str(out / "case0.nii.gz"))[0], before)
     assert json.loads((out / "study_prior.json").read_text())["steps"] == 2
+
+
+def test_a_cli_study_is_reviewed_as_a_batch_is(tmp_path, tiny_prior, capsys):
+    """nearslicer report reads a study's output folder (the batch contract): one row and picture per
+    case, red (the annotation, read again from its file) against blue (the study's mask), over the CT."""
+    masks, imgs, _ = _write_folders(tmp_path)
+    out = tmp_path / "out"
+    assert main(["study", "--masks", str(masks), "--images", str(imgs), "--out", str(out), "--prior", tiny_prior,
+                 "--epochs", "1"]) == 0
+    assert main(["report", "--batch", str(out)]) == 0, capsys.readouterr().err
+    page = (out / "report.html").read_text()
+    assert "case0" in page and "case1" in page
+    pictures = sorted(p.name for p in (out / "report_files").iterdir())
+    assert len(pictures) >= 2 and all(name.endswith(".png") for name in pictures), pictures
 
 
 def test_cli_study_takes_the_do_no_harm_flags_for_every_cases_refinement(tmp_path, tiny_prior, capsys):
@@ -303,7 +323,7 @@ def test_study_summary_rows_are_written_as_cases_finish(tmp_path, tiny_prior):
     assert [r["case"] for r in rows] == ["s0"]  # the finished case is kept; nothing half-written
     refined = read_mask(str(out / "s0.nii.gz"))[0]
     assert int(rows[0]["voxels_after"]) == int(refined.sum())
-    assert float(rows[0]["dice_input_refined"]) == round(dice(cases[0].mask, refined), 4)
+    assert float(rows[0]["dice"]) == round(dice(cases[0].mask, refined), 4)
     assert sorted(p.name for p in out.iterdir()) == ["s0.nii.gz", "summary.csv"]
 
 
