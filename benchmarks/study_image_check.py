@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from NeARSlicerLib.bench import BENCH_SEED, real_ct_structures, unseen_class_cases
     from NeARSlicerLib.refine import RefineOptions, refine_mask
-    from NeARSlicerLib.study import StudyCase, StudyConfig, run_study
-    from NeARSlicerLib.study_prior_choice import groups_by_prior
+    from NeARSlicerLib.study import StudyCase, StudyConfig
+    from NeARSlicerLib.study_prior_choice import run_studies_by_prior
 
     seed = BENCH_SEED if args.unseen_seed is None else args.unseen_seed
     builders = {"unseen": lambda: unseen_class_cases(args.unseen_cases, seed=seed),
@@ -66,13 +66,12 @@ def main(argv=None) -> int:
         rows = {"input": score(cases, [c.annotation.astype(np.uint8) for c in cases])}
         if args.unadapted:  # what the studies adapt, as refine gives it each case (with its image)
             t0 = time.perf_counter()
-            masks = [None] * len(cases)
-            for path, idx in groups_by_prior([c.structure for c in cases], args.prior, True).items():
-                for i in idx:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        masks[i] = refine_mask(cases[i].annotation.astype(np.uint8), cases[i].grid, cases[i].image,
-                                               RefineOptions(prior=str(path))).mask
+            masks = []
+            for c in cases:  # refine's own prior choice (--prior auto by the case's structure)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    masks.append(refine_mask(c.annotation.astype(np.uint8), c.grid, c.image,
+                                             RefineOptions(prior=args.prior, structure=c.structure)).mask)
             rows["un-adapted prior"] = score(cases, masks)
             print(f"{name} un-adapted: {time.perf_counter() - t0:.0f} s", flush=True)
         for label, with_images in (("study", False), ("study with images", True))[1 if args.images_only else 0:]:
@@ -81,11 +80,9 @@ def main(argv=None) -> int:
                                structure=c.structure) for c in cases]
             masks = [None] * len(cases)
             # --prior auto: one study per prior (the real CT's adrenal glands adapt the adrenal prior)
-            for path, idx in groups_by_prior([c.structure for c in cases], args.prior, with_images).items():
-                res = run_study([study[i] for i in idx], str(path),
-                                StudyConfig.for_recipe("denoise", appearance=with_images,
-                                                       denoise_targets=args.denoise_targets))
-                for i, m in zip(idx, res.masks):
+            cfg = StudyConfig.for_recipe("denoise", appearance=with_images, denoise_targets=args.denoise_targets)
+            for run in run_studies_by_prior(study, args.prior, cfg):
+                for i, m in zip(run.cases, run.result.masks):
                     masks[i] = m
             rows[label] = score(cases, masks)
             print(f"{name} {label}: {time.perf_counter() - t0:.0f} s", flush=True)

@@ -195,8 +195,8 @@ def run_bench(
     A case's ``structure`` is given to a variant that names none (``--prior auto`` chooses by it).
     ``seed_base``: the seed the cases were drawn with (case i: ``seed_base + i``), recorded in the settings.
     """
-    from .study import StudyCase, StudyConfig, run_study
-    from .study_prior_choice import groups_by_prior
+    from .study import StudyCase, StudyConfig
+    from .study_prior_choice import run_studies_by_prior
 
     if not isinstance(cases, (list, tuple)) or (cases and not isinstance(cases[0], BenchCase)):
         cases = alan_cases(np.asarray(cases))
@@ -227,14 +227,12 @@ def run_bench(
                                  structure=c.structure) for c in cases]
         # --prior auto: one study per prior (adrenal glands with the adrenal prior, the rest with the
         # general one), as a user runs them (study_prior_choice refuses a mixed study)
-        groups = groups_by_prior([c.structure for c in cases], prior,
-                                 bool(use_images and any(c.image is not None for c in cases)))
         rows: list[Optional[dict]] = [None] * len(cases)
         info[name] = {"prior": [], "appearance": [], "epochs": [], "recipe": study_recipe, "extent_voxels": [],
                       "train_seconds": [], "cases": []}
-        for path, idx in groups.items():
-            res = run_study([study_cases[i] for i in idx], str(path),
-                            StudyConfig.for_recipe(study_recipe, appearance=use_images))
+        cfg = StudyConfig.for_recipe(study_recipe, appearance=use_images)
+        for run in run_studies_by_prior(study_cases, prior, cfg):
+            res, idx = run.result, run.cases
             for i, m, s in zip(idx, res.masks, res.case_seconds):
                 rows[i] = _score(cases[i], m > 0, s, tolerance_mm)
             for k, v in (("prior", res.info["prior"]), ("appearance", res.info["appearance"]),

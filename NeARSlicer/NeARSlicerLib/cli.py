@@ -330,7 +330,7 @@ def cmd_study(args) -> int:
     from .errors import InputError
     from .study import StudyConfig, load_cases
     from .study_output import StudyOutputs, case_inputs, refuse_input_folder
-    from .study_prior_choice import groups_by_prior, prior_label
+    from .study_prior_choice import plan_by_prior
 
     # under torchrun every process runs this command; only rank 0 reports and writes (run_study)
     rank, world = launch_rank()
@@ -361,11 +361,9 @@ def cmd_study(args) -> int:
     # one study, or with --split-by-prior one per prior --prior auto gives the cases, each in OUT/<prior>/
     runs = [(out, cases, args.prior)]
     if args.split_by_prior:
-        with_image = bool(cfg.appearance and any(c.image is not None for c in cases))
-        groups = groups_by_prior([c.structure for c in cases], args.prior, with_image)
-        if len(groups) > 1:
-            runs = [(out / prior_label(path, cases[idx[0]].structure, with_image), [cases[i] for i in idx], str(path))
-                    for path, idx in groups.items()]
+        plan = plan_by_prior(cases, args.prior, cfg.appearance)
+        if len(plan) > 1:
+            runs = [(out / label, [cases[i] for i in idx], str(path)) for label, path, idx in plan]
             refuse_input_folder(out, case_inputs(cases))  # as for one study: not in the inputs' folder
             # every study's outputs are checked before the first one trains (none is left half-done by another's)
             for folder, group, prior in runs:

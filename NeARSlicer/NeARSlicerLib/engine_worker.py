@@ -174,54 +174,49 @@ class Worker:
         except TypeError as exc:
             raise InputError(f"unknown study option: {one_line(str(exc))}") from None
         if request.get("split_by_prior"):
+            # one study per prior ``auto`` gives the cases; the reply is one study's, ``info["studies"]`` says which
+            from .study_prior_choice import run_studies_by_prior
+
             if request.get("out_dir") or request.get("checkpoint"):
                 raise InputError("a study split by prior takes prior_out only (no out_dir or checkpoint)")
-            return self._split_study(folder, cases, request, cfg, report)
+            runs = run_studies_by_prior(cases, request.get("prior"), cfg, prior_out=request.get("prior_out"),
+                                        overwrite=bool(request.get("overwrite")), progress=report)
+            info = {k: v for k, v in runs[0].result.info.items() if k not in ("prior_meta", "prior")}
+            info["studies"] = [{"label": run.label, "prior": str(run.prior),
+                                "cases": [cases[i].name for i in run.cases],
+                                "prior_out": str(run.prior_out) if run.prior_out else None} for run in runs]
+            return self._study_reply(folder, cases, [(run.cases, run.result) for run in runs], info)
         result = run_study(cases, request.get("prior"), cfg, out_dir=request.get("out_dir"),
                            checkpoint=request.get("checkpoint"), progress=report)
         if request.get("prior_out"):
             save_study_prior(result, request["prior_out"])
-        arrays = {}
-        for i, (mask, prob) in enumerate(zip(result.masks, result.probabilities)):
-            arrays[f"mask_{i}"], arrays[f"probability_{i}"] = mask, prob
-        save_arrays(folder / RESULT_FILE, **arrays)
         info = {k: v for k, v in result.info.items() if k != "prior_meta"}
-        return {"file": RESULT_FILE, "names": result.names, "case_seconds": result.case_seconds,
-                "seconds": result.seconds, "train_seconds": result.train_seconds, "steps": result.steps,
-                "epochs": result.epochs, "stopped_early": result.stopped_early,
-                "epoch_losses": result.epoch_losses, "warnings": result.warnings, "info": info,
-                "config": result.config.to_dict(), "case_info": result.case_info}
+        return self._study_reply(folder, cases, [(range(len(cases)), result)], info)
 
-    def _split_study(self, folder: Path, cases: list, request: dict, cfg, report: Reporter) -> dict:
-        """One study per prior ``auto`` gives the cases (``study_prior_choice.run_studies_by_prior``), the
-        reply as one study's: every case's result in the order given; ``info["studies"]`` says which."""
-        from .study_prior_choice import run_studies_by_prior
-
-        runs = run_studies_by_prior(cases, request.get("prior"), cfg, prior_out=request.get("prior_out"),
-                                    overwrite=bool(request.get("overwrite")), progress=report)
+    @staticmethod
+    def _study_reply(folder: Path, cases: list, runs: list, info: dict) -> dict:
+        """Write ``<dir>/result.npz`` and the reply of a study made of ``runs`` ((case indices, StudyResult),
+        one per prior): every case's result in the order of ``cases``, the runs' counts added up."""
         n = len(cases)
         masks, probs, seconds, infos = [None] * n, [None] * n, [0.0] * n, [{}] * n
-        for run in runs:
-            r = run.result
-            for j, i in enumerate(run.cases):
+        for idx, r in runs:
+            for j, i in enumerate(idx):
                 masks[i], probs[i], seconds[i] = r.masks[j], r.probabilities[j], r.case_seconds[j]
                 infos[i] = r.case_info[j] if r.case_info else {}
         arrays = {}
         for i, (mask, prob) in enumerate(zip(masks, probs)):
             arrays[f"mask_{i}"], arrays[f"probability_{i}"] = mask, prob
         save_arrays(folder / RESULT_FILE, **arrays)
-        first = runs[0].result
-        info = {k: v for k, v in first.info.items() if k not in ("prior_meta", "prior")}
-        info["studies"] = [{"label": run.label, "prior": str(run.prior), "cases": [cases[i].name for i in run.cases],
-                            "prior_out": str(run.prior_out) if run.prior_out else None} for run in runs]
+        results = [r for _, r in runs]
         return {"file": RESULT_FILE, "names": [c.name for c in cases], "case_seconds": seconds,
-                "seconds": sum(run.result.seconds for run in runs),
-                "train_seconds": sum(run.result.train_seconds for run in runs),
-                "steps": sum(run.result.steps for run in runs), "epochs": max(run.result.epochs for run in runs),
-                "stopped_early": all(run.result.stopped_early for run in runs),
-                "epoch_losses": [x for run in runs for x in run.result.epoch_losses],
-                "warnings": [w for run in runs for w in run.result.warnings], "info": info,
-                "config": first.config.to_dict(), "case_info": infos}
+                "seconds": sum(r.seconds for r in results), "train_seconds": sum(r.train_seconds for r in results),
+                "steps": sum(r.steps for r in results), "epochs": max(r.epochs for r in results),
+                "stopped_early": all(r.stopped_early for r in results),
+                "epoch_losses": [x for r in results for x in r.epoch_losses],
+                "warnings": [w for r in results for w in r.warnings], "info": info,
+                "config": results[0].config.to_dict(),
+                # per case its refinement's facts; none for recipes that decode without refine
+                "case_info": infos if any(r.case_info for r in results) else []}
 
     def warm(self, request: dict, report: Reporter) -> dict:
         """Load a prior ahead of the first job (``prior``, ``appearance``, ``device`` as in RefineOptions)."""

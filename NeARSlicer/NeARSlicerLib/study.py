@@ -750,7 +750,7 @@ def run_study(
             # adapted on the annotations as painted, the model refines them as painted (study_card says so too)
             # with images each case is also checked against its own (a shape-only model reads none: do
             # no harm with the image, and the confidence from it, as for a single refinement)
-            with_images = bool(cfg.appearance and any(c.image is not None for c in cases))
+            with_images = bool(cfg.appearance and any_image)
             refine_with(model, {**meta, "interpolate_slices": False}, cases, cfg.refine_preset, cfg.device,
                         cfg.seed, cfg.margin_mm, [case_spacing(cfg, c) for c in cases], cfg.min_island_mm3,
                         with_images, progress=sub, cancel=cancel, on_case=on_case, options=cfg.refine_options)

@@ -40,10 +40,22 @@ def groups_by_prior(structures: Sequence[Optional[str]], prior: Optional[str],
     return groups
 
 
-def prior_label(path: Path, structure: Optional[str], with_image: bool) -> str:
-    """A short name for the prior ``auto`` gives ``structure`` (its registry name, e.g. ``adrenal-sa``;
-    else the file's stem): the sub-folder of its study under ``--split-by-prior``."""
-    return choose_prior(None, structure, with_image)[0] or Path(path).stem
+def prior_label(path: Path, structure: Optional[str], with_image: bool, prior: Optional[str] = None) -> str:
+    """A short name for the prior ``prior`` gives ``structure`` (``auto``: by the structure; its registry
+    name, e.g. ``adrenal-sa``; else the file's stem): the sub-folder of its study under ``--split-by-prior``."""
+    name = choose_prior(None, structure, with_image)[0] if _is_auto(prior) else choose_prior(str(prior), None,
+                                                                                            with_image)[0]
+    return name or Path(path).stem
+
+
+def plan_by_prior(cases: Sequence["StudyCase"], prior: Optional[str],
+                  appearance: bool) -> list[tuple[str, Path, list[int]]]:
+    """(label, prior file, case indices) of each study ``prior`` gives ``cases`` (``groups_by_prior``), in
+    first-seen order; the images count (an S+A prior) when ``appearance`` and any case has one."""
+    with_image = bool(appearance and any(c.image is not None for c in cases))
+    structures = [getattr(c, "structure", None) for c in cases]
+    return [(prior_label(path, structures[idx[0]], with_image, prior), path, idx)
+            for path, idx in groups_by_prior(structures, prior, with_image).items()]
 
 
 def study_prior(names: Sequence[str], structures: Sequence[Optional[str]], prior: Optional[str],
@@ -98,10 +110,7 @@ def run_studies_by_prior(cases: Sequence["StudyCase"], prior: Optional[str], cfg
     from .study import run_study, save_study_prior
 
     report = progress or (lambda f, m: None)
-    with_image = bool(cfg.appearance and any(c.image is not None for c in cases))
-    groups = groups_by_prior([getattr(c, "structure", None) for c in cases], prior, with_image)
-    plan = [(prior_label(path, getattr(cases[idx[0]], "structure", None), with_image), path, idx)
-            for path, idx in groups.items()]
+    plan = plan_by_prior(cases, prior, cfg.appearance)
     outs: list[Optional[Path]] = [None] * len(plan)
     if prior_out is not None:
         outs = [Path(prior_out) if len(plan) == 1 else split_prior_path(prior_out, label) for label, _, _ in plan]
@@ -120,4 +129,5 @@ def run_studies_by_prior(cases: Sequence["StudyCase"], prior: Optional[str], cfg
     return done
 
 
-__all__ = ["groups_by_prior", "prior_label", "study_prior", "split_prior_path", "run_studies_by_prior", "PriorStudy"]
+__all__ = ["groups_by_prior", "prior_label", "plan_by_prior", "study_prior", "split_prior_path", "run_studies_by_prior",
+           "PriorStudy"]

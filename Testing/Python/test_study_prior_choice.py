@@ -13,7 +13,7 @@ from NeARSlicerLib.io import write_mask
 from NeARSlicerLib.phantom import adrenal_phantom
 from NeARSlicerLib.prior import resolve_prior
 from NeARSlicerLib.study import StudyCase, StudyConfig, load_cases, run_study
-from NeARSlicerLib.study_prior_choice import groups_by_prior, study_prior
+from NeARSlicerLib.study_prior_choice import groups_by_prior, plan_by_prior, study_prior
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -35,6 +35,10 @@ def test_auto_gives_a_study_the_prior_refine_gives_its_structure():
     groups = groups_by_prior(["spleen", "adrenal gland", None, "adrenal_gland_right"], "auto", False)
     assert groups == {general: [0, 2], adrenal: [1, 3]}
     assert groups_by_prior(["spleen", "adrenal gland"], "adrenal", False) == {adrenal: [0, 1]}
+    # each study's label names the prior it adapts: by structure with auto, the named one otherwise
+    cases = [StudyCase("a", _gland(1), GRID, structure="adrenal gland"), StudyCase("b", _gland(2), GRID)]
+    assert plan_by_prior(cases, "auto", False) == [("adrenal-s", adrenal, [0]), ("anatomy-s", general, [1])]
+    assert plan_by_prior(cases, "anatomy", False) == [("anatomy-s", general, [0, 1])]
 
 
 def test_a_study_mixing_adrenal_glands_with_other_structures_is_refused_before_anything_is_written(tmp_path):
