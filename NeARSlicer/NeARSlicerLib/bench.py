@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .baselines import BASELINES
 from .annotation_errors import corrupt
+from .heldout_errors import corrupt_heldout, is_heldout
 from .distort import distort
 from .errors import InputError
 from .geometry import Grid, to_working
@@ -55,6 +56,17 @@ class BenchCase:
     image: Optional[np.ndarray] = None
     # what the mask is, for ``--prior auto`` (a variant's own ``structure`` wins); None: the variant's
     structure: Optional[str] = None
+    # the image's own finest voxel side (mm) when it was resampled onto this finer grid, as Slicer tells
+    # the engine for a volume under an oversampled segmentation (``RefineOptions.image_voxel_mm``)
+    image_voxel_mm: Optional[float] = None
+
+
+def corrupt_case(mask: np.ndarray, spacing, family: str, seed: int, image: Optional[np.ndarray] = None) -> np.ndarray:
+    """A bench case's annotation: the error library's ``family`` (``image`` in HU lets leaks flood similar
+    tissue) or, for a held-out process (``heldout_errors``, which reads no image), that process."""
+    if is_heldout(family):
+        return corrupt_heldout(mask, spacing, family, seed)
+    return corrupt(mask, spacing, family, seed, image=image)
 
 
 def identity_grid(shape: tuple[int, int, int], spacing: float = 1.0) -> Grid:
@@ -65,7 +77,8 @@ def identity_grid(shape: tuple[int, int, int], spacing: float = 1.0) -> Grid:
 def alan_cases(shapes: np.ndarray, appearance: bool = False, family: Optional[str] = None) -> list[BenchCase]:
     """Distorted clean shapes (1 mm); with ``appearance`` a synthetic CT around each clean shape.
 
-    ``family``: an ``annotation_errors`` family (or ``mixture``) instead of the v1 generator
+    ``family``: an ``annotation_errors`` family (or ``mixture``) or a held-out process (``heldout_errors``)
+    instead of the v1 generator
     (``distort``); case i always gets seed ``BENCH_SEED + i``.
     """
     from .phantom import ct_phantom
@@ -75,7 +88,7 @@ def alan_cases(shapes: np.ndarray, appearance: bool = False, family: Optional[st
         clean = np.asarray(clean, bool)
         image = ct_phantom(clean, seed=BENCH_SEED + i) if appearance else None
         noisy = (distort(clean, seed=BENCH_SEED + i) if family is None
-                 else corrupt(clean, (1.0, 1.0, 1.0), family, BENCH_SEED + i, image=image))
+                 else corrupt_case(clean, (1.0, 1.0, 1.0), family, BENCH_SEED + i, image=image))
         cases.append(BenchCase(f"val{i:03d}", clean, noisy, identity_grid(clean.shape), image))
     return cases
 
@@ -84,7 +97,9 @@ def real_ct_cases(ct_path: Union[str, Path], seg_path: Union[str, Path], labels:
                   per_label: int = 10, fov_mm: float = 64.0, family: Optional[str] = None) -> list[BenchCase]:
     """Cases from a real CT and its label map: each label's mask and the CT are resampled onto a
     1 mm cube of side ``fov_mm`` around the label (the truth), distorted with ``per_label`` seeds
-    (``family``: an ``annotation_errors`` family instead of the v1 generator)."""
+    (``family``: an ``annotation_errors`` family or a held-out process instead of the v1 generator).
+    A case is what Slicer hands the engine for a segmentation oversampled on this CT: the CT resampled
+    onto the segment's 1 mm grid, with the CT's own voxel side (``BenchCase.image_voxel_mm``)."""
     from .io import read_image, read_mask
 
     image, igrid = read_image(str(ct_path))
@@ -100,8 +115,9 @@ def real_ct_cases(ct_path: Union[str, Path], seg_path: Union[str, Path], labels:
         for s in range(per_label):
             seed = BENCH_SEED + 100 * label + s
             noisy = (distort(truth, seed=seed) if family is None
-                     else corrupt(truth, work.grid.spacing, family, seed, image=work.image))
-            cases.append(BenchCase(f"label{label}_d{s}", truth, noisy, work.grid, work.image))
+                     else corrupt_case(truth, work.grid.spacing, family, seed, image=work.image))
+            cases.append(BenchCase(f"label{label}_d{s}", truth, noisy, work.grid, work.image,
+                                   image_voxel_mm=float(min(igrid.spacing))))
     return cases
 
 
@@ -136,7 +152,7 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
         name = "adrenal gland" if label in adrenal else f"label {label}"
         for s in range(per_label):
             seed = BENCH_SEED + 100 * label + s
-            noisy = corrupt(truth, igrid.spacing, family, seed, image=image)
+            noisy = corrupt_case(truth, igrid.spacing, family, seed, image=image)
             cases.append(BenchCase(f"label{label}_d{s}", truth, noisy, igrid, image, structure=name))
     return cases
 
@@ -154,7 +170,7 @@ def unseen_class_cases(n: int, family: str = "mixture", seed: int = BENCH_SEED) 
     for i, c in enumerate(anatomy_study_cases(seed, n, classes=HELD_OUT_CLASSES)):
         sp = float(c["spacing_mm"])
         clean = np.asarray(c["mask"], bool)
-        noisy = corrupt(clean, (sp,) * 3, family, seed + i, image=c["image"])
+        noisy = corrupt_case(clean, (sp,) * 3, family, seed + i, image=c["image"])
         cases.append(BenchCase(f"{c['cls']}_{i:02d}_d0", clean, noisy, identity_grid(clean.shape, sp), c["image"]))
     return cases
 
@@ -214,6 +230,8 @@ def run_bench(
         for name, opts in variants.items():
             if case.structure and opts.structure is None:
                 opts = replace(opts, structure=case.structure)
+            if case.image_voxel_mm and opts.image_voxel_mm is None:
+                opts = replace(opts, image_voxel_mm=case.image_voxel_mm)
             res = refine_mask(case.annotation.astype(np.uint8), case.grid, case.image, options=opts)
             row = _score(case, res.mask > 0, res.seconds, tolerance_mm)
             row["prior"] = res.info.get("prior_name") or Path(str(res.info["prior"])).stem

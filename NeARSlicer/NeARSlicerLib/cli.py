@@ -238,6 +238,7 @@ def _bench_methods(args, any_structure: bool, with_images: bool) -> tuple[dict, 
 
 def cmd_bench(args) -> int:
     from .annotation_errors import FAMILIES
+    from .heldout_errors import HELD_OUT_ERRORS, HELD_OUT_MIXTURE
     from .bench import best_smoothing, by_structure, format_structures, format_table, run_bench, write_json
     from .errors import InputError
 
@@ -262,10 +263,13 @@ def cmd_bench(args) -> int:
             raise InputError("--all-structures and --unseen-classes distort with the error library: "
                              "--errors FAMILY, mixture or all")
         families = [None]  # distort.py with the v1 benchmark's seeds (the README's first tables)
-    elif errors in FAMILIES or errors == "mixture":
+    elif errors == "heldout":
+        families = list(HELD_OUT_ERRORS) + [HELD_OUT_MIXTURE]
+    elif errors in FAMILIES or errors in HELD_OUT_ERRORS or errors in ("mixture", HELD_OUT_MIXTURE):
         families = [errors]
     else:
-        raise InputError(f"unknown --errors {errors!r}: use one of {', '.join(FAMILIES)}, mixture (mix), all or paper")
+        raise InputError(f"unknown --errors {errors!r}: use one of {', '.join(FAMILIES)}, mixture (mix), all or "
+                         f"paper, or a held-out process: {', '.join(HELD_OUT_ERRORS)}, {HELD_OUT_MIXTURE} or heldout")
     results = {}
     for family in families:
         cases, with_images, tolerance = _bench_cases(args, family)
@@ -573,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--errors", default=None, metavar="FAMILY",
                    help="annotation errors of the cases: paper (the v1 generator, default), an error-library family "
                         "(overpaint, slab, thick_slice, holes, leak, missing_part, oversmooth), mixture (or mix), "
-                        "or all; with --all-structures default mixture")
+                        "or all; with --all-structures default mixture. Held out of all training and tuning "
+                        "(heldout_errors): elastic, fill_between, shift, polygon, heldout_mixture, or heldout (each of them)")
     common(b)
     b.set_defaults(func=cmd_bench)
 

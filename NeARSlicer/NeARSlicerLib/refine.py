@@ -92,6 +92,10 @@ class RefineOptions:
     change_policy: str = DEFAULT_CHANGE_POLICY
     # the image's modality when known (DICOM Modality "CT", "MR", ...); None: guessed from intensities
     modality: Optional[str] = None
+    # the finest voxel side (mm) of the image as it was acquired, when it was resampled onto a finer mask
+    # grid (Slicer: a volume under an oversampled segmentation): the image shows no edge finer than this,
+    # so the margin fit moves no boundary by less; None: the grid's own voxel
+    image_voxel_mm: Optional[float] = None
     # a mask painted on thick slices and resampled to a finer grid (a staircase) is given to the prior
     # with its painted slices interpolated (slice_interpolation.py); False: its staircase as it is;
     # None: as the prior's card says (``interpolate_slices``; a study prior adapted on staircases says
@@ -409,6 +413,9 @@ def check_do_no_harm(opts: RefineOptions) -> None:
     if opts.change_policy not in conf_mod.CHANGE_POLICIES:
         raise InputError(f"change policy must be one of {', '.join(conf_mod.CHANGE_POLICIES)}, "
                          f"got {opts.change_policy!r}")
+    if opts.image_voxel_mm is not None and not (np.isfinite(float(opts.image_voxel_mm)) and opts.image_voxel_mm > 0):
+        raise InputError(f"image_voxel_mm (the image's own voxel side) must be a positive size in mm, "
+                         f"got {opts.image_voxel_mm}")
 
 
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
@@ -455,7 +462,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     reads_ct = image_evidence and painted is None and modality == "CT"
     annotation, margin, found_trim = original, None, None
     if reads_ct and opts.fit_margin:
-        annotation, margin = image_margin.fit(original, image, grid.spacing)
+        annotation, margin = image_margin.fit(original, image, grid.spacing, image_voxel_mm=opts.image_voxel_mm)
         if margin.moved:
             notes.append(f"the image shows a margin error: {image_margin.describe(margin.mm, margin.sides)}, "
                          "before NeAR")

@@ -243,6 +243,8 @@ def test_oversampled_segmentation_keeps_its_resolution(logic, ct_case, mrml_scen
     assert np.array_equal(refined, fine_mask), "the refined segment lost the segmentation's fine detail"
     stored = segmentation.GetBinaryLabelmapInternalRepresentation(new_id)
     assert np.allclose(stored.GetSpacing(), 1.5)
+    # the engine is told the CT's own voxel: its margin fit moves no boundary by less than 3 mm
+    assert job.options["image_voxel_mm"] == pytest.approx(3.0)
 
     # the CT handed to the engine is the CT resampled (linearly) onto that fine grid, as SimpleITK does it
     ct = sitk.Cast(sitk.ReadImage(str(CT_PATH)), sitk.sitkFloat32)
