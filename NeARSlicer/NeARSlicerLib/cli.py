@@ -56,6 +56,8 @@ def _option_fields(args) -> dict:
         fields["trim_to_image"] = False
     if getattr(args, "no_image_gate", False):
         fields["image_opens_gate"] = False
+    if getattr(args, "image_voxel_mm", None) is not None:
+        fields["image_voxel_mm"] = args.image_voxel_mm
     return fields
 
 
@@ -74,6 +76,24 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
     return value
+
+
+def _size_mm(text: str) -> float:
+    """argparse type: a positive size in mm."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in mm, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive size in mm, got {text}")
+    return value
+
+
+def image_voxel_flag(sp) -> None:
+    sp.add_argument("--image-voxel-mm", type=_size_mm, default=None, metavar="MM",
+                    help="the image's own finest voxel side when it was resampled onto the mask's finer grid "
+                         "(e.g. 3 for a 3 mm CT resampled to a 1 mm segmentation): the margin fit then moves no "
+                         "boundary by less, since an interpolated edge is no sharper than the image's voxel")
 
 
 def cmd_refine(args) -> int:
@@ -528,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--structure", help="what the mask is (e.g. 'left adrenal gland', 'spleen'), for --prior auto; "
                    "default: the .seg.nrrd segment's name or the mask file's name")
     no_harm(r)
+    image_voxel_flag(r)
     r.add_argument("--modality", help="the image's modality when known (DICOM Modality: CT, MR, ...); "
                    "default: guessed from its intensities. A CT appearance prior reads CT only")
     r.add_argument("--json", action="store_true",
@@ -632,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--shape-only", action="store_true", help="do not use the images' intensities")
     common(bt)
     no_harm(bt)
+    image_voxel_flag(bt)
     bt.set_defaults(func=cmd_batch)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")

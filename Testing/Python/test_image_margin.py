@@ -128,7 +128,7 @@ def test_the_cli_reports_the_margin_and_can_turn_it_off(glands, tmp_path, capsys
     for name, array in (("mask", painted), ("ct", image)):
         sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / f"{name}.nii.gz"))
     facts = {}
-    for flag in ([], ["--no-margin-fit"]):
+    for flag in ([], ["--no-margin-fit"], ["--image-voxel-mm", "1.5"]):
         out = tmp_path / f"out{len(flag)}.nii.gz"
         capsys.readouterr()
         with warnings.catch_warnings():
@@ -138,8 +138,17 @@ def test_the_cli_reports_the_margin_and_can_turn_it_off(glands, tmp_path, capsys
         facts[len(flag)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         facts[len(flag)]["dice"] = dice(sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0, gland)
     assert facts[0]["image_margin_mm"] == 1.0 and facts[1]["image_margin_mm"] is None
+    assert facts[2]["image_margin_mm"] == 0.0  # a 1 mm margin is finer than a 1.5 mm image shows
     assert any(describe(1.0) in w for w in facts[0]["warnings"])
     assert facts[0]["dice"] >= 0.95 and facts[0]["dice"] > facts[1]["dice"] + 0.1
+
+
+def test_the_cli_refuses_an_image_voxel_that_is_not_a_size(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["refine", "--mask", str(tmp_path / "m.nii.gz"), "--out", str(tmp_path / "o.nii.gz"),
+              "--image-voxel-mm", "0"])
+    assert stop.value.code == 2
+    assert "expected a positive size in mm, got 0" in capsys.readouterr().err
 
 
 def test_an_image_not_read_as_ct_is_not_fitted(glands):
