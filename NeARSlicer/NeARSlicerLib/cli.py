@@ -258,9 +258,9 @@ def _bench_methods(args, any_structure: bool, with_images: bool) -> tuple[dict, 
 
 def cmd_bench(args) -> int:
     from .annotation_errors import FAMILIES
-    from .heldout_errors import HELD_OUT_ERRORS, HELD_OUT_MIXTURE
     from .bench import best_smoothing, by_structure, format_structures, format_table, run_bench, write_json
     from .errors import InputError
+    from .heldout_errors import HELD_OUT_ERRORS, HELD_OUT_MIXTURE
 
     if args.all_structures and not args.real_ct:
         raise InputError("--all-structures needs --real-ct DIR (a CT and its label map)")

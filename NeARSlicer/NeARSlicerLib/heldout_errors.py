@@ -213,6 +213,7 @@ def heldout_mixture(mask: np.ndarray, spacing: Spacing,
 
 
 def is_heldout(family: Optional[str]) -> bool:
+    """Whether ``family`` names a held-out process (or their mixture), not an error-library family."""
     return family in HELD_OUT_ERRORS or family == HELD_OUT_MIXTURE
 
 
