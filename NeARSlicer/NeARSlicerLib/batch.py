@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
+
 from .errors import InputError
 from .output_safety import (OutputError, atomic_write_bytes, check_output_folder, check_outputs, locked,
                             same_file, summary_columns)
@@ -57,6 +59,16 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 def warnings_cell(warnings) -> str:
     """The engine's warnings of one segment as one CSV cell (whitespace collapsed, ``WARNING_SEPARATOR``)."""
     return WARNING_SEPARATOR.join(" ".join(str(w).split()) for w in (warnings or []))
+
+
+def result_cells(before: np.ndarray, after: np.ndarray, info: dict, warnings, seconds: float) -> dict:
+    """The summary cells of one refined segment: voxels before/after, Dice(input, refined), the engine's
+    facts (``engine_cells``) and seconds, as ``nearslicer batch`` and ``nearslicer study`` write them."""
+    from .metrics import dice
+
+    before, after = np.asarray(before) > 0, np.asarray(after) > 0
+    return {"voxels_before": int(before.sum()), "voxels_after": int(after.sum()), "dice": f"{dice(before, after):.4f}",
+            **engine_cells(info, warnings), "seconds": f"{float(seconds):.2f}"}
 
 
 def engine_cells(info: dict, warnings) -> dict:
@@ -247,7 +259,6 @@ def run_task(task: CaseTask) -> List[dict]:
     the output is replaced atomically with the same content.
     """
     from .refine import RefineOptions, refine_mask
-    from .metrics import dice
     from .io import write_mask, write_segmentation
 
     case, host = task.case, socket.gethostname()
@@ -272,9 +283,7 @@ def run_task(task: CaseTask) -> List[dict]:
                 given = case.structure or options.structure or structure
                 res = refine_mask(mask, grid, image, replace(options, structure=given))
             rows.append({**base, "segment": name, "label": str(value), "output": task.output,
-                         "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
-                         "dice": f"{dice(mask, res.mask):.4f}", **engine_cells(res.info, res.warnings),
-                         "seconds": f"{time.perf_counter() - t0:.2f}", "error": ""})
+                         **result_cells(mask, res.mask, res.info, res.warnings, time.perf_counter() - t0), "error": ""})
             refined.append((name, res.mask))
         if table is not None:
             segments = [(s["name"], s["mask"], s["color"] if len(s["color"]) == 3 else (0.5, 0.5, 0.5)) for s in table]

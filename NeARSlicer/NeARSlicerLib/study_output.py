@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .batch import SUMMARY_COLUMNS as BATCH_COLUMNS, engine_cells
-from .metrics import dice
+from .batch import SUMMARY_COLUMNS as BATCH_COLUMNS, result_cells
 from .output_safety import (OutputError, SummaryWriter, atomic_write_text, check_output_folder, check_outputs,
                             same_file)
 from .prior import save_prior
@@ -44,16 +43,12 @@ def summary_row(case: "StudyCase", refined: np.ndarray, seconds: float, info: Op
     and label (what the review reads the original with), ``output``, voxels before/after, Dice(input,
     refined), seconds and, for the denoise recipe (each case is refined), the refinement's facts and
     ``warnings``, as a batch reports them (empty for the fast and paper recipes)."""
-    before = np.asarray(case.mask) > 0
-    after = np.asarray(refined) > 0
     cells = {key: "" for key in SUMMARY_COLUMNS}
-    cells.update(engine_cells(info or {}, list(warnings)))
+    cells.update(result_cells(case.mask, refined, info or {}, list(warnings), seconds))
     cells.update({"case": case.name, "segment": case.segment or "", "label": "" if case.label is None else str(case.label),
                   "mask": os.path.abspath(case.mask_path) if case.mask_path else "",
                   "image": os.path.abspath(case.image_path) if case.image_path else "",
-                  "output": os.path.abspath(output) if output else "",
-                  "voxels_before": int(before.sum()), "voxels_after": int(after.sum()),
-                  "dice": f"{dice(before, after):.4f}", "seconds": f"{float(seconds):.2f}", "host": _HOST})
+                  "output": os.path.abspath(output) if output else "", "host": _HOST})
     return cells
 
 

@@ -210,8 +210,8 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
     if image is not None and source == "segmentation":
         # the CT was resampled onto the segment's finer lattice: its edges are no finer than its own voxels
         volumeIjkToRas, _ = grids.volumeGeometry(volumeNode)
-        imageVoxel = _finestSide(grids.toWorldMatrix(volumeNode) @ volumeIjkToRas)
-        if imageVoxel > _finestSide(segToWorld @ ijkToLocal) * 1.001:
+        imageVoxel = float(grids.spacingOf(grids.toWorldMatrix(volumeNode) @ volumeIjkToRas).min())
+        if imageVoxel > float(grids.spacingOf(segToWorld @ ijkToLocal).min()) * 1.001:
             options["image_voxel_mm"] = round(imageVoxel, 4)
     return RefinementJob(
         segmentationNode=segmentationNode, segmentId=segmentId, segmentName=segmentName, volumeNode=volumeNode,
@@ -219,11 +219,6 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
         ijkToLocal=ijkToLocal, options=options, geometrySource=source,
         probabilityVolume=bool(probabilityVolume), changeSegments=bool(changeSegments),
         cropOffset=tuple(int(v) for v in lo), fullShape=tuple(int(v) for v in fullShape))
-
-
-def _finestSide(ijkToWorld: np.ndarray) -> float:
-    """The shortest voxel side (mm) of a lattice given by its 4x4 IJK-to-world matrix."""
-    return float(np.linalg.norm(np.asarray(ijkToWorld)[:3, :3], axis=0).min())
 
 
 def segmentArray(segmentationNode, segmentId, volumeNode=None) -> Optional[np.ndarray]:
