@@ -50,10 +50,13 @@ def _crop(mask: np.ndarray, spacing: Spacing, margin_mm: float) -> tuple[tuple[s
     return box, mask[box]
 
 
-def _sdf(mask: np.ndarray, vox: np.ndarray) -> np.ndarray:
-    """Signed distance to the surface in mm (negative inside). Moving this smooth field, rather than
-    the binary mask, places the moved surface to a fraction of a voxel (a binary mask read with
+def _sdf(mask: np.ndarray, vox: Sequence[float]) -> np.ndarray:
+    """Signed distance to the surface in mm (negative inside), of a 3D mask or a 2D section (``vox``: the
+    voxel size per array axis); an empty mask is outside everywhere. Moving this smooth field, rather
+    than the binary mask, places the moved surface to a fraction of a voxel (a binary mask read with
     linear interpolation would round every move to whole voxels)."""
+    if not mask.any():
+        return np.full(mask.shape, 1e6, np.float32)
     outside = ndi.distance_transform_edt(~mask, sampling=vox)
     inside = ndi.distance_transform_edt(mask, sampling=vox)
     return (outside - inside).astype(np.float32)
@@ -93,15 +96,6 @@ def shift(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity
     return out
 
 
-def _signed_distance(section: np.ndarray, sampling: Sequence[float]) -> np.ndarray:
-    """In-plane signed distance in mm: negative inside, positive outside."""
-    if not section.any():
-        return np.full(section.shape, 1e6, np.float32)
-    outside = ndi.distance_transform_edt(~section, sampling=sampling)
-    inside = ndi.distance_transform_edt(section, sampling=sampling)
-    return (outside - inside).astype(np.float32)
-
-
 def fill_between(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5,
                  axis: Optional[int] = None) -> np.ndarray:
     """Key slices every 3-12 mm along ``axis`` (axial 60 %, coronal or sagittal 20 % each), each the true
@@ -118,7 +112,7 @@ def fill_between(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, s
     keys = list(range(first + int(rng.integers(0, gap_vox)), last + 1, gap_vox))
     keys = [k for k in keys if m[k].any()] or [int(occupied[len(occupied) // 2])]
     out = np.zeros_like(m)
-    sdf = {k: _signed_distance(m[k], sampling) for k in keys}
+    sdf = {k: _sdf(m[k], sampling) for k in keys}
     for k in keys:
         out[k] = m[k]
     for a, b in zip(keys[:-1], keys[1:]):
