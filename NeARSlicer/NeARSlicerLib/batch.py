@@ -196,16 +196,25 @@ def read_case_inputs(mask_path: str, image_path: Optional[str], label=None):
 
 def structure_of(mask_path: str, given: Optional[str], info: dict) -> Optional[str]:
     """What the mask is, for ``--prior auto``: ``given`` (``--structure``), else the .seg.nrrd segment's
-    name, else the name of a single-structure mask file (TotalSegmentator writes adrenal_gland_left.nii.gz)."""
+    name, else the label's name in the file's label table (TotalSegmentator's multi-label output), else the
+    name of a single-structure mask file (TotalSegmentator writes adrenal_gland_left.nii.gz)."""
     if given:
         return given
     if info.get("segment"):
         return str(info["segment"])
+    if info.get("label_name"):
+        return str(info["label_name"])
     if len(info.get("labels") or []) <= 1:
         from .cases import case_stem  # the file-name rule case discovery uses
 
         return case_stem(mask_path)
     return None
+
+
+def segment_name(info: dict) -> str:
+    """The summary's segment name of a mask ``read_mask`` read: its .seg.nrrd segment's name, else its
+    label's name in the file's label table, else ``Label_<value>`` (Slicer's name for a label map's)."""
+    return str(info.get("segment") or info.get("label_name") or f"Label_{info['label']}")
 
 
 def _read_image_on(image_path: Optional[str], grid, mask_path: str):
@@ -229,12 +238,12 @@ def _segments_to_refine(case: BatchCase):
 
     if not case.mask.lower().endswith(SEG_SUFFIX):
         mask, grid, info = read_mask(case.mask, label=case.label)
-        return ([(f"Label_{info['label']}", info["label"], mask, structure_of(case.mask, None, info))], grid,
+        return ([(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))], grid,
                 _read_image_on(case.image, grid, case.mask), None)
     table, grid = read_segments(case.mask)
     if case.label is not None:
         mask, _, info = read_mask(case.mask, label=case.label)
-        chosen = [(info["segment"] or f"Label_{info['label']}", info["label"], mask, structure_of(case.mask, None, info))]
+        chosen = [(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))]
     else:
         chosen = [(s["name"], s["label_value"], s["mask"], s["name"]) for s in table if not s["name"].endswith(" (NeAR)")]
         if not chosen:

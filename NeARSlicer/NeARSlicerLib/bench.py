@@ -242,7 +242,7 @@ def run_bench(
     for name, (prior, use_images) in (studies or {}).items():
         log(f"study mode: {name} on {len(cases)} cases")
         study_cases = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if use_images else None,
-                                 structure=c.structure) for c in cases]
+                                 structure=c.structure, image_voxel_mm=c.image_voxel_mm) for c in cases]
         # --prior auto: one study per prior (adrenal glands with the adrenal prior, the rest with the
         # general one), as a user runs them (study_prior_choice refuses a mixed study)
         rows: list[Optional[dict]] = [None] * len(cases)

@@ -348,6 +348,7 @@ def cmd_train_prior(args) -> int:
 
 def cmd_study(args) -> int:
     import signal
+    from dataclasses import replace
 
     from .distributed import close_group, launch_rank
     from .engine_protocol import STUDY_REFINE_OPTIONS
@@ -381,6 +382,8 @@ def cmd_study(args) -> int:
         overrides["refine_options"] = harm
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
     cases = load_cases(args.masks, args.images, args.manifest, label=args.label, structure=args.structure)
+    if args.image_voxel_mm is not None:  # every case's image was resampled from that voxel
+        cases = [replace(c, image_voxel_mm=args.image_voxel_mm) for c in cases]
     out = Path(args.out)
     # one study, or with --split-by-prior one per prior --prior auto gives the cases, each in OUT/<prior>/
     runs = [(out, cases, args.prior)]
@@ -537,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
     r.add_argument("--mask", required=True)
     r.add_argument("--out", required=True, help="output mask (.nii.gz, .nrrd or .seg.nrrd), same geometry as --mask")
-    r.add_argument("--label", help="label value (or .seg.nrrd segment name) of a multilabel mask")
+    r.add_argument("--label", help="label value (or its name: a .seg.nrrd segment, or a NIfTI label table such as "
+                   "TotalSegmentator's) of a multilabel mask")
     r.add_argument("--image", help="CT in HU on the mask's grid: shape + appearance (S+A) refinement with the "
                    "shipped S+A prior (or an S+A --prior); without it, shape-only")
     r.add_argument("--report", help="write a PNG with red (input) and blue (refined) contours")
@@ -666,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True,
                    help="output folder (not the masks' or images' folder): <case>.nii.gz, study_prior.*, "
                    "summary.csv, " + CHECKPOINT_NAME)
-    s.add_argument("--label", help="label value (or .seg.nrrd segment name) of multilabel masks")
+    s.add_argument("--label", help="label value (or its name: a .seg.nrrd segment, or a NIfTI label table) of "
+                   "multilabel masks")
     s.add_argument("--prior", default="auto",
                    help="prior to adapt: auto (default: the adrenal prior when every case names an adrenal gland, "
                    "by --structure, .seg.nrrd segment name or file name, the general prior when none does; a study "
@@ -688,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="denoise: train towards the prior's reconstruction of each annotation (default) or the "
                    "annotation itself (the recipe before 2026-11-28)")
     no_harm(s, staircase=False)
+    image_voxel_flag(s)
     s.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_NAME} if it exists")
     s.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier study in --out")
     s.add_argument("--shape-only", action="store_true", help="ignore the images even with an S+A prior")

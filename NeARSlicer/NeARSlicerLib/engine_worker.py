@@ -164,7 +164,7 @@ class Worker:
         for entry in request["cases"]:
             arrays = load_arrays(folder / entry["file"])
             cases.append(StudyCase(entry["name"], arrays["mask"], self._grid(entry["grid"]), arrays.get("image"),
-                                   structure=entry.get("structure")))
+                                   structure=entry.get("structure"), image_voxel_mm=entry.get("image_voxel_mm")))
         config = dict(request.get("config") or {})
         recipe = config.pop("recipe", "fast")
         if "milestones" in config:

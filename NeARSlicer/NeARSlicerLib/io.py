@@ -219,16 +219,49 @@ def read_mask(path: str, label: Union[int, str, None] = None) -> Tuple[np.ndarra
 
     ``label`` picks a value of a label map, or (.seg.nrrd) a segment name, ID or label value; it is
     required when the file holds several. ``info`` holds ``format``, ``label``, ``labels`` (all
-    nonzero values found) and, for .seg.nrrd, ``segment`` and ``segments`` (names).
+    nonzero values found) and, for .seg.nrrd, ``segment`` and ``segments`` (names). A NIfTI label map
+    with a label table (TotalSegmentator's multi-label output) also gives ``label_name`` (the chosen
+    value's name, or None) and ``label_names``; its ``label`` may then be a name, e.g. "adrenal_gland_left".
     """
+    from .label_table import label_names
+
     path = os.fspath(path)
     kind = _kind(path)
     if kind == "seg.nrrd":
         return _mask_from_seg(path, label)
     array, grid = _read_sitk(path, "mask")
-    mask, info = _select_label(array, label)
+    names = label_names(path)
+    if names and label is not None and not _is_int(label):
+        value = _value_named(names, str(label), os.path.basename(path))
+        mask, info = _select_label(array, value)
+    else:
+        try:
+            mask, info = _select_label(array, label)
+        except InputError as exc:
+            if not names or label is not None or "pass --label" not in str(exc):
+                raise
+            present = [int(v) for v in np.unique(array) if v != 0]
+            named = ", ".join(f"{v} ({names[v]})" if v in names else str(v) for v in present[:20])
+            raise InputError(f"multilabel mask with labels {named}{', ...' if len(present) > 20 else ''}: "
+                             "pass --label (a value or a name)") from None
     info["format"] = kind
+    if names:
+        info["label_name"] = names.get(info["label"])
+        info["label_names"] = names
     return mask, grid, info
+
+
+def _value_named(names: Dict[int, str], label: str, file_name: str) -> int:
+    """The value a label table gives the name ``label`` (case and surrounding blanks ignored)."""
+    wanted = label.strip().lower()
+    found = [value for value, name in names.items() if name.strip().lower() == wanted]
+    if not found:
+        listed = ", ".join(sorted(names.values())[:12]) + (", ..." if len(names) > 12 else "")
+        raise InputError(f"label {label!r} is not a name in the label table of {file_name} ({listed})")
+    if len(found) > 1:
+        raise InputError(f"label {label!r} names several values in the label table of {file_name} "
+                         f"({_label_list(sorted(found))}): pass the value")
+    return found[0]
 
 
 def read_image(path: str) -> Tuple[np.ndarray, Grid]:

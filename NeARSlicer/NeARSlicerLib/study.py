@@ -93,6 +93,9 @@ class StudyCase:
     # review reads the original from ``mask_path`` with it, as for a batch
     segment: Optional[str] = None
     label: Optional[str] = None
+    # the image's own finest voxel side (mm) when it was resampled onto this finer mask grid (an
+    # oversampled Slicer segmentation): the case's final refinement fits no margin finer than it
+    image_voxel_mm: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,10 @@ def check_cases(cases: Sequence[StudyCase]) -> None:
             check_inputs(np.asarray(c.mask), c.grid, c.image)
         except InputError as exc:
             raise InputError(f"case {c.name}: {exc}") from None
+        voxel = c.image_voxel_mm
+        if voxel is not None and not (np.isfinite(float(voxel)) and float(voxel) > 0):
+            raise InputError(f"case {c.name}: image_voxel_mm (the image's own voxel side) must be a positive size "
+                             f"in mm, got {voxel}")
 
 
 def _check_config(cfg: StudyConfig) -> None:
@@ -856,7 +863,7 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     ``structure``, else its .seg.nrrd segment's name, else its file name (``batch.structure_of``, as
     ``refine`` reads it).
     """
-    from .batch import structure_of
+    from .batch import segment_name, structure_of
     from .io import read_image, read_mask
 
     if manifest:
@@ -880,7 +887,7 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
             raise InputError(f"case {name}: {exc}") from None
         cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None,
                                structure_of(str(mpath), what or structure, info),
-                               segment=info.get("segment") or f"Label_{info['label']}", label=str(info["label"])))
+                               segment=segment_name(info), label=str(info["label"])))
     return cases
 
 

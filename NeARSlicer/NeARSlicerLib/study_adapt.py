@@ -93,7 +93,7 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
     image is given (read by an S+A model; with a shape-only one it only checks the change, as in
     ``refine_mask``). ``on_case(i, case, result)`` is called as each case finishes; returns the
     ``RefineResult`` of each case. ``options``: further RefineOptions fields of every case (the
-    do-no-harm settings, ``StudyConfig.refine_options``)."""
+    do-no-harm settings, ``StudyConfig.refine_options``); a case's ``image_voxel_mm`` is its own."""
     from .prior import save_prior
     from .refine import RefineOptions, refine_mask
 
@@ -102,9 +102,11 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
     with tempfile.TemporaryDirectory(prefix="nearslicer-study-") as tmp:
         path = save_prior(Path(tmp) / "adapted.safetensors", model, meta)
         for i, c in enumerate(cases):
+            # the image's own voxel is the case's (its image may have been resampled), not the study's
+            own = {"image_voxel_mm": getattr(c, "image_voxel_mm", None)}
             opts = RefineOptions(prior=str(path), appearance=appearance, preset=preset, device=device, seed=seed,
                                  margin_mm=margin_mm, spacing_mm=spacing_mm[i], min_island_mm3=min_island_mm3,
-                                 **(options or {}))
+                                 **{**own, **(options or {})})
             def sub(f: float, msg: str, _i: int = i) -> None:
                 report((_i + f) / len(cases), f"refining {cases[_i].name} ({_i + 1}/{len(cases)}): {msg}")
 

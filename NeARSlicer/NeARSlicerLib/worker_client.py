@@ -402,7 +402,8 @@ class EngineProcess:
                 name = f"case-{index}.npz"
                 save_arrays(job.folder / name, **arrays)
                 entries.append({"name": str(case.name), "grid": grid_to_dict(case.grid), "file": name,
-                                "structure": getattr(case, "structure", None)})
+                                "structure": getattr(case, "structure", None),
+                                "image_voxel_mm": getattr(case, "image_voxel_mm", None)})
         except OSError as exc:
             shutil.rmtree(job.folder, ignore_errors=True)
             raise EngineError(f"could not write the study's input to {job.folder}: {exc}") from None

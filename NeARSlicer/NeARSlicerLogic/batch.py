@@ -177,8 +177,10 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
             return
         # the structure refine would read (segment name and terminology, or a label map's file name): the
         # engine's --prior auto chooses the study's prior by it
+        # and each case's own image voxel (a CT resampled onto an oversampled segment): per case, never study-wide
         studyCases = [SimpleNamespace(name=f"{entry[0]}/{job.segmentName}", mask=job.mask, grid=job.grid,
-                                      image=job.image, structure=job.options.get("structure") or job.segmentName)
+                                      image=job.image, structure=job.options.get("structure") or job.segmentName,
+                                      image_voxel_mm=job.options.get("image_voxel_mm"))
                       for entry in loaded for job in entry[4]]
         # the engine's default recipe (NeARSlicerLib.study.DEFAULT_RECIPE, not imported here: no torch in
         # Slicer's process): denoise never trains towards the annotations, so it does not learn their errors
@@ -330,6 +332,9 @@ def _resolveSegments(segmentationNode, labelToId, spec) -> list:
             segmentId = segmentation.GetSegmentIdBySegmentName(str(item))
             if not segmentId and segmentation.GetSegment(str(item)) is not None:
                 segmentId = str(item)
+            if not segmentId and _GENERIC_SEGMENT.fullmatch(str(item)):
+                # "Label_8" still finds label 8 of a label map whose table names it ("adrenal_gland_right")
+                segmentId = labelToId.get(int(str(item)[len("Label_"):]))
         if not segmentId:
             raise InputError(f"segment {item!r} not found in {segmentationNode.GetName()}")
         ids.append(segmentId)

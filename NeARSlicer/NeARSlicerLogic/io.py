@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import slicer
+from NeARSlicerLib.label_table import label_names
 
 __all__ = [
     "hasApplicationIO",
@@ -74,7 +75,8 @@ def loadVolumeFile(path, name=None, labelmap=False):
 def loadLabelmapAsSegmentation(path, referenceVolumeNode=None, name=None):
     """Load a (multi)label image as a segmentation node: one segment per label value.
 
-    Segments are named ``Label_<value>`` (unless the file carries names). The segmentation's
+    Segments are named by the file's label table (a NIfTI from TotalSegmentator's multi-label output:
+    ``adrenal_gland_left``), else ``Label_<value>``. The segmentation's
     reference geometry is ``referenceVolumeNode`` when given, else the labelmap's own grid.
     Returns ``(segmentationNode, {labelValue: segmentId})``.
     """
@@ -95,12 +97,17 @@ def loadLabelmapAsSegmentation(path, referenceVolumeNode=None, name=None):
         removeNodes([labelmapNode])
     segmentation = segmentationNode.GetSegmentation()
     labelToSegmentId = {}
+    # Slicer's reader ignores a NIfTI label table; the name says what the structure is (--prior auto reads it)
+    names = label_names(path)
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
-        labelToSegmentId[int(segment.GetLabelValue())] = segmentation.GetNthSegmentID(index)
-        if segment.GetName() == labelmapNode.GetName():
+        value = int(segment.GetLabelValue())
+        labelToSegmentId[value] = segmentation.GetNthSegmentID(index)
+        if value in names:
+            segment.SetName(names[value])
+        elif segment.GetName() == labelmapNode.GetName():
             # a single label is named after the temporary labelmap node: Label_<value>, as with several
-            segment.SetName(f"Label_{int(segment.GetLabelValue())}")
+            segment.SetName(f"Label_{value}")
     return segmentationNode, labelToSegmentId
 
 

@@ -115,6 +115,14 @@ if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
 TOTALSEG_DIR, CT_PATH, SEG_PATH, EXAMPLE_PROBLEM = _example_case()
+
+
+def segment_name_of(label: int) -> str:
+    """The name a label of SEG_PATH gets in Slicer: its TotalSegmentator label table's (the real example,
+    e.g. "adrenal_gland_left"), else ``Label_<value>`` (the phantom standing in has no table)."""
+    from NeARSlicerLib.label_table import label_names
+
+    return label_names(SEG_PATH).get(label, f"Label_{label}")
 USING_PHANTOM = EXAMPLE_PROBLEM is not None or not str(CT_PATH).startswith(str(SHARED_DIR))
 
 

@@ -258,3 +258,14 @@ def test_client_imports_neither_torch_nor_the_engine():
             "print(sorted(m for m in ('torch', 'scipy', 'SimpleITK') if m in sys.modules))" % str(PACKAGE_PARENT))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_each_study_case_s_image_voxel_reaches_the_worker(engine, case, tmp_path):
+    """StudyCase.image_voxel_mm (set per case by Slicer's study of an oversampled segmentation) travels to
+    the engine, which checks it before anything trains."""
+    from NeARSlicerLib.study import StudyCase
+
+    cases = [StudyCase("fine", case[0], case[1], image_voxel_mm=-3.0)]
+    with pytest.raises(Exception, match=r"case fine: image_voxel_mm .* got -3\.0"):
+        engine.study(cases, None, {"recipe": "denoise", "epochs": 0}, prior_out=str(tmp_path / "study.safetensors"))
+    assert not (tmp_path / "study.safetensors").exists()

@@ -251,3 +251,42 @@ def test_a_correct_real_gland_on_a_grid_finer_than_its_ct_is_kept(shared_data):
                            RefineOptions(structure="adrenal gland", image_voxel_mm=case.image_voxel_mm))
     assert told.info["image_margin_mm"] is None or told.info["image_margin_mm"] == 0.0
     assert dice(told.mask, case.truth) >= 0.97
+
+
+def test_a_study_keeps_a_correct_real_gland_on_a_grid_finer_than_its_ct(shared_data):
+    """A study's final refinement reads each case's own image voxel (StudyCase.image_voxel_mm, what
+    Slicer's study of an oversampled segmentation sets per case): the real CT's correct right adrenal
+    gland on a 1 mm cube is kept; not told, the margin fit on the interpolated CT moves it."""
+    from NeARSlicerLib.bench import real_ct_cases
+    from NeARSlicerLib.study import StudyCase, StudyConfig, run_study
+
+    folder = shared_data / "totalseg_example"
+    case = real_ct_cases(folder / "ct.nii.gz", folder / "seg.nii.gz", (8,), per_label=1, family="shift")[0]
+    kept = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for told in (case.image_voxel_mm, None):
+            study_case = StudyCase("right", case.truth.astype(np.uint8), case.grid, case.image,
+                                   structure="adrenal gland", image_voxel_mm=told)
+            result = run_study([study_case], "adrenal", StudyConfig.for_recipe("denoise", epochs=1))
+            kept[told] = dice(result.masks[0], case.truth)
+    assert kept[3.0] >= 0.97 and kept[None] < kept[3.0] - 0.05, kept
+    with pytest.raises(InputError, match="case right: image_voxel_mm .* must be a positive size in mm, got 0"):
+        run_study([StudyCase("right", case.truth.astype(np.uint8), case.grid, case.image, image_voxel_mm=0.0)],
+                  "adrenal", StudyConfig.for_recipe("denoise", epochs=1))
+
+
+def test_the_cli_study_gives_every_case_the_image_voxel(tmp_path, monkeypatch):
+    """nearslicer study --image-voxel-mm MM: every case's final refinement is told the image's own voxel."""
+    import NeARSlicerLib.cli as cli
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    gland = adrenal_phantom(0).astype(np.uint8)
+    for name in ("a", "b"):
+        sitk.WriteImage(sitk.GetImageFromArray(gland), str(masks / f"{name}.nii.gz"))
+    seen = []
+    monkeypatch.setattr(cli, "_one_study", lambda args, cfg, cases, *rest: seen.extend(
+        (c.name, c.image_voxel_mm) for c in cases))
+    assert main(["study", "--masks", str(masks), "--out", str(tmp_path / "out"), "--image-voxel-mm", "3"]) == 0
+    assert sorted(seen) == [("a", 3.0), ("b", 3.0)]

@@ -16,6 +16,7 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     mrml_scene,
     scene_state,
     segment_arrays,
+    segment_name_of,
     slicer_app,
 )
 
@@ -106,13 +107,14 @@ def test_apply_adds_optional_review_outputs(applied):
 
     segmentation = applied["segmentation"].GetSegmentation()
     names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
-    assert {"Label_9 (NeAR)", "Label_9 (NeAR added)", "Label_9 (NeAR removed)"} <= names
-    added_id = segmentation.GetSegmentIdBySegmentName("Label_9 (NeAR added)")
+    left = segment_name_of(LEFT_ADRENAL_LABEL)
+    assert {f"{left} (NeAR)", f"{left} (NeAR added)", f"{left} (NeAR removed)"} <= names
+    added_id = segmentation.GetSegmentIdBySegmentName(f"{left} (NeAR added)")
     added = slicer.util.arrayFromSegmentBinaryLabelmap(applied["segmentation"], added_id, applied["volume"]) > 0
     assert np.array_equal(added, ndi.binary_dilation(applied["mask"]) & ~applied["mask"])
     display = applied["segmentation"].GetDisplayNode()
     assert not display.GetSegmentVisibility(added_id), "change segments start hidden"
-    probability = slicer.mrmlScene.GetFirstNodeByName("Label_9 (NeAR probability)")
+    probability = slicer.mrmlScene.GetFirstNodeByName(f"{left} (NeAR probability)")
     assert probability is not None and probability.IsA("vtkMRMLScalarVolumeNode")
     job = applied["job"]
     assert slicer.util.arrayFromVolume(probability).shape == job.mask.shape  # the box the engine saw
@@ -134,7 +136,7 @@ def test_apply_adds_optional_review_outputs(applied):
 def test_second_refinement_gets_a_unique_name(logic, applied):
     job = fake_computed_job(logic, applied["volume"], applied["segmentation"], applied["segment_id"], applied["mask"])
     second = logic.applyRefinement(job)
-    assert applied["segmentation"].GetSegmentation().GetSegment(second).GetName() == "Label_9 (NeAR 2)"
+    assert applied["segmentation"].GetSegmentation().GetSegment(second).GetName() == f"{segment_name_of(LEFT_ADRENAL_LABEL)} (NeAR 2)"
 
 
 def test_remove_refinement_restores_the_scene(logic, ct_case, mrml_scene):

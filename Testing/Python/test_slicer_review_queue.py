@@ -19,8 +19,12 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     mrml_scene,
     require_totalseg_data,
     scene_state,
+    segment_name_of,
     slicer_app,
 )
+
+# the example's adrenal glands as Slicer names them (the label table's names, or Label_N for the phantom)
+RIGHT, LEFT = segment_name_of(8), segment_name_of(9)
 
 
 def _digest(path):
@@ -54,7 +58,7 @@ def study_out(logic, mrml_scene, tmp_path, monkeypatch):
     require_totalseg_data()
     from scipy import ndimage as ndi
 
-    grow = {"Label_9": 1, "Label_8": 2}
+    grow = {LEFT: 1, RIGHT: 2}
 
     def compute(job, progress=None, cancel=None):
         logic.setJobResult(job, fake_result(job.mask, ndi.binary_dilation(job.mask, iterations=grow[job.segmentName])),
@@ -191,7 +195,7 @@ def test_accept_equals_accept_refinement(logic, mrml_scene, study_out, tmp_path)
 
     queue = _queue()
     row = queue.open(study_out)
-    assert row.segment == "Label_8", "two-voxel dilation: the larger change comes first"
+    assert row.segment == RIGHT, "two-voxel dilation: the larger change comes first"
     output = row.path("output", study_out)
     copy = tmp_path / "by_hand.seg.nrrd"
     shutil.copyfile(output, copy)
@@ -207,7 +211,7 @@ def test_accept_equals_accept_refinement(logic, mrml_scene, study_out, tmp_path)
     written, _ = L.loadSegmentationFile(str(output))
     expected, got = _segments(by_hand), _segments(written)
     assert got == expected
-    assert set(got) == {"Label_8", "Label_8 (original)"} and got["Label_8"][2][2] == "true"
+    assert set(got) == {RIGHT, f"{RIGHT} (original)"} and got[RIGHT][2][2] == "true"
     for name, (segment_id, *_rest) in expected.items():
         assert np.array_equal(_array(written, got[name][0]), _array(by_hand, segment_id)), name
     L.removeNodes([by_hand, written])
@@ -216,8 +220,8 @@ def test_accept_equals_accept_refinement(logic, mrml_scene, study_out, tmp_path)
     digest = _digest(output)
     queue = _queue()
     queue.open(study_out, load=False)
-    queue.load(next(i for i, r in enumerate(queue.rows) if r.segment == "Label_8"))
-    assert queue.segmentationNode.GetSegmentation().GetSegment(queue.refinedId).GetName() == "Label_8"
+    queue.load(next(i for i, r in enumerate(queue.rows) if r.segment == RIGHT))
+    assert queue.segmentationNode.GetSegmentation().GetSegment(queue.refinedId).GetName() == RIGHT
     queue.decide("accepted")
     assert _digest(output) == digest
     queue.close()

@@ -15,6 +15,7 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     require_engine,
     require_totalseg_data,
     scene_state,
+    segment_name_of,
     slicer_app,
 )
 
@@ -42,7 +43,7 @@ def test_refine_study_two_cases_and_a_failing_one(logic, mrml_scene, tmp_path):
     before = scene_state(mrml_scene)
     cases = [
         (str(CT_PATH), str(SEG_PATH), 9),
-        (str(CT_PATH), str(SEG_PATH), "Label_8"),
+        (str(CT_PATH), str(SEG_PATH), segment_name_of(8)),
         (str(CT_PATH), str(tmp_path / "no_such_file.nii.gz"), 9),
     ]
     out = tmp_path / "out"
@@ -53,18 +54,21 @@ def test_refine_study_two_cases_and_a_failing_one(logic, mrml_scene, tmp_path):
     ok, ok2, failed = rows
     for row, label in ((ok, 9), (ok2, 8)):
         assert row["error"] == ""
-        assert row["segment"] == f"Label_{label}"
+        assert row["segment"] == segment_name_of(label)
         assert int(row["voxels_before"]) > 100 and int(row["voxels_after"]) > 0
         assert 0.0 <= float(row["dice"]) <= 1.0
         assert float(row["seconds"]) > 0.0
         assert row["output"].endswith(".seg.nrrd") and os.path.isfile(row["output"])
         # the batch contract's columns: absolute inputs, the prior used (S+A: a CT was given), the host
         assert row["mask"] == str(SEG_PATH.absolute()) and row["image"] == str(CT_PATH.absolute())
-        # --prior auto: segments named Label_N are unnamed structures -> the general prior (shape only:
-        # no general S+A prior is shipped)
-        assert row["prior"] == "anatomy-s" and row["host"]
-        # ... which the row says: the CT was read as CT, the engine's warning is in its cell
-        assert row["modality"] == "CT" and "this prior is shape-only: the image was not used" in row["warnings"]
+        assert row["modality"] == "CT" and row["host"]
+        if segment_name_of(label) == f"Label_{label}":
+            # --prior auto: segments named Label_N (the phantom's) are unnamed structures -> the general
+            # prior (shape only: no general S+A prior is shipped), whose warning is in the row's cell
+            assert row["prior"] == "anatomy-s" and "this prior is shape-only: the image was not used" in row["warnings"]
+        else:
+            # the real example's TotalSegmentator label table names them adrenal glands: the adrenal S+A prior
+            assert row["prior"] == "adrenal-sa" and "shape-only" not in row["warnings"], row
     assert "FileNotFoundError" in failed["error"] and failed["output"] == ""
 
     # the CSV on disk says the same
@@ -184,7 +188,7 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
     rows = logic.refineStudy(cases, out, study=True, studyOptions={"epochs": 3}, prior="adrenal")
     assert scene_state(mrml_scene) == before, "study mode left nodes in the scene"
     ok = [r for r in rows if not r["error"]]
-    assert sorted(r["segment"] for r in ok) == ["Label_8", "Label_9"]
+    assert sorted(r["segment"] for r in ok) == sorted([segment_name_of(8), segment_name_of(9)])
     for row in ok:
         assert int(row["voxels_after"]) > 0 and 0.3 < float(row["dice"]) <= 1.0
         assert os.path.isfile(row["output"])
@@ -194,7 +198,7 @@ def test_refine_study_in_study_mode(logic, mrml_scene, tmp_path):
         assert row["prior"].startswith("study (adrenal"), row["prior"]
     assert any("FileNotFoundError" in r["error"] for r in rows)
     card = json.loads((out / "study_prior.json").read_text())
-    assert card["cases"] == ["totalseg_example/Label_8", "totalseg_example/Label_9"]
+    assert card["cases"] == [f"totalseg_example/{segment_name_of(8)}", f"totalseg_example/{segment_name_of(9)}"]
     assert card["appearance"] is True and card["epochs"] == 3
     model, _ = load_prior(out / "study_prior.safetensors")  # reusable as a prior
     assert model.cfg.appearance
@@ -211,7 +215,7 @@ def test_a_study_of_an_adrenal_gland_and_another_organ_runs_one_study_per_prior(
 
     from NeARSlicerLib.io import read_mask, write_segmentation
 
-    # the example's label map, as named segments (a label map's segments are called Label_N: no structure)
+    # two of the example's labels, as segments named by hand
     labels, grid, _ = read_mask(str(SEG_PATH), label=8)
     other, _, _ = read_mask(str(SEG_PATH), label=4)
     named = tmp_path / "named.seg.nrrd"
@@ -251,7 +255,7 @@ def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic
     with pytest.raises(RuntimeError, match="stopped after the request"):
         logic.refineStudy([(str(CT_PATH), str(SEG_PATH), [8, 9])], tmp_path / "out", study=True, preset="fast",
                           changes="thick", imageOpensGate=False)
-    assert seen == [("totalseg_example/Label_8", "Label_8", None), ("totalseg_example/Label_9", "Label_9", None)]
+    assert seen == [(f"totalseg_example/{segment_name_of(n)}", segment_name_of(n), None) for n in (8, 9)]
     assert configs[0]["recipe"] == "denoise" and configs[0]["refine_preset"] == "fast"
     # the batch's do-no-harm settings reach every case's final refinement, as without study mode
     assert configs[0]["refine_options"] == {"change_policy": "thick", "image_opens_gate": False}
@@ -265,7 +269,8 @@ def test_a_label_map_of_one_structure_is_named_by_its_file_as_the_cli_batch_name
     """TotalSegmentator writes one file per structure (``adrenal_gland_left.nii.gz``); Slicer calls its
     segment ``Label_1``, which names nothing, so --prior auto reads the file's name, as ``nearslicer
     batch`` does (the adrenal prior for an adrenal gland), in a batch and in study mode. A multi-label
-    file's segments keep their own names (``Label_8``: the general prior, as in the CLI)."""
+    file's segments are named by its label table (TotalSegmentator's: ``adrenal_gland_right``, read as
+    the CLI reads it) or, without one, ``Label_8`` (the general prior, as in the CLI)."""
     require_totalseg_data()
     from NeARSlicerLib.batch import structure_of
     from NeARSlicerLib.io import read_mask, write_mask
@@ -280,8 +285,9 @@ def test_a_label_map_of_one_structure_is_named_by_its_file_as_the_cli_batch_name
         logic.setJobResult(job, fake_result(job.mask, job.mask), seconds=0.01)
 
     monkeypatch.setattr(logic, "computeRefinement", compute)
-    logic.refineStudy([(str(CT_PATH), str(single)), (str(CT_PATH), str(SEG_PATH), 8)], tmp_path / "out")
-    assert seen == [("Label_1", "adrenal_gland_left"), ("Label_8", "Label_8")]
+    # "Label_8", Slicer's name for a label map's segment, still finds label 8 when the table names it
+    logic.refineStudy([(str(CT_PATH), str(single)), (str(CT_PATH), str(SEG_PATH), "Label_8")], tmp_path / "out")
+    assert seen == [("Label_1", "adrenal_gland_left"), (segment_name_of(8), segment_name_of(8))]
     # the engine's batch reads the same structure from the same file
     assert structure_of(str(single), None, read_mask(str(single))[2]) == "adrenal_gland_left"
     studied = []
@@ -355,7 +361,7 @@ def test_batch_into_the_input_folder_never_touches_user_files(logic, mrml_scene,
     # read back by slicerio (not Slicer): originals and refined segments, names and NeAR tags kept
     written = slicerio.read_segmentation(str(folder / "case1.NeAR.seg.nrrd"))
     names = sorted(s["name"] for s in written["segments"])
-    assert names == sorted([f"Label_{n}" for n in (1, 8, 9)] + [f"Label_{n} (NeAR)" for n in (1, 8, 9)])
+    assert names == sorted([segment_name_of(n) for n in (1, 8, 9)] + [f"{segment_name_of(n)} (NeAR)" for n in (1, 8, 9)])
     refined = [s for s in written["segments"] if s["name"].endswith(" (NeAR)")]
     assert all(s.get("tags", {}).get("NeARSlicer.Role") == "refined" for s in refined), refined
     assert all(s.get("tags", {}).get("NeARSlicer.SourceSegmentID") for s in refined)
@@ -402,7 +408,7 @@ def test_batch_summary_rows_are_appended_as_cases_finish(logic, mrml_scene, tmp_
     with pytest.raises(Cancelled):
         logic.refineStudy([(str(CT_PATH), str(SEG_PATH), 9), (str(CT_PATH), str(SEG_PATH), 8)], out)
     rows = _read_csv(out / "summary.csv")
-    assert [(r["case"], r["segment"], r["error"]) for r in rows] == [("totalseg_example", "Label_9", "")]
+    assert [(r["case"], r["segment"], r["error"]) for r in rows] == [("totalseg_example", segment_name_of(9), "")]
 
 
 def _mixed_folder(root):
@@ -444,3 +450,41 @@ def test_unusable_entries_are_listed_by_slicer_and_refused_by_the_cli(tmp_path):
     assert [c["name"] for c in errors] == ["p3"] and "no segmentation file" in errors[0]["error"]
     with pytest.raises(InputError, match="p3.nii.gz: no segmentation file"):
         find_cases(str(folder))
+
+
+def test_a_study_of_an_oversampled_segmentation_tells_each_case_its_ct_s_voxel(logic, mrml_scene, tmp_path,
+                                                                              monkeypatch):
+    """study=True on a label map twice as fine as its CT (an oversampled segmentation): the CT is resampled
+    onto the segment's grid, so each study case carries the CT's own voxel (image_voxel_mm) for its
+    final refinement, as refineSegment does; never as a study-wide option."""
+    import SimpleITK as sitk
+
+    require_totalseg_data()
+    labels = sitk.ReadImage(str(SEG_PATH))
+    fine = sitk.Image([2 * n for n in labels.GetSize()], labels.GetPixelID())
+    fine.SetDirection(labels.GetDirection())
+    fine.SetSpacing([s / 2 for s in labels.GetSpacing()])
+    # fine voxel (0, 0, 0) centred inside coarse voxel (0, 0, 0)
+    offset = [-0.25 * s for s in labels.GetSpacing()]
+    direction = [labels.GetDirection()[3 * r:3 * r + 3] for r in range(3)]
+    fine.SetOrigin([o + sum(direction[r][c] * offset[c] for c in range(3))
+                    for r, o in enumerate(labels.GetOrigin())])
+    fine = sitk.Resample(labels, fine, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    fine_path = tmp_path / "fine_labels.nii.gz"
+    sitk.WriteImage(fine, str(fine_path))
+    ct_voxel = min(sitk.ReadImage(str(CT_PATH)).GetSpacing())
+    seen, configs = [], []
+
+    def compute(cases, prior, config, **kwargs):
+        seen.extend((c.name, c.image_voxel_mm, tuple(c.grid.spacing)) for c in cases)
+        configs.append(config)
+        raise RuntimeError("stopped after the request")
+
+    monkeypatch.setattr(logic, "computeStudy", compute)
+    with pytest.raises(RuntimeError, match="stopped after the request"):
+        logic.refineStudy([(str(CT_PATH), str(fine_path), [8, 9])], tmp_path / "out", study=True, preset="fast")
+    # (SimpleITK wrote the resampled copy without the label table: Slicer's names)
+    assert [name for name, _, _ in seen] == ["totalseg_example/Label_8", "totalseg_example/Label_9"]
+    for _, voxel, spacing in seen:
+        assert max(spacing) < ct_voxel and voxel == pytest.approx(ct_voxel)
+    assert "image_voxel_mm" not in configs[0].get("refine_options", {})

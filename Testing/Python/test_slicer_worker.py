@@ -22,6 +22,7 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     mrml_scene,
     require_engine,
     scene_state,
+    segment_name_of,
     slicer_app,
 )
 
@@ -77,7 +78,7 @@ def test_run_in_the_engine_process_then_apply(logic, ct_case, mrml_scene):
     assert fractions == sorted(fractions), "progress only moves forward"
     new_id = logic.applyRefinement(run.job)
     refined = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, new_id, volume) > 0
-    assert refined.any() and L.formatStats(job.stats).startswith("Label_9: volume")
+    assert refined.any() and L.formatStats(job.stats).startswith(f"{segment_name_of(LEFT_ADRENAL_LABEL)}: volume")
     assert np.array_equal(refined[tuple(slice(a, a + n) for a, n in zip(job.cropOffset, job.mask.shape))],
                           job.result.mask > 0)
 
@@ -153,8 +154,8 @@ def test_segmentation_removed_mid_run_gives_a_clear_message_and_no_orphan(logic,
     _poll(run, timeout=5)
     assert time.perf_counter() - t0 < 2.0 and process.poll() is not None, "the engine is stopped at once"
     assert isinstance(run.error, InputError) and not run.cancelled
-    assert str(run.error) == ("segmentation 'seg' was removed from the scene while 'Label_9' was being refined; "
-                              "the result was not added")
+    assert str(run.error) == (f"segmentation 'seg' was removed from the scene while "
+                              f"'{segment_name_of(LEFT_ADRENAL_LABEL)}' was being refined; the result was not added")
     assert segmentation.GetSegmentation().GetNumberOfSegments() == segment_count, "nothing written to the orphan"
     assert mrml_scene.GetFirstNodeByClass("vtkMRMLSegmentationNode") is None
 
@@ -172,8 +173,9 @@ def test_segmentation_removed_before_apply_adds_nothing(logic, ct_case, mrml_sce
     nodes_before = scene_state(mrml_scene)[0]
     mrml_scene.RemoveNode(segmentation)
     nodes_left = scene_state(mrml_scene)[0]
-    with pytest.raises(InputError, match="^segmentation 'seg' was removed from the scene while 'Label_9' was being "
-                                         "refined; the result was not added$"):
+    with pytest.raises(InputError, match=f"^segmentation 'seg' was removed from the scene while "
+                                         f"'{segment_name_of(LEFT_ADRENAL_LABEL)}' was being refined; the result "
+                                         "was not added$"):
         logic.applyRefinement(job)
     assert segmentation.GetSegmentation().GetNumberOfSegments() == segment_count
     assert scene_state(mrml_scene)[0] == nodes_left and set(nodes_left) < set(nodes_before)

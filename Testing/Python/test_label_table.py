@@ -1,0 +1,138 @@
+"""A NIfTI label map's label table (TotalSegmentator's multi-label output): its names choose labels,
+name segments and say what a structure is for --prior auto; files without one read as before."""
+import gzip
+import json
+import struct
+import warnings
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from NeARSlicerLib.batch import BatchCase, _segments_to_refine, segment_name, structure_of
+from NeARSlicerLib.cli import main
+from NeARSlicerLib.errors import InputError
+from NeARSlicerLib.io import read_mask
+from NeARSlicerLib.label_table import label_names
+from NeARSlicerLib.phantom import adrenal_phantom
+from NeARSlicerLib.study import load_cases
+
+NAMES = {1: "spleen", 2: "adrenal_gland_left", 3: "Gland & <odd> name"}
+
+
+def _caret_xml(names: dict) -> bytes:
+    """A label table as TotalSegmentator writes it (CaretExtension, GIFTI-style LabelTable)."""
+    labels = "\n".join(f'<Label Key="{k}" Red="1" Green="0" Blue="0" Alpha="1"><![CDATA[{v}]]></Label>'
+                       for k, v in names.items())
+    return ('<?xml version="1.0" encoding="UTF-8"?> <CaretExtension> <VolumeInformation Index="0"> '
+            f"<LabelTable>\n{labels}\n</LabelTable> </VolumeInformation> </CaretExtension>").encode()
+
+
+def _write_with_extension(path, array: np.ndarray, content: bytes, spacing=(1.0, 1.0, 1.0)) -> None:
+    """``array`` as a NIfTI-1 file whose header carries one extension holding ``content``."""
+    plain = path.with_name("plain.nii")
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(plain))
+    raw = plain.read_bytes()
+    plain.unlink()
+    offset = int(struct.unpack("<f", raw[108:112])[0])
+    size = 8 + len(content)
+    size += -size % 16  # an extension's size is a multiple of 16
+    extension = struct.pack("<ii", size, 0) + content.ljust(size - 8, b"\0")
+    header = bytearray(raw[:348])
+    header[108:112] = struct.pack("<f", float(352 + size))
+    data = bytes(header) + b"\x01\0\0\0" + extension + raw[offset:]
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """A label map of three structures (the gland-shaped one is label 2) whose table names them."""
+    array = np.zeros((64, 64, 64), np.uint8)
+    array[2:8, 2:8, 2:8] = 1
+    array[adrenal_phantom(0)] = 2
+    array[56:60, 56:60, 56:60] = 3
+    path = tmp_path / "labels.nii.gz"
+    _write_with_extension(path, array, _caret_xml(NAMES))
+    return path, array
+
+
+@pytest.mark.parametrize("name", ["labels.nii", "labels.nii.gz"])
+def test_the_table_is_read_from_plain_and_compressed_nifti(tmp_path, name):
+    array = np.zeros((8, 8, 8), np.uint8)
+    array[2:4, 2:4, 2:4] = 2
+    path = tmp_path / name
+    _write_with_extension(path, array, _caret_xml(NAMES))
+    assert label_names(path) == NAMES
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), array), "the voxels moved"
+
+
+def test_the_example_ct_s_totalsegmentator_labels_are_named(shared_data):
+    names = label_names(shared_data / "totalseg_example" / "seg.nii.gz")
+    assert names[8] == "adrenal_gland_right" and names[9] == "adrenal_gland_left" and names[1] == "spleen"
+
+
+def test_a_label_is_chosen_by_name_and_names_its_segment_and_structure(labelled):
+    path, array = labelled
+    mask, _, info = read_mask(str(path), label="ADRENAL_GLAND_LEFT ")
+    assert np.array_equal(mask, array == 2) and info["label"] == 2 and info["label_name"] == "adrenal_gland_left"
+    assert segment_name(info) == "adrenal_gland_left" and structure_of(str(path), None, info) == "adrenal_gland_left"
+    # --structure still wins; a value without a name in the table is Label_<value>
+    assert structure_of(str(path), "spleen", info) == "spleen"
+    _, _, by_value = read_mask(str(path), label=3)
+    assert segment_name(by_value) == "Gland & <odd> name"
+    # a batch names the segment by the table (the summary's segment column)
+    chosen, *_ = _segments_to_refine(BatchCase("c", str(path), label="2"))
+    assert [(n, v, s) for n, v, _, s in chosen] == [("adrenal_gland_left", 2, "adrenal_gland_left")]
+
+
+def test_clear_errors_name_the_table_s_labels(labelled):
+    path, _ = labelled
+    with pytest.raises(InputError, match=r"labels 1 \(spleen\), 2 \(adrenal_gland_left\), 3 \(Gland & <odd> name\): "
+                                         r"pass --label \(a value or a name\)"):
+        read_mask(str(path))
+    with pytest.raises(InputError, match=r"label 'liver' is not a name in the label table of labels.nii.gz "
+                                         r"\(Gland & <odd> name, adrenal_gland_left, spleen\)"):
+        read_mask(str(path), label="liver")
+
+
+def test_files_without_a_table_or_with_a_damaged_one_read_as_before(tmp_path):
+    array = np.zeros((8, 8, 8), np.uint8)
+    array[2:4, 2:4, 2:4] = 5
+    plain = tmp_path / "plain.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(plain))
+    damaged = tmp_path / "damaged.nii.gz"
+    _write_with_extension(damaged, array, b"<LabelTable><Label Key='5'>unclosed</LabelTable>")
+    other = tmp_path / "other.nii"
+    _write_with_extension(other, array, b"some other extension")
+    for path in (plain, damaged, other):
+        assert label_names(path) == {}
+        mask, _, info = read_mask(str(path), label=5)
+        assert mask.sum() == 8 and "label_name" not in info and segment_name(info) == "Label_5"
+    with pytest.raises(InputError, match="is not an integer; segment names only exist in .seg.nrrd files"):
+        read_mask(str(plain), label="gland")
+    truncated = tmp_path / "truncated.nii"
+    truncated.write_bytes(other.read_bytes()[:360])
+    assert label_names(truncated) == {} and label_names(tmp_path / "missing.nii") == {}
+
+
+@pytest.mark.parametrize("label, prior", [("adrenal_gland_left", "adrenal-s"), ("1", "anatomy-s")])
+def test_refine_picks_the_prior_by_the_label_s_name(labelled, tmp_path, capsys, label, prior):
+    """--prior auto reads what the table says the label is: the adrenal prior for a TotalSegmentator
+    adrenal gland of a multi-label file (before: the general prior, the file name says nothing)."""
+    path, _ = labelled
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["refine", "--mask", str(path), "--label", label, "--out", str(tmp_path / "out.nii.gz"),
+                     "--preset", "fast", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prior"] == prior
+
+
+def test_a_study_manifest_names_its_cases_by_the_table(labelled, tmp_path):
+    path, _ = labelled
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"name,mask,label\na,{path},adrenal_gland_left\nb,{path},1\n")
+    cases = load_cases(manifest=str(manifest))
+    assert [(c.segment, c.label, c.structure) for c in cases] == [("adrenal_gland_left", "2", "adrenal_gland_left"),
+                                                                   ("spleen", "1", "spleen")]
