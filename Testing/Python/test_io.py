@@ -106,9 +106,11 @@ def test_multilabel_needs_a_label(tmp_path):
 
 def test_real_totalseg_labels(shared_data):
     path = shared_data / "totalseg_example" / "seg.nii.gz"
-    with pytest.raises(InputError, match=r"multilabel mask with labels \[1, 2, 3, .*pass --label"):
+    # TotalSegmentator's label table names the labels in the message
+    with pytest.raises(InputError, match=r"multilabel mask with labels 1 \(spleen\), 2 \(kidney_right\), .*pass --label"):
         io.read_mask(path)
-    right, grid, _ = io.read_mask(path, label=8)
+    right, grid, info = io.read_mask(path, label=8)
+    assert info["label_name"] == "adrenal_gland_right"
     left, _, _ = io.read_mask(path, label=9)
     assert 140 <= right.sum() <= 160 and 170 <= left.sum() <= 195  # README: ~150 and ~180 voxels
     assert grid.shape == (30, 101, 122) and grid.spacing == (3.0, 3.0, 3.0)
