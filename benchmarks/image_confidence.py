@@ -1,6 +1,7 @@
 """Which confidence flags the cases that got worse: the mirrored views' estimate or the image's support.
 
-    PYTHONPATH=NeARSlicer python benchmarks/image_confidence.py [OUT.json]   # default benchmarks/results/image_confidence.json
+    PYTHONPATH=NeARSlicer python benchmarks/image_confidence.py [OUT.json] [--errors heldout_mixture]
+    # default benchmarks/results/image_confidence.json; the held-out run: image_confidence_heldout.json
 
 Every case is refined twice with the product's options (``--prior auto``, ``default`` preset, the case's
 image): once with every change applied (``--changes all``: the prior's proposal, which both
@@ -24,12 +25,18 @@ Case sets (none in any prior's training data; truth = the clean shape):
 For each set and each estimate: the AUC of "the proposal beats the input by > 1 DSC" against "the
 proposal is worse by > 1 DSC", and, for the default output, how many cases made worse by > 1 DSC
 and how many made better had a confidence below 0.5 (flagged).
+
+``--errors heldout_mixture`` distorts the four mixture sets by the held-out processes instead
+(``heldout_errors``: nothing trained or was tuned on them, the confidences' calibration included) and
+skips the clean and near-correct sets, which do not depend on the errors; the 1 mm adrenal cubes are
+then told the CT's own voxel (``image_voxel_mm``), as Slicer tells the engine since 2026-12-06.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +46,8 @@ SHARED = HERE.parent.parent / "shared" / "data"
 OUT = HERE / "results" / "image_confidence.json"
 
 
-def case_sets() -> list:
-    """[(set, name, truth, annotation, grid, image, structure)]."""
+def case_sets(errors: str = "mixture") -> list:
+    """[(set, name, truth, annotation, grid, image, structure, image voxel mm or None)]."""
     import SimpleITK as sitk
 
     from NeARSlicerLib.bench import alan_cases, real_ct_cases, real_ct_structures, unseen_class_cases
@@ -49,26 +56,28 @@ def case_sets() -> list:
     ct_dir = SHARED / "totalseg_example"
     ct_path, seg_path = ct_dir / "ct.nii.gz", ct_dir / "seg.nii.gz"
     out = []
-    mixture = real_ct_structures(ct_path, seg_path, per_label=3)
+    mixture = real_ct_structures(ct_path, seg_path, per_label=3, family=errors)
     for c in mixture:
-        out.append(("ct_mixture", c.name, c.truth, c.annotation, c.grid, c.image, c.structure))
+        out.append(("ct_mixture", c.name, c.truth, c.annotation, c.grid, c.image, c.structure, None))
+    library = errors == "mixture"
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path)))
-    firsts = [c for c in mixture if c.name.endswith("_d0")]
+    firsts = [c for c in mixture if c.name.endswith("_d0")] if library else []
     for i, c in enumerate(firsts):
         rng = np.random.default_rng(i)
         near = boundary_noise(c.truth, rng) if i % 2 == 0 else staircase(c.truth, rng)
-        out.append(("ct_clean", c.name[:-3], c.truth, c.truth.copy(), c.grid, c.image, c.structure))
-        out.append(("ct_near", c.name[:-3], c.truth, near, c.grid, c.image, c.structure))
+        out.append(("ct_clean", c.name[:-3], c.truth, c.truth.copy(), c.grid, c.image, c.structure, None))
+        out.append(("ct_near", c.name[:-3], c.truth, near, c.grid, c.image, c.structure, None))
     assert all(np.array_equal(seg == int(c.name[5:-3]), c.truth) for c in firsts)
     val = np.load(SHARED / "alan64" / "alan64_trainval.npz")["val_shapes"][:32].astype(bool)
-    for c in alan_cases(val, appearance=True, family="mixture"):
-        out.append(("alan_mixture", c.name, c.truth, c.annotation, c.grid, c.image, "adrenal gland"))
-    for c in alan_cases(val[:12], appearance=True):
-        out.append(("alan_clean", c.name, c.truth, c.truth.copy(), c.grid, c.image, "adrenal gland"))
-    for c in real_ct_cases(ct_path, seg_path, per_label=8, family="mixture"):
-        out.append(("ct_adrenals", c.name, c.truth, c.annotation, c.grid, c.image, "adrenal gland"))
-    for c in unseen_class_cases(20):
-        out.append(("unseen", c.name, c.truth, c.annotation, c.grid, c.image, None))
+    for c in alan_cases(val, appearance=True, family=errors):
+        out.append(("alan_mixture", c.name, c.truth, c.annotation, c.grid, c.image, "adrenal gland", None))
+    for c in alan_cases(val[:12], appearance=True) if library else ():
+        out.append(("alan_clean", c.name, c.truth, c.truth.copy(), c.grid, c.image, "adrenal gland", None))
+    for c in real_ct_cases(ct_path, seg_path, per_label=8, family=errors):
+        out.append(("ct_adrenals", c.name, c.truth, c.annotation, c.grid, c.image, "adrenal gland",
+                    None if library else c.image_voxel_mm))
+    for c in unseen_class_cases(20, family=errors):
+        out.append(("unseen", c.name, c.truth, c.annotation, c.grid, c.image, None, None))
     return out
 
 
@@ -101,15 +110,22 @@ def summarise(rows: list) -> dict:
 
 
 def main() -> int:
+    import argparse
+
     from NeARSlicerLib.metrics import dice
     from NeARSlicerLib.refine import RefineOptions, refine_mask
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=OUT)
+    parser.add_argument("--errors", default="mixture", choices=["mixture", "heldout_mixture"])
+    args = parser.parse_args()
     rows = []
     t0 = time.perf_counter()
-    for st, name, truth, annotation, grid, image, structure in case_sets():
+    for st, name, truth, annotation, grid, image, structure, voxel in case_sets(args.errors):
         ann = np.asarray(annotation, bool)
-        proposal = refine_mask(ann.astype(np.uint8), grid, image, RefineOptions(structure=structure, change_policy="all"))
-        default = refine_mask(ann.astype(np.uint8), grid, image, RefineOptions(structure=structure))
+        options = RefineOptions(structure=structure, image_voxel_mm=voxel)
+        proposal = refine_mask(ann.astype(np.uint8), grid, image, replace(options, change_policy="all"))
+        default = refine_mask(ann.astype(np.uint8), grid, image, options)
         info = proposal.info
         rows.append({"set": st, "case": name, "prior": info.get("prior_name"),
                      "input_dsc": dice(ann, truth), "all_dsc": dice(proposal.mask, truth),
@@ -120,8 +136,9 @@ def main() -> int:
         print(f"{len(rows):4d} {st:13s} {name:18s} in {rows[-1]['input_dsc']:.3f} all {rows[-1]['all_dsc']:.3f} "
               f"default {rows[-1]['default_dsc']:.3f} views {info.get('view_confidence')} image "
               f"{info.get('image_support')}", flush=True)
-    result = {"seconds": round(time.perf_counter() - t0, 1), "sets": summarise(rows), "rows": rows}
-    (Path(sys.argv[1]) if len(sys.argv) > 1 else OUT).write_text(json.dumps(result, indent=1))
+    result = {"errors": args.errors, "seconds": round(time.perf_counter() - t0, 1), "sets": summarise(rows),
+              "rows": rows}
+    args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result["sets"], indent=1))
     return 0
 
