@@ -76,6 +76,14 @@ class Grid:
         """3x3 direction matrix; column c is the unit vector of axis c (i, j, k)."""
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
+    def patient_direction(self, side: str) -> str:
+        """The patient direction ("left", "posterior", "superior"...; LPS) an array side such as "+k"
+        or "-i" faces on this grid: the dominant component of that axis' direction (oblique grids too)."""
+        axis = {"i": 0, "j": 1, "k": 2}[side[1]]
+        vector = self.direction_matrix()[:, axis] * (1.0 if side[0] == "+" else -1.0)
+        dominant = int(np.argmax(np.abs(vector)))
+        return (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))[dominant][int(vector[dominant] > 0)]
+
     def ijk_to_lps(self) -> np.ndarray:
         """4x4 affine mapping homogeneous (i, j, k, 1) voxel indices to LPS mm."""
         affine = np.eye(4)

@@ -68,11 +68,12 @@ class MarginFit:
 
 
 def describe(mm: float, sides: Sequence = ()) -> str:
-    """The margin in the CLI's, Slicer's and the batch's words (``sides``: (side, mm) pairs)."""
+    """The margin in the CLI's, Slicer's and the batch's words (``sides``: (side, mm) pairs, the side a
+    patient direction such as "posterior" (``Grid.patient_direction``) or an array side such as "+j")."""
     if mm:
         way, how = ("outwards", "thin") if mm > 0 else ("inwards", "thick")
         return f"its boundary was moved {abs(mm):.1f} mm {way} to the image's edge (painted too {how} all round)"
-    parts = ", ".join(f"{abs(m):.1f} mm {'outwards' if m > 0 else 'inwards'}" for _, m in sides)
+    parts = ", ".join(f"{side} {abs(m):.1f} mm {'outwards' if m > 0 else 'inwards'}" for side, m in sides)
     n = len(sides)
     return (f"its boundary was moved to the image's edge on {n} of its {len(SIDES)} sides ({parts}: painted "
             f"too thick or too thin on {'that side' if n == 1 else 'those sides'})")

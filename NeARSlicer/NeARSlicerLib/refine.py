@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -463,6 +463,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     annotation, margin, found_trim = original, None, None
     if reads_ct and opts.fit_margin:
         annotation, margin = image_margin.fit(original, image, grid.spacing, image_voxel_mm=opts.image_voxel_mm)
+        # the sides a reviewer reads: the patient's directions on this grid ("posterior"), not array axes
+        margin = replace(margin, sides=tuple((grid.patient_direction(side), mm) for side, mm in margin.sides))
         if margin.moved:
             notes.append(f"the image shows a margin error: {image_margin.describe(margin.mm, margin.sides)}, "
                          "before NeAR")
@@ -485,7 +487,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                 "painted_slices_mm": None if painted is None else round(painted.thickness_mm, 1),
                 "slices_interpolated": interpolate,
                 # the margin moved to the image's edge all round (mm, + outwards; 0: none; None: not fitted),
-                # else on single sides ([[side, mm], ...])
+                # else on single sides ([[side, mm], ...], the side a patient direction: "posterior")
                 "image_margin_mm": None if margin is None or not margin.judged else margin.mm,
                 "image_margin_sides": None if margin is None or not margin.sides else [list(s) for s in margin.sides],
                 # what the image trimmed from the output ({removed, pieces, judged}; None: not tried)

@@ -209,3 +209,16 @@ def test_to_source_sub_block_equals_full_resample_and_is_zero_outside():
     assert out[:, :5].max() == 0.0  # far outside the 64 mm cube
     with pytest.raises(InputError, match="does not match working grid"):
         to_source(prob[:-1], w.grid, src)
+
+
+def test_patient_direction_of_array_sides():
+    """An array side names the patient direction it faces (LPS), from the grid's direction."""
+    lps = Grid(shape=(4, 4, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    assert [lps.patient_direction(s) for s in ("+i", "-i", "+j", "-j", "+k", "-k")] == [
+        "left", "right", "posterior", "anterior", "superior", "inferior"]
+    ras = Grid(shape=(4, 4, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    assert [ras.patient_direction(s) for s in ("+i", "+j", "+k")] == ["right", "anterior", "superior"]
+    # axial slices tilted by 20 degrees about i: +k still mostly superior, +j mostly posterior
+    c, s = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
+    tilted = Grid(shape=(4, 4, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, c, -s, 0, s, c))
+    assert (tilted.patient_direction("+k"), tilted.patient_direction("-j")) == ("superior", "anterior")

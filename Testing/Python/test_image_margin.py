@@ -179,8 +179,23 @@ def test_a_gland_painted_too_thick_on_one_side_is_moved_on_that_side(glands):
         assert (extra & ~out).sum() >= 0.3 * extra.sum() > 0
         assert (gland & ~out).sum() <= 0.2 * extra.sum()
         assert dice(out, gland) > dice(painted, gland)
-    assert describe(0.0, found.sides) == ("its boundary was moved to the image's edge on 1 of its 6 sides (1.0 mm "
+    assert describe(0.0, found.sides) == ("its boundary was moved to the image's edge on 1 of its 6 sides (+i 1.0 mm "
                                           "inwards: painted too thick or too thin on that side)")
+
+
+def test_refine_names_a_moved_side_by_the_patient_s_direction(glands):
+    """The side refine reports is where it lies in the patient, from the grid's direction: the +i side
+    is the patient's left on an LPS-aligned grid and their right on a grid whose i axis runs right
+    (a NIfTI stored in RAS order)."""
+    gland, image = glands[0]
+    painted = (gland | np.roll(gland, 1, axis=2)).astype(np.uint8)
+    for direction, side in (((1, 0, 0, 0, 1, 0, 0, 0, 1), "left"), ((-1, 0, 0, 0, -1, 0, 0, 0, 1), "right")):
+        grid = Grid(shape=gland.shape, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=direction)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = refine_mask(painted, grid, image, RefineOptions(structure="adrenal gland"))
+        assert res.info["image_margin_mm"] == 0.0 and res.info["image_margin_sides"] == [[side, -1.0]], res.info
+        assert any(f"on 1 of its 6 sides ({side} 1.0 mm inwards" in w for w in res.warnings), res.warnings
 
 
 def test_a_box_too_large_to_fit_in_time_is_not_fitted(glands, monkeypatch):

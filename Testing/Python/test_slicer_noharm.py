@@ -124,9 +124,9 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
                               "image's edge (painted too thick all round) (confidence 0.40 from the image"),
     ({"action": "refined", "confidence": 0.9, "imageMarginMm": 1.5}, "Refined (confidence 0.90"),
     ({"action": "refined: margin fitted to the image only", "confidence": 0.3, "imageMarginMm": 0.0,
-      "imageMarginSides": [["+i", -1.0], ["-k", 1.0]]},
-     "NeAR's changes were not applied, but its boundary was moved to the image's edge on 2 of its 6 sides (1.0 mm "
-     "inwards, 1.0 mm outwards: painted too thick or too thin on those sides) (confidence 0.30"),
+      "imageMarginSides": [["left", -1.0], ["inferior", 1.0]]},
+     "NeAR's changes were not applied, but its boundary was moved to the image's edge on 2 of its 6 sides (left "
+     "1.0 mm inwards, inferior 1.0 mm outwards: painted too thick or too thin on those sides) (confidence 0.30"),
     ({"action": "refined: trimmed to the image only", "confidence": 0.2, "imageTrimmed": 120, "imageTrimmedPieces": 1},
      "NeAR's changes were not applied, but 120 voxels in 1 piece that the image shows as the structure's "
      "surroundings were removed (confidence 0.20"),
