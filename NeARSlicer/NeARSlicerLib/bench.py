@@ -128,20 +128,25 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     whatever their size: the adrenal prior's own structures), on the CT's own grid
     (no working cube: ``refine_mask`` crops and scales each as it does a user's segment), distorted by
     the error library's ``family`` with ``per_label`` seeds; the CT is given to the error process, so
-    that leaks flood tissue of similar HU. Labels in ``adrenal_labels`` (TotalSegmentator's numbering:
-    8 and 9) are named "adrenal gland", the others "label N", which ``--prior auto`` gives to the
-    general prior. Case names: ``label{N}_d{seed}``. Raises InputError for a mismatch of grids or no
-    label large enough."""
+    that leaks flood tissue of similar HU. Each case's structure (what ``--prior auto`` reads) is its
+    label's name in the map's label table (TotalSegmentator's: "adrenal_gland_left", "spleen"), else
+    "adrenal gland" for ``adrenal_labels`` (TotalSegmentator v2's numbering: 8 and 9) and "label N" for
+    the others (the general prior); a label the table names an adrenal gland counts as one whatever its
+    number. Case names: ``label{N}_d{seed}``. Raises InputError for a mismatch of grids or no label
+    large enough."""
     import SimpleITK as sitk
 
     from .io import read_image
+    from .label_table import label_names
+    from .prior import is_adrenal_structure
 
     image, igrid = read_image(str(ct_path))
     seg_img = sitk.ReadImage(str(seg_path))  # read once: every label's mask comes from this map
     if not igrid.same_as(Grid.from_sitk(seg_img)):
         raise InputError(f"{seg_path} and {ct_path} are on different grids")
     label_map = sitk.GetArrayFromImage(seg_img)
-    adrenal = {int(v) for v in adrenal_labels}
+    names = label_names(str(seg_path))
+    adrenal = {int(v) for v in adrenal_labels} | {v for v, n in names.items() if is_adrenal_structure(n)}
     values, counts = np.unique(label_map[label_map > 0], return_counts=True)
     chosen = [int(v) for v, c in zip(values, counts) if c >= min_voxels or int(v) in adrenal]
     if not chosen:
@@ -149,7 +154,7 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     cases = []
     for label in chosen:
         truth = label_map == label
-        name = "adrenal gland" if label in adrenal else f"label {label}"
+        name = names.get(label) or ("adrenal gland" if label in adrenal else f"label {label}")
         for s in range(per_label):
             seed = BENCH_SEED + 100 * label + s
             noisy = corrupt_case(truth, igrid.spacing, family, seed, image=image)
@@ -261,6 +266,7 @@ def run_bench(
     return {
         "table": {name: _summary(rows) for name, rows in per.items()},
         "per_case": per,
+        "structures": {c.name: c.structure for c in cases if c.structure},  # what each case is, where named
         "settings": {"seed_base": seed_base, "nsd_tolerance_mm": tolerance_mm, "torch_threads": torch.get_num_threads(),
                      "machine": platform.machine(), "methods": info},
     }
@@ -285,7 +291,20 @@ def by_structure(result: dict, worse_by: float = 1.0) -> dict:
                  for m, rows in per.items()} for g, idx in groups.items()}
     worse = {m: [g for g, t in table.items() if t[m]["dsc"] < t["input"]["dsc"] - worse_by]
              for m in per if m != "input"}
-    return {"structures": table, "worse": worse, "worse_by_dsc": worse_by}
+    named = result.get("structures") or {}
+    names = {g: named[per["input"][idx[0]]["case"]] for g, idx in groups.items() if per["input"][idx[0]]["case"] in named}
+    return {"structures": table, "worse": worse, "worse_by_dsc": worse_by, "names": names}
+
+
+def _named(summary: dict, group: str) -> str:
+    """A structure's group as printed: ``label8 (adrenal_gland_right)`` when its label map names it."""
+    name = (summary.get("names") or {}).get(group)
+    return f"{group} ({name})" if name and name != group else group
+
+
+def worse_names(summary: dict, method: str) -> list[str]:
+    """The structures ``method`` made worse than their input (``by_structure``), named as printed."""
+    return [_named(summary, g) for g in summary["worse"][method]]
 
 
 def format_structures(summary: dict, methods: Sequence[str]) -> str:
@@ -293,7 +312,8 @@ def format_structures(summary: dict, methods: Sequence[str]) -> str:
     cols = ["input", *methods]
     lines = ["| structure | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for g, t in summary["structures"].items():
-        lines.append(f"| {g} | " + " | ".join(f"{t[m]['dsc']:.1f} / {t[m]['nsd']:.1f}" for m in cols) + " |")
+        lines.append(f"| {_named(summary, g)} | " + " | ".join(f"{t[m]['dsc']:.1f} / {t[m]['nsd']:.1f}" for m in cols)
+                     + " |")
     return "\n".join(lines)
 
 

@@ -258,7 +258,8 @@ def _bench_methods(args, any_structure: bool, with_images: bool) -> tuple[dict, 
 
 def cmd_bench(args) -> int:
     from .annotation_errors import FAMILIES
-    from .bench import best_smoothing, by_structure, format_structures, format_table, run_bench, write_json
+    from .bench import (best_smoothing, by_structure, format_structures, format_table, run_bench, worse_names,
+                        write_json)
     from .errors import InputError
     from .heldout_errors import HELD_OUT_ERRORS, HELD_OUT_MIXTURE
 
@@ -312,7 +313,7 @@ def cmd_bench(args) -> int:
             for m in methods:
                 print(f"{m}: DSC {table[m]['dsc_mean'] - table['input']['dsc_mean']:+.2f}, NSD "
                       f"{table[m]['nsd_mean'] - table['input']['nsd_mean']:+.2f} against the input; {what} "
-                      f"worse than the input by more than 1 DSC: {', '.join(summary['worse'][m]) or 'none'}")
+                      f"worse than the input by more than 1 DSC: {', '.join(worse_names(summary, m)) or 'none'}")
         results[name] = result
     if args.json:
         write_json(results if len(results) > 1 else next(iter(results.values())), args.json)

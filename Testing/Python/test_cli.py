@@ -192,8 +192,11 @@ def test_bench_all_structures_scores_each_structure_with_its_prior(tmp_path, sha
     summary = result["by_structure"]
     assert list(summary["structures"]) == ["label1", "label5", "label8", "label9", "label20"]
     assert set(summary["worse"]) == set(result["table"]) - {"input"}
+    # each structure is named by the label map's TotalSegmentator table (what --prior auto read)
+    assert summary["names"] == {"label1": "spleen", "label5": "liver", "label8": "adrenal_gland_right",
+                                "label9": "adrenal_gland_left", "label20": "colon"}
     printed = capsys.readouterr().out
-    assert "| NSD 3 mm (%) |" in printed and "| label8 |" in printed
+    assert "| NSD 3 mm (%) |" in printed and "| label8 (adrenal_gland_right) |" in printed
     assert "NeAR S+A: DSC " in printed and "worse than the input by more than 1 DSC" in printed
 
 

@@ -28,11 +28,13 @@ def _caret_xml(names: dict) -> bytes:
             f"<LabelTable>\n{labels}\n</LabelTable> </VolumeInformation> </CaretExtension>").encode()
 
 
-def _write_with_extension(path, array: np.ndarray, content: bytes, spacing=(1.0, 1.0, 1.0)) -> None:
-    """``array`` as a NIfTI-1 file whose header carries one extension holding ``content``."""
+def _write_with_extension(path, array: np.ndarray, content: bytes, reference=None) -> None:
+    """``array`` as a NIfTI-1 file (on ``reference``'s grid, a SimpleITK image) whose header carries one
+    extension holding ``content``."""
     plain = path.with_name("plain.nii")
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
+    if reference is not None:
+        image.CopyInformation(reference)
     sitk.WriteImage(image, str(plain))
     raw = plain.read_bytes()
     plain.unlink()
@@ -136,3 +138,26 @@ def test_a_study_manifest_names_its_cases_by_the_table(labelled, tmp_path):
     cases = load_cases(manifest=str(manifest))
     assert [(c.segment, c.label, c.structure) for c in cases] == [("adrenal_gland_left", "2", "adrenal_gland_left"),
                                                                    ("spleen", "1", "spleen")]
+
+
+def test_the_bench_names_real_ct_structures_by_the_table_whatever_their_numbers(shared_data, tmp_path):
+    """bench --real-ct --all-structures on a TotalSegmentator map numbered otherwise (v1: the adrenal
+    glands 11 and 12, other structures at 8 and 9): the table names each case's structure, so the
+    adrenal glands get the adrenal prior and labels 8 and 9 do not."""
+    from NeARSlicerLib.bench import real_ct_structures
+    from NeARSlicerLib.prior import is_adrenal_structure
+
+    folder = shared_data / "totalseg_example"
+    reference = sitk.ReadImage(str(folder / "seg.nii.gz"))
+    labels = sitk.GetArrayFromImage(reference)
+    moved = np.zeros_like(labels)
+    for old, new in ((8, 11), (9, 12), (1, 8), (3, 9)):
+        moved[labels == old] = new
+    seg = tmp_path / "seg.nii.gz"
+    _write_with_extension(seg, moved, _caret_xml({8: "spleen", 9: "kidney_left", 11: "adrenal_gland_right",
+                                                   12: "adrenal_gland_left"}), reference)
+    cases = real_ct_structures(folder / "ct.nii.gz", seg, min_voxels=10 ** 9, per_label=1)
+    named = {c.name: c.structure for c in cases}
+    assert named == {"label8_d0": "spleen", "label9_d0": "kidney_left", "label11_d0": "adrenal_gland_right",
+                     "label12_d0": "adrenal_gland_left"}
+    assert [is_adrenal_structure(n) for n in named.values()] == [False, False, True, True]
