@@ -552,6 +552,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     flips = FLIPS[:n_flips]
     views: list[np.ndarray] = []
     losses: list[float] = []
+    codes: list[tuple[torch.Tensor, torch.Tensor]] = []  # (encoder's, fitted) latent code of each view
     for index, dims in enumerate(flips):
         # each mirrored view is encoded, fitted and decoded on its own, then mirrored back
         t = target.flip(dims) if dims else target
@@ -564,6 +565,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
 
         z, fitted, view_losses = fit_latent(model, t, z0, cfg, context, seed=opts.seed + index,
                                             progress=fit_progress, cancel=cancel)
+        codes.append((z0.detach().flatten().cpu(), z.detach().flatten().cpu()))
         losses += view_losses
         if cancel is not None and cancel():
             raise Cancelled("refinement cancelled")
@@ -648,6 +650,9 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             # confidence.OPEN_SUPPORT) opened it: every change applied, less what the image check undid
             gate_opened_by_image=opened_by_image,
             action=action, signals=sig.as_dict(),
+            # root-mean-square of the fitted latent codes, and of how far the fit moved them from the encoder's
+            latent_rms=round(float(torch.stack([c[1] for c in codes]).pow(2).mean().sqrt()), 4),
+            latent_shift=round(float(torch.stack([c[1] - c[0] for c in codes]).pow(2).mean().sqrt()), 4),
             # what the image check undid of the prior's change (None: not checked)
             image_check=None if verdict is None else verdict.as_dict(),
             # voxels of specks removed / of small enclosed holes filled in the default's output (None: not cleaned)

@@ -177,3 +177,13 @@ def test_internal_failure_is_one_clear_refinement_error(noisy, monkeypatch):
     monkeypatch.setattr(refine_module, "decode_probability", oom)
     with pytest.raises(RefinementError, match=r"OutOfMemoryError: CUDA out of memory.*try the 'fast' preset"):
         refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="fast"))
+
+
+def test_refine_reports_the_latent_codes_it_fitted(noisy):
+    """info's latent_rms (the fitted codes' size) and latent_shift (how far the fit moved them from the
+    encoder's codes): no fitting steps leave the encoder's codes as they are."""
+    grid = grid_for(noisy)
+    encoded = refine_mask(noisy, grid, None, RefineOptions(steps=0))  # "fast" fits no steps either
+    fitted = refine_mask(noisy, grid, None, RefineOptions())
+    assert encoded.info["latent_shift"] == 0.0 and fitted.info["latent_shift"] > 0.0
+    assert 0.0 < encoded.info["latent_rms"] < 10.0 and 0.0 < fitted.info["latent_rms"] < 10.0
