@@ -82,7 +82,8 @@ class Grid:
         axis = {"i": 0, "j": 1, "k": 2}[side[1]]
         vector = self.direction_matrix()[:, axis] * (1.0 if side[0] == "+" else -1.0)
         dominant = int(np.argmax(np.abs(vector)))
-        return (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))[dominant][int(vector[dominant] > 0)]
+        negative, positive = (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))[dominant]
+        return positive if vector[dominant] > 0 else negative
 
     def ijk_to_lps(self) -> np.ndarray:
         """4x4 affine mapping homogeneous (i, j, k, 1) voxel indices to LPS mm."""
