@@ -38,7 +38,7 @@ def _extensions(head: bytes, header_size: int, endian: str, vox_offset: int) -> 
 
 def _header_extensions(path: str) -> list[bytes]:
     with _open(path) as stream:
-        first = stream.read(540)
+        first = stream.read(544)  # the larger (NIfTI-2) header and its 4-byte extender
         if len(first) < 348:
             return []
         for endian in "<>":

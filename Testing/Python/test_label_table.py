@@ -161,3 +161,19 @@ def test_the_bench_names_real_ct_structures_by_the_table_whatever_their_numbers(
     assert named == {"label8_d0": "spleen", "label9_d0": "kidney_left", "label11_d0": "adrenal_gland_right",
                      "label12_d0": "adrenal_gland_left"}
     assert [is_adrenal_structure(n) for n in named.values()] == [False, False, True, True]
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_the_table_is_read_from_a_nifti_2_header_of_either_byte_order(tmp_path, endian):
+    """NIfTI-2 (540-byte header, 64-bit vox_offset), little- and big-endian: only the header and its
+    extensions are read, so a header alone shows the table."""
+    content = _caret_xml(NAMES)
+    size = 8 + len(content) + (-(8 + len(content)) % 16)
+    header = bytearray(540)
+    header[0:4] = struct.pack(endian + "i", 540)
+    header[4:12] = b"n+2\0\r\n\x1a\n"
+    header[168:176] = struct.pack(endian + "q", 544 + size)
+    data = bytes(header) + b"\x01\0\0\0" + struct.pack(endian + "ii", size, 0) + content.ljust(size - 8, b"\0")
+    path = tmp_path / "labels.nii"
+    path.write_bytes(data + bytes(8))
+    assert label_names(path) == NAMES
