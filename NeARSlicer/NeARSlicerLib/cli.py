@@ -502,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--prior", help="auto (default: adrenal for an adrenal gland, else the general anatomy "
                         "prior), adrenal, anatomy (-s / -sa to force shape-only / shape + appearance) or a "
                         ".safetensors path; S+A with an image")
-        sp.add_argument("--preset", default="default", choices=["fast", "default", "quality"])
+        sp.add_argument("--preset", default="default", choices=["fast", "default", "quality"],
+                        help="default: four mirrored views, ~3 s; fast: one view, no latent fit, ~0.3 s, and it "
+                        "changes some near-correct masks that default keeps (README 'Label tables'); quality: eight views")
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--seed", type=int, default=seed)
 
