@@ -137,6 +137,8 @@ def cmd_refine(args) -> int:
                  "change_policy": info.get("change_policy"),
                  "modality": info.get("modality"), "appearance": info.get("appearance"),
                  "prior": info.get("prior_name") or info.get("prior"),
+                 # the label refined and what --prior auto read it as (--structure, segment or label name, file)
+                 "label": mask_info.get("label"), "structure": structure,
                  "working_spacing_mm": info.get("working_spacing_mm"), "size_mm": info.get("size_mm"),
                  "out_of_domain": info.get("out_of_domain"), "signals": info.get("signals"),
                  "image_check": info.get("image_check"), "confidence_from": info.get("confidence_from"),

@@ -128,7 +128,9 @@ def test_refine_picks_the_prior_by_the_label_s_name(labelled, tmp_path, capsys, 
         warnings.simplefilter("ignore")
         assert main(["refine", "--mask", str(path), "--label", label, "--out", str(tmp_path / "out.nii.gz"),
                      "--preset", "fast", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["prior"] == prior
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["prior"] == prior and facts["structure"] == NAMES[int(facts["label"])]
+    assert facts["label"] == (2 if label == "adrenal_gland_left" else 1)
 
 
 def test_a_study_manifest_names_its_cases_by_the_table(labelled, tmp_path):
