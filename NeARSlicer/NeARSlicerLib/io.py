@@ -9,7 +9,7 @@ file in the destination folder is renamed over the target only once fully writte
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import nrrd
 import numpy as np
@@ -189,8 +189,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lstrip("+-").isdigit()
 
 
-def _select_label(array: np.ndarray, label: Union[int, str, None]) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """0/1 uint8 mask of ``label`` (or of the only label) in a label-map array."""
+def _select_label(array: np.ndarray, label: Union[int, str, None], names: Optional[Dict[int, str]] = None,
+                  file_name: str = "") -> Tuple[np.ndarray, Dict[str, Any]]:
+    """0/1 uint8 mask of ``label`` (or of the only label) in a label-map array. ``names``: the file's
+    label table (``label_table``), whose names ``label`` may then be and the messages list."""
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise InputError("mask has NaN or Inf values")
@@ -202,13 +204,17 @@ def _select_label(array: np.ndarray, label: Union[int, str, None]) -> Tuple[np.n
         raise InputError("mask is empty")
     labels = [int(v) for v in np.unique(array) if v != 0]
     if label is None:
+        if len(labels) > 1 and names:
+            named = ", ".join(f"{v} ({names[v]})" if v in names else str(v) for v in labels[:20])
+            raise InputError(f"multilabel mask with labels {named}{', ...' if len(labels) > 20 else ''}: "
+                             "pass --label (a value or a name)")
         if len(labels) > 1:
             raise InputError(f"multilabel mask with labels {_label_list(labels)}: pass --label")
         value = labels[0]
     else:
-        if not _is_int(label):
+        if not _is_int(label) and not names:
             raise InputError(f"label {label!r} is not an integer; segment names only exist in .seg.nrrd files")
-        value = int(label)
+        value = int(label) if _is_int(label) else _value_named(names, str(label), file_name)
         if value not in labels:
             raise InputError(f"label {value} not found in mask (labels present: {_label_list(labels)})")
     return (array == value).astype(np.uint8), {"label": value, "labels": labels}
@@ -231,19 +237,7 @@ def read_mask(path: str, label: Union[int, str, None] = None) -> Tuple[np.ndarra
         return _mask_from_seg(path, label)
     array, grid = _read_sitk(path, "mask")
     names = label_names(path)
-    if names and label is not None and not _is_int(label):
-        value = _value_named(names, str(label), os.path.basename(path))
-        mask, info = _select_label(array, value)
-    else:
-        try:
-            mask, info = _select_label(array, label)
-        except InputError as exc:
-            if not names or label is not None or "pass --label" not in str(exc):
-                raise
-            present = [int(v) for v in np.unique(array) if v != 0]
-            named = ", ".join(f"{v} ({names[v]})" if v in names else str(v) for v in present[:20])
-            raise InputError(f"multilabel mask with labels {named}{', ...' if len(present) > 20 else ''}: "
-                             "pass --label (a value or a name)") from None
+    mask, info = _select_label(array, label, names, os.path.basename(path))
     info["format"] = kind
     if names:
         info["label_name"] = names.get(info["label"])

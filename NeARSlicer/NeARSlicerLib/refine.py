@@ -413,9 +413,13 @@ def check_do_no_harm(opts: RefineOptions) -> None:
     if opts.change_policy not in conf_mod.CHANGE_POLICIES:
         raise InputError(f"change policy must be one of {', '.join(conf_mod.CHANGE_POLICIES)}, "
                          f"got {opts.change_policy!r}")
-    if opts.image_voxel_mm is not None and not (np.isfinite(float(opts.image_voxel_mm)) and opts.image_voxel_mm > 0):
-        raise InputError(f"image_voxel_mm (the image's own voxel side) must be a positive size in mm, "
-                         f"got {opts.image_voxel_mm}")
+    check_image_voxel_mm(opts.image_voxel_mm)
+
+
+def check_image_voxel_mm(value: Optional[float]) -> None:
+    """InputError unless ``value`` (``RefineOptions.image_voxel_mm``, a study case's) is None or a positive size."""
+    if value is not None and not (np.isfinite(float(value)) and float(value) > 0):
+        raise InputError(f"image_voxel_mm (the image's own voxel side) must be a positive size in mm, got {value}")
 
 
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,

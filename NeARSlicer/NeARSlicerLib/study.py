@@ -219,7 +219,7 @@ class _Prepared:
 # ------------------------------------------------------------------------------------- checks
 def check_cases(cases: Sequence[StudyCase]) -> None:
     """Clear errors for a study that cannot run; nothing is modified."""
-    from .refine import check_inputs
+    from .refine import check_image_voxel_mm, check_inputs
 
     if not cases:
         raise InputError("a study needs at least one case")
@@ -232,12 +232,9 @@ def check_cases(cases: Sequence[StudyCase]) -> None:
         seen.add(c.name)
         try:
             check_inputs(np.asarray(c.mask), c.grid, c.image)
+            check_image_voxel_mm(c.image_voxel_mm)
         except InputError as exc:
             raise InputError(f"case {c.name}: {exc}") from None
-        voxel = c.image_voxel_mm
-        if voxel is not None and not (np.isfinite(float(voxel)) and float(voxel) > 0):
-            raise InputError(f"case {c.name}: image_voxel_mm (the image's own voxel side) must be a positive size "
-                             f"in mm, got {voxel}")
 
 
 def _check_config(cfg: StudyConfig) -> None:

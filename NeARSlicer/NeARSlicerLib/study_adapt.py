@@ -103,10 +103,9 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
         path = save_prior(Path(tmp) / "adapted.safetensors", model, meta)
         for i, c in enumerate(cases):
             # the image's own voxel is the case's (its image may have been resampled), not the study's
-            own = {"image_voxel_mm": getattr(c, "image_voxel_mm", None)}
             opts = RefineOptions(prior=str(path), appearance=appearance, preset=preset, device=device, seed=seed,
                                  margin_mm=margin_mm, spacing_mm=spacing_mm[i], min_island_mm3=min_island_mm3,
-                                 **{**own, **(options or {})})
+                                 image_voxel_mm=getattr(c, "image_voxel_mm", None), **(options or {}))
             def sub(f: float, msg: str, _i: int = i) -> None:
                 report((_i + f) / len(cases), f"refining {cases[_i].name} ({_i + 1}/{len(cases)}): {msg}")
 
