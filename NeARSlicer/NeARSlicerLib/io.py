@@ -8,6 +8,7 @@ file in the destination folder is renamed over the target only once fully writte
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -205,8 +206,7 @@ def _select_label(array: np.ndarray, label: Union[int, str, None], names: Option
     labels = [int(v) for v in np.unique(array) if v != 0]
     if label is None:
         if len(labels) > 1 and names:
-            named = ", ".join(f"{v} ({names[v]})" if v in names else str(v) for v in labels[:20])
-            raise InputError(f"multilabel mask with labels {named}{', ...' if len(labels) > 20 else ''}: "
+            raise InputError(f"multilabel mask with labels {_named_list(labels, names)}: "
                              "pass --label (a value or a name)")
         if len(labels) > 1:
             raise InputError(f"multilabel mask with labels {_label_list(labels)}: pass --label")
@@ -214,10 +214,22 @@ def _select_label(array: np.ndarray, label: Union[int, str, None], names: Option
     else:
         if not _is_int(label) and not names:
             raise InputError(f"label {label!r} is not an integer; segment names only exist in .seg.nrrd files")
-        value = int(label) if _is_int(label) else _value_named(names, str(label), file_name)
+        value = int(label) if _is_int(label) else _value_named(names, str(label), file_name, labels)
+        if value not in labels and names:
+            # a name of the table (or a value) that this scan holds no voxel of: say so, by name
+            what = f"label {label!r} (value {value})" if not _is_int(label) else \
+                f"label {value}" + (f" ({names[value]})" if value in names else "")
+            raise InputError(f"{what} has no voxels in {file_name or 'the mask'} "
+                             f"(labels present: {_named_list(labels, names)})")
         if value not in labels:
             raise InputError(f"label {value} not found in mask (labels present: {_label_list(labels)})")
     return (array == value).astype(np.uint8), {"label": value, "labels": labels}
+
+
+def _named_list(values: Sequence[int], names: Dict[int, str], limit: int = 20) -> str:
+    """``1 (spleen), 2 (kidney_right), ...``: values with their label-table names."""
+    text = ", ".join(f"{v} ({names[v]})" if v in names else str(v) for v in values[:limit])
+    return text + (", ..." if len(values) > limit else "")
 
 
 def read_mask(path: str, label: Union[int, str, None] = None) -> Tuple[np.ndarray, Grid, Dict[str, Any]]:
@@ -245,13 +257,20 @@ def read_mask(path: str, label: Union[int, str, None] = None) -> Tuple[np.ndarra
     return mask, grid, info
 
 
-def _value_named(names: Dict[int, str], label: str, file_name: str) -> int:
-    """The value a label table gives the name ``label`` (case and surrounding blanks ignored)."""
+def _value_named(names: Dict[int, str], label: str, file_name: str, present: Sequence[int] = ()) -> int:
+    """The value a label table gives the name ``label`` (case and surrounding blanks ignored). An unknown
+    name is refused with the table's closest names and the names of the labels ``present`` in the mask."""
     wanted = label.strip().lower()
     found = [value for value, name in names.items() if name.strip().lower() == wanted]
     if not found:
-        listed = ", ".join(sorted(names.values())[:12]) + (", ..." if len(names) > 12 else "")
-        raise InputError(f"label {label!r} is not a name in the label table of {file_name} ({listed})")
+        by_lower = {name.strip().lower(): name for name in names.values()}
+        close = [by_lower[n] for n in difflib.get_close_matches(wanted, list(by_lower), n=3, cutoff=0.6)]
+        hint = f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+        shown = [v for v in present if v in names] or sorted(names, key=lambda v: names[v])
+        listed = ", ".join(names[v] for v in shown[:20]) + (", ..." if len(shown) > 20 else "")
+        where = "labels present" if present and any(v in names for v in present) else "names"
+        raise InputError(f"label {label!r} is not a name in the label table of {file_name}{hint} "
+                         f"({where}: {listed})")
     if len(found) > 1:
         raise InputError(f"label {label!r} names several values in the label table of {file_name} "
                          f"({_label_list(sorted(found))}): pass the value")

@@ -95,8 +95,28 @@ def test_clear_errors_name_the_table_s_labels(labelled):
                                          r"pass --label \(a value or a name\)"):
         read_mask(str(path))
     with pytest.raises(InputError, match=r"label 'liver' is not a name in the label table of labels.nii.gz "
-                                         r"\(Gland & <odd> name, adrenal_gland_left, spleen\)"):
+                                         r"\(labels present: spleen, adrenal_gland_left, Gland & <odd> name\)"):
         read_mask(str(path), label="liver")
+    # a misspelt name is refused with the table's closest names
+    with pytest.raises(InputError, match=r"label 'adrenal_gland_lft' is not a name in the label table of "
+                                         r"labels.nii.gz; did you mean 'adrenal_gland_left'\? \(labels present: "):
+        read_mask(str(path), label="adrenal_gland_lft")
+
+
+def test_a_label_of_the_table_that_the_scan_lacks_is_named(tmp_path):
+    """TotalSegmentator's table names all its classes; a scan holds some. Asking for one it lacks says
+    so by name, and lists the labels present with their names."""
+    array = np.zeros((16, 16, 16), np.uint8)
+    array[2:6, 2:6, 2:6] = 1
+    array[9:13, 9:13, 9:13] = 3
+    path = tmp_path / "partial.nii.gz"
+    _write_with_extension(path, array, _caret_xml(NAMES))
+    present = r"\(labels present: 1 \(spleen\), 3 \(Gland & <odd> name\)\)"
+    with pytest.raises(InputError, match=r"label 'adrenal_gland_left' \(value 2\) has no voxels in partial.nii.gz "
+                                         + present):
+        read_mask(str(path), label="adrenal_gland_left")
+    with pytest.raises(InputError, match=r"label 2 \(adrenal_gland_left\) has no voxels in partial.nii.gz " + present):
+        read_mask(str(path), label=2)
 
 
 def test_files_without_a_table_or_with_a_damaged_one_read_as_before(tmp_path):
