@@ -14,9 +14,10 @@ same mask). The output folder follows one contract (README "Batch refinement"):
 
 Nothing lost: every output is checked before anything is computed (never an input, never an
 existing file unless ``overwrite``), each file is written atomically (``output_safety``). Resume:
-a case is done when the summary holds its rows and (they are errors or) its output exists; the
-other cases are run again, so an interrupted batch resumed ends with the rows and files of an
-uninterrupted one, none missing or twice.
+a case is done when the summary holds its rows, none is an error, its output exists and the rows were
+made from the inputs the case names now (mask, image, label); the other cases are run again (a failed
+case too: its file may have been mended, or its label corrected in the manifest), so an interrupted
+batch resumed ends with the rows and files of an uninterrupted one, none missing or twice.
 
 The per-case work (:func:`run_task`) is a plain function of a picklable :class:`CaseTask`, so the
 executors of ``batch_executor`` (in-process, a local process pool, Ray) run the same code.
@@ -392,20 +393,41 @@ class CaseSummary:
             self._commit([])
 
 
-def completed_cases(summary: Path) -> Dict[str, List[dict]]:
-    """Cases of an earlier run that are done: rows present and (errors, or the output file exists)."""
+def recorded_cases(summary: Path) -> Dict[str, List[dict]]:
+    """The rows of an earlier run's ``summary.csv``, by case (none when there is no summary)."""
     if not summary.is_file():
         return {}
     by_case: Dict[str, List[dict]] = {}
     with open(summary, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             by_case.setdefault(row.get("case", ""), []).append(row)
+    return by_case
+
+
+def completed_cases(summary: Path) -> Dict[str, List[dict]]:
+    """Cases of an earlier run that are done: rows present, none an error, every output file there."""
     done = {}
-    for name, rows in by_case.items():
-        outputs = {r.get("output") for r in rows if not r.get("error")}
-        if all(r.get("error") for r in rows) or (outputs and all(o and os.path.isfile(o) for o in outputs)):
+    for name, rows in recorded_cases(summary).items():
+        outputs = {r.get("output") for r in rows}
+        if not any(r.get("error") for r in rows) and all(o and os.path.isfile(o) for o in outputs):
             done[name] = rows
     return done
+
+
+def same_inputs(case: BatchCase, rows: Sequence[dict]) -> bool:
+    """Whether a case's recorded ``rows`` were made from the mask, image and label the case names now.
+
+    A refined row records the label's value and its segment's name, so a label given by name or by
+    value matches either (names as ``read_mask`` matches them: case and surrounding blanks ignored)."""
+    given = None if case.label is None else str(case.label).strip()
+    for r in rows:
+        if (r.get("mask") or "") != case.mask or (r.get("image") or "") != (case.image or ""):
+            return False
+        if given is not None:
+            recorded = {(r.get("label") or "").strip(), (r.get("segment") or "").strip().lower()}
+            if given not in recorded and given.lower() not in recorded:
+                return False
+    return True
 
 
 @dataclass
@@ -414,9 +436,10 @@ class BatchPlan:
 
     tasks: List[CaseTask]
     skipped: List[str]
-    skipped_failed: List[str]  # skipped cases whose recorded rows are errors
     summary: CaseSummary
     out_dir: Path
+    retried: List[str] = field(default_factory=list)  # resume: cases whose recorded rows are errors, run again
+    changed: List[str] = field(default_factory=list)  # resume: cases whose inputs differ from their rows, run again
 
 
 def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], resume: bool = False,
@@ -430,6 +453,7 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
         raise InputError("give either --resume (continue a batch) or --overwrite (start it again), not both")
     out = check_output_folder(out_dir, create=True)
     summary_path = out / SUMMARY_NAME
+    recorded = recorded_cases(summary_path) if resume else {}
     done = completed_cases(summary_path) if resume else {}
     if summary_path.exists() and not (resume or overwrite):
         raise OutputError(f"{summary_path} exists: pass --resume to continue that batch or --overwrite to start again")
@@ -444,13 +468,15 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
                     input_inodes.add((st.st_dev, st.st_ino))
                 except OSError:
                     pass
-    tasks, skipped, skipped_failed, seen_outputs = [], [], [], set()
+    tasks, skipped, retried, changed, seen_outputs = [], [], [], [], set()
     for c in cases:
-        if c.name in done:
+        if c.name in recorded and not same_inputs(c, recorded[c.name]):
+            changed.append(c.name)
+        elif c.name in done:
             skipped.append(c.name)
-            if any(r.get("error") for r in done[c.name]):
-                skipped_failed.append(c.name)
             continue
+        elif any(r.get("error") for r in recorded.get(c.name, ())):
+            retried.append(c.name)
         target = output_path(out, c)
         key = os.path.normcase(os.path.realpath(target))
         inode = None
@@ -473,7 +499,7 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
     check_outputs([summary_path], may_exist=[summary_path], overwrite=overwrite)
     redo = [t.case.name for t in tasks]
     summary = CaseSummary(summary_path, overwrite=overwrite and not resume, drop_cases=redo if resume else ())
-    return BatchPlan(tasks, skipped, skipped_failed, summary, out)
+    return BatchPlan(tasks, skipped, summary, out, retried, changed)
 
 
 @dataclass
@@ -486,6 +512,8 @@ class BatchOutcome:
     seconds: float
     summary: Path
     failed_cases: List[str] = field(default_factory=list)
+    retried: List[str] = field(default_factory=list)  # resume: failed before, run again
+    changed: List[str] = field(default_factory=list)  # resume: inputs changed since their rows, run again
 
 
 def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, object]] = None, executor=None,
@@ -503,7 +531,7 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
     t0 = time.perf_counter()
     plan = plan_batch(cases, out_dir, dict(options or {}), resume=resume, overwrite=overwrite)
     executor = executor or SequentialExecutor()
-    failed: List[str] = list(plan.skipped_failed)  # an earlier run's failures still make the batch fail
+    failed: List[str] = []
     done = 0
     plan.summary.flush()
     with tqdm(total=len(plan.tasks), desc="batch", unit="case", disable=not progress_bar, mininterval=0.5,
@@ -517,4 +545,5 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
             bar.update(1)
             if on_case is not None:
                 on_case(task.case.name, rows)
-    return BatchOutcome(done, len(failed), len(plan.skipped), time.perf_counter() - t0, plan.summary.path, failed)
+    return BatchOutcome(done, len(failed), len(plan.skipped), time.perf_counter() - t0, plan.summary.path, failed,
+                        plan.retried, plan.changed)

@@ -485,6 +485,11 @@ def cmd_batch(args) -> int:
     outcome = run_batch(cases, args.out, _option_fields(args), executor=executor, resume=args.resume,
                         overwrite=args.overwrite)
     rate = outcome.done / outcome.seconds * 60 if outcome.seconds > 0 else 0.0
+    for cases_, why in ((outcome.retried, "failed before and were run again"),
+                        (outcome.changed, "were run again: their mask, image or label is not the one of their rows")):
+        if cases_:
+            shown = ", ".join(cases_[:10]) + (" ..." if len(cases_) > 10 else "")
+            print(f"batch: {len(cases_)} case(s) {why} ({shown})", file=sys.stderr)
     print(f"batch: {outcome.done} case(s) refined or recorded in {outcome.seconds:.1f} s ({rate:.1f} cases/min), "
           f"{outcome.skipped} already done, {outcome.failed} failed; summary {outcome.summary}")
     if outcome.failed:

@@ -188,7 +188,7 @@ class NeARSlicerLogic(ScriptedLoadableModuleLogic):
           a pool of this many worker processes; ``rayAddress`` (``"auto"`` or an address): on a Ray
           cluster instead. The output folder is then the batch contract's (``<case>.nii.gz`` for
           label-map inputs, ``<case>.seg.nrrd`` for .seg.nrrd inputs, ``summary.csv``), ``resume``
-          skips the cases an interrupted run finished, and the options are preset, device, prior,
+          skips the cases an earlier run finished from the same inputs (failed ones run again), and the options are preset, device, prior,
           appearance and seed. Default (neither): each segment in the session's engine process.
         :param options: refineSegment options (preset, device, prior, appearance, seed, ...).
         :returns: the CSV rows as dicts. Rows are appended to the CSV as cases finish. A failing case

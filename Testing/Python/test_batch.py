@@ -227,6 +227,50 @@ def test_resume_after_a_killed_batch_gives_the_uninterrupted_results(six, tmp_pa
     assert again.wait() == 0 and read_summary(out / "summary.csv") == rows
 
 
+def test_resume_runs_again_the_failed_cases_and_those_whose_inputs_changed(six, tmp_path, capsys):
+    """A lead mends a missing file, or corrects a manifest's label, after a batch and resumes: those
+    cases are refined again (not left as the earlier errors); an unchanged, finished one is not."""
+    import shutil
+
+    root, _, reference = six
+    cases = root / "cases"
+    mended = tmp_path / "a_seg.nii.gz"  # not there yet
+    rows = [{"case": "a", "mask": str(mended), "image": str(cases / "c0.nii.gz"), "label": ""},
+            {"case": "b", "mask": str(cases / "c1_seg.nii.gz"), "image": str(cases / "c1.nii.gz"), "label": "7"},
+            {"case": "c", "mask": str(cases / "c2_seg.nii.gz"), "image": str(cases / "c2.nii.gz"), "label": ""}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    args = ["batch", "--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast"]
+    assert cli.main(args) == 1
+    first = {r["case"]: r for r in read_summary(out / "summary.csv")}
+    assert "file not found" in first["a"]["error"] and "label 7 not found" in first["b"]["error"]
+    assert not first["c"]["error"]
+    c_output = (out / "c.nii.gz").read_bytes()
+    shutil.copyfile(cases / "c0_seg.nii.gz", mended)  # the file mended
+    rows[1]["label"] = "1"  # the typo corrected
+    write_manifest(manifest, rows)
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "1 case(s) failed before and were run again (a)" in captured.err
+    assert "1 case(s) were run again: their mask, image or label is not the one of their rows (b)" in captured.err
+    assert "2 case(s) refined or recorded" in captured.out and "1 already done" in captured.out
+    second = {r["case"]: r for r in read_summary(out / "summary.csv")}
+    assert len(read_summary(out / "summary.csv")) == 3 and not any(r["error"] for r in second.values())
+    assert second["b"]["label"] == "1" and second["c"] == first["c"]
+    assert (out / "c.nii.gz").read_bytes() == c_output  # the finished case was not run again
+    # each redone case is the sequential run's mask of the same inputs
+    got, ref = masks_of(out), masks_of(reference)
+    assert np.array_equal(got["a.nii.gz"]["mask"], ref["c0.nii.gz"]["mask"])
+    assert np.array_equal(got["b.nii.gz"]["mask"], ref["c1.nii.gz"]["mask"])
+    # another scan for a finished case is run again too; then nothing is left to do
+    rows[2].update(mask=str(cases / "c3_seg.nii.gz"), image=str(cases / "c3.nii.gz"))
+    write_manifest(manifest, rows)
+    assert cli.main(args + ["--resume"]) == 0 and "(c)" in capsys.readouterr().err
+    assert np.array_equal(masks_of(out)["c.nii.gz"]["mask"], ref["c3.nii.gz"]["mask"])
+    assert cli.main(args + ["--resume"]) == 0 and "0 case(s) refined" in capsys.readouterr().out
+
+
 def test_review_decisions_survive_a_running_batch_and_the_resume_of_an_earlier_version(six, tmp_path):
     """A reviewer records decisions in summary.csv while the batch runs (Slicer's review queue) and
     before it is resumed; no commit of the batch may drop them. The summary here is of the version
