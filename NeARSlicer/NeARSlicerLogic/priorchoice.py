@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import vtk
 
 from NeARSlicerLib.errors import InputError
+from NeARSlicerLib.label_table import label_names
+
+# the names Slicer gives the segments of a label map it reads (its segmentation reader: Segment_8; a
+# label map volume imported: Label_8), and bare values: they say nothing of the structure
+_DEFAULT_SEGMENT_NAME = re.compile(r"(?:Segment_|Label_)?(\d+)")
 
 # The module panel's prior choices (the parameter node's ``priorChoice``), and the engine name each
 # stands for; "file" uses the panel's prior path.
@@ -22,7 +28,7 @@ def segmentStructure(segmentationNode, segmentId) -> str:
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId) if segmentationNode else None
     if segment is None:
         return ""
-    parts = [segment.GetName() or ""]
+    parts = [_tableName(segmentationNode, segment) or segment.GetName() or ""]
     if hasattr(segment, "GetTerminology"):  # Slicer 5.8+
         parts.append(segment.GetTerminology() or "")
     else:
@@ -30,6 +36,22 @@ def segmentStructure(segmentationNode, segmentId) -> str:
         if segment.GetTag("TerminologyEntry", value):
             parts.append(str(value.get()))
     return " | ".join(p for p in parts if p)
+
+
+def _tableName(segmentationNode, segment) -> str:
+    """The label-table name of a segment that Slicer named by its value when it read a NIfTI label map
+    (TotalSegmentator's multi-label output loaded as a segmentation: ``Segment_8`` is
+    ``adrenal_gland_right``); empty when the segment has a name of its own or the file has no table."""
+    matched = _DEFAULT_SEGMENT_NAME.fullmatch((segment.GetName() or "").strip())
+    storage = segmentationNode.GetStorageNode()
+    path = storage.GetFileName() if storage is not None else ""
+    if not matched or not path:
+        return ""
+    value = int(matched.group(1))
+    # a segment the user added later is also called Segment_N, but its label value is not N
+    if hasattr(segment, "GetLabelValue") and int(segment.GetLabelValue()) != value:
+        return ""
+    return label_names(path).get(value, "")
 
 
 def priorFromChoice(choice: str, path: str = "") -> str:

@@ -71,3 +71,48 @@ def test_the_prior_used_is_said_plainly():
     assert describePrior({"prior_name": None, "prior": "/data/priors/my_liver.safetensors"}) == \
         "Prior: file my_liver.safetensors"
     assert describePrior({}) == "" and describePrior(None) == ""
+
+
+def test_a_label_map_read_by_slicer_is_named_by_its_label_table(mrml_scene, logic, tmp_path):
+    """TotalSegmentator's multi-label NIfTI loaded as a segmentation: Slicer's reader names its segments
+    Segment_<value> and ignores the file's label table; ``auto`` reads the table's name instead, so the
+    adrenal gland gets the adrenal prior. A segment the user renamed, or added later as Segment_N with
+    another label value, keeps its own name."""
+    import slicer
+
+    from label_table_files import caret_xml, write_with_extension
+    from NeARSlicerLib.phantom import adrenal_phantom
+    from NeARSlicerLib.prior import is_adrenal_structure
+    from NeARSlicerLogic.priorchoice import segmentStructure
+
+    labels = np.zeros((48, 64, 64), np.uint8)
+    labels[adrenal_phantom(seed=2, shape=labels.shape)] = 8
+    labels[2:8, 2:8, 2:8] = 1
+    path = tmp_path / "seg.nii.gz"
+    write_with_extension(path, labels, caret_xml({1: "spleen", 8: "adrenal_gland_right"}))
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    seg.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(seg)  # as Slicer's "Segmentation" file reader does
+    segmentation = seg.GetSegmentation()
+    ids = {segmentation.GetNthSegment(i).GetName(): segmentation.GetNthSegmentID(i)
+           for i in range(segmentation.GetNumberOfSegments())}
+    assert set(ids) == {"Segment_1", "Segment_8"}  # Slicer's names: nothing says "adrenal"
+    gland = segmentStructure(seg, ids["Segment_8"])
+    assert gland.split(" | ")[0] == "adrenal_gland_right" and is_adrenal_structure(gland)
+    assert segmentStructure(seg, ids["Segment_1"]).split(" | ")[0] == "spleen"
+    import SimpleITK as sitk
+
+    from NeARSlicerLogic.io import loadVolumeFile
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(labels.shape, np.int16)), str(tmp_path / "ct.nii.gz"))
+    volume = loadVolumeFile(str(tmp_path / "ct.nii.gz"))  # the CT on the label map's grid
+    job = logic.prepareRefinement(volume, seg, ids["Segment_8"], prior="auto", preset="fast")
+    assert job.options["structure"] == gland
+    # a name of the user's own wins; a segment added later as Segment_9 is no label 9 of the file
+    segmentation.GetSegment(ids["Segment_1"]).SetName("my gland")
+    assert segmentStructure(seg, ids["Segment_1"]).split(" | ")[0] == "my gland"
+    added = add_segment(seg, "Segment_9", labels == 1, volume)
+    write_with_extension(path, labels, caret_xml({1: "spleen", 8: "adrenal_gland_right", 9: "adrenal_gland_left"}))
+    assert segmentStructure(seg, added).split(" | ")[0] == "Segment_9"
