@@ -4,10 +4,11 @@ Each case is refined exactly as ``nearslicer refine`` would refine it (:func:`re
 ``refine_mask`` with the same options: same prior choice, S+A when an image is given, same seed =>
 same mask). The output folder follows one contract (README "Batch refinement"):
 
-* ``<out>/<case>.nii.gz``: the refined 0/1 mask on the input's grid, for label-map inputs;
+* ``<out>/<case>.nii.gz``: the refined 0/1 mask on the input's grid, for label-map inputs of one label;
 * ``<out>/<case>.seg.nrrd``: for ``.seg.nrrd`` inputs, every original segment plus a refined
   ``"<name> (NeAR)"`` segment per refined one (``<case>.NeAR.seg.nrrd`` when ``<case>.seg.nrrd`` is
-  itself an input, i.e. a folder refined into itself);
+  itself an input, i.e. a folder refined into itself); also for a label map of which a case names
+  several labels (``"8;9"``, ``"all"``): each label's original segment and its refined one;
 * ``<out>/summary.csv``: one row per case and segment (:data:`SUMMARY_COLUMNS`), the rows of a case
   committed together (one atomic rewrite) as soon as it finishes; a failed case is a row with its
   error and the batch goes on.
@@ -54,6 +55,9 @@ SEG_SUFFIX = ".seg.nrrd"
 BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
 MASK_SUFFIX = ".nii.gz"
 REFINED_COLOR = (0.2, 0.4, 1.0)
+ORIGINAL_COLOR = (0.9, 0.2, 0.2)  # a label map's labels written beside their refined segments: red vs blue
+ALL_LABELS = "all"  # a case's label: every label of its label map (every segment of a .seg.nrrd)
+LABEL_SEPARATOR = ";"  # a case's label: several labels, "8;9" or "adrenal_gland_left;adrenal_gland_right"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -109,8 +113,9 @@ def _fmt(value, digits: int) -> str:
 @dataclass(frozen=True)
 class BatchCase:
     """One entry of a batch: absolute paths; ``label`` a value or segment name (None: the only one,
-    or every segment of a ``.seg.nrrd``); ``error`` set when the entry cannot be run; ``structure``
-    what the mask is, for ``--prior auto`` (None: the segment's or the file's name, as ``refine`` reads it)."""
+    or every segment of a ``.seg.nrrd``), several separated by ``;``, or ``all`` (:func:`several_labels`);
+    ``error`` set when the entry cannot be run; ``structure`` what the mask is, for ``--prior auto``
+    (None: the segment's or the file's name, as ``refine`` reads it)."""
 
     name: str
     mask: str
@@ -187,6 +192,20 @@ def _checked_names(cases: List[BatchCase], where: str) -> List[BatchCase]:
 
 
 # ------------------------------------------------------------------------------ one case
+def several_labels(label: Optional[str]) -> Optional[List[str]]:
+    """The labels a case's ``label`` names when it may name several: ``"8;9"`` -> ``["8", "9"]`` (blank
+    parts and repeats dropped), ``"all"`` -> ``[]`` (every label of the file); None for one label or none.
+    Such a case's output is a ``.seg.nrrd`` (one segment pair per label) whatever its input."""
+    if label is None:
+        return None
+    text = str(label).strip()
+    if text.lower() == ALL_LABELS:
+        return []
+    if LABEL_SEPARATOR not in text:
+        return None
+    return list(dict.fromkeys(part.strip() for part in text.split(LABEL_SEPARATOR) if part.strip()))
+
+
 def read_case_inputs(mask_path: str, image_path: Optional[str], label=None):
     """(mask, grid, image or None, info) as ``nearslicer refine`` reads them (one structure)."""
     from .io import read_mask
@@ -235,14 +254,28 @@ def _segments_to_refine(case: BatchCase):
     of the file for the output. A label map gives one structure, chosen as ``nearslicer refine`` does; a
     .seg.nrrd without a label gives each of its segments (not earlier NeAR results). ``structure`` is what
     ``--prior auto`` reads, as ``nearslicer refine`` finds it."""
-    from .io import read_mask, read_segments
+    from .io import read_label_masks, read_mask, read_segments
 
+    several = several_labels(case.label)
     if not case.mask.lower().endswith(SEG_SUFFIX):
-        mask, grid, info = read_mask(case.mask, label=case.label)
-        return ([(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))], grid,
-                _read_image_on(case.image, grid, case.mask), None)
+        if several is None:
+            mask, grid, info = read_mask(case.mask, label=case.label)
+            return ([(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))], grid,
+                    _read_image_on(case.image, grid, case.mask), None)
+        # several labels of one label map: read once; written as a segmentation, each original beside its result
+        read, grid = read_label_masks(case.mask, several or None)
+        chosen = [(segment_name(info), info["label"], mask, structure_of(case.mask, None, info)) for mask, info in read]
+        _refuse_repeats(chosen, case)
+        originals = [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
+        return chosen, grid, _read_image_on(case.image, grid, case.mask), originals
     table, grid = read_segments(case.mask)
-    if case.label is not None:
+    if several:
+        chosen = []
+        for part in several:
+            mask, _, info = read_mask(case.mask, label=part)
+            chosen.append((segment_name(info), info["label"], mask, structure_of(case.mask, None, info)))
+        _refuse_repeats(chosen, case)
+    elif case.label is not None and several is None:
         mask, _, info = read_mask(case.mask, label=case.label)
         chosen = [(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))]
     else:
@@ -253,6 +286,14 @@ def _segments_to_refine(case: BatchCase):
         if empty:
             raise InputError(f"mask is empty (segment(s) {empty} of {os.path.basename(case.mask)} have no voxels)")
     return chosen, grid, _read_image_on(case.image, grid, case.mask), table
+
+
+def _refuse_repeats(chosen: Sequence[tuple], case: BatchCase) -> None:
+    """Two of a case's labels that name one structure ("8;adrenal_gland_right") would make two results."""
+    names = [name for name, *_ in chosen]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"labels {case.label!r} name {', '.join(map(repr, repeated))} more than once")
 
 
 def error_text(exc: BaseException) -> str:
@@ -309,9 +350,9 @@ def run_task(task: CaseTask) -> List[dict]:
 
 # ------------------------------------------------------------------------------ outputs + summary
 def output_path(out_dir: Path, case: BatchCase) -> Path:
-    """``<out>/<case>.seg.nrrd`` for .seg.nrrd inputs (``<case>.NeAR.seg.nrrd`` when that is an
-    input of the case), else ``<out>/<case>.nii.gz``."""
-    if case.mask.lower().endswith(SEG_SUFFIX):
+    """``<out>/<case>.seg.nrrd`` for .seg.nrrd inputs and for several labels of a label map
+    (``<case>.NeAR.seg.nrrd`` when that is an input of the case), else ``<out>/<case>.nii.gz``."""
+    if case.mask.lower().endswith(SEG_SUFFIX) or several_labels(case.label) is not None:
         path = out_dir / f"{case.name}{SEG_SUFFIX}"
         if any(p and same_file(path, p) for p in (case.mask, case.image)):
             path = out_dir / f"{case.name}{BESIDE_SEG_SUFFIX}"
@@ -420,14 +461,22 @@ def same_inputs(case: BatchCase, rows: Sequence[dict]) -> bool:
     A refined row records the label's value and its segment's name, so a label given by name or by
     value matches either (names as ``read_mask`` matches them: case and surrounding blanks ignored)."""
     given = None if case.label is None else str(case.label).strip()
+    several = several_labels(given)
+    wanted = [given] if several is None and given is not None else (several or [])
+
+    def names(row: dict, part: str) -> bool:  # the row's label value, or its segment's name
+        return part == (row.get("label") or "").strip() or part.lower() == (row.get("segment") or "").strip().lower()
+
     for r in rows:
         if (r.get("mask") or "") != case.mask or (r.get("image") or "") != (case.image or ""):
             return False
-        if given is not None:
-            recorded = {(r.get("label") or "").strip(), (r.get("segment") or "").strip().lower()}
-            if given not in recorded and given.lower() not in recorded:
+        if r.get("error"):  # recorded with the label as given
+            if (r.get("label") or "").strip() != (given or ""):
                 return False
-    return True
+        elif wanted and not any(names(r, part) for part in wanted):
+            return False
+    refined = [r for r in rows if not r.get("error")]
+    return not refined or all(any(names(r, part) for r in refined) for part in wanted)
 
 
 @dataclass

@@ -657,8 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--cases", metavar="DIR", help="folder of cases (the rules of Slicer's batch: sub-folders, "
                     "NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz pairs, or masks alone)")
     bt.add_argument("--out", required=True, help="output folder: <case>.nii.gz or <case>.seg.nrrd, summary.csv")
-    bt.add_argument("--label", help="label value or segment name for cases without one (default: the only "
-                    "structure; every segment of a .seg.nrrd)")
+    bt.add_argument("--label", help="label value or name for cases without one; several separated by ';' "
+                    "('8;9') or 'all' refine each into one .seg.nrrd per case (default: the only structure; "
+                    "every segment of a .seg.nrrd)")
     bt.add_argument("--workers", type=int, help="local worker processes (default: one per core; 0: this process)")
     bt.add_argument("--ray", metavar="auto|ADDRESS", help="run on a Ray cluster instead (pip install 'nearslicer[ray]')")
     bt.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs (a fraction allowed) per case on Ray")

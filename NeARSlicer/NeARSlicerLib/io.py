@@ -250,11 +250,35 @@ def read_mask(path: str, label: Union[int, str, None] = None) -> Tuple[np.ndarra
     array, grid = _read_sitk(path, "mask")
     names = label_names(path)
     mask, info = _select_label(array, label, names, os.path.basename(path))
+    return mask, grid, _named(info, kind, names)
+
+
+def _named(info: Dict[str, Any], kind: str, names: Dict[int, str]) -> Dict[str, Any]:
+    """A label map's ``_select_label`` info with its format and, from a label table, its names."""
     info["format"] = kind
     if names:
         info["label_name"] = names.get(info["label"])
         info["label_names"] = names
-    return mask, grid, info
+    return info
+
+
+def read_label_masks(path: str, labels: Union[Sequence[Union[int, str]], None]) -> Tuple[List[Tuple[np.ndarray, Dict[str, Any]]], Grid]:
+    """Several structures of one NIfTI/NRRD label map, the file read once: ``[(0/1 mask, info)]`` as
+    ``read_mask`` gives each (``labels``: values or label-table names), or every nonzero value present
+    when ``labels`` is None (ascending). A .seg.nrrd is refused (``read_segments`` reads every segment)."""
+    from .label_table import label_names
+
+    path = os.fspath(path)
+    if _kind(path) == "seg.nrrd":
+        raise InputError(f"{os.path.basename(path)} is a segmentation: its segments are read by name")
+    array, grid = _read_sitk(path, "mask")
+    names = label_names(path)
+    wanted = list(labels) if labels is not None else [int(v) for v in np.unique(array) if v != 0]
+    out = []
+    for label in wanted:
+        mask, info = _select_label(array, label, names, os.path.basename(path))
+        out.append((mask, _named(info, _kind(path), names)))
+    return out, grid
 
 
 def _value_named(names: Dict[int, str], label: str, file_name: str, present: Sequence[int] = ()) -> int:

@@ -860,7 +860,7 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     ``structure``, else its .seg.nrrd segment's name, else its file name (``batch.structure_of``, as
     ``refine`` reads it).
     """
-    from .batch import segment_name, structure_of
+    from .batch import segment_name, several_labels, structure_of
     from .io import read_image, read_mask
 
     if manifest:
@@ -872,6 +872,9 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     cases = []
     for name, mpath, ipath, lab, what in entries:
         try:
+            if several_labels(lab if lab is not None else label) is not None:
+                raise InputError(f"a study case is one structure: give one label per manifest row, not "
+                                 f"{lab if lab is not None else label!r} (nearslicer batch takes several)")
             mask, grid, info = read_mask(str(mpath), label=lab if lab is not None else label)
             image = None
             if ipath is not None:

@@ -388,3 +388,67 @@ def test_a_manifests_structure_column_chooses_each_rows_prior(tmp_path):
     assert outcome.failed == 0
     prior = {r["case"]: r["prior"] for r in read_summary(tmp_path / "out" / "summary.csv")}
     assert prior == {"c0": "adrenal-sa", "c1": "anatomy-s"}, prior
+
+
+def test_several_labels_of_a_label_map_make_one_segmentation_per_case(tmp_path, capsys):
+    """A TotalSegmentator-like label map with both glands: one manifest row with ``8;adrenal_gland_left``
+    (or ``all``) refines each label as a row of its own would, into one .seg.nrrd holding each original
+    (red) beside its refined segment (blue), which the review report reads; resume then has nothing left."""
+    from label_table_files import caret_xml, write_with_extension
+
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.io import read_segments, write_image
+    from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
+    from NeARSlicerLib.review_report import load_case
+    from NeARSlicerLib.review_status import read_batch
+    from NeARSlicerLib.study import load_cases
+
+    shape = (48, 48, 96)
+    labels = np.zeros(shape, np.uint8)
+    labels[:, :, :48][adrenal_phantom(seed=1, shape=(48, 48, 48))] = 8
+    labels[:, :, 48:][adrenal_phantom(seed=2, shape=(48, 48, 48))] = 9
+    seg = tmp_path / "seg.nii.gz"
+    write_with_extension(seg, labels, caret_xml({8: "adrenal_gland_right", 9: "adrenal_gland_left", 10: "liver"}))
+    ct = tmp_path / "ct.nii.gz"
+    write_image(str(ct), ct_phantom(labels > 0, seed=3), Grid(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    rows = [{"case": "both", "mask": str(seg), "image": str(ct), "label": "8;adrenal_gland_left"},
+            {"case": "every", "mask": str(seg), "image": str(ct), "label": "all"},
+            {"case": "right", "mask": str(seg), "image": str(ct), "label": "8"},
+            {"case": "left", "mask": str(seg), "image": str(ct), "label": "adrenal_gland_left"},
+            {"case": "twice", "mask": str(seg), "image": str(ct), "label": "8;adrenal_gland_right"}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    args = ["batch", "--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast"]
+    assert cli.main(args) == 1  # "twice" fails
+    summary = read_summary(out / "summary.csv")
+    by_case = {}
+    for r in summary:
+        by_case.setdefault(r["case"], []).append(r)
+    assert "name 'adrenal_gland_right' more than once" in by_case["twice"][0]["error"]
+    assert not (out / "twice.seg.nrrd").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name != "summary.csv") == [
+        "both.seg.nrrd", "every.seg.nrrd", "left.nii.gz", "right.nii.gz"]
+    singles = masks_of(out)
+    for case in ("both", "every"):
+        assert [(r["segment"], r["label"], r["error"]) for r in by_case[case]] == [
+            ("adrenal_gland_right", "8", ""), ("adrenal_gland_left", "9", "")]
+        segments, _ = read_segments(str(out / f"{case}.seg.nrrd"))
+        got = {s["name"]: s for s in segments}
+        assert sorted(got) == ["adrenal_gland_left", "adrenal_gland_left (NeAR)", "adrenal_gland_right",
+                               "adrenal_gland_right (NeAR)"]
+        for name, value, single in (("adrenal_gland_right", 8, "right.nii.gz"), ("adrenal_gland_left", 9, "left.nii.gz")):
+            assert np.array_equal(got[name]["mask"] > 0, labels == value)  # the original, untouched
+            assert np.array_equal(got[f"{name} (NeAR)"]["mask"] > 0, singles[single]["mask"] > 0)  # as its own row
+            assert got[name]["color"][0] > 0.8 and got[f"{name} (NeAR)"]["color"][2] > 0.8  # red vs blue
+    # the review report reads each label's pair from the case's segmentation
+    folder, batch_rows = read_batch(out)
+    row = next(r for r in batch_rows if r.case == "both" and r.segment == "adrenal_gland_left")
+    _, original, refined, _ = load_case(row, folder)
+    assert np.array_equal(original, labels == 9) and np.array_equal(refined, singles["left.nii.gz"]["mask"] > 0)
+    # nothing left to do on resume (labels given by name and value match their rows); a study refuses several
+    capsys.readouterr()
+    write_manifest(manifest, rows[:4])
+    assert cli.main(args + ["--resume"]) == 0 and "0 case(s) refined" in capsys.readouterr().out
+    (tmp_path / "study.csv").write_text(f"name,mask,label\nglands,{seg},8;9\n")
+    with pytest.raises(InputError, match="case glands: a study case is one structure: give one label per manifest row"):
+        load_cases(manifest=str(tmp_path / "study.csv"))
