@@ -676,8 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "segmentation pairs (NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz) or one sub-folder per case "
                         "(the same rules as Slicer's refineStudy)")
     s.add_argument("--images", help="folder of CTs named like the masks (optional: shape-only without)")
-    s.add_argument("--manifest", help="CSV with columns name, mask and optionally image, label, structure (what the "
-                   "mask is, for --prior auto), instead of folders")
+    s.add_argument("--manifest", help="CSV with columns name (or case: a batch manifest), mask and optionally image, "
+                   "label, structure (what the mask is, for --prior auto), instead of folders")
     s.add_argument("--out", required=True,
                    help="output folder (not the masks' or images' folder): <case>.nii.gz, study_prior.*, "
                    "summary.csv, " + CHECKPOINT_NAME)

@@ -817,25 +817,27 @@ def find_cases(masks_dir: str, images_dir: Optional[str] = None) -> list[tuple[s
 
 
 def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[str], Optional[str]]]:
-    """(name, mask, image or None, label or None, structure or None) rows of a CSV with columns name,
-    mask[, image][, label][, structure]; relative paths are relative to the CSV's folder."""
+    """(name, mask, image or None, label or None, structure or None) rows of a CSV with columns name (or
+    case, as ``nearslicer batch``'s manifest: one manifest serves both), mask[, image][, label][, structure];
+    relative paths are relative to the CSV's folder. A spreadsheet's byte-order mark is ignored."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"manifest not found: {path}")
-    with open(p, newline="") as f:
+    with open(p, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "name" not in cols or "mask" not in cols:
-            raise InputError(f"manifest {p.name} needs the columns name and mask (optional: image, label, structure); "
-                             f"found {cols}")
-        raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+        cols = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+        if not ({"name", "case"} & set(cols)) or "mask" not in cols:
+            raise InputError(f"manifest {p.name} needs the columns name (or case) and mask (optional: image, label, "
+                             f"structure); found {cols}")
+        raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    key = "name" if "name" in cols else "case"
     rows, seen = [], set()
     for i, r in enumerate(raw, start=2):
         if not any(r.values()):
             continue
-        name, mask = r.get("name", ""), r.get("mask", "")
+        name, mask = r.get(key, ""), r.get("mask", "")
         if not name or not mask:
-            raise InputError(f"manifest {p.name} line {i}: name and mask are required")
+            raise InputError(f"manifest {p.name} line {i}: {key} and mask are required")
         if name in seen:
             raise InputError(f"manifest {p.name} line {i}: duplicate case name {name!r}")
         seen.add(name)

@@ -218,6 +218,12 @@ def test_manifest_and_label(tmp_path, tiny_prior):
     cases = load_cases(manifest=str(man))
     assert [c.name for c in cases] == ["a", "b"] and cases[0].image is not None and cases[1].image is None
     assert np.array_equal(cases[1].mask, lab)
+    # nearslicer batch's manifest (a case column), saved by a spreadsheet (a byte-order mark): the same cases
+    batch_manifest = tmp_path / "batch.csv"
+    batch_manifest.write_bytes(b"\xef\xbb\xbf" + man.read_bytes().replace(b"name,", b"case,", 1))
+    again = load_cases(manifest=str(batch_manifest))
+    assert [(c.name, c.label) for c in again] == [(c.name, c.label) for c in cases]
+    assert np.array_equal(again[1].mask, lab)
     out = tmp_path / "out"
     assert main(["study", "--manifest", str(man), "--out", str(out), "--prior", tiny_prior, "--epochs", "1"]) == 0
     assert (out / "a.nii.gz").is_file() and (out / "b.nii.gz").is_file()
@@ -244,7 +250,7 @@ def test_study_bad_inputs(tmp_path, tiny_prior, capsys):
     assert "--masks" in err(["study", "--out", out])
     bad = tmp_path / "bad.csv"
     bad.write_text("case,file\nx,y\n")
-    assert "name and mask" in err(["study", "--manifest", str(bad), "--out", out])
+    assert "needs the columns name (or case) and mask" in err(["study", "--manifest", str(bad), "--out", out])
     assert "--epochs" in err(["study", "--masks", str(masks), "--out", out, "--epochs", "-1"])
     assert "prior" in err(["study", "--masks", str(masks), "--out", out, "--prior", str(tmp_path / "none.safetensors")])
     # API: empty masks, duplicate names, unknown recipe
