@@ -16,8 +16,8 @@
 
 * ``adrenal-sa`` (an S+A adrenal prior that reads images per case, e.g. a continuation of
   ``adrenal_mr_v1``): the product's default with an image (``default`` preset, every do-no-harm step),
-  the candidate and the shipped ``adrenal_mr_v1`` refined in the same run, on ALAN val shapes in
-  their phantom CTs (the library's mixture, the held-out processes' mixture, clean), and on the real
+  the candidate and the shipped ``adrenal_mr_v1`` refined in the same run, on ALAN val shapes from 24
+  on (0-23 chose the checkpoint) in their phantom CTs (the library's mixture, the held-out processes' mixture, clean), and on the real
   CT's two adrenal glands on 1 mm cubes with the CT's own 3 mm voxel (mixture, thick slices, clean):
   a candidate that learnt the phantoms and not CT shows on the real CT (as the GPU-trained S+A of
   2026-11-27 did: 92.2 on phantoms, 67.6 on the real glands).
@@ -123,7 +123,8 @@ def adrenal_sa(cand: Path, alan: int, real_per_label: int) -> dict:
     from robustness import ALAN
     from NeARSlicerLib.bench import BenchCase, alan_cases, real_ct_cases
 
-    val = np.load(ALAN)["val_shapes"][:alan]
+    # val shapes 0-23 choose train-prior's checkpoint (train.validation_set): scored from 24 on
+    val = np.load(ALAN)["val_shapes"][24:24 + alan]
     sets = {f"alan_{fam}": alan_cases(val, appearance=True, family=fam) for fam in ("mixture", "heldout_mixture")}
     sets["alan_clean"] = [BenchCase(c.name, c.truth, c.truth.copy(), c.grid, c.image, image_voxel_mm=c.image_voxel_mm)
                           for c in sets["alan_mixture"][:12]]
