@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
-from .errors import NeARError, RefinementError
+from .errors import InputError, NeARError, RefinementError
 
 ALAN_REL = Path("data/alan64/alan64_trainval.npz")
 CHECKPOINT_NAME = "checkpoint.safetensors"  # study mode's resume file in --out (no pickle)
@@ -98,13 +98,16 @@ def image_voxel_flag(sp) -> None:
 
 def cmd_refine(args) -> int:
 
-    from .batch import read_case_inputs, structure_of
+    from .batch import read_case_inputs, several_labels, structure_of
     from .confidence import KEPT_IMAGE
     from .io import write_image, write_mask
     from .metrics import dice
     from .output_safety import atomic_paths, check_outputs
     from .refine import refine_mask
 
+    if several_labels(args.label) is not None:
+        raise InputError(f"refine writes one structure: give one --label, not {args.label!r} (nearslicer batch "
+                         "refines several labels of a case into one .seg.nrrd: its label column or --label '8;9' or 'all')")
     # every output is checked (not an input, new or --overwrite, folder writable) before computing
     check_outputs([args.out, args.probability, args.report], [args.mask, args.image, args.prior],
                   overwrite=args.overwrite)
@@ -209,7 +212,6 @@ def _bench_cases(args, family: Optional[str]) -> tuple[list, bool, Optional[floa
     import numpy as np
 
     from .bench import alan_cases, real_ct_cases, real_ct_structures, unseen_class_cases
-    from .errors import InputError
 
     if args.real_ct:
         folder = Path(args.real_ct)
@@ -262,7 +264,6 @@ def cmd_bench(args) -> int:
     from .annotation_errors import FAMILIES
     from .bench import (best_smoothing, by_structure, format_structures, format_table, run_bench, worse_names,
                         write_json)
-    from .errors import InputError
     from .heldout_errors import HELD_OUT_ERRORS, HELD_OUT_MIXTURE
 
     if args.all_structures and not args.real_ct:
@@ -324,7 +325,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_train_prior(args) -> int:
-    from .errors import InputError
     from .annotation_errors import ALL_FAMILIES
     from .train import TrainConfig, train_prior
 
@@ -355,7 +355,6 @@ def cmd_study(args) -> int:
 
     from .distributed import close_group, launch_rank
     from .engine_protocol import STUDY_REFINE_OPTIONS
-    from .errors import InputError
     from .study import StudyConfig, load_cases
     from .study_output import StudyOutputs, case_inputs, refuse_input_folder
     from .study_prior_choice import plan_by_prior
@@ -471,7 +470,6 @@ def cmd_batch(args) -> int:
 
     from .batch import cases_from_folder, read_manifest, run_batch
     from .batch_executor import make_executor
-    from .errors import InputError
 
     if bool(args.manifest) == bool(args.cases):
         raise InputError("give one of --manifest CSV or --cases DIR")

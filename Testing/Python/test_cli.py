@@ -108,6 +108,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["--mask", str(path), "--label", "7"], "7"),
         (["--mask", str(tmp_path / "missing.nii.gz")], "missing.nii.gz"),
         (["--mask", str(path), "--label", "1", "--prior", str(tmp_path / "no.safetensors")], "prior file not found"),
+        (["--mask", str(path), "--label", "1;2"], "refine writes one structure: give one --label, not '1;2'"),
+        (["--mask", str(path), "--label", "all"], "nearslicer batch refines several labels"),
     ]
     for extra, needle in cases:
         rc = main(["refine", "--out", str(out), *extra])
