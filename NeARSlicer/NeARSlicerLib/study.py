@@ -873,11 +873,12 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
         raise InputError("give a masks folder or a manifest")
     cases = []
     for name, mpath, ipath, lab, what in entries:
+        chosen = lab if lab is not None else label  # a manifest row's own label wins
         try:
-            if several_labels(lab if lab is not None else label) is not None:
+            if several_labels(chosen) is not None:
                 raise InputError(f"a study case is one structure: give one label per manifest row, not "
-                                 f"{lab if lab is not None else label!r} (nearslicer batch takes several)")
-            mask, grid, info = read_mask(str(mpath), label=lab if lab is not None else label)
+                                 f"{chosen!r} (nearslicer batch takes several)")
+            mask, grid, info = read_mask(str(mpath), label=chosen)
             image = None
             if ipath is not None:
                 image, igrid = read_image(str(ipath))
