@@ -254,7 +254,7 @@ def _segments_to_refine(case: BatchCase):
     of the file for the output. A label map gives one structure, chosen as ``nearslicer refine`` does; a
     .seg.nrrd without a label gives each of its segments (not earlier NeAR results). ``structure`` is what
     ``--prior auto`` reads, as ``nearslicer refine`` finds it."""
-    from .io import read_label_masks, read_mask, read_segments
+    from .io import choose_segment, read_label_masks, read_mask, read_segments
 
     several = several_labels(case.label)
     if not case.mask.lower().endswith(SEG_SUFFIX):
@@ -269,22 +269,23 @@ def _segments_to_refine(case: BatchCase):
         originals = [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
         return chosen, grid, _read_image_on(case.image, grid, case.mask), originals
     table, grid = read_segments(case.mask)
-    if several:
-        chosen = []
-        for part in several:
-            mask, _, info = read_mask(case.mask, label=part)
-            chosen.append((segment_name(info), info["label"], mask, structure_of(case.mask, None, info)))
-        _refuse_repeats(chosen, case)
-    elif case.label is not None and several is None:
+    file_name = os.path.basename(case.mask)
+    if case.label is not None and several is None and not table:
+        # a label map saved under a .seg.nrrd name (no segment list): read as one
         mask, _, info = read_mask(case.mask, label=case.label)
         chosen = [(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))]
+    elif several or (case.label is not None and several is None):
+        # the named segments, from the table already read (its name, ID or label value: read_mask's rule)
+        named = [choose_segment(table, part, file_name) for part in (several or [case.label])]
+        chosen = [(s["name"], s["label_value"], s["mask"], s["name"]) for s in named]
+        _refuse_repeats(chosen, case)
     else:
         chosen = [(s["name"], s["label_value"], s["mask"], s["name"]) for s in table if not s["name"].endswith(" (NeAR)")]
         if not chosen:
-            raise InputError(f"segmentation {os.path.basename(case.mask)} has no segment to refine")
-        empty = [n for n, _, m, _ in chosen if not m.any()]
-        if empty:
-            raise InputError(f"mask is empty (segment(s) {empty} of {os.path.basename(case.mask)} have no voxels)")
+            raise InputError(f"segmentation {file_name} has no segment to refine")
+    empty = [n for n, _, m, _ in chosen if not m.any()]
+    if empty:
+        raise InputError(f"mask is empty (segment(s) {empty} of {file_name} have no voxels)")
     return chosen, grid, _read_image_on(case.image, grid, case.mask), table
 
 

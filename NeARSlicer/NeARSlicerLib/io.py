@@ -163,15 +163,7 @@ def _mask_from_seg(path: str, label: Union[int, str, None]) -> Tuple[np.ndarray,
             raise InputError(f"multilabel mask with segments [{listing}]: pass --label (a segment name or label value)")
         chosen = table[0]
     else:
-        matches = [s for s in table if s["name"] == str(label)] or [s for s in table if s["id"] == str(label)]
-        if not matches and _is_int(label):
-            matches = [s for s in table if s["label_value"] == int(label)]
-        if not matches:
-            raise InputError(f"label {label!r} not found in {os.path.basename(path)} (segments: {names})")
-        if len(matches) > 1:
-            several = [s["name"] for s in matches]
-            raise InputError(f"label {label!r} matches several segments {several}: pass a segment name")
-        chosen = matches[0]
+        chosen = choose_segment(table, label, os.path.basename(path))
     if not 0 <= chosen["layer"] < layers.shape[0]:
         raise InputError(f"segment {chosen['name']!r} is on layer {chosen['layer']} but the file has {layers.shape[0]}")
     mask = (layers[chosen["layer"]] == chosen["label_value"]).astype(np.uint8)
@@ -180,6 +172,19 @@ def _mask_from_seg(path: str, label: Union[int, str, None]) -> Tuple[np.ndarray,
     info = {"format": "seg.nrrd", "label": chosen["label_value"], "segment": chosen["name"],
             "segments": names, "labels": sorted({s["label_value"] for s in table})}
     return mask, grid, info
+
+
+def choose_segment(table: Sequence[Dict[str, Any]], label: Union[int, str], file_name: str) -> Dict[str, Any]:
+    """The entry of a .seg.nrrd's segment table (``read_segments``) that ``label`` names: its name, else
+    its ID, else its label value; InputError when none or several do."""
+    matches = [s for s in table if s["name"] == str(label)] or [s for s in table if s["id"] == str(label)]
+    if not matches and _is_int(label):
+        matches = [s for s in table if s["label_value"] == int(label)]
+    if not matches:
+        raise InputError(f"label {label!r} not found in {file_name} (segments: {[s['name'] for s in table]})")
+    if len(matches) > 1:
+        raise InputError(f"label {label!r} matches several segments {[s['name'] for s in matches]}: pass a segment name")
+    return matches[0]
 
 
 def _is_int(value: Any) -> bool:

@@ -452,3 +452,23 @@ def test_several_labels_of_a_label_map_make_one_segmentation_per_case(tmp_path, 
     (tmp_path / "study.csv").write_text(f"name,mask,label\nglands,{seg},8;9\n")
     with pytest.raises(InputError, match="case glands: a study case is one structure: give one label per manifest row"):
         load_cases(manifest=str(tmp_path / "study.csv"))
+
+
+def test_several_segments_of_a_seg_nrrd_are_read_from_its_table(six, tmp_path):
+    """``left;right`` of a .seg.nrrd: each segment named, read from the file's table once, refined as the
+    whole-file row refines it; an unknown name fails the case with the segments listed."""
+    root, _, reference = six
+    seg = str(root / "cases" / "c5.seg.nrrd")
+    manifest = write_manifest(tmp_path / "m.csv", [{"case": "both", "mask": seg, "image": "", "label": "right;left"},
+                                                   {"case": "bad", "mask": seg, "image": "", "label": "left;middle"}])
+    outcome = run_batch(read_manifest(manifest), tmp_path / "out", FAST, executor=SequentialExecutor(),
+                        progress_bar=False)
+    assert outcome.failed == 1
+    rows = read_summary(tmp_path / "out" / "summary.csv")
+    assert [(r["case"], r["segment"]) for r in rows if not r["error"]] == [("both", "right"), ("both", "left")]
+    assert "label 'middle' not found in c5.seg.nrrd (segments: ['left', 'right'])" in \
+        next(r["error"] for r in rows if r["case"] == "bad")
+    got, ref = masks_of(tmp_path / "out")["both.seg.nrrd"], masks_of(reference)["c5.seg.nrrd"]
+    assert sorted(got) == ["left", "left (NeAR)", "right", "right (NeAR)"]
+    for name in got:
+        assert np.array_equal(got[name], ref[name]), name
