@@ -7,6 +7,9 @@
 steps) for both commands: work in ``work/keep_or_refine_ptsN`` / ``_stepsN``, results in
 ``results/keep_or_refine_ptsN.json`` / ``_stepsN.json``. ``results/keep_or_refine.json`` was made with
 8192 points, the default until 2026-11-28 (now 2048; ``--fit-points 8192`` redoes it).
+``results/keep_or_refine_2026-12-06.json`` is the 2048-point work re-collected with that day's code
+(``report --fit-points 2048 --out ...``), when the ``_near`` variants (``confidence.NEAR_MM``) were
+added and became the default.
 
 Every case is refined once, always (``keep_threshold=0``, ``change_policy="all"``); the input, the
 refined mask and the truth are stored (``benchmarks/work/keep_or_refine/``, not committed), so that
@@ -99,12 +102,16 @@ def collect(only: str | None, reverse: bool = False) -> None:
                 _refine(f"ct{label:03d}_{c}", c, truth, np.asarray(ann, bool), grid, ct)
 
 
-VARIANTS = {  # name: (policy, thick radius mm, gate fraction, gate change)
-    "all": ("all", 1.0, 0.0, 1.0), "thick": ("thick", 1.0, 0.0, 1.0), "thick_2mm": ("thick", 2.0, 0.0, 1.0),
-    "gated_1%": ("gated", 1.0, 0.01, 1.0), "gated_2%": ("gated", 1.0, 0.02, 1.0),
-    "gated_5%": ("gated", 1.0, 0.05, 1.0), "gated_10%": ("gated", 1.0, 0.10, 1.0),
-    "gated_2%_c10": ("gated", 1.0, 0.02, 0.10), "gated_2%_c15": ("gated", 1.0, 0.02, 0.15),
-    "gated_2%_c20": ("gated", 1.0, 0.02, 0.20), "gated_2%_c30": ("gated", 1.0, 0.02, 0.30),
+VARIANTS = {  # name: (policy, thick radius mm, gate fraction, gate change, near mm: None = every change)
+    "all": ("all", 1.0, 0.0, 1.0, None), "thick": ("thick", 1.0, 0.0, 1.0, None),
+    "thick_2mm": ("thick", 2.0, 0.0, 1.0, None),
+    "gated_1%": ("gated", 1.0, 0.01, 1.0, None), "gated_2%": ("gated", 1.0, 0.02, 1.0, None),
+    "gated_5%": ("gated", 1.0, 0.05, 1.0, None), "gated_10%": ("gated", 1.0, 0.10, 1.0, None),
+    "gated_2%_c10": ("gated", 1.0, 0.02, 0.10, None), "gated_2%_c15": ("gated", 1.0, 0.02, 0.15, None),
+    "gated_2%_c20": ("gated", 1.0, 0.02, 0.20, None), "gated_2%_c30": ("gated", 1.0, 0.02, 0.30, None),
+    # since 2026-12-06 the thick-change gate applies the changes within NEAR_MM of a thick one, not all
+    "gated_2%_c15_near2": ("gated", 1.0, 0.02, 0.15, 2.0), "gated_2%_c15_near3": ("gated", 1.0, 0.02, 0.15, 3.0),
+    "gated_2%_c15_near5": ("gated", 1.0, 0.02, 0.15, 5.0),
 }
 
 
@@ -128,12 +135,13 @@ def report() -> None:
         meta = json.loads(path.with_suffix(".json").read_text())
         row = {"case": path.stem, "set": path.stem[:2] if path.stem.startswith("ct") else "alan",
                "kind": meta["kind"], "input": dice(d["annotation"], d["truth"])}
-        for name, (policy, radius, gate, gate_change) in VARIANTS.items():
-            out = apply_changes(d["annotation"], d["refined"], d["spacing"], policy, radius, gate, gate_change)
+        for name, (policy, radius, gate, gate_change, near) in VARIANTS.items():
+            out = apply_changes(d["annotation"], d["refined"], d["spacing"], policy, radius, gate, gate_change,
+                                near_mm=near)
             row[name] = dice(out, d["truth"])
         # the shipped default (refine.py, confidence.GATE_*): gated, nothing applied outside the prior's domain
         row["ood"] = bool(check(shape_facts(d["annotation"], d["spacing"]), domain_of(meta["prior"])))
-        row["default"] = row["input"] if row["ood"] else row["gated_2%_c15"]
+        row["default"] = row["input"] if row["ood"] else row["gated_2%_c15_near3"]
         rows.append(row)
     policies = ["input", *VARIANTS, "default"]
     table = {}
@@ -179,9 +187,13 @@ def main() -> None:
     ap.add_argument("--reverse", action="store_true", help="ALAN shapes in reverse order (a second collector)")
     ap.add_argument("--fit-points", type=int, help="the default preset's latent-fit points per step (a variant)")
     ap.add_argument("--fit-steps", type=int, help="the default preset's latent-fit steps (a variant)")
+    ap.add_argument("--out", type=Path, help="the report's JSON (default: the variant's results file)")
     args = ap.parse_args()
     if args.fit_points is not None or args.fit_steps is not None:
         _variant(args.fit_points, args.fit_steps)
+    if args.out is not None:
+        global OUT
+        OUT = args.out
     collect(args.only, args.reverse) if args.what == "collect" else report()
 
 

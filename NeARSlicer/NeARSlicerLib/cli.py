@@ -523,8 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--changes", choices=CHANGE_POLICIES, default=None,
                         help="which of the prior's changes are applied: all; thick (only errors thicker than "
                              "about a voxel: blobs, holes, slabs, leaks, cut parts; the annotation's own boundary "
-                             "is kept); gated (all when the annotation has thick errors or the prior changes over "
-                             "15 %% of it, else thick). thick and gated keep a segment outside the prior's domain. "
+                             "is kept); gated (all when the prior changes over 15 %% of the annotation or it was "
+                             "painted on thick slices; else the thick errors, with the changes within 3 mm of them "
+                             "when they exceed 2 %% of its volume). thick and gated keep a segment outside the "
+                             "prior's domain. "
                              f"Default {DEFAULT_CHANGE_POLICY}")
         if staircase:  # a study prior refines its cases as painted anyway
             sp.add_argument("--keep-staircase", action="store_true",

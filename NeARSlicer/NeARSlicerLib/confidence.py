@@ -150,6 +150,10 @@ CHANGE_GATED = "gated"
 CHANGE_POLICIES = (CHANGE_ALL, CHANGE_THICK, CHANGE_GATED)
 THICK_RADIUS_MM = 1.0  # a change must hold a ball of this radius (at least one voxel each way) to count as thick
 GATE_FRACTION = 0.02  # thick changes above this fraction of the annotation's volume: the annotation is rough
+# where only that fraction opens the gate, the prior's changes within this distance of a thick change are
+# applied with it (the error's thin rim), not its reshaping of the rest of the boundary: a leak or a slab
+# says nothing about the boundary far from it (benchmarks/keep_or_refine.py, README "Do no harm")
+NEAR_MM = 3.0
 GATE_CHANGE = 0.15  # or a change (1 - Dice(annotation, refined)) above this: thin structures' errors are thin
 # or the annotation was painted on slices thicker than its grid: each slice repeated in runs of at least this
 # many slices on average (2.5 on a 1 mm grid: the library's 2.5-5 mm painting; a 2-slice staircase is ~2)
@@ -219,28 +223,45 @@ def painted_slices(annotation: np.ndarray, spacing: Sequence[float],
     return best
 
 
+def near_thick(annotation: np.ndarray, refined: np.ndarray, thick: np.ndarray, spacing: Sequence[float],
+               near_mm: float = NEAR_MM) -> np.ndarray:
+    """The part of ``annotation ^ refined`` (bool, [k, j, i]) within ``near_mm`` (at least one voxel
+    each way) of a ``thick`` change: a thick error with the thin rim the opening left of it."""
+    diff = (np.asarray(annotation) > 0) ^ (np.asarray(refined) > 0)
+    out = np.zeros(diff.shape, bool)
+    if not thick.any():
+        return out
+    reach = _ellipsoid(spacing, near_mm)
+    box = bounding_box(thick, thick, pad=max(reach.shape) // 2 + 1)
+    out[box] = ndimage.binary_dilation(thick[box], structure=reach) & diff[box]
+    return out
+
+
 def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float], policy: str = CHANGE_ALL,
                   radius_mm: float = THICK_RADIUS_MM, gate_fraction: float = GATE_FRACTION,
                   gate_change: float = GATE_CHANGE, painted: Optional[bool] = None,
-                  supported: bool = False) -> np.ndarray:
+                  supported: bool = False, near_mm: Optional[float] = NEAR_MM) -> np.ndarray:
     """The output mask (bool, [k, j, i]) when only the changes ``policy`` admits are applied to
-    ``annotation``: ``all``, ``thick`` (``thick_changes``) or ``gated`` (all when the thick changes
-    exceed ``gate_fraction`` of the annotation's volume, 1 - Dice(annotation, refined) exceeds
-    ``gate_change`` or the annotation was painted on thick slices (``painted_slices``: its staircase
-    is a thin error everywhere; ``painted``, when given, is that finding already made) or the image
-    supports the change (``supported``: ``refine``'s finding, ``OPEN_SUPPORT``), else the thick ones
-    only). Keeping a segment outside the prior's domain is ``refine``'s part of both non-``all``
-    policies."""
+    ``annotation``: ``all``, ``thick`` (``thick_changes``) or ``gated``: all when 1 - Dice(annotation,
+    refined) exceeds ``gate_change`` (a thin but large error), the annotation was painted on thick
+    slices (``painted_slices``: its staircase is a thin error everywhere; ``painted``, when given, is
+    that finding already made) or the image supports the change (``supported``: ``refine``'s finding,
+    ``OPEN_SUPPORT``); the thick ones and every change within ``near_mm`` of them (``near_thick``; all,
+    with ``near_mm`` None) when the thick changes exceed ``gate_fraction`` of the annotation's volume;
+    else the thick ones only. Keeping a segment outside the prior's domain is ``refine``'s part of
+    both non-``all`` policies."""
     if policy not in CHANGE_POLICIES:
         raise ValueError(f"change policy must be one of {', '.join(CHANGE_POLICIES)}, got {policy!r}")
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
     if policy == CHANGE_ALL or (policy == CHANGE_GATED and supported):
         return ref.copy()  # the image's support opens the gate before the thick part is measured
     thick = thick_changes(ann, ref, spacing, radius_mm)
-    if policy == CHANGE_GATED and (thick.sum() > gate_fraction * max(int(ann.sum()), 1)
-                                   or 1.0 - _dice(ann, ref) > gate_change
-                                   or (painted if painted is not None else painted_slices(ann, spacing) is not None)):
-        return ref.copy()
+    if policy == CHANGE_GATED:
+        if 1.0 - _dice(ann, ref) > gate_change or (
+                painted if painted is not None else painted_slices(ann, spacing) is not None):
+            return ref.copy()
+        if thick.sum() > gate_fraction * max(int(ann.sum()), 1):
+            return ref.copy() if near_mm is None else ann ^ near_thick(ann, ref, thick, spacing, near_mm)
     return ann ^ thick
 
 
