@@ -150,10 +150,6 @@ CHANGE_GATED = "gated"
 CHANGE_POLICIES = (CHANGE_ALL, CHANGE_THICK, CHANGE_GATED)
 THICK_RADIUS_MM = 1.0  # a change must hold a ball of this radius (at least one voxel each way) to count as thick
 GATE_FRACTION = 0.02  # thick changes above this fraction of the annotation's volume: the annotation is rough
-# where only that fraction opens the gate, the prior's changes within this distance of a thick change are
-# applied with it (the error's thin rim), not its reshaping of the rest of the boundary: a leak or a slab
-# says nothing about the boundary far from it (benchmarks/keep_or_refine.py, README "Do no harm")
-NEAR_MM = 3.0
 GATE_CHANGE = 0.15  # or a change (1 - Dice(annotation, refined)) above this: thin structures' errors are thin
 # or the annotation was painted on slices thicker than its grid: each slice repeated in runs of at least this
 # many slices on average (2.5 on a 1 mm grid: the library's 2.5-5 mm painting; a 2-slice staircase is ~2)
@@ -164,6 +160,11 @@ SLICE_RUN_MIN_SLICES = 8  # fewer slices along an axis say nothing about how it 
 # thin leak) rather than its own boundary error. 0.8: the lowest value at which opening the gate harmed no
 # clean or near-correct case by more than 1 DSC in benchmarks/results/image_confidence.json's 210 cases
 OPEN_SUPPORT = 0.8
+# where only the thick changes' fraction (GATE_FRACTION) opens the gate, the prior's changes within this
+# distance of a thick change are applied with it (the error's thin rim), not its reshaping of the rest of
+# the boundary: a leak or a slab says nothing about the boundary far from it (benchmarks/near_gate.py,
+# benchmarks/keep_or_refine.py; README "A thick error opens the gate around itself")
+NEAR_MM = 3.0
 
 
 def _ellipsoid(spacing: Sequence[float], radius_mm: float) -> np.ndarray:
