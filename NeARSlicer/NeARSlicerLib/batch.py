@@ -270,13 +270,17 @@ def _segments_to_refine(case: BatchCase):
         return chosen, grid, _read_image_on(case.image, grid, case.mask), originals
     table, grid = read_segments(case.mask)
     file_name = os.path.basename(case.mask)
-    if case.label is not None and several is None and not table:
-        # a label map saved under a .seg.nrrd name (no segment list): read as one
-        mask, _, info = read_mask(case.mask, label=case.label)
-        chosen = [(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))]
-    elif several or (case.label is not None and several is None):
+    parts = several or ([case.label] if case.label is not None and several is None else None)
+    if parts and not table:
+        # a label map saved under a .seg.nrrd name (no segment list): each label read as a label map's
+        chosen = []
+        for part in parts:
+            mask, _, info = read_mask(case.mask, label=part)
+            chosen.append((segment_name(info), info["label"], mask, structure_of(case.mask, None, info)))
+        _refuse_repeats(chosen, case)
+    elif parts:
         # the named segments, from the table already read (its name, ID or label value: read_mask's rule)
-        named = [choose_segment(table, part, file_name) for part in (several or [case.label])]
+        named = [choose_segment(table, part, file_name) for part in parts]
         chosen = [(s["name"], s["label_value"], s["mask"], s["name"]) for s in named]
         _refuse_repeats(chosen, case)
     else:

@@ -472,3 +472,30 @@ def test_several_segments_of_a_seg_nrrd_are_read_from_its_table(six, tmp_path):
     assert sorted(got) == ["left", "left (NeAR)", "right", "right (NeAR)"]
     for name in got:
         assert np.array_equal(got[name], ref[name]), name
+
+
+def test_several_labels_of_a_label_map_saved_as_seg_nrrd(tmp_path):
+    """A plain label map saved under a .seg.nrrd name (no segment list): ``1;2`` reads each value as a
+    label map's label, as one label of it is read (it was refused as 'not found' in an empty table)."""
+    import nrrd
+
+    from NeARSlicerLib.phantom import adrenal_phantom
+
+    labels = np.zeros((48, 48, 96), np.uint8)
+    labels[:, :, :48][adrenal_phantom(seed=1, shape=(48, 48, 48))] = 1
+    labels[:, :, 48:][adrenal_phantom(seed=2, shape=(48, 48, 48))] = 2
+    seg = tmp_path / "plain.seg.nrrd"
+    nrrd.write(str(seg), labels.transpose(2, 1, 0), {"space": "left-posterior-superior",
+                                                     "space directions": np.eye(3), "space origin": np.zeros(3)})
+    manifest = write_manifest(tmp_path / "m.csv", [{"case": "both", "mask": str(seg), "image": "", "label": "1;2"},
+                                                   {"case": "one", "mask": str(seg), "image": "", "label": "2"}])
+    outcome = run_batch(read_manifest(manifest), tmp_path / "out", FAST, executor=SequentialExecutor(),
+                        progress_bar=False)
+    rows = read_summary(tmp_path / "out" / "summary.csv")
+    assert outcome.failed == 0, [r["error"] for r in rows]
+    assert [(r["case"], r["label"]) for r in rows] == [("both", "1"), ("both", "2"), ("one", "2")]
+    got = masks_of(tmp_path / "out")
+    refined = [name for name in got["both.seg.nrrd"] if name.endswith(" (NeAR)")]
+    assert len(refined) == 2
+    assert np.array_equal(got["both.seg.nrrd"][refined[1]], got["one.seg.nrrd"][
+        next(n for n in got["one.seg.nrrd"] if n.endswith(" (NeAR)"))])
