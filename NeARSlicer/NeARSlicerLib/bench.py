@@ -123,7 +123,7 @@ def real_ct_cases(ct_path: Union[str, Path], seg_path: Union[str, Path], labels:
 
 def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], min_voxels: int = 300,
                        per_label: int = 3, family: str = "mixture",
-                       adrenal_labels: Sequence[int] = (8, 9)) -> list[BenchCase]:
+                       adrenal_labels: Sequence[int] = (8, 9), error_units: str = "mm") -> list[BenchCase]:
     """Every label of a real CT's label map with at least ``min_voxels`` voxels (and the adrenal glands,
     whatever their size: the adrenal prior's own structures), on the CT's own grid
     (no working cube: ``refine_mask`` crops and scales each as it does a user's segment), distorted by
@@ -132,14 +132,18 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     label's name in the map's label table (TotalSegmentator's: "adrenal_gland_left", "spleen"), else
     "adrenal gland" for ``adrenal_labels`` (TotalSegmentator v2's numbering: 8 and 9) and "label N" for
     the others (the general prior); a label the table names an adrenal gland counts as one whatever its
-    number. Case names: ``label{N}_d{seed}``. Raises InputError for a mismatch of grids or no label
-    large enough."""
+    number. ``error_units`` "voxel": the library's sizes are read in voxels of the CT's grid instead of mm
+    (an annotator's brush of 1-2 voxels on a 3 mm CT: 3-6 mm), a harsher, coarser process than the
+    library's mm sizes, which at 3 mm mostly stay under one voxel. Case names: ``label{N}_d{seed}``.
+    Raises InputError for a mismatch of grids, no label large enough or unknown units."""
     import SimpleITK as sitk
 
     from .io import read_image
     from .label_table import label_names
     from .prior import is_adrenal_structure
 
+    if error_units not in ("mm", "voxel"):
+        raise InputError(f"error units must be mm or voxel, not {error_units!r}")
     image, igrid = read_image(str(ct_path))
     seg_img = sitk.ReadImage(str(seg_path))  # read once: every label's mask comes from this map
     if not igrid.same_as(Grid.from_sitk(seg_img)):
@@ -151,13 +155,14 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     chosen = [int(v) for v, c in zip(values, counts) if c >= min_voxels or int(v) in adrenal]
     if not chosen:
         raise InputError(f"no label of {seg_path} has {min_voxels} voxels or more")
+    error_spacing = igrid.spacing if error_units == "mm" else (1.0, 1.0, 1.0)
     cases = []
     for label in chosen:
         truth = label_map == label
         name = names.get(label) or ("adrenal gland" if label in adrenal else f"label {label}")
         for s in range(per_label):
             seed = BENCH_SEED + 100 * label + s
-            noisy = corrupt_case(truth, igrid.spacing, family, seed, image=image)
+            noisy = corrupt_case(truth, error_spacing, family, seed, image=image)
             cases.append(BenchCase(f"label{label}_d{s}", truth, noisy, igrid, image, structure=name))
     return cases
 

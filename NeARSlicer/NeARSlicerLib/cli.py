@@ -223,7 +223,8 @@ def _bench_cases(args, family: Optional[str]) -> tuple[list, bool, Optional[floa
 
         if args.all_structures:
             cases = real_ct_structures(ct, seg, min_voxels=args.min_voxels, per_label=args.per_label or 3,
-                                       family=family, adrenal_labels=labels(args.adrenal_labels))
+                                       family=family, adrenal_labels=labels(args.adrenal_labels),
+                                       error_units=args.error_units)
             return cases, True, args.nsd_mm or max(cases[0].grid.spacing)  # the CT's coarsest voxel side
         return (real_ct_cases(ct, seg, labels(args.labels), per_label=args.per_label or 10, family=family), True,
                 args.nsd_mm or 1.0)
@@ -268,6 +269,8 @@ def cmd_bench(args) -> int:
 
     if args.all_structures and not args.real_ct:
         raise InputError("--all-structures needs --real-ct DIR (a CT and its label map)")
+    if getattr(args, "error_units", "mm") != "mm" and not args.all_structures:
+        raise InputError("--error-units voxel reads the error sizes on a real CT's grid: give --all-structures")
     if args.unseen_seed is not None and not args.unseen_classes:
         raise InputError("--unseen-seed draws the cases of --unseen-classes: give --unseen-classes N")
     if args.unseen_classes and (args.real_ct or args.appearance):
@@ -343,7 +346,7 @@ def cmd_train_prior(args) -> int:
                       lr=args.lr, val_every=args.val_every, errors=args.errors,
                       families=tuple(f for f in ALL_FAMILIES if f not in set(args.hold_out or [])),
                       source=args.source, appearance_norm=args.appearance_norm, p_mr=args.p_mr,
-                      device=args.device,
+                      p_voxel_errors=args.p_voxel_errors, device=args.device,
                       workers=args.workers, points=args.points, reuse=args.reuse)
     train_prior(cfg)
     return 0
@@ -605,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --unseen-classes each case's voxel)")
     b.add_argument("--per-label", type=int, default=None,
                    help="distortions of each --real-ct label (default: 10; 3 with --all-structures)")
+    b.add_argument("--error-units", choices=("mm", "voxel"), default="mm",
+                   help="--all-structures: the error library's sizes in mm (default) or in voxels of the CT's grid "
+                        "(a brush of 1-2 voxels: harsher on a 3 mm CT)")
     b.add_argument("--prior-sa", help="S+A prior (default: the shipped one)")
     b.add_argument("--study", action="store_true", help="also run study mode on all cases")
     b.add_argument("--study-recipe", choices=["fast", "denoise", "paper"], default=None,
@@ -643,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="S+A image normalisation: the CT window (HU) or per case relative to the annotation (any modality)")
     t.add_argument("--p-mr", type=float, default=0.3,
                    help="with --appearance-norm case: share of MR-like training images (the rest synthetic CT)")
+    t.add_argument("--p-voxel-errors", type=_fraction, default=0.0,
+                   help="share of training annotations whose error sizes are read in voxels of the training cube "
+                        "instead of mm (a brush of 1-2 of the scan's voxels on a large structure), 0-1")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--workers", type=int, default=0, help="processes making batches (0: one thread)")
     t.add_argument("--points", type=int, default=4096, help="query points per shape and step")
