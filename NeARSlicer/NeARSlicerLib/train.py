@@ -60,6 +60,7 @@ class TrainConfig:
     source: str = "alan"  # alan: ALAN shapes at 1 mm; anatomy: generated anatomy + rescaled ALAN (extent scale)
     appearance_norm: str = "window"  # window (HU, CT only) | case (any modality; see appearance.py)
     p_mr: float = 0.3  # with case normalisation: share of MR-like training images
+    p_voxel_errors: float = 0.0  # share of samples with error sizes in the cube's voxels (DataSpec)
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 0  # processes making batches (0: one background thread)
     reuse: int = 1  # each batch made on CPU serves this many steps, mirrored differently (when CPUs lag a GPU)
@@ -67,7 +68,8 @@ class TrainConfig:
 
     def data_spec(self) -> DataSpec:
         return DataSpec(source=self.source, appearance=self.appearance, appearance_norm=self.appearance_norm,
-                        families=tuple(self.families) if self.errors == "library" else None, p_mr=self.p_mr)
+                        families=tuple(self.families) if self.errors == "library" else None, p_mr=self.p_mr,
+                        p_voxel_errors=self.p_voxel_errors)
 
     def card(self) -> dict:
         """What the prior's card states about its working scale and image domain (see refine)."""
@@ -75,6 +77,8 @@ class TrainConfig:
                  else {"mode": "fixed", "spacing_mm": 1.0})
         out = {"scale": scale, "fov_mm": 64.0 if self.source == "alan" else None, "source": self.source,
                "errors": self.errors, "families": list(self.families) if self.errors == "library" else ["paper"]}
+        if self.p_voxel_errors > 0:
+            out["p_voxel_errors"] = self.p_voxel_errors
         if self.appearance:
             out["appearance_norm"] = self.appearance_norm
             out["modalities"] = ["CT"] if self.appearance_norm == "window" else ["CT", "MR"]

@@ -41,6 +41,11 @@ class DataSpec:
     p_alan: float = 0.25  # anatomy source: share of rescaled ALAN shapes
     p_mr: float = 0.3  # with case normalisation: share of MR-like images (anatomy_context MR)
     extent_voxels: tuple[int, int] = (32, 48)
+    # share of corrupted samples whose error sizes are read in voxels of the training cube instead of mm:
+    # an annotator paints on the scan's voxels, and a structure spanning ~40 of them has about the scan's
+    # voxel in its working cube, so a large organ's 1-2 voxel brush error is 5-10 mm, which mm sizes
+    # (0.5-2 mm) never teach a prior of large shapes
+    p_voxel_errors: float = 0.0
 
 
 @dataclass
@@ -95,6 +100,8 @@ def _corrupt(clean: np.ndarray, spacing_mm: float, rng: np.random.Generator, spe
              hu: Optional[np.ndarray]) -> np.ndarray:
     if rng.random() < spec.p_clean:
         return clean
+    if spec.p_voxel_errors > 0 and rng.random() < spec.p_voxel_errors:
+        spacing_mm = 1.0  # sizes in voxels (drawn only when asked: older recipes keep their random stream)
     if spec.families is None:
         return distort(clean, seed=int(rng.integers(2**31)), params=random_distortion(rng))
     return mixture(clean, (spacing_mm,) * 3, rng, spec.families, image=hu)[0]
