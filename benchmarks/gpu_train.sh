@@ -28,7 +28,10 @@ W=${WORKERS:-4}
 run adrenal_s "$W" --reuse "$REUSE" --lr 5e-4 --init-from "$P/adrenal_v2.safetensors"
 run adrenal_mr "$W" --reuse "$REUSE" --lr 5e-4 --appearance --appearance-norm case --p-mr 0.5 \
   --init-from "$P/adrenal_mr_v1.safetensors"
-run anatomy_s "$W" --reuse "$REUSE" --lr 5e-4 --source anatomy --init-from "$P/anatomy_v1.safetensors"
+# half the general prior's annotations painted with error sizes in voxels (a large organ's 1-2 voxel brush; README
+# "Rough annotations of a coarse CT"): check it with `voxel_errors_prior.py voxel` beside the mm bench
+run anatomy_s "$W" --reuse "$REUSE" --lr 5e-4 --source anatomy --p-voxel-errors "${P_VOXEL:-0.5}" \
+  --init-from "$P/anatomy_v1.safetensors"
 run anatomy_mr "$W" --reuse "$REUSE" --lr 5e-4 --source anatomy --appearance --appearance-norm case --p-mr 0.3 \
   --init-from "$P/anatomy_v1.safetensors"
 (sleep 150; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>&1; uptime) &
