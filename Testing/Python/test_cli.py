@@ -189,7 +189,7 @@ def test_bench_all_structures_scores_each_structure_with_its_prior(tmp_path, sha
     priors = {r["case"]: r["prior"] for r in result["per_case"]["NeAR S+A"]}
     assert priors["label8_d0"].startswith("adrenal") and priors["label9_d0"].startswith("adrenal")
     assert all(priors[c].startswith("anatomy") for c in ("label1_d0", "label5_d0", "label20_d0"))
-    assert result["settings"]["nsd_tolerance_mm"] == 3.0
+    assert result["settings"]["nsd_tolerance_mm"] == 3.0 and result["settings"]["error_units"] == "mm"
     assert all(r["dsc"] < 1.0 for r in result["per_case"]["input"]), "every case is distorted"
     summary = result["by_structure"]
     assert list(summary["structures"]) == ["label1", "label5", "label8", "label9", "label20"]

@@ -32,6 +32,25 @@ def test_voxel_units_paint_the_scans_voxels_on_the_real_ct(shared_data):
         real_ct_structures(*args, min_voxels=20_000, per_label=1, error_units="inch")
 
 
+def test_bench_scores_the_voxel_units_cases_and_says_so(shared_data, tmp_path):
+    """``bench --real-ct --all-structures --error-units voxel`` scores the cases ``real_ct_structures`` draws
+    in voxels (their inputs' Dice), and the JSON records the units."""
+    import json
+
+    from NeARSlicerLib.bench import real_ct_structures
+
+    folder = shared_data / "totalseg_example"
+    out = tmp_path / "v.json"
+    assert main(["bench", "--real-ct", str(folder), "--all-structures", "--error-units", "voxel", "--min-voxels",
+                 "30000", "--per-label", "1", "--preset", "fast", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["error_units"] == "voxel"
+    cases = real_ct_structures(folder / "ct.nii.gz", folder / "seg.nii.gz", min_voxels=30_000, per_label=1,
+                               error_units="voxel")
+    scored = {r["case"]: r["dsc"] for r in result["per_case"]["input"]}
+    assert scored == pytest.approx({c.name: dice(c.annotation, c.truth) for c in cases})
+
+
 def test_bench_refuses_voxel_units_without_a_real_ct(tmp_path, capsys):
     assert main(["bench", "--error-units", "voxel", "--cases", "1", "--json", str(tmp_path / "x.json")]) == 2
     assert "--error-units voxel reads the error sizes on a real CT's grid" in capsys.readouterr().err
