@@ -269,7 +269,7 @@ def cmd_bench(args) -> int:
 
     if args.all_structures and not args.real_ct:
         raise InputError("--all-structures needs --real-ct DIR (a CT and its label map)")
-    if getattr(args, "error_units", "mm") != "mm" and not args.all_structures:
+    if args.error_units != "mm" and not args.all_structures:
         raise InputError("--error-units voxel reads the error sizes on a real CT's grid: give --all-structures")
     if args.unseen_seed is not None and not args.unseen_classes:
         raise InputError("--unseen-seed draws the cases of --unseen-classes: give --unseen-classes N")
