@@ -16,9 +16,11 @@ same mask). The output folder follows one contract (README "Batch refinement"):
 Nothing lost: every output is checked before anything is computed (never an input, never an
 existing file unless ``overwrite``), each file is written atomically (``output_safety``). Resume:
 a case is done when the summary holds its rows, none is an error, its output exists and the rows were
-made from the inputs the case names now (mask, image, label); the other cases are run again (a failed
+made from the inputs the case names now (mask, image, label) with the settings asked now (the rows'
+``settings``: the refine options and the manifest's structure); the other cases are run again (a failed
 case too: its file may have been mended, or its label corrected in the manifest), so an interrupted
-batch resumed ends with the rows and files of an uninterrupted one, none missing or twice.
+batch resumed ends with the rows and files of an uninterrupted one, none missing or twice, and never
+mixes the outputs of two sets of settings.
 
 The per-case work (:func:`run_task`) is a plain function of a picklable :class:`CaseTask`, so the
 executors of ``batch_executor`` (in-process, a local process pool, Ray) run the same code.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import json
 import os
 import re
 import socket
@@ -46,10 +49,15 @@ SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                    "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error",
                    "painted_slices_mm", "slices_interpolated", "image_restored", "image_withdrawn",
-                   "image_margin_mm", "image_margin_sides", "image_trimmed", "specks_removed", "specks_filled"]
+                   "image_margin_mm", "image_margin_sides", "image_trimmed", "specks_removed", "specks_filled",
+                   "settings"]
 # the columns of earlier versions (before painted_slices_mm, before slices_interpolated, before the image
-# check's counts, before the margin, trim and specks; 2026-11-28/29): such a summary is resumed, not refused
-EARLIER_SUMMARY_COLUMNS = (SUMMARY_COLUMNS[:17], SUMMARY_COLUMNS[:18], SUMMARY_COLUMNS[:19], SUMMARY_COLUMNS[:21])
+# check's counts, before the margin, trim and specks; 2026-11-28/29; before settings, 2026-12-07): such a
+# summary is resumed, not refused
+EARLIER_SUMMARY_COLUMNS = (SUMMARY_COLUMNS[:17], SUMMARY_COLUMNS[:18], SUMMARY_COLUMNS[:19], SUMMARY_COLUMNS[:21],
+                           SUMMARY_COLUMNS[:26])
+# options that say where a case runs, not what it computes: a batch resumed on another device is not redone
+PLACE_OPTIONS = ("device",)
 WARNING_SEPARATOR = " | "  # the engine's warnings of one segment, in one cell
 SEG_SUFFIX = ".seg.nrrd"
 BESIDE_SEG_SUFFIX = ".NeAR.seg.nrrd"  # NeARSlicerLib.cases never takes these for cases
@@ -319,7 +327,7 @@ def run_task(task: CaseTask) -> List[dict]:
 
     case, host = task.case, socket.gethostname()
     base = {"case": case.name, "label": "" if case.label is None else str(case.label), "mask": case.mask,
-            "image": case.image or "", "host": host}
+            "image": case.image or "", "host": host, "settings": settings_text(task.options, case.structure)}
     started = time.perf_counter()
     if case.error:
         return [{**base, "error": case.error}]
@@ -460,6 +468,31 @@ def completed_cases(summary: Path) -> Dict[str, List[dict]]:
     return done
 
 
+def settings_text(options: Dict[str, object], structure: Optional[str] = None) -> str:
+    """The ``settings`` cell of a case's rows: the refine options it was run with and the manifest's
+    structure, as sorted compact JSON (one text per set of settings; ``PLACE_OPTIONS`` left out)."""
+    chosen = {k: v for k, v in options.items() if k not in PLACE_OPTIONS and v is not None}
+    if structure:
+        chosen["structure"] = structure
+    return json.dumps(chosen, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def settings_change(rows: Sequence[dict], settings: str) -> Optional[str]:
+    """None when a case's recorded ``rows`` were made with ``settings`` (``settings_text``), or by a version
+    that did not record them (an empty cell: taken as the same, as before); else what differs, in words
+    ("preset: default -> quality")."""
+    recorded = {r.get("settings") or "" for r in rows} - {""}
+    if not recorded or recorded == {settings}:
+        return None
+    try:
+        before, now = json.loads(sorted(recorded)[0]), json.loads(settings)
+    except ValueError:
+        return "the settings cell of its rows is not readable"
+    keys = sorted(set(before) | set(now))
+    return ", ".join(f"{k}: {before.get(k, 'default')} -> {now.get(k, 'default')}"
+                     for k in keys if before.get(k) != now.get(k)) or "other settings"
+
+
 def same_inputs(case: BatchCase, rows: Sequence[dict]) -> bool:
     """Whether a case's recorded ``rows`` were made from the mask, image and label the case names now.
 
@@ -494,6 +527,32 @@ class BatchPlan:
     out_dir: Path
     retried: List[str] = field(default_factory=list)  # resume: cases whose recorded rows are errors, run again
     changed: List[str] = field(default_factory=list)  # resume: cases whose inputs differ from their rows, run again
+    # resume: cases whose rows were made with other settings, run again, with what differs
+    resettled: Dict[str, str] = field(default_factory=dict)
+    # resume: outputs of the rows dropped for a case run again that its new output will not replace (a
+    # case's label map became several labels: <case>.nii.gz, now <case>.seg.nrrd); removed with those rows
+    stale_outputs: List[Path] = field(default_factory=list)
+
+    def drop_stale(self) -> None:
+        """Commit the dropping of the rows of the cases to run again, then remove their stale outputs."""
+        self.summary.flush()
+        for path in self.stale_outputs:
+            path.unlink(missing_ok=True)
+
+
+def _stale_outputs(out: Path, case: BatchCase, rows: Sequence[dict], target: Path, inputs: set) -> List[Path]:
+    """The files the recorded ``rows`` of ``case`` name as its output that ``target`` does not replace:
+    only files of this batch's own naming in ``out`` (``<case>.nii.gz``, ``<case>.seg.nrrd``,
+    ``<case>.NeAR.seg.nrrd``), never an input (``inputs``: normalised real paths)."""
+    own = {f"{case.name}{suffix}".lower() for suffix in (MASK_SUFFIX, SEG_SUFFIX, BESIDE_SEG_SUFFIX)}
+    stale = []
+    for recorded in sorted({r.get("output") or "" for r in rows} - {""}):
+        path = Path(recorded)
+        key = os.path.normcase(os.path.realpath(path))
+        if (path.name.lower() in own and os.path.realpath(path.parent) == os.path.realpath(out)
+                and key not in inputs and not same_file(path, target) and path.is_file()):
+            stale.append(path)
+    return stale
 
 
 def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], resume: bool = False,
@@ -522,10 +581,14 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
                     input_inodes.add((st.st_dev, st.st_ino))
                 except OSError:
                     pass
-    tasks, skipped, retried, changed, seen_outputs = [], [], [], [], set()
+    tasks, skipped, retried, changed, resettled, stale, seen_outputs = [], [], [], [], {}, [], set()
     for c in cases:
+        difference = settings_change(recorded[c.name], settings_text(options, c.structure)) \
+            if c.name in recorded else None
         if c.name in recorded and not same_inputs(c, recorded[c.name]):
             changed.append(c.name)
+        elif difference is not None:
+            resettled[c.name] = difference
         elif c.name in done:
             skipped.append(c.name)
             continue
@@ -550,10 +613,11 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
             if target.exists() and not (overwrite or resume):
                 raise OutputError(f"output {target} exists; pass --overwrite to replace it or --resume to continue")
         tasks.append(CaseTask(c, str(target), dict(options)))
+        stale += _stale_outputs(out, c, recorded.get(c.name, ()), target, input_keys)
     check_outputs([summary_path], may_exist=[summary_path], overwrite=overwrite)
     redo = [t.case.name for t in tasks]
     summary = CaseSummary(summary_path, overwrite=overwrite and not resume, drop_cases=redo if resume else ())
-    return BatchPlan(tasks, skipped, summary, out, retried, changed)
+    return BatchPlan(tasks, skipped, summary, out, retried, changed, resettled, stale)
 
 
 @dataclass
@@ -568,6 +632,7 @@ class BatchOutcome:
     failed_cases: List[str] = field(default_factory=list)
     retried: List[str] = field(default_factory=list)  # resume: failed before, run again
     changed: List[str] = field(default_factory=list)  # resume: inputs changed since their rows, run again
+    resettled: Dict[str, str] = field(default_factory=dict)  # resume: made with other settings (what differs), run again
 
 
 def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, object]] = None, executor=None,
@@ -587,7 +652,7 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
     executor = executor or SequentialExecutor()
     failed: List[str] = []
     done = 0
-    plan.summary.flush()
+    plan.drop_stale()
     with tqdm(total=len(plan.tasks), desc="batch", unit="case", disable=not progress_bar, mininterval=0.5,
               dynamic_ncols=True) as bar:
         for task, rows in executor.map(plan.tasks):
@@ -600,4 +665,4 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
             if on_case is not None:
                 on_case(task.case.name, rows)
     return BatchOutcome(done, len(failed), len(plan.skipped), time.perf_counter() - t0, plan.summary.path, failed,
-                        plan.retried, plan.changed)
+                        plan.retried, plan.changed, plan.resettled)

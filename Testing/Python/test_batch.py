@@ -222,8 +222,9 @@ def test_resume_after_a_killed_batch_gives_the_uninterrupted_results(six, tmp_pa
     rows = read_summary(out / "summary.csv")
     assert stable_rows(rows) == stable_rows(read_summary(reference / "summary.csv"))  # none missing, none twice
     assert same_masks(masks_of(out), masks_of(reference))
-    # a second resume has nothing left to do and changes nothing
-    again = _run_cli(["--manifest", str(manifest), "--out", str(out), "--workers", "0", "--resume"])
+    # a second resume with the same settings has nothing left to do and changes nothing
+    again = _run_cli(["--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast",
+                      "--resume"])
     assert again.wait() == 0 and read_summary(out / "summary.csv") == rows
 
 
@@ -269,6 +270,50 @@ def test_resume_runs_again_the_failed_cases_and_those_whose_inputs_changed(six, 
     assert cli.main(args + ["--resume"]) == 0 and "(c)" in capsys.readouterr().err
     assert np.array_equal(masks_of(out)["c.nii.gz"]["mask"], ref["c3.nii.gz"]["mask"])
     assert cli.main(args + ["--resume"]) == 0 and "0 case(s) refined" in capsys.readouterr().out
+
+
+def test_resume_with_other_settings_runs_the_finished_cases_again(six, tmp_path, capsys):
+    """A lead resumes a batch with another preset or structure: the cases finished with the earlier
+    settings are refined again with the new ones (a study never mixes two sets of settings), the run
+    says which and what differs, and each row records the settings it was made with. Where a case runs
+    (the device) is not a setting: such a resume has nothing left to do."""
+    from NeARSlicerLib.batch import settings_text
+
+    root, _, _ = six
+    cases = root / "cases"
+    rows = [{"case": n, "mask": str(cases / f"c{i}_seg.nii.gz"), "image": str(cases / f"c{i}.nii.gz"), "label": ""}
+            for i, n in enumerate(("a", "b"))]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    args = ["batch", "--manifest", str(manifest), "--out", str(out), "--workers", "0", "--seed", "0"]
+    assert cli.main(args + ["--preset", "fast"]) == 0
+    first = read_summary(out / "summary.csv")
+    made_fast = {r["settings"] for r in first}
+    assert len(made_fast) == 1 and '"preset":"fast"' in made_fast.pop()
+    capsys.readouterr()
+    assert cli.main(args + ["--preset", "fast", "--device", "cpu", "--resume"]) == 0
+    assert "0 case(s) refined" in capsys.readouterr().out and read_summary(out / "summary.csv") == first
+    assert cli.main(args + ["--preset", "default", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "2 case(s) were run again: their rows were made with other settings (preset: fast -> default; a, b)" \
+        in captured.err
+    assert "2 case(s) refined" in captured.out and "0 already done" in captured.out
+    second = read_summary(out / "summary.csv")
+    assert len(second) == 2 and all('"preset":"default"' in r["settings"] for r in second)
+    # the manifest's structure is a setting of its case: only that case is run again
+    rows[1]["structure"] = "left adrenal gland"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["case", "mask", "image", "label", "structure"])
+        w.writeheader()
+        w.writerows([{**r, "structure": r.get("structure", "")} for r in rows])
+    assert cli.main(args + ["--preset", "default", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "1 case(s) were run again: their rows were made with other settings (structure: default -> left " \
+        "adrenal gland; b)" in captured.err and "1 already done" in captured.out
+    third = {r["case"]: r for r in read_summary(out / "summary.csv")}
+    assert third["a"] == {r["case"]: r for r in second}["a"]
+    assert third["b"]["prior"] == "adrenal-sa" and third["b"]["settings"].endswith('"structure":"left adrenal gland"}')
+    assert settings_text({"preset": "fast", "device": "cuda"}) == settings_text({"preset": "fast", "device": "cpu"})
 
 
 def test_review_decisions_survive_a_running_batch_and_the_resume_of_an_earlier_version(six, tmp_path):
@@ -449,6 +494,17 @@ def test_several_labels_of_a_label_map_make_one_segmentation_per_case(tmp_path, 
     capsys.readouterr()
     write_manifest(manifest, rows[:4])
     assert cli.main(args + ["--resume"]) == 0 and "0 case(s) refined" in capsys.readouterr().out
+    # a case that now names both labels is run again into a segmentation, and its earlier single-label
+    # output goes with its rows (the folder is that of an uninterrupted run); the other cases' files stay
+    rows[2]["label"] = "8;9"
+    write_manifest(manifest, rows[:4])
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p.name not in ("summary.csv", "right.nii.gz")}
+    assert cli.main(args + ["--resume"]) == 0 and "1 case(s) refined" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if p.name != "summary.csv") == [
+        "both.seg.nrrd", "every.seg.nrrd", "left.nii.gz", "right.seg.nrrd"]
+    assert all((out / name).read_bytes() == data for name, data in kept.items())
+    assert [r["output"] for r in read_summary(out / "summary.csv") if r["case"] == "right"] == [
+        str(out / "right.seg.nrrd")] * 2
     (tmp_path / "study.csv").write_text(f"name,mask,label\nglands,{seg},8;9\n")
     with pytest.raises(InputError, match="case glands: a study case is one structure: give one label per manifest row"):
         load_cases(manifest=str(tmp_path / "study.csv"))
