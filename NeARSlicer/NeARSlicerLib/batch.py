@@ -497,13 +497,20 @@ def same_inputs(case: BatchCase, rows: Sequence[dict]) -> bool:
     """Whether a case's recorded ``rows`` were made from the mask, image and label the case names now.
 
     A refined row records the label's value and its segment's name, so a label given by name or by
-    value matches either (names as ``read_mask`` matches them: case and surrounding blanks ignored)."""
+    value matches either (names as ``read_mask`` matches them: case and surrounding blanks ignored); a
+    .seg.nrrd segment given by its ID is looked up in the file's segment list (its header only)."""
     given = None if case.label is None else str(case.label).strip()
     several = several_labels(given)
     wanted = [given] if several is None and given is not None else (several or [])
+    refined = [r for r in rows if not r.get("error")]
+    aliases = {part: {part.lower()} for part in wanted}
+    if case.mask.lower().endswith(SEG_SUFFIX) and refined:
+        for part in wanted:
+            if not any(_names(r, part) for r in refined):
+                aliases[part] |= _segment_id_names(case.mask, part)
 
-    def names(row: dict, part: str) -> bool:  # the row's label value, or its segment's name
-        return part == (row.get("label") or "").strip() or part.lower() == (row.get("segment") or "").strip().lower()
+    def names(row: dict, part: str) -> bool:
+        return any(_names(row, alias) for alias in aliases.get(part, {part}))
 
     for r in rows:
         if (r.get("mask") or "") != case.mask or (r.get("image") or "") != (case.image or ""):
@@ -513,8 +520,23 @@ def same_inputs(case: BatchCase, rows: Sequence[dict]) -> bool:
                 return False
         elif wanted and not any(names(r, part) for part in wanted):
             return False
-    refined = [r for r in rows if not r.get("error")]
     return not refined or all(any(names(r, part) for r in refined) for part in wanted)
+
+
+def _names(row: dict, part: str) -> bool:
+    """Whether a summary row is of the label ``part``: its label value, or its segment's name (any case)."""
+    return part == (row.get("label") or "").strip() or part.lower() == (row.get("segment") or "").strip().lower()
+
+
+def _segment_id_names(path: str, part: str) -> set:
+    """The names (lower case) of the segments of the .seg.nrrd ``path`` whose ID is ``part``; none when
+    the file cannot be read (the case is then run again and records why)."""
+    from .io import segment_table
+
+    try:
+        return {str(s["name"]).lower() for s in segment_table(path) if s["id"] == part}
+    except InputError:
+        return set()
 
 
 @dataclass

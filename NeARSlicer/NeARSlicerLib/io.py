@@ -129,6 +129,17 @@ def _read_seg_nrrd(path: str) -> Tuple[np.ndarray, Grid, Dict[str, Any]]:
     return layers, grid, header
 
 
+def segment_table(path: str) -> List[Dict[str, Any]]:
+    """The segment list of a .seg.nrrd from its header alone (name, id, label_value, layer, color; no masks)."""
+    _require_file(path)
+    try:
+        header = nrrd.read_header(os.fspath(path))
+    except Exception as exc:  # pynrrd raises several types for corrupt files
+        reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        raise InputError(f"cannot read segmentation {path}: {reason}") from None
+    return _segment_table(header)
+
+
 def read_segments(path: str) -> Tuple[List[Dict[str, Any]], Grid]:
     """All segments of a .seg.nrrd: list of dicts (name, id, label_value, layer, color, mask uint8)."""
     layers, grid, header = _read_seg_nrrd(path)

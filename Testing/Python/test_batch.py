@@ -528,6 +528,16 @@ def test_several_segments_of_a_seg_nrrd_are_read_from_its_table(six, tmp_path):
     assert sorted(got) == ["left", "left (NeAR)", "right", "right (NeAR)"]
     for name in got:
         assert np.array_equal(got[name], ref[name]), name
+    # a segment given by its ID (as Slicer names it) is the row of its name: a resume has nothing left
+    from NeARSlicerLib.io import segment_table
+
+    right = next(s["id"] for s in segment_table(seg) if s["name"] == "right")
+    assert right != "right"
+    by_id = write_manifest(tmp_path / "id.csv", [{"case": "one", "mask": seg, "image": "", "label": right}])
+    first = run_batch(read_manifest(by_id), tmp_path / "by_id", FAST, progress_bar=False)
+    assert first.done == 1 and [r["segment"] for r in read_summary(tmp_path / "by_id" / "summary.csv")] == ["right"]
+    again = run_batch(read_manifest(by_id), tmp_path / "by_id", FAST, resume=True, progress_bar=False)
+    assert (again.done, again.skipped, again.changed) == (0, 1, [])
 
 
 def test_several_labels_of_a_label_map_saved_as_seg_nrrd(tmp_path):
