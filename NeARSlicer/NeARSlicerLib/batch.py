@@ -286,6 +286,8 @@ def _segments_to_refine(case: BatchCase):
             mask, _, info = read_mask(case.mask, label=part)
             chosen.append((segment_name(info), info["label"], mask, structure_of(case.mask, None, info)))
         _refuse_repeats(chosen, case)
+        # written as a label map's several labels are: each original (red) beside its refined segment
+        table = [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
     elif parts:
         # the named segments, from the table already read (its name, ID or label value: read_mask's rule)
         named = [choose_segment(table, part, file_name) for part in parts]

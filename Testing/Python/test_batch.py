@@ -542,7 +542,8 @@ def test_several_segments_of_a_seg_nrrd_are_read_from_its_table(six, tmp_path):
 
 def test_several_labels_of_a_label_map_saved_as_seg_nrrd(tmp_path):
     """A plain label map saved under a .seg.nrrd name (no segment list): ``1;2`` reads each value as a
-    label map's label, as one label of it is read (it was refused as 'not found' in an empty table)."""
+    label map's label, as one label of it is read (it was refused as 'not found' in an empty table), and
+    the output holds each original (red) beside its refined segment (blue), as a label map's does."""
     import nrrd
 
     from NeARSlicerLib.phantom import adrenal_phantom
@@ -565,3 +566,10 @@ def test_several_labels_of_a_label_map_saved_as_seg_nrrd(tmp_path):
     assert len(refined) == 2
     assert np.array_equal(got["both.seg.nrrd"][refined[1]], got["one.seg.nrrd"][
         next(n for n in got["one.seg.nrrd"] if n.endswith(" (NeAR)"))])
+    from NeARSlicerLib.io import read_segments
+
+    segments, _ = read_segments(str(tmp_path / "out" / "both.seg.nrrd"))
+    originals = [s for s in segments if not s["name"].endswith(" (NeAR)")]
+    assert [s["name"] + " (NeAR)" for s in originals] == refined
+    for s, value in zip(originals, (1, 2)):
+        assert np.array_equal(s["mask"] > 0, labels == value) and s["color"][0] > 0.8  # untouched, red
