@@ -505,7 +505,7 @@ def same_inputs(case: BatchCase, rows: Sequence[dict]) -> bool:
     several = several_labels(given)
     wanted = [given] if several is None and given is not None else (several or [])
     refined = [r for r in rows if not r.get("error")]
-    aliases = {part: {part.lower()} for part in wanted}
+    aliases = {part: {part} for part in wanted}
     if case.mask.lower().endswith(SEG_SUFFIX) and refined:
         for part in wanted:
             if not any(_names(r, part) for r in refined):
@@ -531,12 +531,12 @@ def _names(row: dict, part: str) -> bool:
 
 
 def _segment_id_names(path: str, part: str) -> set:
-    """The names (lower case) of the segments of the .seg.nrrd ``path`` whose ID is ``part``; none when
+    """The names of the segments of the .seg.nrrd ``path`` whose ID is ``part``; none when
     the file cannot be read (the case is then run again and records why)."""
     from .io import segment_table
 
     try:
-        return {str(s["name"]).lower() for s in segment_table(path) if s["id"] == part}
+        return {str(s["name"]) for s in segment_table(path) if s["id"] == part}
     except InputError:
         return set()
 
@@ -552,7 +552,7 @@ class BatchPlan:
     retried: List[str] = field(default_factory=list)  # resume: cases whose recorded rows are errors, run again
     changed: List[str] = field(default_factory=list)  # resume: cases whose inputs differ from their rows, run again
     # resume: cases whose rows were made with other settings, run again, with what differs
-    resettled: Dict[str, str] = field(default_factory=dict)
+    other_settings: Dict[str, str] = field(default_factory=dict)
     # resume: outputs of the rows dropped for a case run again that its new output will not replace (a
     # case's label map became several labels: <case>.nii.gz, now <case>.seg.nrrd); removed with those rows
     stale_outputs: List[Path] = field(default_factory=list)
@@ -605,14 +605,14 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
                     input_inodes.add((st.st_dev, st.st_ino))
                 except OSError:
                     pass
-    tasks, skipped, retried, changed, resettled, stale, seen_outputs = [], [], [], [], {}, [], set()
+    tasks, skipped, retried, changed, other_settings, stale, seen_outputs = [], [], [], [], {}, [], set()
     for c in cases:
         difference = settings_change(recorded[c.name], settings_text(options, c.structure)) \
             if c.name in recorded else None
         if c.name in recorded and not same_inputs(c, recorded[c.name]):
             changed.append(c.name)
         elif difference is not None:
-            resettled[c.name] = difference
+            other_settings[c.name] = difference
         elif c.name in done:
             skipped.append(c.name)
             continue
@@ -641,7 +641,7 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
     check_outputs([summary_path], may_exist=[summary_path], overwrite=overwrite)
     redo = [t.case.name for t in tasks]
     summary = CaseSummary(summary_path, overwrite=overwrite and not resume, drop_cases=redo if resume else ())
-    return BatchPlan(tasks, skipped, summary, out, retried, changed, resettled, stale)
+    return BatchPlan(tasks, skipped, summary, out, retried, changed, other_settings, stale)
 
 
 @dataclass
@@ -656,7 +656,8 @@ class BatchOutcome:
     failed_cases: List[str] = field(default_factory=list)
     retried: List[str] = field(default_factory=list)  # resume: failed before, run again
     changed: List[str] = field(default_factory=list)  # resume: inputs changed since their rows, run again
-    resettled: Dict[str, str] = field(default_factory=dict)  # resume: made with other settings (what differs), run again
+    # resume: made with other settings (what differs), run again
+    other_settings: Dict[str, str] = field(default_factory=dict)
 
 
 def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, object]] = None, executor=None,
@@ -689,4 +690,4 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
             if on_case is not None:
                 on_case(task.case.name, rows)
     return BatchOutcome(done, len(failed), len(plan.skipped), time.perf_counter() - t0, plan.summary.path, failed,
-                        plan.retried, plan.changed, plan.resettled)
+                        plan.retried, plan.changed, plan.other_settings)

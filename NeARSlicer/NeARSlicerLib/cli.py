@@ -493,11 +493,11 @@ def cmd_batch(args) -> int:
         if cases_:
             shown = ", ".join(cases_[:10]) + (" ..." if len(cases_) > 10 else "")
             print(f"batch: {len(cases_)} case(s) {why} ({shown})", file=sys.stderr)
-    if outcome.resettled:
-        names = list(outcome.resettled)
+    if outcome.other_settings:
+        names = list(outcome.other_settings)
         shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
         print(f"batch: {len(names)} case(s) were run again: their rows were made with other settings "
-              f"({outcome.resettled[names[0]]}; {shown})", file=sys.stderr)
+              f"({outcome.other_settings[names[0]]}; {shown})", file=sys.stderr)
     print(f"batch: {outcome.done} case(s) refined or recorded in {outcome.seconds:.1f} s ({rate:.1f} cases/min), "
           f"{outcome.skipped} already done, {outcome.failed} failed; summary {outcome.summary}")
     if outcome.failed:
