@@ -23,7 +23,8 @@ import SimpleITK as sitk
 CONTRACT_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                     "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error",
                     "painted_slices_mm", "slices_interpolated", "image_restored", "image_withdrawn",
-                    "image_margin_mm", "image_margin_sides", "image_trimmed", "specks_removed", "specks_filled"]
+                    "image_margin_mm", "image_margin_sides", "image_trimmed", "specks_removed", "specks_filled",
+                    "settings"]
 OLD_COLUMNS = ["case", "segment", "voxels_before", "voxels_after", "dice", "seconds", "error", "output"]
 SPACING = (1.5, 1.5, 1.5)
 SHAPE = (36, 44, 44)

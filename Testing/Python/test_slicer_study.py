@@ -23,7 +23,7 @@ from slicer_fixture import (  # noqa: F401  (pytest fixtures)
 CSV_COLUMNS = ["case", "segment", "label", "mask", "image", "output", "voxels_before", "voxels_after", "dice",
                "confidence", "action", "prior", "modality", "warnings", "seconds", "host", "error", "painted_slices_mm",
                "slices_interpolated", "image_restored", "image_withdrawn", "image_margin_mm", "image_margin_sides",
-               "image_trimmed", "specks_removed", "specks_filled"]
+               "image_trimmed", "specks_removed", "specks_filled", "settings"]
 
 
 def _read_csv(path):
