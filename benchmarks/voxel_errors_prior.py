@@ -45,23 +45,22 @@ def main() -> None:
     ap.add_argument("--anatomy", help="general S prior to score instead of the shipped one")
     ap.add_argument("--default-only", action="store_true", help="score the default only (not every change)")
     args = ap.parse_args()
-    tmp = tempfile.TemporaryDirectory()
-    if args.anatomy:  # scored as it would ship: float16, the shipped card's scale and domain
-        from candidate_prior import as_shipped
+    with tempfile.TemporaryDirectory() as tmp:  # the candidate as shipped lives here while it is scored
+        if args.anatomy:  # scored as it would ship: float16, the shipped card's scale and domain
+            from candidate_prior import as_shipped
 
-        shipped = as_shipped(*prior_mod.load_prior(args.anatomy), "anatomy", Path(tmp.name))
-        pair = prior_mod.PRIORS["anatomy"]
-        prior_mod.PRIORS["anatomy"] = type(pair)(shipped, pair.appearance, pair.any_modality)
-    chosen, tol = cases(args.set)
-    variants = {"default": RefineOptions()}
-    if not args.default_only:
-        variants["every change"] = RefineOptions(change_policy="all", keep_threshold=0.0)
-    result = run_bench(chosen, variants=variants, baselines={}, tolerance_mm=tol)
+            shipped = as_shipped(*prior_mod.load_prior(args.anatomy), "anatomy", Path(tmp))
+            pair = prior_mod.PRIORS["anatomy"]
+            prior_mod.PRIORS["anatomy"] = type(pair)(shipped, pair.appearance, pair.any_modality)
+        chosen, tol = cases(args.set)
+        variants = {"default": RefineOptions()}
+        if not args.default_only:
+            variants["every change"] = RefineOptions(change_policy="all", keep_threshold=0.0)
+        result = run_bench(chosen, variants=variants, baselines={}, tolerance_mm=tol)
     result["by_structure"] = by_structure(result)
     result["settings"]["anatomy_prior"] = args.anatomy or str(prior_mod.ANATOMY_PRIOR)
     result["settings"]["set"] = args.set
     atomic_write_text(args.out, json.dumps(result, indent=1))
-    tmp.cleanup()
     for name, row in result["table"].items():
         print(f"{name}: {row['dsc_mean']:.2f} / {row['nsd_mean']:.2f}; worse by > 1 DSC: "
               f"{', '.join(result['by_structure']['worse'].get(name, [])) or 'none'}")
