@@ -491,21 +491,23 @@ def cmd_batch(args) -> int:
     for cases_, why in ((outcome.retried, "failed before and were run again"),
                         (outcome.changed, "were run again: their mask, image or label is not the one of their rows")):
         if cases_:
-            shown = ", ".join(cases_[:10]) + (" ..." if len(cases_) > 10 else "")
-            print(f"batch: {len(cases_)} case(s) {why} ({shown})", file=sys.stderr)
+            print(f"batch: {len(cases_)} case(s) {why} ({_first_names(cases_)})", file=sys.stderr)
     if outcome.other_settings:
         names = list(outcome.other_settings)
-        shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
         print(f"batch: {len(names)} case(s) were run again: their rows were made with other settings "
-              f"({outcome.other_settings[names[0]]}; {shown})", file=sys.stderr)
+              f"({outcome.other_settings[names[0]]}; {_first_names(names)})", file=sys.stderr)
     print(f"batch: {outcome.done} case(s) refined or recorded in {outcome.seconds:.1f} s ({rate:.1f} cases/min), "
           f"{outcome.skipped} already done, {outcome.failed} failed; summary {outcome.summary}")
     if outcome.failed:
-        shown = ", ".join(outcome.failed_cases[:10]) + (" ..." if len(outcome.failed_cases) > 10 else "")
-        print(f"nearslicer: error: {outcome.failed} case(s) failed ({shown}); see the error column of "
-              f"{outcome.summary}", file=sys.stderr)
+        print(f"nearslicer: error: {outcome.failed} case(s) failed ({_first_names(outcome.failed_cases)}); see the "
+              f"error column of {outcome.summary}", file=sys.stderr)
         return 1
     return 0
+
+
+def _first_names(names: Sequence[str], most: int = 10) -> str:
+    """The first ``most`` case names, comma-separated, with " ..." when there are more."""
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
