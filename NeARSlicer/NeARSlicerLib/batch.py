@@ -564,19 +564,45 @@ class BatchPlan:
             path.unlink(missing_ok=True)
 
 
-def _stale_outputs(out: Path, case: BatchCase, rows: Sequence[dict], target: Path, inputs: set) -> List[Path]:
+def _stale_outputs(out: Path, case: BatchCase, rows: Sequence[dict], target: Path,
+                   is_input: Callable[[Path], bool]) -> List[Path]:
     """The files the recorded ``rows`` of ``case`` name as its output that ``target`` does not replace:
     only files of this batch's own naming in ``out`` (``<case>.nii.gz``, ``<case>.seg.nrrd``,
-    ``<case>.NeAR.seg.nrrd``), never an input (``inputs``: normalised real paths)."""
+    ``<case>.NeAR.seg.nrrd``), never an input (``is_input``)."""
     own = {f"{case.name}{suffix}".lower() for suffix in (MASK_SUFFIX, SEG_SUFFIX, BESIDE_SEG_SUFFIX)}
     stale = []
     for recorded in sorted({r.get("output") or "" for r in rows} - {""}):
         path = Path(recorded)
-        key = os.path.normcase(os.path.realpath(path))
         if (path.name.lower() in own and os.path.realpath(path.parent) == os.path.realpath(out)
-                and key not in inputs and not same_file(path, target) and path.is_file()):
+                and not is_input(path) and not same_file(path, target) and path.is_file()):
             stale.append(path)
     return stale
+
+
+def _input_check(cases: Sequence[BatchCase]) -> Callable[[Path], bool]:
+    """Whether a path is one of the batch's input files: by resolved path, or (existing) by inode, which
+    also catches hard links (O(cases) once, then O(1) per path)."""
+    keys, inodes = set(), set()
+    for c in cases:
+        for p in (c.mask, c.image):
+            if p:
+                keys.add(os.path.normcase(os.path.realpath(p)))
+                try:
+                    st = os.stat(p)
+                    inodes.add((st.st_dev, st.st_ino))
+                except OSError:
+                    pass
+
+    def is_input(path: Path) -> bool:
+        if os.path.normcase(os.path.realpath(path)) in keys:
+            return True
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in inodes
+
+    return is_input
 
 
 def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], resume: bool = False,
@@ -594,17 +620,7 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
     done = completed_cases(summary_path) if resume else {}
     if summary_path.exists() and not (resume or overwrite):
         raise OutputError(f"{summary_path} exists: pass --resume to continue that batch or --overwrite to start again")
-    # inputs by resolved path and by inode: an output may be none of them (O(cases), not O(cases^2))
-    input_keys, input_inodes = set(), set()
-    for c in cases:
-        for p in (c.mask, c.image):
-            if p:
-                input_keys.add(os.path.normcase(os.path.realpath(p)))
-                try:
-                    st = os.stat(p)
-                    input_inodes.add((st.st_dev, st.st_ino))
-                except OSError:
-                    pass
+    is_input = _input_check(cases)  # an output may be none of them
     tasks, skipped, retried, changed, other_settings, stale, seen_outputs = [], [], [], [], {}, [], set()
     for c in cases:
         difference = settings_change(recorded[c.name], settings_text(options, c.structure)) \
@@ -620,14 +636,8 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
             retried.append(c.name)
         target = output_path(out, c)
         key = os.path.normcase(os.path.realpath(target))
-        inode = None
-        try:
-            st = os.stat(target)
-            inode = (st.st_dev, st.st_ino)
-        except OSError:
-            pass
         if not c.error:
-            if key in input_keys or (inode is not None and inode in input_inodes):
+            if is_input(target):
                 raise OutputError(f"output {target} of case {c.name} is an input file of the batch; choose another "
                                   "--out (NeARSlicer never modifies an input)")
             if key.lower() in seen_outputs:
@@ -637,7 +647,7 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
             if target.exists() and not (overwrite or resume):
                 raise OutputError(f"output {target} exists; pass --overwrite to replace it or --resume to continue")
         tasks.append(CaseTask(c, str(target), dict(options)))
-        stale += _stale_outputs(out, c, recorded.get(c.name, ()), target, input_keys)
+        stale += _stale_outputs(out, c, recorded.get(c.name, ()), target, is_input)
     check_outputs([summary_path], may_exist=[summary_path], overwrite=overwrite)
     redo = [t.case.name for t in tasks]
     summary = CaseSummary(summary_path, overwrite=overwrite and not resume, drop_cases=redo if resume else ())
