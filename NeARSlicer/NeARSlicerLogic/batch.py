@@ -23,7 +23,8 @@ from NeARSlicerLib.errors import Cancelled, InputError
 
 from . import io as nio
 from .common import cancelFunction
-from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, engine_cells
+from .extract import askedOptions
+from .outputs import CaseOutputs, SUMMARY_COLUMNS, SUMMARY_NAME, engine_cells, settings_text
 
 # the name Slicer gives a label map's segment: it says nothing of the structure
 _GENERIC_SEGMENT = re.compile(r"Label_\d+")
@@ -121,8 +122,9 @@ def _prepareJob(logic, volumeNode, segmentationNode, segmentId, fileStructure, o
     return job
 
 
-def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath, record) -> bool:
-    """Add ``job``'s result to the case and copy original + refined segments to the output node."""
+def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath, record, settings="") -> bool:
+    """Add ``job``'s result to the case and copy original + refined segments to the output node.
+    ``settings``: the row's settings cell (empty in study mode, as in ``nearslicer study``'s summary)."""
     newId = logic.applyRefinement(job, showResult=False)
     stats = logic.refinementStats(segmentationNode, newId)
     target, source = outputNode.GetSegmentation(), segmentationNode.GetSegmentation()
@@ -133,7 +135,7 @@ def _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath
     record({"case": caseName, "segment": job.segmentName, "voxels_before": stats["voxelsBefore"],
             "voxels_after": stats["voxelsAfter"], "dice": f"{stats['dice']:.4f}",
             **engine_cells(getattr(job.result, "info", None) or {}, getattr(job.result, "warnings", None)),
-            "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath)})
+            "seconds": f"{stats['seconds']:.2f}", "output": str(outputPath), "settings": settings})
     return True
 
 
@@ -240,7 +242,10 @@ def _refineCase(logic, case, caseName, outputs, progress, cancel, options):
 
                 job = _prepareJob(logic, volumeNode, segmentationNode, segmentId, fileStructure, options)
                 logic.computeRefinement(job, progress=segmentProgress, cancel=cancel)
-                okCount += _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath, record)
+                # the settings cell nearslicer batch writes for the same options, so that a resume through
+                # the engine's batch (workers=) redoes a case made with other settings
+                okCount += _writeRefined(logic, caseName, job, segmentationNode, outputNode, outputPath, record,
+                                         settings_text(askedOptions(job)))
             except Cancelled:
                 raise
             except Exception as exc:  # recorded, the batch goes on

@@ -145,6 +145,17 @@ def segmentBox(segmentationNode, segmentId, ijkToLocal: np.ndarray, shape, padMm
     return lo, np.maximum(hi, lo)
 
 
+# job options that prepareJob (and the batch) read off the case itself, not asked by the user: a batch's
+# settings (its summary's ``settings`` cell, NeARSlicerLib.batch.settings_text) leave them out, as
+# ``nearslicer batch`` does
+CASE_FACTS = ("structure", "image_voxel_mm")
+
+
+def askedOptions(job: RefinementJob) -> dict:
+    """The job's RefineOptions fields that the user asked for (``CASE_FACTS`` left out)."""
+    return {key: value for key, value in job.options.items() if key not in CASE_FACTS}
+
+
 def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearance=True, preset="default",
                device="auto", seed=0, marginMm=None, spacingMm=None, probabilityVolume=False,
                changeSegments=False, geometry="auto", changes=None, fitMargin=True,

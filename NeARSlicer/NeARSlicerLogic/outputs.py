@@ -30,7 +30,7 @@ from . import io as nio
 
 # the batch contract's columns (NeARSlicerLib.batch, shared with nearslicer batch and the review tools)
 from NeARSlicerLib.batch import (EARLIER_SUMMARY_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NAME,  # noqa: E402,F401
-                                 engine_cells)
+                                 engine_cells, settings_text)
 OUTPUT_SUFFIX = ".seg.nrrd"
 BESIDE_SUFFIX = NEAR_OUTPUT_SUFFIX  # used when <case>.seg.nrrd is an input file in the output folder
 STUDY_PRIOR = "study_prior.safetensors"

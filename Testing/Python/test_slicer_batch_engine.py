@@ -105,3 +105,32 @@ def test_unsupported_option_is_refused(logic, tmp_path):
     with pytest.raises(InputError, match=r"\['margin_mm'\] are not supported"):
         logic.refineStudy(tmp_path / "cases", tmp_path / "out", workers=1, margin_mm=8.0)
     assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_a_console_batch_records_the_settings_that_a_resume_with_workers_compares(logic, tmp_path):
+    """refineStudy in Slicer's process writes the settings cell that the engine's batch writes for the same
+    options, so a resume through the engine's batch (workers=) keeps its cases under those settings and
+    runs them again under others. Before, the cell was empty, and any settings passed as the same."""
+    require_engine()
+    from NeARSlicerLib.batch import plan_batch, read_manifest
+    from NeARSlicerLib.cli import _option_fields, build_parser
+    from NeARSlicerLogic.batch_engine import command, writeManifest
+
+    rows = make_cases(tmp_path / "cases", 1)  # c0.seg.nrrd, two segments, no image
+    case = {"volume": None, "segmentation": rows[0]["mask"], "segment": None}
+    out = tmp_path / "out"
+    written = logic.refineStudy([case], out, preset="fast")
+    assert [r["error"] for r in written] == ["", ""]
+    manifest = tmp_path / "manifest.csv"
+    writeManifest(manifest, [("c0", case)])
+
+    def engine_options(**options):
+        """The refine options of the engine's batch that refineStudy(..., workers=1, **options) starts."""
+        return _option_fields(build_parser().parse_args(command("python", ["--manifest", str(manifest)], out,
+                                                                workers=1, options=options)[3:]))
+
+    same, other = engine_options(preset="fast"), engine_options(preset="default")
+    plan = plan_batch(read_manifest(manifest), out, same, resume=True)
+    assert plan.skipped == ["c0"] and plan.tasks == [] and plan.other_settings == {}
+    plan = plan_batch(read_manifest(manifest), out, other, resume=True)
+    assert plan.other_settings == {"c0": "preset: fast -> default"} and [t.case.name for t in plan.tasks] == ["c0"]
