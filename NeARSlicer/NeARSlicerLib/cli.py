@@ -100,7 +100,7 @@ def cmd_refine(args) -> int:
 
     from .batch import read_case_inputs, several_labels, structure_of
     from .confidence import KEPT_IMAGE
-    from .io import write_image, write_mask
+    from .io import IMAGE_OUTPUTS, MASK_OUTPUTS, check_output_type, write_image, write_mask
     from .metrics import dice
     from .output_safety import atomic_paths, check_outputs
     from .refine import refine_mask
@@ -108,9 +108,15 @@ def cmd_refine(args) -> int:
     if several_labels(args.label) is not None:
         raise InputError(f"refine writes one structure: give one --label, not {args.label!r} (nearslicer batch "
                          "refines several labels of a case into one .seg.nrrd: its label column or --label '8;9' or 'all')")
-    # every output is checked (not an input, new or --overwrite, folder writable) before computing
+    # every output is checked (not an input, new or --overwrite, folder writable, a type it can be
+    # written as) before computing
     check_outputs([args.out, args.probability, args.report], [args.mask, args.image, args.prior],
                   overwrite=args.overwrite)
+    check_output_type(args.out, MASK_OUTPUTS, "--out")
+    if args.probability:
+        check_output_type(args.probability, IMAGE_OUTPUTS, "--probability")
+    if args.report and not args.report.lower().endswith(".png"):
+        raise InputError(f"--report {Path(args.report).name}: the report is a PNG image; give a file name ending in .png")
     # the reading nearslicer batch shares: the same case gives the same mask (and prior) in both
     mask, grid, image, mask_info = read_case_inputs(args.mask, args.image, args.label)
     structure = structure_of(args.mask, args.structure, mask_info)

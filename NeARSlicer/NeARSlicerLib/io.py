@@ -35,10 +35,32 @@ def _kind(path: str) -> str:
     if low.endswith(_SEG_EXT):
         return "seg.nrrd"
     if low.endswith(".nii") or low.endswith(".nii.gz"):
+        ext = os.fspath(path)[-len(".nii.gz" if low.endswith(".gz") else ".nii"):]
+        if ext not in (ext.lower(), ext.upper()):
+            raise InputError(f"{os.path.basename(os.fspath(path))}: ITK reads and writes a NIfTI file only with its "
+                             "extension in lower or upper case (.nii.gz or .NII.GZ); rename the file")
         return "nifti"
     if low.endswith(".nrrd"):
         return "nrrd"
     raise InputError(f"unsupported file type: {os.path.basename(low)} (use .nii, .nii.gz, .nrrd or .seg.nrrd)")
+
+
+# what write_mask and write_image can write, by _kind
+MASK_OUTPUTS = ("nifti", "nrrd", "seg.nrrd")
+IMAGE_OUTPUTS = ("nifti", "nrrd")
+_KIND_NAMES = {"nifti": ".nii.gz or .nii", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
+
+
+def check_output_type(path: str, kinds: Sequence[str] = MASK_OUTPUTS, what: str = "output") -> None:
+    """Refuse (InputError), before anything is computed, a file name of a type that ``write_mask``
+    (``MASK_OUTPUTS``) or ``write_image`` (``IMAGE_OUTPUTS``) cannot write."""
+    try:
+        kind = _kind(path)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    if kind not in kinds:
+        raise InputError(f"{what} {os.path.basename(os.fspath(path))}: give a file name ending in "
+                         f"{' or '.join(_KIND_NAMES[k] for k in kinds)}")
 
 
 def _require_file(path: str) -> None:

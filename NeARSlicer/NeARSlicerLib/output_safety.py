@@ -132,12 +132,13 @@ def check_outputs(outputs: Sequence[Optional[PathLike]], inputs: Iterable[Option
 
 # ----------------------------------------------------------------------------- atomic writes
 def temp_suffix(path: PathLike) -> str:
-    """The extension a temporary file for ``path`` keeps: ``.nii.gz``, ``.seg.nrrd``, ``.png``..."""
+    """The extension a temporary file for ``path`` keeps: ``.nii.gz``, ``.seg.nrrd``, ``.png``..., in
+    lower case: ITK's NIfTI writer refuses ``CASE.NII.GZ``, and the rename gives the file its own name."""
     name = os.path.basename(os.fspath(path)).lower()
     for ext in _MULTI_EXTS:
         if name.endswith(ext) and len(name) > len(ext):
-            return os.path.basename(os.fspath(path))[-len(ext):]
-    return os.path.splitext(os.path.basename(os.fspath(path)))[1]
+            return ext
+    return os.path.splitext(name)[1]
 
 
 def _new_temp(target: Path, tag: str = "tmp") -> str:

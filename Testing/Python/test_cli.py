@@ -323,6 +323,21 @@ def test_refine_missing_report_folder_fails_before_writing_anything(tmp_path, ca
     assert sorted(os.listdir(tmp_path)) == ["in.nii.gz"]  # neither --out nor --probability
 
 
+def test_refine_output_of_a_type_it_cannot_write_is_refused_before_computing(tmp_path, capsys, no_compute):
+    """Before, --out x.png ran the whole refinement and then failed, naming its temporary file."""
+    src = _case(tmp_path)
+    for extra, expected in (
+            (["--out", str(tmp_path / "o.png")], "--out: unsupported file type: o.png (use .nii, .nii.gz, .nrrd"),
+            (["--out", str(tmp_path / "o.Nii.gz")], "--out: o.Nii.gz: ITK reads and writes a NIfTI file only"),
+            (["--out", str(tmp_path / "o.nii.gz"), "--probability", str(tmp_path / "p.seg.nrrd")],
+             "--probability p.seg.nrrd: give a file name ending in .nii.gz or .nii or .nrrd"),
+            (["--out", str(tmp_path / "o.nii.gz"), "--report", str(tmp_path / "r.txt")],
+             "--report r.txt: the report is a PNG image; give a file name ending in .png")):
+        rc = main(["refine", "--mask", str(src), *extra])
+        assert rc == 2 and expected in _err(capsys), extra
+    assert sorted(os.listdir(tmp_path)) == ["in.nii.gz"]
+
+
 def test_refine_unwritable_folder_is_refused_before_computing(tmp_path, capsys, no_compute, monkeypatch):
     import NeARSlicerLib.output_safety as osafe
 

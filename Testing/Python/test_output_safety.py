@@ -8,9 +8,11 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from NeARSlicerLib.errors import InputError
+from NeARSlicerLib.geometry import Grid
 from NeARSlicerLib.output_safety import (OutputError, SummaryWriter, atomic_path, atomic_paths, atomic_write,
                                          atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs,
                                          same_file, temp_suffix)
@@ -92,9 +94,30 @@ def test_read_only_folder_is_refused(tmp_path):
 
 def test_temp_names_keep_the_real_extension():
     assert temp_suffix("a/case.nii.gz") == ".nii.gz"
-    assert temp_suffix("case.SEG.NRRD") == ".SEG.NRRD"
+    assert temp_suffix("case.SEG.NRRD") == ".seg.nrrd"
     assert temp_suffix("r.png") == ".png"
     assert temp_suffix("noext") == ""
+
+
+def test_an_output_named_in_capitals_is_written_under_its_own_name(tmp_path):
+    """ITK writes no NIfTI named CASE.NII.GZ: the temporary file has the lower-case extension and the
+    rename gives the output the name asked for. A mixed-case one (Case.Nii.gz), which ITK can neither
+    write nor read, is refused with the reason, and nothing is written."""
+    from NeARSlicerLib.io import check_output_type, read_mask, write_image, write_mask
+
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1:3, 2:4, 1:5] = 1
+    grid = Grid((4, 5, 6), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0))
+    for name in ("CASE.NII.GZ", "case.NII", "CASE.SEG.NRRD", "Case.Nrrd"):
+        write_mask(tmp_path / name, mask, grid)
+        assert np.array_equal(read_mask(str(tmp_path / name))[0], mask), name
+    write_image(tmp_path / "P.NII.GZ", mask.astype(np.float32), grid)
+    for call in (lambda: write_mask(tmp_path / "Case.Nii.gz", mask, grid),
+                 lambda: check_output_type(tmp_path / "Case.nii.GZ", what="--out")):
+        with pytest.raises(InputError, match=r"extension in lower or upper case \(.nii.gz or .NII.GZ\); rename"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CASE.NII.GZ", "CASE.SEG.NRRD", "Case.Nrrd", "P.NII.GZ",
+                                                          "case.NII"]
 
 
 def test_write_failing_half_way_leaves_target_unchanged_and_no_temp(tmp_path):
