@@ -556,6 +556,9 @@ class BatchPlan:
     # resume: outputs of the rows dropped for a case run again that its new output will not replace (a
     # case's label map became several labels: <case>.nii.gz, now <case>.seg.nrrd); removed with those rows
     stale_outputs: List[Path] = field(default_factory=list)
+    # resume: cases of the summary that this batch does not list (renamed or left out); their rows and
+    # outputs are kept, since they may be the only copy of a result
+    not_listed: List[str] = field(default_factory=list)
 
     def drop_stale(self) -> None:
         """Commit the dropping of the rows of the cases to run again, then remove their stale outputs."""
@@ -651,7 +654,9 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
     check_outputs([summary_path], may_exist=[summary_path], overwrite=overwrite)
     redo = [t.case.name for t in tasks]
     summary = CaseSummary(summary_path, overwrite=overwrite and not resume, drop_cases=redo if resume else ())
-    return BatchPlan(tasks, skipped, summary, out, retried, changed, other_settings, stale)
+    listed = {c.name for c in cases}
+    return BatchPlan(tasks, skipped, summary, out, retried, changed, other_settings, stale,
+                     [name for name in recorded if name not in listed])
 
 
 @dataclass
@@ -668,6 +673,7 @@ class BatchOutcome:
     changed: List[str] = field(default_factory=list)  # resume: inputs changed since their rows, run again
     # resume: made with other settings (what differs), run again
     other_settings: Dict[str, str] = field(default_factory=dict)
+    not_listed: List[str] = field(default_factory=list)  # resume: in the summary, not in this batch; kept
 
 
 def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, object]] = None, executor=None,
@@ -700,4 +706,4 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
             if on_case is not None:
                 on_case(task.case.name, rows)
     return BatchOutcome(done, len(failed), len(plan.skipped), time.perf_counter() - t0, plan.summary.path, failed,
-                        plan.retried, plan.changed, plan.other_settings)
+                        plan.retried, plan.changed, plan.other_settings, plan.not_listed)

@@ -502,6 +502,9 @@ def cmd_batch(args) -> int:
         names = list(outcome.other_settings)
         print(f"batch: {len(names)} case(s) were run again: their rows were made with other settings "
               f"({outcome.other_settings[names[0]]}; {_first_names(names)})", file=sys.stderr)
+    if outcome.not_listed:
+        print(f"batch: {len(outcome.not_listed)} case(s) of the summary are not in this batch, their rows and "
+              f"outputs kept ({_first_names(outcome.not_listed)})", file=sys.stderr)
     print(f"batch: {outcome.done} case(s) refined or recorded in {outcome.seconds:.1f} s ({rate:.1f} cases/min), "
           f"{outcome.skipped} already done, {outcome.failed} failed; summary {outcome.summary}")
     if outcome.failed:

@@ -316,6 +316,31 @@ def test_resume_with_other_settings_runs_the_finished_cases_again(six, tmp_path,
     assert settings_text({"preset": "fast", "device": "cuda"}) == settings_text({"preset": "fast", "device": "cpu"})
 
 
+def test_resume_keeps_and_names_the_cases_the_manifest_no_longer_lists(six, tmp_path, capsys):
+    """A case renamed in the manifest (or left out of it) is another case to the batch: a resume refines
+    the new name and keeps the old name's rows and output, which may be the only copy of a result, and
+    says so. Before, it kept them without a word."""
+    root, _, _ = six
+    cases = root / "cases"
+    rows = [{"case": n, "mask": str(cases / f"c{i}_seg.nii.gz"), "image": str(cases / f"c{i}.nii.gz"), "label": ""}
+            for i, n in enumerate(("a", "b"))]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    args = ["batch", "--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast"]
+    assert cli.main(args) == 0
+    first = {r["case"]: r for r in read_summary(out / "summary.csv")}
+    rows[1]["case"] = "b_left"
+    write_manifest(manifest, rows)
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "1 case(s) of the summary are not in this batch, their rows and outputs kept (b)" in captured.err
+    assert "1 case(s) refined" in captured.out and "1 already done" in captured.out
+    after = {r["case"]: r for r in read_summary(out / "summary.csv")}
+    assert after["a"] == first["a"] and after["b"] == first["b"] and after["b_left"]["error"] == ""
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "b_left.nii.gz", "summary.csv"]
+
+
 def test_review_decisions_survive_a_running_batch_and_the_resume_of_an_earlier_version(six, tmp_path):
     """A reviewer records decisions in summary.csv while the batch runs (Slicer's review queue) and
     before it is resumed; no commit of the batch may drop them. The summary here is of the version
