@@ -48,7 +48,9 @@ def shape_facts(mask: np.ndarray, spacing: Sequence[float]) -> ShapeFacts:
     # the principal axes of a big structure from a strided subsample (no 10^7 x 3 index array)
     stride = max(1, int(np.ceil((core.sum() / 200_000) ** (1 / 3))))
     pts = np.argwhere(core[::stride, ::stride, ::stride]) * (sp * stride)
-    ev = np.linalg.eigvalsh(np.cov((pts - pts.mean(0)).T) + np.eye(3) * (sp.min() ** 2) / 12.0)
+    # one voxel has no spread (np.cov of one point is NaN): only a voxel's own
+    spread = np.cov((pts - pts.mean(0)).T) if len(pts) > 1 else np.zeros((3, 3))
+    ev = np.linalg.eigvalsh(spread + np.eye(3) * (sp.min() ** 2) / 12.0)
     parts = len(keep) if len(keep) < 2 else _separate_parts(core, sp)
     return ShapeFacts(float(extent.max()), float(np.sqrt(ev[-1] / max(ev[0], 1e-9))), int(parts))
 

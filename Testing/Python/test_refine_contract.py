@@ -187,3 +187,16 @@ def test_refine_reports_the_latent_codes_it_fitted(noisy):
     fitted = refine_mask(noisy, grid, None, RefineOptions())
     assert encoded.info["latent_shift"] == 0.0 and fitted.info["latent_shift"] > 0.0
     assert 0.0 < encoded.info["latent_rms"] < 10.0 and 0.0 < fitted.info["latent_rms"] < 10.0
+
+
+@pytest.mark.parametrize("voxels", [1, 2])
+def test_a_segment_of_one_or_two_voxels_is_kept_with_the_domain_warning(voxels):
+    """A stray click painted one voxel: the input is kept, out of the prior's domain (too small), with
+    its warning. Before, one voxel failed inside the engine ("LinAlgError: Eigenvalues did not converge":
+    the spread of one point is NaN)."""
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[10, 10, 10:10 + voxels] = 1
+    grid = Grid(shape=mask.shape, spacing=(3.0, 3.0, 3.0), origin=(0.0, 0.0, 0.0), direction=EYE)
+    result = refine_mask(mask, grid, None, RefineOptions(preset="fast", prior="anatomy"))
+    assert np.array_equal(result.mask, mask) and result.info["out_of_domain"]
+    assert any(f"this segment is {3 * voxels} mm long" in w for w in result.warnings), result.warnings
