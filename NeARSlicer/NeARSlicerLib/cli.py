@@ -99,7 +99,7 @@ def image_voxel_flag(sp) -> None:
 def cmd_refine(args) -> int:
 
     from .batch import read_case_inputs, several_labels, structure_of
-    from .confidence import KEPT_IMAGE
+    from .confidence import KEPT_IMAGE, KEPT_NO_SHAPE
     from .io import IMAGE_OUTPUTS, MASK_OUTPUTS, check_output_type, write_image, write_mask
     from .metrics import dice
     from .output_safety import atomic_paths, check_outputs
@@ -170,6 +170,8 @@ def cmd_refine(args) -> int:
             why = "the prior was not trained on shapes like this one (warning above); --changes all refines it anyway"
         elif action == KEPT_IMAGE:
             why = "the prior's changes disagree with the image's intensities; --changes all applies them anyway"
+        elif action == KEPT_NO_SHAPE:
+            why = "the prior's output was empty: it found no plausible shape in this annotation"
         else:
             why = (f"every change the prior proposed was thinner than its own boundary error, --changes "
                    f"{info.get('change_policy')}")

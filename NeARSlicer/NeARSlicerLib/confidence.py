@@ -43,6 +43,8 @@ KEPT_PLAUSIBLE = "kept: already plausible"
 KEPT_UNCERTAIN = "kept: low confidence"
 KEPT_OUT_OF_DOMAIN = "kept: outside the prior's domain"
 KEPT_IMAGE = "kept: the image contradicts the prior's changes"  # image_evidence.undo_contradicted undid every change
+# the prior's output was empty: a painted structure is never deleted whole unless --changes all
+KEPT_NO_SHAPE = "kept: the prior found no shape in it"
 REFINED = "refined"
 REFINED_ERRORS_ONLY = "refined: thick errors only, boundary kept"
 # the prior's change was not applied, but the image showed the annotation painted too thick or too thin

@@ -593,6 +593,12 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     supported = (opts.image_opens_gate and reads_ct and image_support is not None
                  and image_support >= conf_mod.OPEN_SUPPORT)
     opened_by_image = False
+    if action == conf_mod.REFINED and not refined.any() and opts.change_policy != conf_mod.CHANGE_ALL:
+        # do no harm: the prior would delete what the user painted (seen: a study prior on a painted line),
+        # or, gated to its thick part, hollow it out; only --changes all, which applies every change, may
+        notes.append("the prior found no plausible shape in this annotation (its output was empty): the "
+                     "annotation was kept; --changes all would leave it empty")
+        action = conf_mod.KEPT_NO_SHAPE
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,
                                          painted=painted is not None)

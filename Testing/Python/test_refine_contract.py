@@ -200,3 +200,21 @@ def test_a_segment_of_one_or_two_voxels_is_kept_with_the_domain_warning(voxels):
     result = refine_mask(mask, grid, None, RefineOptions(preset="fast", prior="anatomy"))
     assert np.array_equal(result.mask, mask) and result.info["out_of_domain"]
     assert any(f"this segment is {3 * voxels} mm long" in w for w in result.warnings), result.warnings
+
+
+def test_an_empty_output_of_the_prior_keeps_the_annotation_unless_every_change_is_asked_for(monkeypatch):
+    """A prior that finds no shape in an annotation (seen: a study prior on a one-voxel-thick painted line)
+    would delete the structure whole; the do-no-harm policies keep the annotation and say why, and only
+    --changes all returns the empty mask. Before, gated returned it empty as "refined"."""
+    from NeARSlicerLib.confidence import KEPT_NO_SHAPE
+
+    clean = adrenal_phantom(seed=31)  # no specks: the kept annotation comes back exactly, not cleaned
+    real = refine_module.decode_probability
+    monkeypatch.setattr(refine_module, "decode_probability", lambda *a, **k: real(*a, **k) * 0.0)
+    for policy in ("gated", "thick"):
+        result = refine_mask(clean, grid_for(clean), options=RefineOptions(preset="fast", change_policy=policy))
+        assert np.array_equal(result.mask, clean) and result.info["action"] == KEPT_NO_SHAPE, policy
+        assert any("found no plausible shape" in w and "annotation was kept" in w for w in result.warnings)
+    result = refine_mask(clean, grid_for(clean), options=RefineOptions(preset="fast", change_policy="all"))
+    assert not result.mask.any() and result.info["action"] == "refined"
+    assert any("the refined mask is empty" in w for w in result.warnings)
