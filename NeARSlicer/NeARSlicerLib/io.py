@@ -186,7 +186,7 @@ def _mask_from_seg(path: str, label: Union[int, str, None]) -> Tuple[np.ndarray,
         # A plain label map saved with a .seg.nrrd name: treat it like any label map.
         if layers.shape[0] != 1:
             raise InputError(f"segmentation {path} has {layers.shape[0]} layers but no segment list")
-        mask, info = _select_label(layers[0], label)
+        mask, info = _select_label(layers[0], label, None, os.path.basename(path))
         info.update(format="seg.nrrd", segment=None, segments=[])
         return mask, grid, info
     names = [s["name"] for s in table]
@@ -251,7 +251,9 @@ def _select_label(array: np.ndarray, label: Union[int, str, None], names: Option
         value = labels[0]
     else:
         if not _is_int(label) and not names:
-            raise InputError(f"label {label!r} is not an integer; segment names only exist in .seg.nrrd files")
+            raise InputError(f"label {label!r} is not an integer, and {file_name or 'this file'} names no labels "
+                             f"(labels present: {_label_list(labels)}); names come from a .seg.nrrd's segment list "
+                             "or a NIfTI label table (as TotalSegmentator --ml writes)")
         value = int(label) if _is_int(label) else _value_named(names, str(label), file_name, labels)
         if value not in labels and names:
             # a name of the table (or a value) that this scan holds no voxel of: say so, by name

@@ -100,7 +100,7 @@ def test_multilabel_needs_a_label(tmp_path):
     assert io.read_mask(path, label="8")[0].sum() == box().sum()  # a CLI string works too
     with pytest.raises(InputError, match=r"label 3 not found in mask \(labels present: \[8, 9\]\)"):
         io.read_mask(path, label=3)
-    with pytest.raises(InputError, match="segment names only exist in .seg.nrrd"):
+    with pytest.raises(InputError, match="names no labels"):
         io.read_mask(path, label="liver")
 
 

@@ -105,7 +105,7 @@ def test_files_without_a_table_or_with_a_damaged_one_read_as_before(tmp_path):
         assert label_names(path) == {}
         mask, _, info = read_mask(str(path), label=5)
         assert mask.sum() == 8 and "label_name" not in info and segment_name(info) == "Label_5"
-    with pytest.raises(InputError, match="is not an integer; segment names only exist in .seg.nrrd files"):
+    with pytest.raises(InputError, match=r"label 'gland' is not an integer, and plain.nii.gz names no labels \(labels present: \[5\]\); names come from a .seg.nrrd's segment list or a NIfTI label table"):
         read_mask(str(plain), label="gland")
     truncated = tmp_path / "truncated.nii"
     truncated.write_bytes(other.read_bytes()[:360])
