@@ -36,6 +36,13 @@ def six(tmp_path_factory):
     return root, manifest, out
 
 
+def _label_map_rows(six, names) -> list:
+    """Manifest rows naming the first of the six cases (CT + label map) ``names``."""
+    cases = six[0] / "cases"
+    return [{"case": n, "mask": str(cases / f"c{i}_seg.nii.gz"), "image": str(cases / f"c{i}.nii.gz"), "label": ""}
+            for i, n in enumerate(names)]
+
+
 def _digests(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -279,10 +286,7 @@ def test_resume_with_other_settings_runs_the_finished_cases_again(six, tmp_path,
     (the device) is not a setting: such a resume has nothing left to do."""
     from NeARSlicerLib.batch import settings_text
 
-    root, _, _ = six
-    cases = root / "cases"
-    rows = [{"case": n, "mask": str(cases / f"c{i}_seg.nii.gz"), "image": str(cases / f"c{i}.nii.gz"), "label": ""}
-            for i, n in enumerate(("a", "b"))]
+    rows = _label_map_rows(six, ("a", "b"))
     manifest = write_manifest(tmp_path / "m.csv", rows)
     out = tmp_path / "out"
     args = ["batch", "--manifest", str(manifest), "--out", str(out), "--workers", "0", "--seed", "0"]
@@ -320,10 +324,7 @@ def test_resume_keeps_and_names_the_cases_the_manifest_no_longer_lists(six, tmp_
     """A case renamed in the manifest (or left out of it) is another case to the batch: a resume refines
     the new name and keeps the old name's rows and output, which may be the only copy of a result, and
     says so. Before, it kept them without a word."""
-    root, _, _ = six
-    cases = root / "cases"
-    rows = [{"case": n, "mask": str(cases / f"c{i}_seg.nii.gz"), "image": str(cases / f"c{i}.nii.gz"), "label": ""}
-            for i, n in enumerate(("a", "b"))]
+    rows = _label_map_rows(six, ("a", "b"))
     manifest = write_manifest(tmp_path / "m.csv", rows)
     out = tmp_path / "out"
     args = ["batch", "--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast"]
