@@ -42,7 +42,8 @@ def _kind(path: str) -> str:
         return "nifti"
     if low.endswith(".nrrd"):
         return "nrrd"
-    raise InputError(f"unsupported file type: {os.path.basename(low)} (use .nii, .nii.gz, .nrrd or .seg.nrrd)")
+    raise InputError(f"unsupported file type: {os.path.basename(os.fspath(path))} (use .nii, .nii.gz, .nrrd or "
+                     ".seg.nrrd)")
 
 
 # what write_mask and write_image can write, by _kind
