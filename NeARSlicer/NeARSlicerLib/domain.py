@@ -117,8 +117,9 @@ def check(facts: ShapeFacts, domain: dict | None, tolerance: float = TOLERANCE) 
     what = domain.get("what", "its training shapes")
     size = domain.get("size_mm")
     if size and not (size[0] * (1 - tolerance) <= facts.size_mm <= size[1] * (1 + tolerance)):
-        out.append(f"out of the prior's domain: this segment is {facts.size_mm:.0f} mm long, the prior was trained "
-                   f"on {what} of {size[0]:.0f}-{size[1]:.0f} mm; the result may not be reliable")
+        # the range beside the measure, as for the elongation: ``what`` may end in a clause of its own
+        out.append(f"out of the prior's domain: this segment is {facts.size_mm:.0f} mm long, outside the "
+                   f"{size[0]:.0f}-{size[1]:.0f} mm of {what}; the result may not be reliable")
     elong = domain.get("elongation")
     if elong and not (elong[0] * (1 - tolerance) <= facts.elongation <= elong[1] * (1 + tolerance)):
         out.append(f"out of the prior's domain: this segment's elongation ({facts.elongation:.1f}) is outside the "
