@@ -251,11 +251,14 @@ def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
     that finding already made) or the image supports the change (``supported``: ``refine``'s finding,
     ``OPEN_SUPPORT``); the thick ones and every change within ``near_mm`` of them (``near_thick``; all,
     with ``near_mm`` None) when the thick changes exceed ``gate_fraction`` of the annotation's volume;
-    else the thick ones only. Keeping a segment outside the prior's domain is ``refine``'s part of
-    both non-``all`` policies."""
+    else the thick ones only. An empty ``refined`` is applied by ``all`` only: the others return the
+    annotation. Keeping a segment outside the prior's domain is ``refine``'s part of both non-``all``
+    policies."""
     if policy not in CHANGE_POLICIES:
         raise ValueError(f"change policy must be one of {', '.join(CHANGE_POLICIES)}, got {policy!r}")
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
+    if policy != CHANGE_ALL and not ref.any():
+        return ann.copy()  # an empty proposal would delete the structure whole (KEPT_NO_SHAPE)
     if policy == CHANGE_ALL or (policy == CHANGE_GATED and supported):
         return ref.copy()  # the image's support opens the gate before the thick part is measured
     thick = thick_changes(ann, ref, spacing, radius_mm)

@@ -206,7 +206,7 @@ def test_an_empty_output_of_the_prior_keeps_the_annotation_unless_every_change_i
     """A prior that finds no shape in an annotation (seen: a study prior on a one-voxel-thick painted line)
     would delete the structure whole; the do-no-harm policies keep the annotation and say why, and only
     --changes all returns the empty mask. Before, gated returned it empty as "refined"."""
-    from NeARSlicerLib.confidence import KEPT_NO_SHAPE
+    from NeARSlicerLib.confidence import KEPT_NO_SHAPE, apply_changes
 
     clean = adrenal_phantom(seed=31)  # no specks: the kept annotation comes back exactly, not cleaned
     real = refine_module.decode_probability
@@ -215,6 +215,10 @@ def test_an_empty_output_of_the_prior_keeps_the_annotation_unless_every_change_i
         result = refine_mask(clean, grid_for(clean), options=RefineOptions(preset="fast", change_policy=policy))
         assert np.array_equal(result.mask, clean) and result.info["action"] == KEPT_NO_SHAPE, policy
         assert any("found no plausible shape" in w and "annotation was kept" in w for w in result.warnings)
+    # the shared mechanism says the same (the benchmarks score the default with it)
+    for policy in ("gated", "thick"):
+        kept = apply_changes(clean, np.zeros_like(clean), (1.0, 1.0, 1.0), policy, supported=True)
+        assert np.array_equal(kept, clean > 0), policy
     result = refine_mask(clean, grid_for(clean), options=RefineOptions(preset="fast", change_policy="all"))
     assert not result.mask.any() and result.info["action"] == "refined"
     assert any("the refined mask is empty" in w for w in result.warnings)
