@@ -219,7 +219,7 @@ def read_case_inputs(mask_path: str, image_path: Optional[str], label=None):
     from .io import read_mask
 
     mask, grid, info = read_mask(mask_path, label=label)
-    return (mask, grid, _read_image_on(image_path, grid, mask_path), info)
+    return (mask, grid, read_image_on(image_path, grid, mask_path), info)
 
 
 def structure_of(mask_path: str, given: Optional[str], info: dict) -> Optional[str]:
@@ -245,16 +245,25 @@ def segment_name(info: dict) -> str:
     return str(info.get("segment") or info.get("label_name") or f"Label_{info['label']}")
 
 
-def _read_image_on(image_path: Optional[str], grid, mask_path: str):
+def read_image_on(image_path: Optional[str], grid, mask_path: str):
+    """The image at ``image_path`` on the mask's ``grid`` (None without a path). An image of the same
+    voxels stored flipped, with its axes in another order or around a cropped mask is read on the mask's
+    voxels exactly (``geometry.on_lattice``); any other grid is refused, saying what differs."""
+    from .geometry import grid_difference, on_lattice
     from .io import read_image
 
     if not image_path:
         return None
     image, igrid = read_image(image_path)
-    if not igrid.same_as(grid):
-        raise InputError(f"image {image_path} and mask {mask_path} are on different grids "
-                         f"(shape {igrid.shape} vs {grid.shape}, spacing {igrid.spacing} vs {grid.spacing})")
-    return image
+    if igrid.same_as(grid):
+        return image
+    same_voxels = on_lattice(image, igrid, grid)
+    if same_voxels is None:
+        raise InputError(f"image {Path(image_path).name} and mask {Path(mask_path).name} are on different grids "
+                         f"({grid_difference(igrid, grid)}), and the mask's voxels are not voxels of the image: "
+                         "resample the image onto the mask (in Slicer, export the segmentation with the image "
+                         "as its reference geometry)")
+    return same_voxels
 
 
 def _segments_to_refine(case: BatchCase):
@@ -269,13 +278,13 @@ def _segments_to_refine(case: BatchCase):
         if several is None:
             mask, grid, info = read_mask(case.mask, label=case.label)
             return ([(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))], grid,
-                    _read_image_on(case.image, grid, case.mask), None)
+                    read_image_on(case.image, grid, case.mask), None)
         # several labels of one label map: read once; written as a segmentation, each original beside its result
         read, grid = read_label_masks(case.mask, several or None)
         chosen = [(segment_name(info), info["label"], mask, structure_of(case.mask, None, info)) for mask, info in read]
         _refuse_repeats(chosen, case)
         originals = [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
-        return chosen, grid, _read_image_on(case.image, grid, case.mask), originals
+        return chosen, grid, read_image_on(case.image, grid, case.mask), originals
     table, grid = read_segments(case.mask)
     file_name = os.path.basename(case.mask)
     parts = several or ([case.label] if case.label is not None and several is None else None)
@@ -300,7 +309,7 @@ def _segments_to_refine(case: BatchCase):
     empty = [n for n, _, m, _ in chosen if not m.any()]
     if empty:
         raise InputError(f"mask is empty (segment(s) {empty} of {file_name} have no voxels)")
-    return chosen, grid, _read_image_on(case.image, grid, case.mask), table
+    return chosen, grid, read_image_on(case.image, grid, case.mask), table
 
 
 def _refuse_repeats(chosen: Sequence[tuple], case: BatchCase) -> None:

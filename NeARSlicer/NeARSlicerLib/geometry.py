@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # imported where used: the working-cube path (fit, decode) ru
 
 from .errors import InputError
 
-__all__ = ["Grid", "WorkingCase", "to_working", "to_source", "check_volume_shape"]
+__all__ = ["Grid", "WorkingCase", "to_working", "to_source", "check_volume_shape", "on_lattice", "grid_difference"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,42 @@ class WorkingCase:
     grid: Grid
     source_grid: Grid
     touches_border: bool
+
+
+def on_lattice(array: np.ndarray, grid: Grid, target: Grid, tol: float = 1e-3) -> Optional[np.ndarray]:
+    """``array`` (on ``grid``) read on ``target`` without interpolation, when every voxel centre of
+    ``target`` is a voxel centre of ``grid``: the same lattice stored flipped, with its axes in another
+    order, or cropped. None otherwise (another spacing, a shift by part of a voxel, a rotation) or when
+    ``target`` reaches outside ``grid``. ``tol`` in voxels."""
+    index = np.linalg.inv(grid.ijk_to_lps()) @ target.ijk_to_lps()  # target (i, j, k, 1) -> grid (i, j, k)
+    linear, offset = index[:3, :3], index[:3, 3]
+    steps, shift = np.round(linear).astype(int), np.round(offset).astype(int)
+    # each target axis must step along one grid axis by one voxel, forwards or backwards (a signed
+    # permutation), from a whole-voxel offset
+    if (not np.allclose(linear, steps, atol=tol) or not np.allclose(offset, shift, atol=tol)
+            or not np.array_equal(np.abs(steps) @ np.abs(steps).T, np.eye(3, dtype=int))):
+        return None
+    axes = [np.arange(n) for n in target.shape[::-1]]  # target i, j, k
+    src = [shift[r] + sum(steps[r, c] * axes[c].reshape([-1 if d == c else 1 for d in range(3)])
+                          for c in range(3)) for r in range(3)]  # grid i, j, k of each target (i, j, k)
+    if any(v.min() < 0 or v.max() >= n for v, n in zip(src, grid.shape[::-1])):
+        return None
+    out = np.asarray(array)[src[2], src[1], src[0]]  # indexed [i, j, k] of the target
+    return np.ascontiguousarray(out.transpose(2, 1, 0))
+
+
+def grid_difference(a: Grid, b: Grid, tol: float = 1e-4) -> str:
+    """What differs between two grids, in words (shape, spacing, origin, direction), for messages."""
+    parts = []
+    if a.shape != b.shape:
+        parts.append(f"shape {a.shape[::-1]} vs {b.shape[::-1]} (i, j, k)")
+    if not np.allclose(a.spacing, b.spacing, rtol=0, atol=tol):
+        parts.append(f"spacing {tuple(round(v, 4) for v in a.spacing)} vs {tuple(round(v, 4) for v in b.spacing)} mm")
+    if not np.allclose(a.origin, b.origin, rtol=0, atol=tol):
+        parts.append(f"origin {tuple(round(v, 2) for v in a.origin)} vs {tuple(round(v, 2) for v in b.origin)} mm")
+    if not np.allclose(a.direction, b.direction, rtol=0, atol=tol):
+        parts.append(f"direction {tuple(round(v, 3) for v in a.direction)} vs {tuple(round(v, 3) for v in b.direction)}")
+    return ", ".join(parts) or "nothing"
 
 
 def check_volume_shape(array: np.ndarray, what: str = "mask") -> None:

@@ -858,12 +858,12 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     """Read the cases of a study from folders (matched by name) or a CSV manifest.
 
     ``label`` picks one label of multilabel masks (a manifest's label column wins). A mask and
-    its image must share a grid. Each case's ``structure`` is its manifest row's when given, else
+    its image must share their voxels (``batch.read_image_on``). Each case's ``structure`` is its manifest row's when given, else
     ``structure``, else its .seg.nrrd segment's name, else its file name (``batch.structure_of``, as
     ``refine`` reads it).
     """
-    from .batch import segment_name, several_labels, structure_of
-    from .io import read_image, read_mask
+    from .batch import read_image_on, segment_name, several_labels, structure_of
+    from .io import read_mask
 
     if manifest:
         entries = read_manifest(manifest)
@@ -879,13 +879,8 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
                 raise InputError(f"a study case is one structure: give one label per manifest row, not "
                                  f"{chosen!r} (nearslicer batch takes several)")
             mask, grid, info = read_mask(str(mpath), label=chosen)
-            image = None
-            if ipath is not None:
-                image, igrid = read_image(str(ipath))
-                if not igrid.same_as(grid):
-                    raise InputError(f"image {Path(ipath).name} and mask {Path(mpath).name} are on different grids "
-                                     f"(shape {igrid.shape} vs {grid.shape}, "
-                                     f"spacing {igrid.spacing} vs {grid.spacing})")
+            # the reading nearslicer refine and batch share (an image of the mask's voxels stored otherwise is read)
+            image = read_image_on(None if ipath is None else str(ipath), grid, str(mpath))
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
         cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None,

@@ -130,6 +130,36 @@ def test_cli_image_on_other_grid(tmp_path, capsys):
     assert rc == 2 and "different grids" in capsys.readouterr().err
 
 
+def test_cli_image_of_the_same_voxels_stored_otherwise_is_read_on_the_mask(tmp_path, capsys):
+    """A CT of the mask's own voxels, stored flipped, with its axes in another order and around more than
+    the mask (what another converter writes), gives the result the CT on the mask's grid gives. A CT a
+    part of a voxel off is refused, saying what differs. Before, both were "different grids"."""
+    from NeARSlicerLib.phantom import ct_phantom
+
+    truth = adrenal_phantom(seed=6)
+    grid = Grid(truth.shape, (0.9, 1.0, 1.2), (4.0, -2.0, 7.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    m, same, other, off = (tmp_path / f"{n}.nii.gz" for n in ("m", "same", "other", "off"))
+    write_mask(str(m), distort(truth, seed=3).astype(np.uint8), grid)
+    ct = grid.to_sitk(ct_phantom(truth, seed=6).astype(np.float32))
+    sitk.WriteImage(ct, str(same))
+    stored = sitk.Flip(sitk.PermuteAxes(sitk.ConstantPad(ct, (3, 0, 5), (2, 4, 0), -1000.0), (2, 0, 1)),
+                       (True, False, True))
+    sitk.WriteImage(stored, str(other))
+    shifted = sitk.Image(ct)
+    shifted.SetOrigin((4.45, -2.0, 7.0))  # half a voxel along i
+    sitk.WriteImage(shifted, str(off))
+    outputs = []
+    for image in (same, other):
+        outputs.append(tmp_path / f"o_{len(outputs)}.nii.gz")
+        assert main(["refine", "--mask", str(m), "--image", str(image), "--out", str(outputs[-1]), "--preset", "fast"]) == 0
+    assert np.array_equal(read_mask(str(outputs[0]))[0], read_mask(str(outputs[1]))[0])
+    capsys.readouterr()
+    rc = main(["refine", "--mask", str(m), "--image", str(off), "--out", str(tmp_path / "o.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "are on different grids (origin (4.45, -2.0, 7.0) vs (4.0, -2.0, 7.0) mm)" in err, err
+    assert "resample the image onto the mask" in err
+
+
 def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--preset", "fast"]) == 0
     text = capsys.readouterr().out

@@ -222,3 +222,26 @@ def test_patient_direction_of_array_sides():
     c, s = np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20))
     tilted = Grid(shape=(4, 4, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, c, -s, 0, s, c))
     assert (tilted.patient_direction("+k"), tilted.patient_direction("-j")) == ("superior", "anterior")
+
+
+def test_on_lattice_reads_the_same_voxels_stored_otherwise_and_nothing_else():
+    """Flipped, permuted and cropped storage of one lattice is read exactly (as SimpleITK's own filters
+    store it); another spacing, a part-voxel shift, a rotation or a target reaching outside give None."""
+    from NeARSlicerLib.geometry import on_lattice
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(7, 9, 11)).astype(np.float32)
+    grid = Grid((7, 9, 11), (0.8, 1.1, 2.5), (3.0, -4.0, 10.0), (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    image = grid.to_sitk(values)
+    for stored in (sitk.Flip(image, (True, False, True)), sitk.PermuteAxes(image, (1, 2, 0)),
+                   image[2:9, 1:7, 1:5], sitk.Flip(sitk.PermuteAxes(image[3:10, :, 2:], (2, 0, 1)), (False, True, True))):
+        target = Grid.from_sitk(stored)
+        assert np.array_equal(on_lattice(values, grid, target), sitk.GetArrayFromImage(stored))
+    shifted = sitk.Image(image)
+    shifted.SetOrigin((3.4, -4.0, 10.0))
+    resampled = sitk.Resample(image, (11, 9, 7), sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (0.8, 1.0, 2.5),
+                              image.GetDirection())
+    rotated = Grid((7, 9, 11), (0.8, 1.1, 2.5), (3.0, -4.0, 10.0), (1.0, 0.0, 0.0, 0.0, 0.8, -0.6, 0.0, 0.6, 0.8))
+    outside = Grid((7, 9, 12), (0.8, 1.1, 2.5), (3.0, -4.0, 10.0), grid.direction)
+    for target in (Grid.from_sitk(shifted), Grid.from_sitk(resampled), rotated, outside):
+        assert on_lattice(values, grid, target) is None
