@@ -169,13 +169,17 @@ def on_lattice(array: np.ndarray, grid: Grid, target: Grid, tol: float = 1e-3) -
     if (not np.allclose(linear, steps, atol=tol) or not np.allclose(offset, shift, atol=tol)
             or not np.array_equal(np.abs(steps) @ np.abs(steps).T, np.eye(3, dtype=int))):
         return None
-    axes = [np.arange(n) for n in target.shape[::-1]]  # target i, j, k
-    src = [shift[r] + sum(steps[r, c] * axes[c].reshape([-1 if d == c else 1 for d in range(3)])
-                          for c in range(3)) for r in range(3)]  # grid i, j, k of each target (i, j, k)
-    if any(v.min() < 0 or v.max() >= n for v, n in zip(src, grid.shape[::-1])):
-        return None
-    out = np.asarray(array)[src[2], src[1], src[0]]  # indexed [i, j, k] of the target
-    return np.ascontiguousarray(out.transpose(2, 1, 0))
+    # slices and transposes of the array (views: no index arrays the size of a whole CT)
+    view, order = np.asarray(array).transpose(2, 1, 0), []  # indexed [i, j, k] of the grid
+    cuts = [slice(None)] * 3
+    for c, n in enumerate(target.shape[::-1]):  # target axis c (i, j, k) runs along grid axis r
+        r = int(np.argmax(np.abs(steps[:, c])))
+        first, last = int(shift[r]), int(shift[r] + steps[r, c] * (n - 1))
+        if min(first, last) < 0 or max(first, last) >= view.shape[r]:
+            return None  # the target reaches outside the grid
+        cuts[r] = slice(first, last + 1) if steps[r, c] > 0 else slice(first, last - 1 if last > 0 else None, -1)
+        order.append(r)
+    return np.ascontiguousarray(view[tuple(cuts)].transpose(order).transpose(2, 1, 0))
 
 
 def grid_difference(a: Grid, b: Grid, tol: float = 1e-4) -> str:
