@@ -469,10 +469,11 @@ def recorded_cases(summary: Path) -> Dict[str, List[dict]]:
     return by_case
 
 
-def completed_cases(summary: Path) -> Dict[str, List[dict]]:
-    """Cases of an earlier run that are done: rows present, none an error, every output file there."""
+def completed_cases(recorded: Dict[str, List[dict]]) -> Dict[str, List[dict]]:
+    """Of an earlier run's rows by case (``recorded_cases``), the cases that are done: rows present, none
+    an error, every output file there."""
     done = {}
-    for name, rows in recorded_cases(summary).items():
+    for name, rows in recorded.items():
         outputs = {r.get("output") for r in rows}
         if not any(r.get("error") for r in rows) and all(o and os.path.isfile(o) for o in outputs):
             done[name] = rows
@@ -629,7 +630,7 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
     out = check_output_folder(out_dir, create=True)
     summary_path = out / SUMMARY_NAME
     recorded = recorded_cases(summary_path) if resume else {}
-    done = completed_cases(summary_path) if resume else {}
+    done = completed_cases(recorded)
     if summary_path.exists() and not (resume or overwrite):
         raise OutputError(f"{summary_path} exists: pass --resume to continue that batch or --overwrite to start again")
     is_input = _input_check(cases)  # an output may be none of them

@@ -857,10 +857,10 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
                label: Optional[str] = None, structure: Optional[str] = None) -> list[StudyCase]:
     """Read the cases of a study from folders (matched by name) or a CSV manifest.
 
-    ``label`` picks one label of multilabel masks (a manifest's label column wins). A mask and
-    its image must share their voxels (``batch.read_image_on``). Each case's ``structure`` is its manifest row's when given, else
-    ``structure``, else its .seg.nrrd segment's name, else its file name (``batch.structure_of``, as
-    ``refine`` reads it).
+    ``label`` picks one label of multilabel masks (a manifest's label column wins). A mask and its
+    image must share their voxels (``batch.read_image_on``). Each case's ``structure`` is its manifest
+    row's when given, else ``structure``, else its .seg.nrrd segment's name, else its file name
+    (``batch.structure_of``, as ``refine`` reads it).
     """
     from .batch import read_image_on, segment_name, several_labels, structure_of
     from .io import read_mask
