@@ -271,10 +271,10 @@ def _segments_to_refine(case: BatchCase):
     of the file for the output. A label map gives one structure, chosen as ``nearslicer refine`` does; a
     .seg.nrrd without a label gives each of its segments (not earlier NeAR results). ``structure`` is what
     ``--prior auto`` reads, as ``nearslicer refine`` finds it."""
-    from .io import choose_segment, read_label_masks, read_mask, read_segments
+    from .io import choose_segment, is_segmentation_file, read_label_masks, read_mask, read_segments
 
     several = several_labels(case.label)
-    if not case.mask.lower().endswith(SEG_SUFFIX):
+    if not is_segmentation_file(case.mask):
         if several is None:
             mask, grid, info = read_mask(case.mask, label=case.label)
             return ([(segment_name(info), info["label"], mask, structure_of(case.mask, None, info))], grid,
@@ -376,7 +376,9 @@ def run_task(task: CaseTask) -> List[dict]:
 def output_path(out_dir: Path, case: BatchCase) -> Path:
     """``<out>/<case>.seg.nrrd`` for .seg.nrrd inputs and for several labels of a label map
     (``<case>.NeAR.seg.nrrd`` when that is an input of the case), else ``<out>/<case>.nii.gz``."""
-    if case.mask.lower().endswith(SEG_SUFFIX) or several_labels(case.label) is not None:
+    from .io import is_segmentation_file
+
+    if is_segmentation_file(case.mask) or several_labels(case.label) is not None:
         path = out_dir / f"{case.name}{SEG_SUFFIX}"
         if any(p and same_file(path, p) for p in (case.mask, case.image)):
             path = out_dir / f"{case.name}{BESIDE_SEG_SUFFIX}"
@@ -511,12 +513,14 @@ def same_inputs(case: BatchCase, rows: Sequence[dict]) -> bool:
     A refined row records the label's value and its segment's name, so a label given by name or by
     value matches either (names as ``read_mask`` matches them: case and surrounding blanks ignored); a
     .seg.nrrd segment given by its ID is looked up in the file's segment list (its header only)."""
+    from .io import is_segmentation_file
+
     given = None if case.label is None else str(case.label).strip()
     several = several_labels(given)
     wanted = [given] if several is None and given is not None else (several or [])
     refined = [r for r in rows if not r.get("error")]
     aliases = {part: {part} for part in wanted}
-    if case.mask.lower().endswith(SEG_SUFFIX) and refined:
+    if is_segmentation_file(case.mask) and refined:
         for part in wanted:
             if not any(_names(r, part) for r in refined):
                 aliases[part] |= _segment_id_names(case.mask, part)

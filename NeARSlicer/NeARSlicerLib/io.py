@@ -1,7 +1,9 @@
 """Reading and writing masks, images and Slicer segmentations with their exact geometry.
 
-NIfTI (.nii, .nii.gz) and NRRD (.nrrd) go through SimpleITK; Slicer segmentations (.seg.nrrd) go
-through pynrrd so their segment names/label values/layers are kept. Arrays are ``[k, j, i]``;
+NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd) go through SimpleITK; Slicer
+segmentations (.seg.nrrd, .seg.nhdr) go through pynrrd so their segment names/label values/layers are
+kept. Files made of a header and a data file (.nhdr, .mhd, .seg.nhdr) are read, never written: a
+rename cannot replace a pair of files at once. Arrays are ``[k, j, i]``;
 geometry is a :class:`~NeARSlicerLib.geometry.Grid` (LPS, mm). Writes are atomic: a temporary
 file in the destination folder is renamed over the target only once fully written.
 """
@@ -23,33 +25,46 @@ from .output_safety import atomic_write as _atomic_write
 __all__ = ["read_mask", "read_image", "write_mask", "write_image", "write_segmentation", "read_segments",
            "atomic_write"]
 
-_SEG_EXT = ".seg.nrrd"
-_SITK_EXTS = (".nii.gz", ".nii", ".nrrd")
+_SEG_EXTS = (".seg.nrrd", ".seg.nhdr")
+# read by SimpleITK, by their kind
+_SITK_KINDS = {".nrrd": "nrrd", ".nhdr": "nhdr", ".mha": "mha", ".mhd": "mhd"}
+SEG_KINDS = ("seg.nrrd", "seg.nhdr")
 _LPS_NAMES = ("left-posterior-superior", "lps")
 _RAS_NAMES = ("right-anterior-superior", "ras")
 
 
 def _kind(path: str) -> str:
-    """'seg.nrrd', 'nifti' or 'nrrd' from the file name; InputError otherwise."""
+    """'seg.nrrd', 'seg.nhdr', 'nifti', 'nrrd', 'nhdr', 'mha' or 'mhd' from the file name; InputError
+    otherwise."""
     low = os.fspath(path).lower()
-    if low.endswith(_SEG_EXT):
-        return "seg.nrrd"
+    for ext in _SEG_EXTS:
+        if low.endswith(ext):
+            return ext[1:]
     if low.endswith(".nii") or low.endswith(".nii.gz"):
         ext = os.fspath(path)[-len(".nii.gz" if low.endswith(".gz") else ".nii"):]
         if ext not in (ext.lower(), ext.upper()):
             raise InputError(f"{os.path.basename(os.fspath(path))}: ITK reads and writes a NIfTI file only with its "
                              "extension in lower or upper case (.nii.gz or .NII.GZ); rename the file")
         return "nifti"
-    if low.endswith(".nrrd"):
-        return "nrrd"
-    raise InputError(f"unsupported file type: {os.path.basename(os.fspath(path))} (use .nii, .nii.gz, .nrrd or "
-                     ".seg.nrrd)")
+    kind = _SITK_KINDS.get(os.path.splitext(low)[1])
+    if kind is None:
+        raise InputError(f"unsupported file type: {os.path.basename(os.fspath(path))} (use .nii, .nii.gz, .nrrd, "
+                         ".mha or .seg.nrrd)")
+    return kind
 
 
-# what write_mask and write_image can write, by _kind
-MASK_OUTPUTS = ("nifti", "nrrd", "seg.nrrd")
-IMAGE_OUTPUTS = ("nifti", "nrrd")
-_KIND_NAMES = {"nifti": ".nii.gz or .nii", "nrrd": ".nrrd", "seg.nrrd": ".seg.nrrd"}
+def is_segmentation_file(path: str) -> bool:
+    """True for a Slicer segmentation (.seg.nrrd, .seg.nhdr), whose segments have names."""
+    try:
+        return _kind(path) in SEG_KINDS
+    except InputError:
+        return False
+
+
+# what write_mask and write_image can write, by _kind (single files only: see the module's docstring)
+MASK_OUTPUTS = ("nifti", "nrrd", "mha", "seg.nrrd")
+IMAGE_OUTPUTS = ("nifti", "nrrd", "mha")
+_KIND_NAMES = {"nifti": ".nii.gz or .nii", "nrrd": ".nrrd", "mha": ".mha", "seg.nrrd": ".seg.nrrd"}
 
 
 def check_output_type(path: str, kinds: Sequence[str] = MASK_OUTPUTS, what: str = "output") -> None:
@@ -286,7 +301,7 @@ def read_mask(path: str, label: Union[int, str, None] = None) -> Tuple[np.ndarra
 
     path = os.fspath(path)
     kind = _kind(path)
-    if kind == "seg.nrrd":
+    if kind in SEG_KINDS:
         return _mask_from_seg(path, label)
     array, grid = _read_sitk(path, "mask")
     names = label_names(path)
@@ -310,7 +325,7 @@ def read_label_masks(path: str, labels: Union[Sequence[Union[int, str]], None]) 
     from .label_table import label_names
 
     path = os.fspath(path)
-    if _kind(path) == "seg.nrrd":
+    if _kind(path) in SEG_KINDS:
         raise InputError(f"{os.path.basename(path)} is a segmentation: its segments are read by name")
     array, grid = _read_sitk(path, "mask")
     names = label_names(path)
@@ -345,7 +360,7 @@ def _value_named(names: Dict[int, str], label: str, file_name: str, present: Seq
 def read_image(path: str) -> Tuple[np.ndarray, Grid]:
     """Read a scalar 3D image (CT in HU) as float32 ``[k, j, i]`` with its grid."""
     path = os.fspath(path)
-    if _kind(path) == "seg.nrrd":
+    if _kind(path) in SEG_KINDS:
         raise InputError(f"{os.path.basename(path)} is a segmentation, not an image")
     array, grid = _read_sitk(path, "image")
     array = array.astype(np.float32, copy=False)
@@ -439,11 +454,11 @@ def write_mask(path: str, mask: np.ndarray, grid: Grid, name: str = "Segment_1",
                color: Sequence[float] = (0.2, 0.4, 1.0)) -> None:
     """Write a 0/1 mask ``[k, j, i]`` as uint8 with ``grid``'s exact geometry (atomic).
 
-    The format follows the extension: .nii, .nii.gz, .nrrd, or .seg.nrrd (one segment ``name``).
+    The format follows the extension: .nii, .nii.gz, .nrrd, .mha, or .seg.nrrd (one segment ``name``).
     """
     path = os.fspath(path)
-    kind = _kind(path)
-    if kind == "seg.nrrd":
+    check_output_type(path, MASK_OUTPUTS)
+    if _kind(path) == "seg.nrrd":
         _write_seg_nrrd(path, [(name, mask, color)], grid)
         return
     img = grid.to_sitk(_binary(mask, grid))
@@ -464,8 +479,9 @@ def write_segmentation(path: str, segments: Sequence[Tuple[str, np.ndarray, Sequ
 def write_image(path: str, array: np.ndarray, grid: Grid) -> None:
     """Write a float volume ``[k, j, i]`` (e.g. a probability map) as float32 (atomic)."""
     path = os.fspath(path)
-    if _kind(path) == "seg.nrrd":
+    if _kind(path) in SEG_KINDS:
         raise InputError("write_image cannot write a .seg.nrrd; use write_mask or write_segmentation")
+    check_output_type(path, IMAGE_OUTPUTS)
     array = np.asarray(array, dtype=np.float32)
     img = grid.to_sitk(array)
     atomic_write(path, lambda tmp: sitk.WriteImage(img, tmp, True))

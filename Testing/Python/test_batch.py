@@ -152,6 +152,30 @@ def test_cases_folder_uses_the_slicer_discovery(six):
     assert found == {**{f"c{k}": (f"c{k}_seg.nii.gz", f"c{k}.nii.gz") for k in range(5)}, "c5": ("c5.seg.nrrd", None)}
 
 
+def test_a_folder_of_metaimage_and_detached_nrrd_files_is_refined_as_the_same_cases(six, tmp_path):
+    """Case discovery lists .mha / .mhd / .nhdr / .seg.nhdr files, so the batch reads them: the same
+    voxels saved as a MetaImage pair and as a Slicer segmentation with a detached header give the
+    outputs the .nii.gz / .seg.nrrd cases gave (before, every such case failed: 'unsupported file type')."""
+    import nrrd
+    import SimpleITK as sitk
+
+    root, _, out = six
+    cases, folder = root / "cases", tmp_path / "cases"
+    folder.mkdir()
+    for source, target in (("c0.nii.gz", "c0.mha"), ("c0_seg.nii.gz", "c0_seg.mha"),
+                           ("c1.nii.gz", "c1.nhdr"), ("c1_seg.nii.gz", "c1_seg.mhd")):
+        sitk.WriteImage(sitk.ReadImage(str(cases / source)), str(folder / target))
+    data, header = nrrd.read(str(cases / "c5.seg.nrrd"))
+    nrrd.write(str(folder / "c5.seg.nhdr"), data, header, detached_header=True)
+    found = {c.name: Path(c.mask).name for c in cases_from_folder(folder)}
+    assert found == {"c0": "c0_seg.mha", "c1": "c1_seg.mhd", "c5": "c5.seg.nhdr"}
+    assert cli.main(["batch", "--cases", str(folder), "--out", str(tmp_path / "out"), "--workers", "0",
+                     "--preset", "fast", "--seed", "0"]) == 0
+    written, expected = masks_of(tmp_path / "out"), masks_of(out)
+    assert sorted(written) == ["c0.nii.gz", "c1.nii.gz", "c5.seg.nrrd"]
+    assert same_masks(written, {name: expected[name] for name in written})
+
+
 def test_bad_manifest_rows_are_recorded_and_the_batch_goes_on(six, tmp_path, capsys):
     root, _, out = six
     cases = root / "cases"

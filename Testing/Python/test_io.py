@@ -38,7 +38,7 @@ def write_sitk(path, array, grid: Grid = GRID) -> str:
 
 
 # --- round trips -----------------------------------------------------------------------------
-@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".seg.nrrd"])
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd"])
 def test_write_mask_round_trip_keeps_voxels_and_geometry(tmp_path, ext):
     mask = box()
     path = tmp_path / f"out{ext}"
@@ -52,7 +52,7 @@ def test_write_mask_round_trip_keeps_voxels_and_geometry(tmp_path, ext):
 
 def test_write_image_round_trip(tmp_path):
     prob = np.random.default_rng(0).uniform(0, 1, GRID.shape).astype(np.float32)
-    for ext in (".nii.gz", ".nrrd"):
+    for ext in (".nii.gz", ".nrrd", ".mha"):
         io.write_image(tmp_path / f"p{ext}", prob, GRID)
         back, grid = io.read_image(tmp_path / f"p{ext}")
         assert back.dtype == np.float32 and np.array_equal(back, prob)
@@ -81,8 +81,10 @@ def test_write_rejects_bad_masks_and_paths(tmp_path):
         io.write_mask(tmp_path / "p.nii.gz", box() * 0.7, GRID)
     with pytest.raises(InputError, match="does not match grid shape"):
         io.write_mask(tmp_path / "p.nii.gz", box()[:-1], GRID)
+    with pytest.raises(InputError, match=r"output p.mhd: give a file name ending in .nii.gz or .nii or .nrrd or .mha"):
+        io.write_mask(tmp_path / "p.mhd", box(), GRID)  # a header + a data file: no single rename replaces both
     with pytest.raises(InputError, match="unsupported file type"):
-        io.write_mask(tmp_path / "p.mha", box(), GRID)
+        io.write_mask(tmp_path / "p.png", box(), GRID)
     with pytest.raises(InputError, match="output folder .*nope does not exist"):
         io.write_mask(tmp_path / "nope" / "p.nii.gz", box(), GRID)
     assert os.listdir(tmp_path) == []
@@ -145,6 +147,38 @@ def test_empty_2d_and_unreadable_inputs(tmp_path):
     soft = box().astype(np.float32) * 0.6
     with pytest.raises(InputError, match="non-integer values"):
         io.read_mask(write_sitk(tmp_path / "soft.nrrd", soft))
+
+
+@pytest.mark.parametrize("ext", [".mhd", ".nhdr"])
+def test_header_and_data_files_are_read(tmp_path, ext):
+    """MetaImage and detached NRRD (a header beside its data file, as case discovery lists them) read
+    with their geometry, as masks, label maps and images; ITK writes the data file beside the header."""
+    lab = box() * 8
+    lab[7:9, 2:4, 2:4] = 9
+    path = write_sitk(tmp_path / f"lab{ext}", lab)
+    assert len(os.listdir(tmp_path)) == 2  # the header and its data file
+    mask, grid, info = io.read_mask(path, label=9)
+    assert np.array_equal(mask, (lab == 9).astype(np.uint8)) and grid.same_as(GRID, tol=1e-4)
+    assert info["format"] == ext[1:] and info["labels"] == [8, 9]
+    ct = np.random.default_rng(1).normal(40, 20, GRID.shape).astype(np.float32)
+    image, igrid = io.read_image(write_sitk(tmp_path / f"ct{ext}", ct))
+    assert np.array_equal(image, ct) and igrid.same_as(GRID, tol=1e-4)
+
+
+def test_segmentation_with_a_detached_header_is_read_by_segment_name(tmp_path):
+    """A Slicer segmentation saved as .seg.nhdr (its voxels in a file of their own) keeps its segment
+    names, as a .seg.nrrd does."""
+    seg = tmp_path / "s.seg.nrrd"
+    spleen = box(lo=(1, 1, 1), hi=(3, 3, 3))
+    io.write_segmentation(seg, [("kidney", box(), (1, 0, 0)), ("spleen", spleen, (0, 1, 0))], GRID)
+    data, header = nrrd.read(str(seg))
+    nrrd.write(str(tmp_path / "s.seg.nhdr"), data, header, detached_header=True)
+    assert io.is_segmentation_file(tmp_path / "s.seg.nhdr") and not io.is_segmentation_file(tmp_path / "s.nhdr")
+    mask, grid, info = io.read_mask(tmp_path / "s.seg.nhdr", label="spleen")
+    assert np.array_equal(mask, spleen) and grid.same_as(GRID, tol=1e-4)
+    assert info["segments"] == ["kidney", "spleen"]
+    with pytest.raises(InputError, match="is a segmentation, not an image"):
+        io.read_image(tmp_path / "s.seg.nhdr")
 
 
 def test_read_image_rejects_nan_and_inf(tmp_path):
