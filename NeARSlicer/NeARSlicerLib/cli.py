@@ -98,7 +98,7 @@ def image_voxel_flag(sp) -> None:
 
 def cmd_refine(args) -> int:
 
-    from .batch import read_case_inputs, several_labels, structure_of
+    from .batch import read_case_inputs, segment_name, several_labels, structure_of
     from .confidence import KEPT_IMAGE, KEPT_NO_SHAPE
     from .io import IMAGE_OUTPUTS, MASK_OUTPUTS, check_output_type, write_image, write_mask
     from .metrics import dice
@@ -128,7 +128,8 @@ def cmd_refine(args) -> int:
     score = dice(mask, res.mask)
     # all outputs are written to temporary files first, then renamed together: all or none appear
     with atomic_paths([args.out, args.probability, args.report]) as (out_tmp, prob_tmp, report_tmp):
-        write_mask(out_tmp, res.mask, grid)
+        # a .seg.nrrd output holds the segment "<name> (NeAR)", as the batch's and Slicer's do
+        write_mask(out_tmp, res.mask, grid, name=f"{segment_name(mask_info)} (NeAR)")
         if prob_tmp:
             write_image(prob_tmp, res.probability, grid)
         if report_tmp:
@@ -570,9 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "more) is applied whole, where the do-no-harm gate would apply only its thick part "
                              "(the default); with this flag, never")
 
-    r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD or Slicer .seg.nrrd)")
+    r = sub.add_parser("refine", help="refine one mask file (NIfTI, NRRD, MetaImage or Slicer .seg.nrrd)")
     r.add_argument("--mask", required=True)
-    r.add_argument("--out", required=True, help="output mask (.nii.gz, .nrrd or .seg.nrrd), same geometry as --mask")
+    r.add_argument("--out", required=True, help="output mask (.nii.gz, .nrrd, .mha or .seg.nrrd), same geometry as --mask")
     r.add_argument("--label", help="label value (or its name: a .seg.nrrd segment, or a NIfTI label table such as "
                    "TotalSegmentator's) of a multilabel mask")
     r.add_argument("--image", help="CT in HU on the mask's grid: shape + appearance (S+A) refinement with the "
@@ -701,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.set_defaults(func=cmd_batch)
 
     s = sub.add_parser("study", help="study mode: train on a set of cases jointly (transductive NeAR), refine them all")
-    s.add_argument("--masks", help="folder of cases: masks (.nii.gz, .nii, .nrrd, .seg.nrrd), one case per file, or image + "
+    s.add_argument("--masks", help="folder of cases: masks (.nii.gz, .nii, .nrrd, .mha, .seg.nrrd), one case per file, or image + "
                         "segmentation pairs (NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz) or one sub-folder per case "
                         "(the same rules as Slicer's refineStudy)")
     s.add_argument("--images", help="folder of CTs named like the masks (optional: shape-only without)")

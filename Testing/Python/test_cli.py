@@ -89,10 +89,12 @@ def test_refine_seg_nrrd_roundtrip(tmp_path):
     truth = adrenal_phantom(seed=5)
     grid = Grid(truth.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     src, out = tmp_path / "in.seg.nrrd", tmp_path / "out.seg.nrrd"
-    write_mask(str(src), distort(truth, seed=2).astype(np.uint8), grid)
+    write_mask(str(src), distort(truth, seed=2).astype(np.uint8), grid, name="left gland")
     assert main(["refine", "--mask", str(src), "--out", str(out), "--preset", "fast"]) == 0
-    refined, rgrid, _ = read_mask(str(out))
+    refined, rgrid, info = read_mask(str(out))
     assert rgrid.same_as(grid) and refined.any()
+    # the refined segment is named as the product names it beside its original (before: "Segment_1")
+    assert info["segments"] == ["left gland (NeAR)"]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
