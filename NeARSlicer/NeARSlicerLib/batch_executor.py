@@ -16,6 +16,7 @@ from collections import deque
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 from .batch import CaseTask, error_text, run_task
+from .output_safety import remove_temporaries
 
 Result = Tuple[CaseTask, List[dict]]
 IN_FLIGHT_PER_WORKER = 2  # one running, one waiting: workers never idle, memory stays bounded
@@ -112,8 +113,33 @@ class LocalExecutor:
                     pending.clear()
                     pool.shutdown(wait=True, cancel_futures=True)
                     pool = self._pool()
+        except BaseException:
+            # interrupted (Ctrl-C) or closed early (a cancelled batch): the workers stop at once, where
+            # a pool's shutdown would let them finish their case and start the ones already queued to
+            # them, writing outputs that no summary row records
+            _kill_workers(pool)
+            _drop_outputs_in_flight(task for task, _ in pending.values())
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill_workers(pool) -> None:
+    """Kill a ProcessPoolExecutor's worker processes (its own method from Python 3.14 on)."""
+    kill = getattr(pool, "kill_workers", None)
+    if kill is not None:
+        kill()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.join()
+
+
+def _drop_outputs_in_flight(tasks: Iterable[CaseTask]) -> None:
+    """The temporary files that killed workers left beside the outputs of ``tasks``."""
+    for task in tasks:
+        remove_temporaries(task.output)
 
 
 def default_workers() -> int:
@@ -165,6 +191,7 @@ class RayExecutor:
                 ray.init(log_to_driver=False, include_dashboard=False)
         elif started_here:
             ray.init(address=self.address, log_to_driver=False)
+        pending: dict = {}  # object ref -> task
         try:
             remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
                                 max_retries=self.max_retries)(_ray_run_task)
@@ -172,7 +199,6 @@ class RayExecutor:
             self.workers = max(1, int(cpus // max(self.cpus_per_task, 1e-9)))
             limit = IN_FLIGHT_PER_WORKER * self.workers
             source = iter(tasks)
-            pending: dict = {}
             while True:
                 while len(pending) < limit:
                     task = next(source, None)
@@ -188,6 +214,11 @@ class RayExecutor:
                 except ray.exceptions.RayError as exc:  # retries used up: recorded, the batch goes on
                     rows = _failed(task, f"Ray task failed: {error_text(exc)}")
                 yield task, rows
+        except BaseException:  # interrupted or closed early: no task still running may write an output
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            _drop_outputs_in_flight(pending.values())
+            raise
         finally:
             if started_here:
                 ray.shutdown()

@@ -25,6 +25,7 @@ import contextlib
 import csv
 import io as _io
 import os
+import re
 import shutil
 import socket
 import stat
@@ -36,7 +37,8 @@ from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Sequen
 from .errors import InputError
 
 __all__ = ["OutputError", "check_outputs", "check_output_folder", "same_file", "atomic_path", "atomic_paths",
-           "atomic_write", "atomic_write_text", "atomic_write_bytes", "SummaryWriter", "summary_columns", "temp_suffix", "locked"]
+           "atomic_write", "atomic_write_text", "atomic_write_bytes", "SummaryWriter", "summary_columns", "temp_suffix", "locked",
+           "remove_temporaries"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -141,9 +143,31 @@ def temp_suffix(path: PathLike) -> str:
     return os.path.splitext(name)[1]
 
 
-def _new_temp(target: Path, tag: str = "tmp") -> str:
+def _temp_stem(target: Path) -> tuple:
+    """(stem, extension) of the temporary names ``.<stem>.<random>.<tag><ext>`` made for ``target``."""
     ext = temp_suffix(target)
-    stem = target.name[: len(target.name) - len(ext)] if ext else target.name
+    return (target.name[: len(target.name) - len(ext)] if ext else target.name), ext
+
+
+def remove_temporaries(path: PathLike) -> int:
+    """Remove the temporary files that writes of ``path`` left beside it when their process was
+    killed before the rename (a cancelled batch's workers); returns how many. Call it only where no
+    other writer of ``path`` runs: its temporary files would go too."""
+    target = Path(path)
+    stem, ext = _temp_stem(target)
+    name = re.compile(rf"\.{re.escape(stem)}\.[A-Za-z0-9_]+\.tmp{re.escape(ext)}")
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(target.parent):
+            if name.fullmatch(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+                    removed += 1
+    return removed
+
+
+def _new_temp(target: Path, tag: str = "tmp") -> str:
+    stem, ext = _temp_stem(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".{tag}{ext}", dir=str(target.parent))
     os.close(fd)
     return tmp

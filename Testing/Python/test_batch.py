@@ -259,6 +259,46 @@ def test_resume_after_a_killed_batch_gives_the_uninterrupted_results(six, tmp_pa
     assert again.wait() == 0 and read_summary(out / "summary.csv") == rows
 
 
+def test_ctrl_c_stops_the_pool_at_once_and_leaves_no_output_without_its_row(six, tmp_path):
+    """Ctrl-C (SIGINT to the batch's process group, as a terminal sends it) during a pooled batch: the
+    workers stop at once. Before, each worker ran on through the cases already queued to it, writing
+    their outputs after the batch had stopped recording rows: files that the summary does not know."""
+    root, manifest, _ = six
+    out = tmp_path / "out"
+    args = ["--manifest", str(manifest), "--out", str(out), "--workers", "2", "--preset", "default"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "NeARSlicer"), "OMP_NUM_THREADS": "1"}
+    # a session of its own, and SIGINT's default action (a background CI shell may pass it on ignored)
+    proc = subprocess.Popen([sys.executable, "-m", "NeARSlicerLib.cli", "batch", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if (out / "summary.csv").exists() and len({r["case"] for r in read_summary(out / "summary.csv")}) >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and b"interrupted" in err, err.decode()[-2000:]
+    rows = read_summary(out / "summary.csv")
+    assert 2 <= len({r["case"] for r in rows}) < 6, "the batch was not interrupted part-way"
+    recorded = {Path(r["output"]).name for r in rows}
+    assert sorted(p.name for p in out.iterdir()) == sorted(recorded | {"summary.csv"})  # no temporary file either
+    resumed = _run_cli([*args, "--resume"])
+    _, err = resumed.communicate()
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    rows = read_summary(out / "summary.csv")
+    assert sorted((r["case"], r["segment"]) for r in rows) == sorted(
+        [(f"c{k}", "Label_1") for k in range(5)] + [("c5", "left"), ("c5", "right")])
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"c{k}.nii.gz" for k in range(5)] + ["c5.seg.nrrd",
+                                                                                                 "summary.csv"])
+
+
 def test_resume_runs_again_the_failed_cases_and_those_whose_inputs_changed(six, tmp_path, capsys):
     """A lead mends a missing file, or corrects a manifest's label, after a batch and resumes: those
     cases are refined again (not left as the earlier errors); an unchanged, finished one is not."""

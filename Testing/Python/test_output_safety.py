@@ -405,3 +405,19 @@ def test_a_lock_that_replaced_the_dead_writers_one_is_not_removed(tmp_path, monk
             pass
     assert lock.read_text() == first_run
     assert [p.name for p in tmp_path.iterdir()] == ["summary.csv.lock"]  # nothing left aside
+
+
+def test_remove_temporaries_takes_only_the_killed_writes_of_that_output(tmp_path):
+    """What a killed worker leaves: ``.<name>.<random>.tmp<ext>`` beside its output. Only those go;
+    the output itself, another output's temporaries and a user's hidden files stay."""
+    import tempfile
+
+    from NeARSlicerLib.output_safety import remove_temporaries
+
+    left = [tempfile.mkstemp(prefix=".c1.", suffix=".tmp.nii.gz", dir=tmp_path)[1] for _ in range(2)]
+    kept = ["c1.nii.gz", ".c10.abcd1234.tmp.nii.gz", ".c1.abcd1234.tmp.seg.nrrd", ".c1.notes", "c1.abcd1234.tmp.nii.gz"]
+    for name in kept:
+        (tmp_path / name).write_text("x")
+    assert remove_temporaries(tmp_path / "c1.nii.gz") == 2
+    assert not any(os.path.exists(p) for p in left)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
