@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -753,9 +754,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slicer's Cancel of a batch, ``timeout``, a cluster's scheduler): the same clean-up as a
+    Ctrl-C (no temporary file left, a pool's workers stopped), then exit status 143."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)  # engine warnings are printed as one-liners instead
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: keep the default behaviour
+        previous = None
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
     try:
         return int(args.func(args) or 0)
     except RefinementError as exc:  # the engine failed on valid input: not the user's error
@@ -773,6 +795,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"nearslicer: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("nearslicer: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("nearslicer: interrupted", file=sys.stderr)
         return 130

@@ -259,10 +259,13 @@ def test_resume_after_a_killed_batch_gives_the_uninterrupted_results(six, tmp_pa
     assert again.wait() == 0 and read_summary(out / "summary.csv") == rows
 
 
-def test_ctrl_c_stops_the_pool_at_once_and_leaves_no_output_without_its_row(six, tmp_path):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, b"interrupted"), (signal.SIGTERM, 143, b"terminated")])
+def test_ctrl_c_stops_the_pool_at_once_and_leaves_no_output_without_its_row(six, tmp_path, signum, code, said):
     """Ctrl-C (SIGINT to the batch's process group, as a terminal sends it) during a pooled batch: the
     workers stop at once. Before, each worker ran on through the cases already queued to it, writing
-    their outputs after the batch had stopped recording rows: files that the summary does not know."""
+    their outputs after the batch had stopped recording rows: files that the summary does not know.
+    SIGTERM to the group (Slicer's Cancel, ``timeout``, a scheduler) is cleaned up the same way; before,
+    it ended the batch on the spot (status -15), leaving what its workers were writing."""
     root, manifest, _ = six
     out = tmp_path / "out"
     args = ["--manifest", str(manifest), "--out", str(out), "--workers", "2", "--preset", "default"]
@@ -278,13 +281,13 @@ def test_ctrl_c_stops_the_pool_at_once_and_leaves_no_output_without_its_row(six,
                 break
             assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
             time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130 and b"interrupted" in err, err.decode()[-2000:]
+    assert proc.returncode == code and said in err, err.decode()[-2000:]
     rows = read_summary(out / "summary.csv")
     assert 2 <= len({r["case"] for r in rows}) < 6, "the batch was not interrupted part-way"
     recorded = {Path(r["output"]).name for r in rows}
