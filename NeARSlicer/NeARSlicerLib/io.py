@@ -36,6 +36,9 @@ _RAS_NAMES = ("right-anterior-superior", "ras")
 def _kind(path: str) -> str:
     """'seg.nrrd', 'seg.nhdr', 'nifti', 'nrrd', 'nhdr', 'mha' or 'mhd' from the file name; InputError
     otherwise."""
+    if os.path.isdir(path):
+        raise InputError(f"{os.fspath(path)} is a folder, not a file: give an image or mask file (a DICOM series "
+                         "must be converted first: load it in Slicer and save the volume as .nrrd, or use dcm2niix)")
     low = os.fspath(path).lower()
     for ext in _SEG_EXTS:
         if low.endswith(ext):

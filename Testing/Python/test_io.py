@@ -133,6 +133,9 @@ def test_empty_2d_and_unreadable_inputs(tmp_path):
         io.read_mask(write_sitk(tmp_path / "slice.nrrd", np.ones((1, 20, 20), np.uint8), one_slice))
     with pytest.raises(InputError, match="file not found"):
         io.read_mask(tmp_path / "missing.nii.gz")
+    (tmp_path / "CT_series").mkdir()  # e.g. a DICOM series given as the image: said, not "unsupported file type"
+    with pytest.raises(InputError, match="CT_series is a folder, not a file: .*DICOM series must be converted"):
+        io.read_image(tmp_path / "CT_series")
     (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(InputError, match="cannot read mask"):
         io.read_mask(tmp_path / "junk.nii.gz")
