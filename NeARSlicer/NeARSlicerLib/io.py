@@ -87,6 +87,18 @@ def _require_file(path: str) -> None:
         raise InputError(f"file not found: {path}")
 
 
+def _gzip_hint(path: str) -> str:
+    """Why ITK may not know a file: it is gzip-compressed under a name without .gz (a renamed .nii.gz)."""
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return ""
+    if compressed and not os.fspath(path).lower().endswith(".gz"):
+        return f" (the file is gzip-compressed: name it {os.path.basename(os.fspath(path))}.gz)"
+    return ""
+
+
 def _read_sitk(path: str, what: str) -> Tuple[np.ndarray, Grid]:
     """Array [k, j, i] and grid of a scalar 3D image read by SimpleITK."""
     _require_file(path)
@@ -94,7 +106,7 @@ def _read_sitk(path: str, what: str) -> Tuple[np.ndarray, Grid]:
         img = sitk.ReadImage(os.fspath(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise InputError(f"cannot read {what} {path}: {first}") from None
+        raise InputError(f"cannot read {what} {path}: {first}{_gzip_hint(path)}") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{what} {path} has {img.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
     array = sitk.GetArrayFromImage(img)

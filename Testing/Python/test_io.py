@@ -133,6 +133,9 @@ def test_empty_2d_and_unreadable_inputs(tmp_path):
         io.read_mask(write_sitk(tmp_path / "slice.nrrd", np.ones((1, 20, 20), np.uint8), one_slice))
     with pytest.raises(InputError, match="file not found"):
         io.read_mask(tmp_path / "missing.nii.gz")
+    (tmp_path / "renamed.nii").write_bytes(open(write_sitk(tmp_path / "m.nii.gz", box()), "rb").read())
+    with pytest.raises(InputError, match=r"cannot read mask .*renamed.nii: .*gzip-compressed: name it renamed.nii.gz"):
+        io.read_mask(tmp_path / "renamed.nii")
     (tmp_path / "CT_series").mkdir()  # e.g. a DICOM series given as the image: said, not "unsupported file type"
     with pytest.raises(InputError, match="CT_series is a folder, not a file: .*DICOM series must be converted"):
         io.read_image(tmp_path / "CT_series")
