@@ -20,7 +20,7 @@ common=(--data "$DATA" --minutes "$MIN" --max-steps "$STEPS" --val-every "$VAL" 
         --points 8192 --errors library)
 run() {  # name, workers, extra args...
   local name=$1 workers=$2; shift 2
-  python3 -m NeARSlicerLib.cli train-prior "${common[@]}" --workers "$workers" --out "$OUT/$name.safetensors" "$@" \
+  python3 -m NeARSlicerLib.cli train-prior "${common[@]}" --workers "$workers" --out "$OUT/$name.safetensors" --overwrite "$@" \
     >"$OUT/$name.log" 2>&1 &
 }
 # each run continues the shipped prior it would replace (warm start; new image inputs start at zero)

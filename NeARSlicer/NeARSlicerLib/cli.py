@@ -347,10 +347,12 @@ def cmd_train_prior(args) -> int:
 
     if not Path(args.data).is_file():
         raise InputError(f"training data not found: {args.data}")
-    # the prior (rewritten at every better validation) and the resume file are replaced by design;
-    # neither may be the training data or the warm-start prior
+    # the prior (rewritten at every better validation) and the resume file are this run's own; a prior
+    # that exists before the run (an earlier run's: hours of training) is replaced only with --overwrite,
+    # or by the run it belongs to (--resume); neither may be the training data or the warm-start prior
     check_output_folder(Path(args.out).parent, create=True)
-    check_outputs([args.out, args.resume], [args.data, args.init_from], may_exist=[args.out, args.resume])
+    check_outputs([args.out, args.resume], [args.data, args.init_from], overwrite=args.overwrite,
+                  may_exist=[args.resume, args.out if args.resume else None])
     sigmas = tuple(float(v) for v in args.annotation_sigmas.split(",") if v.strip())
     cfg = TrainConfig(data=args.data, out=args.out, minutes=args.minutes, max_steps=args.max_steps,
                       batch=args.batch, seed=args.seed, threads=args.threads, resume=args.resume,
@@ -646,12 +648,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-prior", help="train a shape prior on the ALAN shapes")
-    t.add_argument("--data", default=default_alan())
-    t.add_argument("--out", default="adrenal_prior.safetensors")
-    t.add_argument("--minutes", type=float, default=72.0)
-    t.add_argument("--max-steps", type=int, default=100000)
-    t.add_argument("--batch", type=int, default=16)
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--data", default=default_alan(), help="ALAN shapes (.npz with train_shapes, val_shapes)")
+    t.add_argument("--out", default="adrenal_prior.safetensors",
+                   help="the prior, rewritten at every better validation; an existing file is replaced only "
+                        "with --overwrite or --resume")
+    t.add_argument("--overwrite", action="store_true", help="replace a prior that exists at --out")
+    t.add_argument("--minutes", type=float, default=72.0, help="training budget in minutes")
+    t.add_argument("--max-steps", type=int, default=100000, help="stop after this many steps")
+    t.add_argument("--batch", type=int, default=16, help="shapes per step")
+    t.add_argument("--threads", type=int, default=2, help="torch threads")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay over the budget)")
     t.add_argument("--val-every", type=int, default=150, help="steps between validations (best checkpoint kept)")

@@ -425,3 +425,16 @@ def test_train_prior_refuses_to_write_over_its_data(tmp_path, capsys):
         assert main(["train-prior", "--data", str(data), "--max-steps", "1", *extra]) == 2
         assert "is the input" in _err(capsys)
     assert data.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["shapes.npz"]
+
+
+def test_train_prior_keeps_an_earlier_runs_prior(tmp_path, capsys):
+    """A prior at --out before the run (an earlier run's hours of training; the default --out is the
+    same name every time) is refused unless --overwrite; before, it was replaced without a word."""
+    data = tmp_path / "shapes.npz"
+    np.savez(data, train_shapes=np.zeros((2, 8, 8, 8), np.uint8), val_shapes=np.zeros((1, 8, 8, 8), np.uint8))
+    prior = tmp_path / "p.safetensors"
+    prior.write_bytes(b"an earlier run's prior")
+    assert main(["train-prior", "--data", str(data), "--out", str(prior), "--max-steps", "1"]) == 2
+    assert f"output {prior} exists; pass --overwrite" in _err(capsys)
+    assert prior.read_bytes() == b"an earlier run's prior" and sorted(os.listdir(tmp_path)) == ["p.safetensors",
+                                                                                                 "shapes.npz"]
