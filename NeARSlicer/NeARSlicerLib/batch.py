@@ -143,6 +143,20 @@ class CaseTask:
 
 
 # ------------------------------------------------------------------------------ case lists
+def manifest_table(path: Path) -> tuple:
+    """(columns, rows) of a manifest CSV, names in lower case and cells stripped: a spreadsheet's
+    byte-order mark is ignored, and its cells may be separated by commas or by the semicolons (or
+    tabs) that a spreadsheet set to a decimal comma writes. Shared by ``batch`` and ``study``."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    header = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=header.count) if any(c in header for c in ";\t") else ","
+    reader = csv.DictReader(_io.StringIO(text, newline=""), delimiter=delimiter)
+    cols = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    return cols, rows
+
+
 def read_manifest(path) -> List[BatchCase]:
     """Cases of a CSV with columns ``case,mask`` and optionally ``image,label,structure``; relative paths
     are relative to the CSV's folder. ``structure`` names what a row's mask is, for ``--prior auto`` (a
@@ -152,14 +166,10 @@ def read_manifest(path) -> List[BatchCase]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"manifest not found: {path}")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-        if "case" not in cols or "mask" not in cols:
-            raise InputError(f"manifest {p.name} needs the columns case and mask (optional: image, label, structure); "
-                             f"found {cols}")
-        raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
-               for row in reader]
+    cols, raw = manifest_table(p)
+    if "case" not in cols or "mask" not in cols:
+        raise InputError(f"manifest {p.name} needs the columns case and mask (optional: image, label, structure); "
+                         f"found {cols}")
     base = p.resolve().parent
 
     def absolute(value: str) -> Optional[str]:

@@ -40,7 +40,6 @@ process count: it resumes under any N, or alone.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -819,17 +818,16 @@ def find_cases(masks_dir: str, images_dir: Optional[str] = None) -> list[tuple[s
 def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[str], Optional[str]]]:
     """(name, mask, image or None, label or None, structure or None) rows of a CSV with columns name (or
     case, as ``nearslicer batch``'s manifest: one manifest serves both), mask[, image][, label][, structure];
-    relative paths are relative to the CSV's folder. A spreadsheet's byte-order mark is ignored."""
+    relative paths are relative to the CSV's folder. The CSV is read as ``batch.manifest_table`` reads it."""
+    from .batch import manifest_table
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"manifest not found: {path}")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-        if not ({"name", "case"} & set(cols)) or "mask" not in cols:
-            raise InputError(f"manifest {p.name} needs the columns name (or case) and mask (optional: image, label, "
-                             f"structure); found {cols}")
-        raw = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    cols, raw = manifest_table(p)
+    if not ({"name", "case"} & set(cols)) or "mask" not in cols:
+        raise InputError(f"manifest {p.name} needs the columns name (or case) and mask (optional: image, label, "
+                         f"structure); found {cols}")
     key = "name" if "name" in cols else "case"
     rows, seen = [], set()
     for i, r in enumerate(raw, start=2):

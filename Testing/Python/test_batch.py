@@ -208,6 +208,23 @@ def test_bad_manifest_rows_are_recorded_and_the_batch_goes_on(six, tmp_path, cap
     assert sorted(masks_of(tmp_path / "out")["seg.seg.nrrd"]) == ["left", "right", "right (NeAR)"]
 
 
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_a_manifest_saved_by_a_spreadsheet_with_semicolons_or_tabs_is_read(six, tmp_path, delimiter):
+    """A spreadsheet set to a decimal comma saves its CSV with semicolons (and a byte-order mark):
+    the same cases as the comma-separated manifest, for batch and study alike (before: 'needs the
+    columns case and mask; found ['case;mask;image;label']')."""
+    from NeARSlicerLib.study import read_manifest as study_manifest
+
+    _, manifest, _ = six
+    text = manifest.read_text()
+    other = tmp_path / "cases.csv"
+    with open(other, "w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f, delimiter=delimiter).writerows(csv.reader(text.splitlines()))
+    # relative paths are relative to each manifest's folder: compare the absolute ones
+    assert read_manifest(other) == read_manifest(manifest)
+    assert study_manifest(str(other)) == study_manifest(str(manifest))
+
+
 def test_manifest_without_its_columns_is_refused(tmp_path):
     (tmp_path / "m.csv").write_text("name,mask\na,b.nii.gz\n")
     with pytest.raises(InputError, match="needs the columns case and mask"):
