@@ -176,7 +176,8 @@ def read_manifest(path) -> List[BatchCase]:
         return str(Path(os.path.join(base, os.path.expanduser(value)))) if value else None
 
     cases = [BatchCase(r.get("case", ""), absolute(r.get("mask", "")) or "", absolute(r.get("image", "")),
-                       r.get("label") or None, structure=r.get("structure") or None) for r in raw if any(r.values())]
+                       label_cell(r.get("label") or None), structure=r.get("structure") or None)
+             for r in raw if any(r.values())]
     return _checked_names(cases, f"manifest {p.name}")
 
 
@@ -210,6 +211,17 @@ def _checked_names(cases: List[BatchCase], where: str) -> List[BatchCase]:
 
 
 # ------------------------------------------------------------------------------ one case
+def label_cell(label: Optional[str]) -> Optional[str]:
+    """A manifest's (or ``--label``'s) label as the summary records it: each ``;``-separated part that
+    is a whole number written as a decimal (``9.0``, as pandas writes an integer column with gaps) as
+    that number (``9``), so that a resume matches the rows it recorded."""
+    from .io import label_text
+
+    if label is None:
+        return None
+    return ";".join(label_text(part) for part in str(label).split(";"))
+
+
 def several_labels(label: Optional[str]) -> Optional[List[str]]:
     """The labels a case's ``label`` names when it may name several: ``"8;9"`` -> ``["8", "9"]`` (blank
     parts and repeats dropped), ``"all"`` -> ``[]`` (every label of the file); None for one label or none.

@@ -485,14 +485,14 @@ def cmd_report(args) -> int:
 def cmd_batch(args) -> int:
     from dataclasses import replace
 
-    from .batch import cases_from_folder, read_manifest, run_batch
+    from .batch import cases_from_folder, label_cell, read_manifest, run_batch
     from .batch_executor import make_executor
 
     if bool(args.manifest) == bool(args.cases):
         raise InputError("give one of --manifest CSV or --cases DIR")
     cases = read_manifest(args.manifest) if args.manifest else cases_from_folder(args.cases)
     if args.label is not None:  # a manifest's own label column wins
-        cases = [c if c.label is not None else replace(c, label=args.label) for c in cases]
+        cases = [c if c.label is not None else replace(c, label=label_cell(args.label)) for c in cases]
     executor = make_executor(args.workers, args.ray, args.gpus_per_task)
     where = f"Ray ({args.ray})" if args.ray else ("this process" if args.workers == 0 else
                                                  f"{executor.workers} worker process(es)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import nrrd
@@ -241,6 +242,7 @@ def _mask_from_seg(path: str, label: Union[int, str, None]) -> Tuple[np.ndarray,
 def choose_segment(table: Sequence[Dict[str, Any]], label: Union[int, str], file_name: str) -> Dict[str, Any]:
     """The entry of a .seg.nrrd's segment table (``read_segments``) that ``label`` names: its name, else
     its ID, else its label value; InputError when none or several do."""
+    label = label_text(label)
     matches = [s for s in table if s["name"] == str(label)] or [s for s in table if s["id"] == str(label)]
     if not matches and _is_int(label):
         matches = [s for s in table if s["label_value"] == int(label)]
@@ -249,6 +251,18 @@ def choose_segment(table: Sequence[Dict[str, Any]], label: Union[int, str], file
     if len(matches) > 1:
         raise InputError(f"label {label!r} matches several segments {[s['name'] for s in matches]}: pass a segment name")
     return matches[0]
+
+
+_WHOLE_NUMBER = re.compile(r"\s*([+-]?\d+)\.0*\s*")
+
+
+def label_text(label: Any) -> Any:
+    """A label given as a whole number written as a decimal (``"9.0"``, as a spreadsheet or pandas
+    writes an integer column with gaps) as that number's text (``"9"``); anything else unchanged."""
+    if isinstance(label, str):
+        whole = _WHOLE_NUMBER.fullmatch(label)
+        return str(int(whole.group(1))) if whole else label
+    return label
 
 
 def _is_int(value: Any) -> bool:
@@ -263,6 +277,7 @@ def _select_label(array: np.ndarray, label: Union[int, str, None], names: Option
                   file_name: str = "") -> Tuple[np.ndarray, Dict[str, Any]]:
     """0/1 uint8 mask of ``label`` (or of the only label) in a label-map array. ``names``: the file's
     label table (``label_table``), whose names ``label`` may then be and the messages list."""
+    label = label_text(label)
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise InputError("mask has NaN or Inf values")

@@ -225,6 +225,21 @@ def test_a_manifest_saved_by_a_spreadsheet_with_semicolons_or_tabs_is_read(six, 
     assert study_manifest(str(other)) == study_manifest(str(manifest))
 
 
+def test_a_label_column_written_as_decimals_is_read_and_resumed(six, tmp_path, capsys):
+    """pandas writes an integer column with gaps as 1.0, 9.0...: such a label is the value it names,
+    and a resume finds the rows it recorded (as 1) instead of refining the case again."""
+    rows = _label_map_rows(six, ["a", "b"])
+    rows[0]["label"] = "1.0"
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    args = ["batch", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--workers", "0", "--preset", "fast"]
+    assert cli.main(args) == 0
+    recorded = {r["case"]: r for r in read_summary(tmp_path / "out" / "summary.csv")}
+    assert recorded["a"]["label"] == "1" and recorded["a"]["error"] == ""
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 0
+    assert "2 already done" in capsys.readouterr().out
+
+
 def test_manifest_without_its_columns_is_refused(tmp_path):
     (tmp_path / "m.csv").write_text("name,mask\na,b.nii.gz\n")
     with pytest.raises(InputError, match="needs the columns case and mask"):

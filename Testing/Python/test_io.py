@@ -100,6 +100,10 @@ def test_multilabel_needs_a_label(tmp_path):
     m9, grid, info = io.read_mask(path, label=9)
     assert m9.sum() == 8 and set(np.unique(m9)) == {0, 1} and info["labels"] == [8, 9]
     assert io.read_mask(path, label="8")[0].sum() == box().sum()  # a CLI string works too
+    # a whole number written as a decimal, as pandas writes an integer column with gaps (before: "not an integer")
+    assert io.read_mask(path, label="9.0")[1:] == (grid, info) and io.read_mask(path, label=" 8.00 ")[2]["label"] == 8
+    with pytest.raises(InputError, match=r"label '8.5' is not an integer"):
+        io.read_mask(path, label="8.5")
     with pytest.raises(InputError, match=r"label 3 not found in mask \(labels present: \[8, 9\]\)"):
         io.read_mask(path, label=3)
     with pytest.raises(InputError, match="names no labels"):
