@@ -242,10 +242,10 @@ def _mask_from_seg(path: str, label: Union[int, str, None]) -> Tuple[np.ndarray,
 def choose_segment(table: Sequence[Dict[str, Any]], label: Union[int, str], file_name: str) -> Dict[str, Any]:
     """The entry of a .seg.nrrd's segment table (``read_segments``) that ``label`` names: its name, else
     its ID, else its label value; InputError when none or several do."""
-    label = label_text(label)
     matches = [s for s in table if s["name"] == str(label)] or [s for s in table if s["id"] == str(label)]
-    if not matches and _is_int(label):
-        matches = [s for s in table if s["label_value"] == int(label)]
+    value = label_text(label)
+    if not matches and _is_int(value):
+        matches = [s for s in table if s["label_value"] == int(value)]
     if not matches:
         raise InputError(f"label {label!r} not found in {file_name} (segments: {[s['name'] for s in table]})")
     if len(matches) > 1:
