@@ -13,7 +13,8 @@ A folder holds any mix of:
 Entries that cannot be used (an image with no segmentation, two segmentations for one image, a
 sub-folder with two images) are returned with ``error`` set, so a caller can report them.
 Only file names are looked at; nothing is read. ``NAME.NeAR.seg.nrrd`` files (results written
-beside their inputs) are never cases.
+beside their inputs) are never cases, nor is a sub-folder holding a batch's or a study's summary
+(``--out cases/refined``: an output folder among the cases).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from .errors import InputError
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".seg.nhdr", ".seg.nii.gz", ".seg.nii")
 # what Slicer's batch writes beside the inputs when it refines a folder into itself: never a case
 NEAR_OUTPUT_SUFFIX = ".NeAR.seg.nrrd"
+# a sub-folder holding one of these is a batch's or study's output folder (Slicer's batch names its own
+# nearslicer_summary.csv when asked to), never a case
+OUTPUT_SUMMARIES = ("summary.csv", "nearslicer_summary.csv")
 IMAGE_SUFFIXES = SEGMENTATION_SUFFIXES + (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _WORDS = r"seg|segmentation|label|labels|labelmap|mask|masks|annotation|annotations"
 _SEGMENTATION_WORD = re.compile(rf"(^|[_\-.\s])({_WORDS})([_\-.\s]|$)", re.IGNORECASE)
@@ -138,9 +142,9 @@ def discover_cases(folder) -> list:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"case folder not found: {folder}")
-    cases = [c for c in (_folder_case(sub) for sub in sorted(p for p in folder.iterdir()
-                                                             if p.is_dir() and not p.name.startswith(".")))
-             if c is not None]
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and not any((p / name).is_file() for name in OUTPUT_SUMMARIES))
+    cases = [c for c in (_folder_case(sub) for sub in subs) if c is not None]
     cases += _flat_cases(_image_files(folder))
     if not cases:
         raise InputError(f"case folder {folder} holds no .nii.gz, .nii, .nrrd, .mha or .seg.nrrd files: no cases")

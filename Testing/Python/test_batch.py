@@ -529,6 +529,24 @@ def test_a_case_folder_refined_into_itself_never_touches_an_input(tmp_path):
     assert _digests(pairs) == before
 
 
+def test_an_output_folder_among_the_cases_is_never_taken_for_a_case(tmp_path, capsys):
+    """``--out cases/refined``: on the resume (and on any later batch or study of the folder) the
+    output folder, which holds the summary, is not a case. Before, it was one, failing every time:
+    'folder refined needs one segmentation and at most one image, found 2 image(s)'."""
+    from NeARSlicerLib.study import find_cases
+
+    folder = tmp_path / "cases"
+    make_cases(folder, 2, with_seg_nrrd=False)
+    args = ["batch", "--cases", str(folder), "--out", str(folder / "refined"), "--workers", "0", "--preset", "fast"]
+    assert cli.main(args) == 0
+    assert sorted(p.name for p in (folder / "refined").iterdir()) == ["c0.nii.gz", "c1.nii.gz", "summary.csv"]
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 0
+    assert "2 already done, 0 failed" in capsys.readouterr().out
+    assert [c.name for c in cases_from_folder(folder)] == ["c0", "c1"]
+    assert [name for name, _, _ in find_cases(str(folder))] == ["c0", "c1"]
+
+
 def test_existing_outputs_need_overwrite(six, tmp_path):
     root, manifest, _ = six
     out = tmp_path / "out"
