@@ -90,12 +90,19 @@ class BatchRow:
         return self.number("confidence")
 
     def path(self, column: str, folder: Path) -> Optional[Path]:
-        """A path column as an absolute Path (relative ones are taken from the batch ``folder``)."""
+        """A path column as an absolute Path (relative ones are taken from the batch ``folder``). The
+        ``output`` is the file of that name in ``folder`` when there is one: a batch writes its outputs
+        into its own folder, so a folder copied or moved for review finds its own outputs, not (or no
+        longer) those at the recorded place."""
         value = self.text(column)
         if not value:
             return None
         path = Path(value)
-        return path if path.is_absolute() else folder / path
+        if not path.is_absolute():
+            return folder / path
+        if column == "output" and (folder / path.name).is_file():
+            return folder / path.name
+        return path
 
 
 def find_summary(batch: Union[str, os.PathLike]) -> Path:

@@ -252,6 +252,27 @@ def test_report_of_a_refine_study_folder_and_a_missing_output(study_folder):
     assert all((page.parent / unquote(src)).is_file() for src in images)
 
 
+def test_a_batch_folder_copied_for_review_shows_its_own_outputs(batch_folder, tmp_path):
+    """A lead copies the batch folder to a share and deletes the working copy: the summary's absolute
+    output paths point at the old place, but the outputs are beside the summary; the report (and
+    Slicer's review queue, through the same ``BatchRow.path``) read those. Before: 'output ... not found'."""
+    import shutil
+
+    copy = tmp_path / "shared drive" / "batch"
+    shutil.copytree(batch_folder, copy)
+    rows = read_batch(copy)[1]
+    recorded = [Path(r.text("output")) for r in rows if r.text("output")]
+    assert recorded and all(p.parent == batch_folder for p in recorded)
+    for p in recorded:
+        p.unlink(missing_ok=True)  # the working copy is gone
+    assert all(r.path("output", copy).parent == copy for r in rows if r.text("output"))
+    page = build_report(copy)
+    text = page.read_text()
+    images = [src for tag, src in _parse(text).links if tag == "img"]
+    assert "not found" not in text and len(images) >= len(recorded)
+    assert all((page.parent / unquote(src)).is_file() for src in images)
+
+
 def test_report_of_a_batch_where_every_case_failed(tmp_path):
     (tmp_path / "summary.csv").write_text("case,segment,error\na,,InputError: mask is empty\n")
     page = build_report(tmp_path)
