@@ -490,6 +490,10 @@ def cmd_batch(args) -> int:
 
     if bool(args.manifest) == bool(args.cases):
         raise InputError("give one of --manifest CSV or --cases DIR")
+    if not args.ray:  # on Ray the workers' machines have the GPUs, not (necessarily) this one
+        from .device import pick_device
+
+        pick_device(args.device)  # --device cuda without a GPU: said once, not as every case's error
     cases = read_manifest(args.manifest) if args.manifest else cases_from_folder(args.cases)
     if args.label is not None:  # a manifest's own label column wins
         cases = [c if c.label is not None else replace(c, label=label_cell(args.label)) for c in cases]

@@ -240,6 +240,19 @@ def test_a_label_column_written_as_decimals_is_read_and_resumed(six, tmp_path, c
     assert "2 already done" in capsys.readouterr().out
 
 
+def test_a_gpu_asked_for_where_there_is_none_is_said_once(six, tmp_path, capsys, monkeypatch):
+    """--device cuda without a GPU (here: CUDA made unavailable) stops the batch before it starts, as
+    refine does, where every case failed with that error in its row."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, manifest, _ = six
+    out = tmp_path / "out"
+    assert cli.main(["batch", "--manifest", str(manifest), "--out", str(out), "--workers", "0", "--device", "cuda"]) == 2
+    assert "device 'cuda' was requested but no CUDA GPU is available" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_manifest_without_its_columns_is_refused(tmp_path):
     (tmp_path / "m.csv").write_text("name,mask\na,b.nii.gz\n")
     with pytest.raises(InputError, match="needs the columns case and mask"):
