@@ -263,23 +263,28 @@ def test_manifest_without_its_columns_is_refused(tmp_path):
     assert "not usable as a file name" in errors[2]
 
 
-def _run_cli(args, env=None):
+def _run_cli(args, env=None, **popen):
     env = {**os.environ, "PYTHONPATH": str(REPO / "NeARSlicer"), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "NeARSlicerLib.cli", "batch", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def _wait_for_cases(proc, out: Path, cases: int, seconds: float) -> None:
+    """Until the running batch ``proc`` has recorded ``cases`` cases in ``out``'s summary."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if (out / "summary.csv").exists() and len({r["case"] for r in read_summary(out / "summary.csv")}) >= cases:
+            return
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        time.sleep(0.02)
 
 
 def test_resume_after_a_killed_batch_gives_the_uninterrupted_results(six, tmp_path):
     root, manifest, reference = six
     out = tmp_path / "out"
     proc = _run_cli(["--manifest", str(manifest), "--out", str(out), "--workers", "0", "--preset", "fast"])
-    deadline = time.time() + 120
     try:
-        while time.time() < deadline:
-            if (out / "summary.csv").exists() and len({r["case"] for r in read_summary(out / "summary.csv")}) >= 2:
-                break
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            time.sleep(0.02)
+        _wait_for_cases(proc, out, 2, 120)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -314,18 +319,10 @@ def test_ctrl_c_stops_the_pool_at_once_and_leaves_no_output_without_its_row(six,
     root, manifest, _ = six
     out = tmp_path / "out"
     args = ["--manifest", str(manifest), "--out", str(out), "--workers", "2", "--preset", "default"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "NeARSlicer"), "OMP_NUM_THREADS": "1"}
     # a session of its own, and SIGINT's default action (a background CI shell may pass it on ignored)
-    proc = subprocess.Popen([sys.executable, "-m", "NeARSlicerLib.cli", "batch", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 300
+    proc = _run_cli(args, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        while time.time() < deadline:
-            if (out / "summary.csv").exists() and len({r["case"] for r in read_summary(out / "summary.csv")}) >= 2:
-                break
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            time.sleep(0.02)
+        _wait_for_cases(proc, out, 2, 300)
         os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=120)
     finally:
