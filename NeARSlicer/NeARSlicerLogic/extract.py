@@ -123,8 +123,7 @@ def workingGrid(volumeNode, segmentationNode, segmentId, geometry: str = "auto")
 def segmentBox(segmentationNode, segmentId, ijkToLocal: np.ndarray, shape, padMm: float):
     """``(lo, hi)`` [k, j, i] of the segment's voxels on the grid, grown by ``padMm`` and clipped to it;
     None when the segment has no voxels; an empty box when it lies outside the grid."""
-    source = slicer.vtkOrientedImageData()
-    segmentationNode.GetBinaryLabelmapRepresentation(segmentId, source)
+    source = grids.segmentLabelmap(segmentationNode, segmentId)
     if source.GetPointData().GetScalars() is None:
         return None
     effective = [0, -1, 0, -1, 0, -1]

@@ -142,10 +142,30 @@ def _resampled(source, ijkToLocal: np.ndarray, shape, linear: bool, dtype) -> np
     return result
 
 
+def segmentLabelmap(segmentationNode, segmentId: str):
+    """The segment's binary labelmap (``vtkOrientedImageData``, the segmentation's frame). A segmentation
+    stored as surfaces (a model imported into Segmentations, a ``.seg.vtm``) has none: a copy of the
+    segment is converted as Slicer would show it in a slice view, and the node itself is not touched."""
+    segmentation = segmentationNode.GetSegmentation()
+    binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    labelmap = slicer.vtkOrientedImageData()
+    if segmentation.ContainsRepresentation(binary):
+        segmentationNode.GetBinaryLabelmapRepresentation(segmentId, labelmap)
+        return labelmap
+    copy = slicer.vtkSegmentation()
+    copy.SetSourceRepresentationName(segmentation.GetSourceRepresentationName())
+    copy.CopyConversionParameters(segmentation)
+    copy.CopySegmentFromSegmentation(segmentation, segmentId)
+    if copy.CreateRepresentation(binary):
+        converted = copy.GetSegment(segmentId).GetRepresentation(binary)
+        if converted is not None:
+            labelmap.DeepCopy(converted)
+    return labelmap
+
+
 def segmentOnGrid(segmentationNode, segmentId: str, ijkToLocal: np.ndarray, shape) -> np.ndarray:
     """The segment as a 0/1 uint8 array [k, j, i] on the grid (nearest neighbour)."""
-    source = slicer.vtkOrientedImageData()
-    segmentationNode.GetBinaryLabelmapRepresentation(segmentId, source)
+    source = segmentLabelmap(segmentationNode, segmentId)
     extent = source.GetExtent()
     if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5] \
             or source.GetPointData().GetScalars() is None:
@@ -171,9 +191,27 @@ def writeSegment(segmentationNode, segmentId: str, mask: np.ndarray, ijkToLocal:
     segment only, so writing a result that overlaps its original there would erase the original.
     """
     segmentation = segmentationNode.GetSegmentation()
+    image = orientedImage(ijkToLocal, mask.shape, (np.asarray(mask) > 0).astype(np.uint8))
+    binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    sourceName = segmentation.GetSourceRepresentationName()
+    if sourceName != binary:
+        # a segmentation stored as surfaces keeps its kind: the voxels are converted as Slicer converts a
+        # painted segment (the segmentation's own conversion parameters), the other segments untouched
+        converter = slicer.vtkSegmentation()
+        converter.SetSourceRepresentationName(binary)
+        converter.CopyConversionParameters(segmentation)
+        # NeAR's surface is smooth already: a smoothed contour of its voxels would shrink a small structure
+        converter.SetConversionParameter("Smoothing factor", "0")
+        painted = slicer.vtkSegment()
+        painted.AddRepresentation(binary, image)
+        converter.AddSegment(painted, segmentId)
+        if not converter.CreateRepresentation(sourceName):
+            raise RuntimeError(f"could not convert the voxels of segment '{segmentId}' to a {sourceName}")
+        segmentation.GetSegment(segmentId).AddRepresentation(
+            sourceName, converter.GetSegment(segmentId).GetRepresentation(sourceName))
+        return
     if segmentation.GetNumberOfSegments() > 1:
         segmentation.SeparateSegmentLabelmap(segmentId)
-    image = orientedImage(ijkToLocal, mask.shape, (np.asarray(mask) > 0).astype(np.uint8))
     if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
             image, segmentationNode, segmentId, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
         raise RuntimeError(f"could not write the voxels of segment '{segmentId}'")

@@ -156,3 +156,49 @@ def test_accept_refinement(refined):
         logic.acceptRefinement(segmentation_node, refined["new_id"])
     with pytest.raises(InputError, match="not a NeAR refinement"):
         logic.acceptRefinement(segmentation_node, refined["labels"][8])
+
+
+def test_a_segmentation_stored_as_surfaces_is_refined_and_keeps_its_kind(slicer_app):
+    """A segment whose segmentation stores closed surfaces (a model imported into Segmentations, a
+    .seg.vtm) has no labelmap until converted. Before, it was refused as "empty: paint it before
+    refining"; now a copy is converted for the engine (the node untouched), and the result is added as
+    a surface, following the engine's voxels exactly."""
+    require_totalseg_data()
+    require_engine()
+    import slicer
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    import NeARSlicerLogic as L
+
+    slicer_app.clear()
+    volume = L.loadVolumeFile(str(CT_PATH), name="ct")
+    labels_node, labels = L.loadLabelmapAsSegmentation(str(SEG_PATH), volume, name="seg")
+    labels_node.CreateClosedSurfaceRepresentation()
+    gland = vtk.vtkPolyData()
+    gland.DeepCopy(labels_node.GetSegmentation().GetSegment(labels[LEFT_ADRENAL_LABEL]).GetRepresentation(
+        "Closed surface"))
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surfaces")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segmentation = node.GetSegmentation()
+    segmentation.SetSourceRepresentationName("Closed surface")
+    source_id = node.AddSegmentFromClosedSurfaceRepresentation(gland, "left adrenal gland", [1, 0, 0])
+    points_before = vtk_to_numpy(
+        segmentation.GetSegment(source_id).GetRepresentation("Closed surface").GetPoints().GetData()).copy()
+
+    logic = L.NeARSlicerLogic()
+    job = logic.prepareRefinement(volume, node, source_id, preset="fast", seed=0)
+    assert 100 < int(job.mask.sum()) < 250, "the gland (about 180 voxels of 3 mm) read from its surface"
+    assert not segmentation.ContainsRepresentation("Binary labelmap"), "the node itself was not converted"
+    logic.computeRefinement(job)
+    new_id = logic.applyRefinement(job)
+    assert segmentation.GetSourceRepresentationName() == "Closed surface"
+    assert segmentation.GetSegment(new_id).GetName() == "left adrenal gland (NeAR)"
+    _, original, refined, _ = logic.segmentArrays(node, source_id, new_id, volume)
+    assert int(refined.sum()) == int(job.result.mask.sum()), "the surface follows the engine's voxels"
+    assert int(original.sum()) == int(job.mask.sum())
+    assert 2 * (original & refined).sum() / (original.sum() + refined.sum()) > 0.7  # in place
+    points_after = vtk_to_numpy(
+        segmentation.GetSegment(source_id).GetRepresentation("Closed surface").GetPoints().GetData())
+    assert np.array_equal(points_after, points_before), "the original surface is untouched"
+    slicer_app.clear()
