@@ -30,6 +30,9 @@ def checkVolume(volumeNode) -> None:
     if not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
         raise InputError(f"volume '{volumeNode.GetName()}' is a {volumeNode.GetClassName()}; "
                          "choose a scalar volume (e.g. a CT)")
+    if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):  # its "intensities" are labels: read as an image, an MR
+        raise InputError(f"volume '{volumeNode.GetName()}' is a label map, not an image: choose the CT the "
+                         "segmentation was drawn on (or none, to use the segmentation's own geometry)")
     image = volumeNode.GetImageData()
     if image is None:
         raise InputError(f"volume '{volumeNode.GetName()}' has no image data")

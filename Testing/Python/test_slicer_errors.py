@@ -69,6 +69,21 @@ def test_2d_volume(logic, mrml_scene, slicer_app):
     _refine_fails(logic, mrml_scene, volume, segmentation, segment_id, "is 2D")
 
 
+def test_a_label_map_given_as_the_volume_is_refused(logic, mrml_scene, slicer_app):
+    """The console API takes any volume node; a label map's voxels are labels, which the modality
+    check read as an MR image (the widget's selector does not offer label maps)."""
+    import slicer
+
+    labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    mask = np.zeros((20, 30, 30), np.uint8)
+    mask[5:15, 10:20, 10:20] = 1
+    slicer.util.updateVolumeFromArray(labels, mask.astype(np.int16))
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labels)
+    segment_id = add_segment(segmentation, "box", mask, labels)
+    _refine_fails(logic, mrml_scene, labels, segmentation, segment_id, "is a label map, not an image")
+
+
 def test_nan_volume(logic, mrml_scene, slicer_app):
     import slicer
 
