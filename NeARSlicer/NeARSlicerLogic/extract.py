@@ -58,6 +58,22 @@ def checkSegment(segmentationNode, segmentId) -> str:
     return segmentation.GetSegment(segmentId).GetName()
 
 
+# what a segmentation may store its segments as for NeAR to add its result in the same form (Slicer
+# converts voxels to these two; planar contours, as RT structure sets hold, have no conversion from voxels)
+WRITABLE_REPRESENTATIONS = ("Binary labelmap", "Closed surface")
+
+
+def checkSourceRepresentation(segmentationNode) -> None:
+    """``InputError`` (before anything is computed) when the result could not be added to the
+    segmentation in the form it stores its segments in."""
+    source = segmentationNode.GetSegmentation().GetSourceRepresentationName()
+    if source not in WRITABLE_REPRESENTATIONS:
+        raise InputError(f"segmentation '{segmentationNode.GetName()}' stores its segments as {source} (e.g. a DICOM "
+                         "RT structure set), in which NeAR cannot add its result: convert it first (Segmentations "
+                         "module > Representations: make Binary labelmap the source), or export the segment to a "
+                         "new segmentation")
+
+
 def segmentStorageGeometry(segmentationNode, segmentId):
     """``(ijkToLocal, extent)`` of the labelmap the segment is stored on, or None (no labelmap)."""
     labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
@@ -164,6 +180,7 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
                trimToImage=True, imageOpensGate=True) -> RefinementJob:
     """Check the inputs and take the arrays from the scene (main thread). See ``refineSegment``."""
     segmentName = checkSegment(segmentationNode, segmentId)
+    checkSourceRepresentation(segmentationNode)
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
     if volumeNode is not None:

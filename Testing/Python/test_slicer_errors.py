@@ -84,6 +84,14 @@ def test_a_label_map_given_as_the_volume_is_refused(logic, mrml_scene, slicer_ap
     _refine_fails(logic, mrml_scene, labels, segmentation, segment_id, "is a label map, not an image")
 
 
+def test_a_segmentation_of_planar_contours_is_refused_before_computing(logic, ct_case, mrml_scene):
+    """An RT structure set's segmentation stores planar contours, which Slicer cannot make from voxels:
+    said first, with the way out, instead of failing once the result is to be added."""
+    volume, segmentation, labels = ct_case
+    segmentation.GetSegmentation().SetSourceRepresentationName("Planar contour")
+    _refine_fails(logic, mrml_scene, volume, segmentation, labels[9], "stores its segments as Planar contour")
+
+
 def test_nan_volume(logic, mrml_scene, slicer_app):
     import slicer
 
