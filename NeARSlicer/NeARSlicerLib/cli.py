@@ -367,7 +367,6 @@ def cmd_train_prior(args) -> int:
 
 
 def cmd_study(args) -> int:
-    import signal
     from dataclasses import replace
 
     from .distributed import close_group, launch_rank
@@ -415,24 +414,27 @@ def cmd_study(args) -> int:
             for folder, group, prior in runs:
                 StudyOutputs(folder, group, overwrite=args.overwrite, checkpoint=folder / CHECKPOINT_NAME,
                              other_inputs=[prior])
-    # a first Ctrl-C stops at the next step boundary with a checkpoint saved; a second one at once
+    # a first Ctrl-C or SIGTERM (a scheduler's notice before it kills, Slicer's Cancel) stops at the next
+    # step boundary with a checkpoint saved, which --resume continues; a second one stops at once
     stop = {"asked": False}
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         if stop["asked"]:
-            raise KeyboardInterrupt
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt
         stop["asked"] = True
 
-    try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread: keep the default behaviour
-        previous = None
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread: keep the default behaviour
+            pass
     try:
         for folder, group, prior in runs:  # every torchrun process runs every study (rank 0 alone writes)
             _one_study(args, cfg, group, prior, folder, rank, world, stop)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         close_group()
     return 0
 

@@ -459,3 +459,39 @@ def test_refine_refuses_a_paper_recipe_study_prior(tmp_path):
                                          r"encoder is untrained"):
         refine_mask(mask, identity_grid(mask.shape), None, RefineOptions(prior=str(path), preset="fast"))
     assert np.array_equal(mask, before)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_study_at_a_step_with_its_checkpoint(tmp_path, signum):
+    """Ctrl-C, or the SIGTERM a cluster's scheduler sends before it kills: the study stops at the next
+    step boundary with its checkpoint saved, for --resume (before, SIGTERM ended it on the spot and
+    whatever had been trained since the last checkpoint was lost)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for k in range(3):
+        shape = adrenal_phantom(seed=k)
+        write_mask(str(masks / f"c{k}.nii.gz"), distort(shape, seed=k).astype(np.uint8), _grid(shape.shape))
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo / "NeARSlicer"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "NeARSlicerLib.cli", "study", "--masks", str(masks), "--out",
+                             str(out), "--recipe", "fast", "--epochs", "100000", "--preset", "fast"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.readline().startswith(b"study: 3 cases"), proc.stderr.read().decode()[-2000:]
+        time.sleep(3)  # into the training
+        proc.send_signal(getattr(signal, signum))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2 and b"study cancelled at step" in err and b"resume from it" in err, err.decode()[-2000:]
+    assert (out / "checkpoint.safetensors").is_file()
