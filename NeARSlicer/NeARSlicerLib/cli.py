@@ -11,6 +11,7 @@ appear together or not at all.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -362,7 +363,8 @@ def cmd_train_prior(args) -> int:
                       source=args.source, appearance_norm=args.appearance_norm, p_mr=args.p_mr,
                       p_voxel_errors=args.p_voxel_errors, device=args.device,
                       workers=args.workers, points=args.points, reuse=args.reuse)
-    train_prior(cfg)
+    with _stop_at_a_step() as stop:
+        train_prior(cfg, cancel=lambda: stop["asked"])
     return 0
 
 
@@ -414,8 +416,19 @@ def cmd_study(args) -> int:
             for folder, group, prior in runs:
                 StudyOutputs(folder, group, overwrite=args.overwrite, checkpoint=folder / CHECKPOINT_NAME,
                              other_inputs=[prior])
-    # a first Ctrl-C or SIGTERM (a scheduler's notice before it kills, Slicer's Cancel) stops at the next
-    # step boundary with a checkpoint saved, which --resume continues; a second one stops at once
+    try:
+        with _stop_at_a_step() as stop:
+            for folder, group, prior in runs:  # every torchrun process runs every study (rank 0 alone writes)
+                _one_study(args, cfg, group, prior, folder, rank, world, stop)
+    finally:
+        close_group()
+    return 0
+
+
+@contextlib.contextmanager
+def _stop_at_a_step():
+    """``{"asked": bool}``: a first Ctrl-C or SIGTERM (a scheduler's notice before it kills) sets it, and
+    the training loop stops at its next step with its state saved for --resume; a second one stops at once."""
     stop = {"asked": False}
 
     def on_signal(signum, frame):
@@ -430,13 +443,10 @@ def cmd_study(args) -> int:
         except ValueError:  # not the main thread: keep the default behaviour
             pass
     try:
-        for folder, group, prior in runs:  # every torchrun process runs every study (rank 0 alone writes)
-            _one_study(args, cfg, group, prior, folder, rank, world, stop)
+        yield stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        close_group()
-    return 0
 
 
 def _one_study(args, cfg, cases, prior, out: Path, rank: int, world: int, stop: dict) -> None:

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .annotation_errors import ALL_FAMILIES, corrupt
 from .appearance import normalise
 from .distort import distort
+from .errors import Cancelled
 from .metrics import dice
 from .model import Condition, ModelConfig, NeARModel, box_max, gaussian_blur, sample_volume, voxel_centres
 from .phantom import ct_phantom
@@ -232,13 +233,16 @@ def _val_image(shape: np.ndarray, seed: int, cfg: TrainConfig) -> np.ndarray:
     return ct_phantom(shape, seed=seed)
 
 
-def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=print) -> dict:
+def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=print,
+                cancel: Callable[[], bool] | None = None) -> dict:
     """Train and save the prior; returns the training facts written to its metadata.
 
     With ``cfg.resume`` a checkpoint (safetensors + JSON: weights, Adam state, step, best, history,
     elapsed time) is written every ``val_every`` steps and resumed from when present; the resumed
     run continues bit-identically (same device and threads) when the schedule is step-based
-    (``minutes`` = inf). The global torch RNG is left alone. Batches are made on CPU (``workers``
+    (``minutes`` = inf). ``cancel`` (a Ctrl-C or SIGTERM asked) stops the run before its next step,
+    the training state saved there for ``--resume``, and raises ``Cancelled``. The global torch RNG
+    is left alone. Batches are made on CPU (``workers``
     processes), the model trains on ``device`` (CUDA when present with ``auto``).
     """
     from .checkpoint import load_training_state, save_training_state
@@ -283,6 +287,11 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
     def save_best(v: float, step: int) -> None:
         save_prior(cfg.out, model, {**card, "step": step, "val_dice_direct": v, "processes": ctx.world})
 
+    def save_state(step: int) -> None:
+        save_training_state(cfg.resume, model, opt, step,
+                            extra={"best": best, "seconds": time.time() - t0, "history": history,
+                                   "ema_loss": ema_loss})
+
     step = step0
     bar = tqdm(total=cfg.max_steps, initial=step0, desc="train-prior", mininterval=5, disable=not ctx.main)
     try:
@@ -292,7 +301,14 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
             frac = step / max(1, cfg.max_steps)
             if math.isfinite(budget):
                 frac = max(frac, (time.time() - t0) / budget)
-            frac, stop = ctx.agree([frac, float(time.time() - t0 >= budget)])
+            frac, stop, cancelled = ctx.agree([frac, float(time.time() - t0 >= budget),
+                                               float(cancel is not None and bool(cancel()))])
+            if cancelled:  # every process stops at the same step
+                if cfg.resume and ctx.main:
+                    save_state(step)
+                raise Cancelled(f"training stopped at step {step}" + (
+                    f" (state saved to {cfg.resume}: --resume continues)" if cfg.resume else
+                    "; no --resume file was given, so there is no state to continue from"))
             if stop:
                 break
             raw = stream.get(step // max(1, cfg.reuse))
@@ -334,9 +350,7 @@ def train_prior(cfg: TrainConfig, model_cfg: ModelConfig | None = None, log=prin
                     best = v
                     save_best(v, step)
                 if cfg.resume:
-                    save_training_state(cfg.resume, model, opt, step,
-                                        extra={"best": best, "seconds": time.time() - t0, "history": history,
-                                               "ema_loss": ema_loss})
+                    save_state(step)
     finally:
         bar.close()
         stream.close()

@@ -47,6 +47,31 @@ def test_resumed_training_is_bit_identical(tiny_data, tmp_path):
     assert any(k.startswith("optim/") for k in b)
 
 
+def test_a_stopped_training_saves_its_state_at_that_step_and_resumes_bit_identically(tiny_data, tmp_path):
+    """A first Ctrl-C or SIGTERM (``cancel``) stops before the next step with the state saved there,
+    not at the last validation (before, the steps since it were lost): here after step 3 of a run that
+    validates every 2. The resumed run ends exactly where an uninterrupted one does."""
+    from NeARSlicerLib.errors import Cancelled
+
+    train_prior(_cfg(tiny_data, tmp_path / "a.safetensors", tmp_path / "a.ckpt", 4), log=lambda *_: None)
+    asked = []
+
+    def after_three_steps() -> bool:  # asked before each step: the fourth time, three are done
+        asked.append(1)
+        return len(asked) == 4
+
+    with pytest.raises(Cancelled, match=r"training stopped at step 3 \(state saved to .*b.ckpt: --resume continues"):
+        train_prior(_cfg(tiny_data, tmp_path / "b.safetensors", tmp_path / "b.ckpt", 4), log=lambda *_: None,
+                    cancel=after_three_steps)
+    assert load_checkpoint(tmp_path / "b.ckpt")[1]["step"] == 3
+    train_prior(_cfg(tiny_data, tmp_path / "b.safetensors", tmp_path / "b.ckpt", 4), log=lambda *_: None)
+    a, sa = load_checkpoint(tmp_path / "a.ckpt")
+    b, sb = load_checkpoint(tmp_path / "b.ckpt")
+    assert sa["step"] == sb["step"] == 4 and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_pickled_checkpoint_is_refused(tiny_data, tmp_path):
     ck = tmp_path / "old.ckpt"
     torch.save({"model": {}, "step": 3}, ck)
