@@ -493,13 +493,15 @@ def recorded_cases(summary: Path) -> Dict[str, List[dict]]:
     return by_case
 
 
-def completed_cases(recorded: Dict[str, List[dict]]) -> Dict[str, List[dict]]:
+def completed_cases(recorded: Dict[str, List[dict]], out: Path) -> Dict[str, List[dict]]:
     """Of an earlier run's rows by case (``recorded_cases``), the cases that are done: rows present, none
-    an error, every output file there."""
+    an error, every output file there, where recorded or in ``out`` (a batch folder moved or copied
+    elsewhere holds its outputs beside its summary, as the review reads them)."""
     done = {}
     for name, rows in recorded.items():
         outputs = {r.get("output") for r in rows}
-        if not any(r.get("error") for r in rows) and all(o and os.path.isfile(o) for o in outputs):
+        if not any(r.get("error") for r in rows) and all(
+                o and (os.path.isfile(o) or (out / Path(o).name).is_file()) for o in outputs):
             done[name] = rows
     return done
 
@@ -612,6 +614,8 @@ def _stale_outputs(out: Path, case: BatchCase, rows: Sequence[dict], target: Pat
     stale = []
     for recorded in sorted({r.get("output") or "" for r in rows} - {""}):
         path = Path(recorded)
+        if not path.is_file():  # a batch folder moved since: its outputs are beside its summary
+            path = out / path.name
         if (path.name.lower() in own and os.path.realpath(path.parent) == os.path.realpath(out)
                 and not is_input(path) and not same_file(path, target) and path.is_file()):
             stale.append(path)
@@ -656,7 +660,7 @@ def plan_batch(cases: Sequence[BatchCase], out_dir, options: Dict[str, object], 
     out = check_output_folder(out_dir, create=True)
     summary_path = out / SUMMARY_NAME
     recorded = recorded_cases(summary_path) if resume else {}
-    done = completed_cases(recorded)
+    done = completed_cases(recorded, out)
     if summary_path.exists() and not (resume or overwrite):
         raise OutputError(f"{summary_path} exists: pass --resume to continue that batch or --overwrite to start again")
     is_input = _input_check(cases)  # an output may be none of them

@@ -344,6 +344,28 @@ def test_ctrl_c_stops_the_pool_at_once_and_leaves_no_output_without_its_row(six,
                                                                                                  "summary.csv"])
 
 
+def test_resume_of_a_moved_batch_folder_keeps_its_finished_cases(six, tmp_path, capsys):
+    """A batch folder moved elsewhere (a bigger machine, a share) and resumed: its finished cases are
+    done, their outputs beside the summary; before, every one was run again without a word."""
+    import shutil
+
+    manifest = write_manifest(tmp_path / "m.csv", _label_map_rows(six, ["a", "b"]))
+    args = ["batch", "--manifest", str(manifest), "--workers", "0", "--preset", "fast"]
+    assert cli.main(args + ["--out", str(tmp_path / "first")]) == 0
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    digests = _digests(tmp_path / "moved")
+    capsys.readouterr()
+    assert cli.main(args + ["--out", str(tmp_path / "moved"), "--resume"]) == 0
+    assert "0 case(s) refined or recorded" in capsys.readouterr().out
+    assert _digests(tmp_path / "moved") == digests
+    # a case whose mask is now a .seg.nrrd: its earlier output (a.nii.gz) in the moved folder is replaced
+    rows = _label_map_rows(six, ["a", "b"])
+    rows[0].update(mask=str(six[0] / "cases" / "c5.seg.nrrd"), image="")
+    write_manifest(manifest, rows)
+    assert cli.main(args + ["--out", str(tmp_path / "moved"), "--resume"]) == 0
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["a.seg.nrrd", "b.nii.gz", "summary.csv"]
+
+
 def test_resume_runs_again_the_failed_cases_and_those_whose_inputs_changed(six, tmp_path, capsys):
     """A lead mends a missing file, or corrects a manifest's label, after a batch and resumes: those
     cases are refined again (not left as the earlier errors); an unchanged, finished one is not."""
