@@ -493,15 +493,24 @@ def recorded_cases(summary: Path) -> Dict[str, List[dict]]:
     return by_case
 
 
+def recorded_output(recorded: str, out: Path) -> Path:
+    """The file a summary row's ``output`` names: the one of that name in the batch folder ``out`` when
+    there is one (a batch writes its outputs there, and the folder may have been moved or copied since,
+    keeping the absolute paths it recorded), else the recorded path. Read by resume and review alike."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return out / path
+    beside = out / path.name
+    return beside if beside.is_file() else path
+
+
 def completed_cases(recorded: Dict[str, List[dict]], out: Path) -> Dict[str, List[dict]]:
     """Of an earlier run's rows by case (``recorded_cases``), the cases that are done: rows present, none
-    an error, every output file there, where recorded or in ``out`` (a batch folder moved or copied
-    elsewhere holds its outputs beside its summary, as the review reads them)."""
+    an error, every output file there (``recorded_output``)."""
     done = {}
     for name, rows in recorded.items():
         outputs = {r.get("output") for r in rows}
-        if not any(r.get("error") for r in rows) and all(
-                o and (os.path.isfile(o) or (out / Path(o).name).is_file()) for o in outputs):
+        if not any(r.get("error") for r in rows) and all(o and recorded_output(o, out).is_file() for o in outputs):
             done[name] = rows
     return done
 
@@ -613,9 +622,7 @@ def _stale_outputs(out: Path, case: BatchCase, rows: Sequence[dict], target: Pat
     own = {f"{case.name}{suffix}".lower() for suffix in (MASK_SUFFIX, SEG_SUFFIX, BESIDE_SEG_SUFFIX)}
     stale = []
     for recorded in sorted({r.get("output") or "" for r in rows} - {""}):
-        path = Path(recorded)
-        if not path.is_file():  # a batch folder moved since: its outputs are beside its summary
-            path = out / path.name
+        path = recorded_output(recorded, out)
         if (path.name.lower() in own and os.path.realpath(path.parent) == os.path.realpath(out)
                 and not is_input(path) and not same_file(path, target) and path.is_file()):
             stale.append(path)

@@ -90,19 +90,18 @@ class BatchRow:
         return self.number("confidence")
 
     def path(self, column: str, folder: Path) -> Optional[Path]:
-        """A path column as an absolute Path (relative ones are taken from the batch ``folder``). The
-        ``output`` is the file of that name in ``folder`` when there is one: a batch writes its outputs
-        into its own folder, so a folder copied or moved for review finds its own outputs, not (or no
-        longer) those at the recorded place."""
+        """A path column as an absolute Path (relative ones are taken from the batch ``folder``); the
+        ``output`` as ``batch.recorded_output`` finds it (a folder copied or moved for review reads its
+        own outputs, not, or no longer, those at the recorded place)."""
         value = self.text(column)
         if not value:
             return None
+        if column == "output":
+            from .batch import recorded_output
+
+            return recorded_output(value, folder)
         path = Path(value)
-        if not path.is_absolute():
-            return folder / path
-        if column == "output" and (folder / path.name).is_file():
-            return folder / path.name
-        return path
+        return path if path.is_absolute() else folder / path
 
 
 def find_summary(batch: Union[str, os.PathLike]) -> Path:
