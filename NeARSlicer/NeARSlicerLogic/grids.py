@@ -188,19 +188,20 @@ def writeSegment(segmentationNode, segmentId: str, mask: np.ndarray, ijkToLocal:
     """Replace the segment's voxels by ``mask`` ([k, j, i], 0/1) on the grid; other segments are kept.
 
     The segment is first given a labelmap layer of its own: in a shared layer a voxel holds one
-    segment only, so writing a result that overlaps its original there would erase the original.
+    segment only, so writing a result that overlaps its original there would erase the original. A
+    segmentation stored as closed surfaces gets the voxels' surface instead.
     """
     segmentation = segmentationNode.GetSegmentation()
     image = orientedImage(ijkToLocal, mask.shape, (np.asarray(mask) > 0).astype(np.uint8))
     binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
     sourceName = segmentation.GetSourceRepresentationName()
     if sourceName != binary:
-        # a segmentation stored as surfaces keeps its kind: the voxels are converted as Slicer converts a
-        # painted segment (the segmentation's own conversion parameters), the other segments untouched
+        # a segmentation stored as surfaces keeps its kind: the voxels are converted with the segmentation's
+        # own conversion parameters, but unsmoothed (NeAR's surface is smooth already, and a smoothed contour
+        # of its voxels would shrink a small structure); the other segments are untouched
         converter = slicer.vtkSegmentation()
         converter.SetSourceRepresentationName(binary)
         converter.CopyConversionParameters(segmentation)
-        # NeAR's surface is smooth already: a smoothed contour of its voxels would shrink a small structure
         converter.SetConversionParameter("Smoothing factor", "0")
         painted = slicer.vtkSegment()
         painted.AddRepresentation(binary, image)
