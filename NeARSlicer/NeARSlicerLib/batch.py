@@ -149,8 +149,12 @@ def manifest_table(path: Path) -> tuple:
     tabs) that a spreadsheet set to a decimal comma writes. Shared by ``batch`` and ``study``."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         text = f.read()
-    header = text.split("\n", 1)[0]
-    delimiter = max(",;\t", key=header.count) if any(c in header for c in ";\t") else ","
+    header, _, rest = text.partition("\n")
+    hint = header.strip()
+    if hint.lower().startswith("sep=") and len(hint) == 5:  # a spreadsheet's "sep=;" line names the separator
+        delimiter, text = hint[4], rest
+    else:
+        delimiter = max(",;\t", key=header.count) if any(c in header for c in ";\t") else ","
     reader = csv.DictReader(_io.StringIO(text, newline=""), delimiter=delimiter)
     cols = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
     rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]

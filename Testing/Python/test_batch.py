@@ -208,8 +208,8 @@ def test_bad_manifest_rows_are_recorded_and_the_batch_goes_on(six, tmp_path, cap
     assert sorted(masks_of(tmp_path / "out")["seg.seg.nrrd"]) == ["left", "right", "right (NeAR)"]
 
 
-@pytest.mark.parametrize("delimiter", [";", "\t"])
-def test_a_manifest_saved_by_a_spreadsheet_with_semicolons_or_tabs_is_read(six, tmp_path, delimiter):
+@pytest.mark.parametrize("delimiter, hint", [(";", ""), ("\t", ""), (";", "sep=;\r\n"), (",", "sep=,\n")])
+def test_a_manifest_saved_by_a_spreadsheet_with_semicolons_or_tabs_is_read(six, tmp_path, delimiter, hint):
     """A spreadsheet set to a decimal comma saves its CSV with semicolons (and a byte-order mark):
     the same cases as the comma-separated manifest, for batch and study alike (before: 'needs the
     columns case and mask; found ['case;mask;image;label']')."""
@@ -219,6 +219,7 @@ def test_a_manifest_saved_by_a_spreadsheet_with_semicolons_or_tabs_is_read(six, 
     text = manifest.read_text()
     other = tmp_path / "cases.csv"
     with open(other, "w", newline="", encoding="utf-8-sig") as f:
+        f.write(hint)  # the separator named on a line of its own, as a spreadsheet may write it
         csv.writer(f, delimiter=delimiter).writerows(csv.reader(text.splitlines()))
     # relative paths are relative to each manifest's folder: compare the absolute ones
     assert read_manifest(other) == read_manifest(manifest)
