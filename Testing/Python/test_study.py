@@ -480,8 +480,9 @@ def test_a_signal_stops_a_study_at_a_step_with_its_checkpoint(tmp_path, signum):
     out = tmp_path / "out"
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo / "NeARSlicer"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # the paper's recipe never stops early (patience 0): the run is still training when the signal comes
     proc = subprocess.Popen([sys.executable, "-m", "NeARSlicerLib.cli", "study", "--masks", str(masks), "--out",
-                             str(out), "--recipe", "fast", "--epochs", "100000", "--preset", "fast"], env=env,
+                             str(out), "--recipe", "paper", "--epochs", "100000", "--preset", "fast"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
