@@ -19,16 +19,22 @@ def tiny_data(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    """The training state of 4 steps run without a stop: what every interrupted and resumed run must equal."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    rng_before = torch.random.get_rng_state()
+    train_prior(_cfg(tiny_data, folder / "a.safetensors", folder / "a.ckpt", 4), log=lambda *_: None)
+    assert torch.equal(rng_before, torch.random.get_rng_state()), "training must not reseed the global RNG"
+    return load_checkpoint(folder / "a.ckpt")
+
+
 def _cfg(data, out, resume, steps):
     return TrainConfig(data=str(data), out=str(out), minutes=math.inf, max_steps=steps, batch=2, points=256,
                        val_every=2, val_cases=2, threads=1, resume=str(resume))
 
 
-def test_resumed_training_is_bit_identical(tiny_data, tmp_path):
-    rng_before = torch.random.get_rng_state()
-    train_prior(_cfg(tiny_data, tmp_path / "a.safetensors", tmp_path / "a.ckpt", 4), log=lambda *_: None)
-    assert torch.equal(rng_before, torch.random.get_rng_state()), "training must not reseed the global RNG"
-
+def test_resumed_training_is_bit_identical(tiny_data, tmp_path, uninterrupted):
     def killed_at_step_4(msg):  # the process dies after step 4, before its checkpoint is written
         if '"step": 4' in str(msg):
             raise KeyboardInterrupt
@@ -37,7 +43,7 @@ def test_resumed_training_is_bit_identical(tiny_data, tmp_path):
         train_prior(_cfg(tiny_data, tmp_path / "b.safetensors", tmp_path / "b.ckpt", 4), log=killed_at_step_4)
     assert load_checkpoint(tmp_path / "b.ckpt")[1]["step"] == 2
     train_prior(_cfg(tiny_data, tmp_path / "b.safetensors", tmp_path / "b.ckpt", 4), log=lambda *_: None)
-    a, sa = load_checkpoint(tmp_path / "a.ckpt")
+    a, sa = uninterrupted
     b, sb = load_checkpoint(tmp_path / "b.ckpt")
     assert sa["step"] == sb["step"] == 4
     assert a.keys() == b.keys()
@@ -47,13 +53,13 @@ def test_resumed_training_is_bit_identical(tiny_data, tmp_path):
     assert any(k.startswith("optim/") for k in b)
 
 
-def test_a_stopped_training_saves_its_state_at_that_step_and_resumes_bit_identically(tiny_data, tmp_path):
+def test_a_stopped_training_saves_its_state_at_that_step_and_resumes_bit_identically(tiny_data, tmp_path,
+                                                                                    uninterrupted):
     """A first Ctrl-C or SIGTERM (``cancel``) stops before the next step with the state saved there,
     not at the last validation (before, the steps since it were lost): here after step 3 of a run that
     validates every 2. The resumed run ends exactly where an uninterrupted one does."""
     from NeARSlicerLib.errors import Cancelled
 
-    train_prior(_cfg(tiny_data, tmp_path / "a.safetensors", tmp_path / "a.ckpt", 4), log=lambda *_: None)
     asked = []
 
     def after_three_steps() -> bool:  # asked before each step: the fourth time, three are done
@@ -65,7 +71,7 @@ def test_a_stopped_training_saves_its_state_at_that_step_and_resumes_bit_identic
                     cancel=after_three_steps)
     assert load_checkpoint(tmp_path / "b.ckpt")[1]["step"] == 3
     train_prior(_cfg(tiny_data, tmp_path / "b.safetensors", tmp_path / "b.ckpt", 4), log=lambda *_: None)
-    a, sa = load_checkpoint(tmp_path / "a.ckpt")
+    a, sa = uninterrupted
     b, sb = load_checkpoint(tmp_path / "b.ckpt")
     assert sa["step"] == sb["step"] == 4 and a.keys() == b.keys()
     for k in a:
