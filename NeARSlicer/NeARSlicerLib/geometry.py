@@ -236,6 +236,57 @@ def _resample(array: np.ndarray, grid: Grid, target: Grid, outside: float) -> np
     return sitk.GetArrayFromImage(out)
 
 
+def occupied_box(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` index box ([k, j, i]) of the nonzero voxels of a non-empty ``mask``, from its
+    projections (no index array of every voxel)."""
+    m = np.asarray(mask) != 0
+    lo, hi = [], []
+    for axis in range(3):
+        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo.append(int(hit[0]))
+        hi.append(int(hit[-1]) + 1)
+    return np.array(lo), np.array(hi)
+
+
+def cube_size(extent_mm: float, source_spacing: Sequence[float], margin_mm: float, spacing_mm: float,
+              min_fov_mm: float, extent_voxels: Optional[float] = None, min_side_voxels: int = 0,
+              max_side_voxels: Optional[int] = None) -> Tuple[int, float]:
+    """(voxels per side, spacing mm) of the working cube of a structure whose bounding box's longest
+    side is ``extent_mm`` (``to_working``'s rules; ``source_spacing`` the input grid's, mm)."""
+    if extent_voxels is not None:
+        if not extent_voxels > 0:
+            raise InputError(f"extent_voxels must be positive, got {extent_voxels}")
+        # the finest source voxel bounds the useful detail of a tiny structure
+        spacing_mm = max(float(extent_mm) / float(extent_voxels), 0.25 * float(min(source_spacing)))
+    side = max(float(min_fov_mm), float(extent_mm) + 2.0 * margin_mm, min_side_voxels * spacing_mm)
+    n = int(math.ceil(side / spacing_mm - 1e-9))
+    n += n % 2
+    if max_side_voxels is not None and n > max_side_voxels:
+        n = int(max_side_voxels) - int(max_side_voxels) % 2
+        spacing_mm = side / n
+    return n, float(spacing_mm)
+
+
+def refine_box(mask: np.ndarray, grid: Grid, context_voxels: int, **scale) -> Tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` index box ([k, j, i]) of ``grid`` that holds everything refining ``mask`` reads or
+    writes: the working cube ``to_working(mask, grid, **scale)`` makes (whichever of the mask's parts
+    it is centred on), and ``context_voxels`` beyond it and beyond the mask on every axis (the image
+    read around the masks). A crop to this box refines exactly as the whole volume, which a
+    full-resolution CT holding a small structure makes many times slower (whole-volume filters)."""
+    lo, hi = occupied_box(mask)
+    sp_kji = np.asarray(grid.spacing, float)[::-1]
+    extent_mm = float(((hi - lo) * sp_kji).max())
+    n, spacing = cube_size(extent_mm, grid.spacing, scale.get("margin_mm", 8.0), scale.get("spacing_mm", 1.0),
+                           scale.get("min_fov_mm", 64.0), scale.get("extent_voxels"),
+                           scale.get("min_side_voxels", 0), scale.get("max_side_voxels"))
+    # the cube keeps the grid's axes, is centred inside the mask's box and is no larger than the whole
+    # mask's (its parts' cube is smaller): half its side beyond the box covers it, and 3 voxels more the
+    # linear resampling's reach (``_resample`` reads 2 beyond the cube)
+    half = (n + 2) * spacing / 2.0
+    reach = np.ceil(half / sp_kji).astype(int) + 3 + int(context_voxels)
+    return np.maximum(lo - reach, 0), np.minimum(hi + reach, np.asarray(mask.shape))
+
+
 def to_working(
     mask: np.ndarray,
     grid: Grid,
@@ -247,6 +298,7 @@ def to_working(
     extent_voxels: Optional[float] = None,
     min_side_voxels: int = 0,
     max_side_voxels: Optional[int] = None,
+    outside: Optional[float] = None,
 ) -> WorkingCase:
     """Resample ``mask`` (0/1, [k, j, i] on ``grid``) and ``image`` (HU) onto an isotropic cube.
 
@@ -260,7 +312,8 @@ def to_working(
     side spans that many voxels (a prior trained at a fixed *relative* scale); ``min_side_voxels``
     is the smallest cube (voxels per side). ``max_side_voxels`` caps the cube: a larger one is
     coarsened (spacing grows), so memory and time stay bounded for structures of any size.
-    The spacing used is ``result.grid.spacing``.
+    The spacing used is ``result.grid.spacing``. ``outside``: the image's value beyond the scan (None:
+    the image's minimum; a caller that passes a crop of the scan passes the whole scan's).
     """
     mask = np.asarray(mask)
     check_volume_shape(mask, "mask")
@@ -286,22 +339,12 @@ def to_working(
             sizes = np.bincount(labels.ravel())[1:]
             keep = np.flatnonzero(sizes >= min_component_fraction * sizes.max()) + 1
             core = np.isin(labels, keep)
-    nz = np.nonzero(core)
-    lo_kji = np.array([a.min() for a in nz])
-    hi_kji = np.array([a.max() for a in nz])
+    lo_kji, hi_kji = occupied_box(core)
+    hi_kji = hi_kji - 1  # the last occupied index
     centre_ijk = ((lo_kji + hi_kji) / 2.0)[::-1]
     extent_mm = ((hi_kji - lo_kji + 1)[::-1]) * np.asarray(grid.spacing)  # along i, j, k
-    if extent_voxels is not None:
-        if not extent_voxels > 0:
-            raise InputError(f"extent_voxels must be positive, got {extent_voxels}")
-        # the finest source voxel bounds the useful detail of a tiny structure
-        spacing_mm = max(float(extent_mm.max()) / float(extent_voxels), 0.25 * float(min(grid.spacing)))
-    side = max(float(min_fov_mm), float(extent_mm.max()) + 2.0 * margin_mm, min_side_voxels * spacing_mm)
-    n = int(math.ceil(side / spacing_mm - 1e-9))
-    n += n % 2
-    if max_side_voxels is not None and n > max_side_voxels:
-        n = int(max_side_voxels) - int(max_side_voxels) % 2
-        spacing_mm = side / n
+    n, spacing_mm = cube_size(float(extent_mm.max()), grid.spacing, margin_mm, spacing_mm, min_fov_mm,
+                              extent_voxels, min_side_voxels, max_side_voxels)
     centre_lps = grid.index_to_lps(centre_ijk)
     half = (n - 1) / 2.0 * spacing_mm
     origin = centre_lps - grid.direction_matrix() @ np.full(3, half)
@@ -312,8 +355,9 @@ def to_working(
     if image is not None:
         # Beyond the scan there is no tissue: use the darkest value the scan has (air, ~-1000 HU
         # in CT) so the padding stays within the intensity range the model has seen.
-        outside = float(image.min()) if image.size else -1000.0
-        work_image = _resample(image, grid, work, outside)
+        if outside is None:
+            outside = float(image.min()) if image.size else -1000.0
+        work_image = _resample(image, grid, work, float(outside))
 
     touches = bool(
         fg[0].any() or fg[-1].any() or fg[:, 0].any() or fg[:, -1].any() or fg[:, :, 0].any() or fg[:, :, -1].any()

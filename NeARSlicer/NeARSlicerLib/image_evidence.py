@@ -91,12 +91,17 @@ def _references(a: np.ndarray, r: np.ndarray, img: np.ndarray, sp: np.ndarray) -
     return img[core], img[around]
 
 
+def box_pad(spacing: Sequence[float]) -> int:
+    """Voxels (on every axis) that the check reads around the two masks' box: the surroundings' ring."""
+    return int(np.ceil(RING_MM[1] / float(np.min(spacing)))) + 1
+
+
 def _evidence(ann: np.ndarray, ref: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> Optional[tuple]:
     """(box, annotation, refinement and image in the box, likelihood ratio) for judging the change
     from ``ann`` to ``ref`` (bool), the box large enough for the surroundings' ring; None with too few
     reference voxels."""
     sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
-    box = bounding_box(ann, ref, int(np.ceil(RING_MM[1] / sp.min())) + 1)
+    box = bounding_box(ann, ref, box_pad(sp))
     a, r, img = ann[box], ref[box], np.asarray(image)[box]
     refs = _references(a, r, img, sp)
     return None if refs is None else (box, a, r, img, likelihood_ratio(*refs))

@@ -92,11 +92,17 @@ class _Evidence:
     sp: np.ndarray  # (k, j, i) mm
 
 
+def box_pad(spacing: Sequence[float]) -> int:
+    """Voxels (on every axis) that the fit reads around the annotation's box: the surroundings' ring
+    and the edge filter beyond the largest margin (``spacing`` in mm, any order)."""
+    sp = np.asarray(spacing, float)
+    return int(np.ceil(max(RING_MM[1], MAX_MM + 4 * SIGMA_VOXELS * sp.max()) / sp.min())) + 2
+
+
 def _evidence(ann: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> Optional[_Evidence]:
     """None with too few reference voxels, no contrast or a box of more than ``MAX_BOX_VOXELS``."""
     sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
-    pad = int(np.ceil(max(RING_MM[1], MAX_MM + 4 * SIGMA_VOXELS * sp.max()) / sp.min())) + 2
-    box = bounding_box(ann, ann, pad)
+    box = bounding_box(ann, ann, box_pad(sp))
     if int(np.prod([b.stop - b.start for b in box])) > MAX_BOX_VOXELS:
         return None
     a, img = ann[box], np.asarray(image, np.float32)[box]

@@ -61,6 +61,11 @@ def describe(removed: int, pieces: int) -> str:
             f"structure's surroundings were removed")
 
 
+def box_pad(spacing: Sequence[float]) -> int:
+    """Voxels (on every axis) that the trim reads around the mask's box: the surroundings' ring."""
+    return int(np.ceil(RING_MM[1] / float(np.min(spacing)))) + 2
+
+
 def trim(mask: np.ndarray, image: np.ndarray, spacing: Sequence[float],
          ratio_min: float = RATIO, edge_gain: float = EDGE_GAIN) -> tuple[np.ndarray, Trim]:
     """(``mask`` less the pieces the image shows as its surroundings, the trim): bool ``[k, j, i]`` on
@@ -69,7 +74,7 @@ def trim(mask: np.ndarray, image: np.ndarray, spacing: Sequence[float],
     if not m.any():
         return m.copy(), Trim(0, 0, False)
     sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
-    box = bounding_box(m, m, int(np.ceil(RING_MM[1] / sp.min())) + 2)
+    box = bounding_box(m, m, box_pad(sp))
     if int(np.prod([b.stop - b.start for b in box])) > MAX_BOX_VOXELS:
         return m.copy(), Trim(0, 0, False)
     a, img = m[box], np.asarray(image, np.float32)[box]

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from NeARSlicerLib.decode import decode_logits, model_query
 from NeARSlicerLib.distort import distort
@@ -161,6 +162,51 @@ def test_refine_progress_and_cancel():
     with pytest.raises(Cancelled):
         refine_mask(noisy, grid_for(noisy), options=RefineOptions(preset="default"), cancel=cancel)
     assert len(calls) == 4, "refinement stops at the first cancel request"
+
+
+@pytest.mark.parametrize("options,slice_mm,shrink", [
+    (RefineOptions(structure="left adrenal gland"), 1, 1),  # the adrenal S+A prior (1 mm cube), every image check
+    # 3 mm slices: the image checks read more slices beyond the structure than the cube spans
+    (RefineOptions(structure="left adrenal gland"), 3, 1),
+    # a 20 mm structure: the prior's 64 mm cube reaches far beyond it
+    (RefineOptions(structure="left adrenal gland"), 1, 3),
+    (RefineOptions(prior="anatomy", preset="fast"), 1, 1),  # the general prior's cube scales with the structure
+], ids=["adrenal-with-ct", "adrenal-with-ct-3mm-slices", "small-structure", "anatomy-fast"])
+def test_a_structure_of_a_large_scan_refines_on_a_box_exactly_as_on_the_whole_scan(options, slice_mm, shrink,
+                                                                                     monkeypatch):
+    """Refinement reads and writes only a box around the structure (a full-resolution CT made every
+    structure pay for whole-volume filters); the result on the whole scan is, bit for bit, the one the
+    whole scan gives (the working cube, the image checks' rings, the scan's darkest value beyond its
+    face, its modality)."""
+    import NeARSlicerLib.refine as refine_module
+    from NeARSlicerLib.geometry import occupied_box, refine_box
+    from NeARSlicerLib.phantom import ct_phantom
+
+    gland = adrenal_phantom(seed=21)[::slice_mm * shrink, ::shrink, ::shrink]  # 1 mm voxels in-plane
+    gland = ndimage.binary_dilation(gland) if shrink > 1 else gland
+    gland = gland[occupied_box(gland)[0][0] - 1:]  # the gland starts on the scan's second slice
+    truth = np.zeros((120, 170, 190), np.uint8)
+    # near three faces of the scan: the box is cut there, and the working cube reaches beyond the first
+    box = (slice(0, len(gland)), slice(90, 90 + gland.shape[1]), slice(20, 20 + gland.shape[2]))
+    truth[box] = gland
+    noisy = np.zeros_like(truth)
+    noisy[box] = distort(gland, seed=22)
+    spacing = (1.0, 1.0, float(slice_mm))
+    image = ct_phantom(truth, seed=21, spacing=spacing)
+    grid = grid_for(truth, spacing)
+
+    lo, hi = refine_box(noisy, grid, refine_module._context_voxels(grid.spacing),
+                        **refine_module.working_scale({"scale": {"mode": "fixed"}}, RefineOptions()))
+    assert np.prod(hi - lo) < 0.5 * noisy.size, "the box must be a real crop for this test to mean anything"
+    boxed = refine_mask(noisy, grid, image, options)
+    monkeypatch.setattr(refine_module, "refine_box", lambda mask, grid, context, **scale: (
+        np.zeros(3, int), np.asarray(mask.shape)))
+    whole = refine_mask(noisy, grid, image, options)
+    assert boxed.mask.shape == noisy.shape and boxed.info["action"] == whole.info["action"]
+    assert boxed.info["confidence"] == whole.info["confidence"] and boxed.warnings == whole.warnings
+    for name in ("mask", "probability", "added", "removed"):
+        np.testing.assert_array_equal(getattr(boxed, name), getattr(whole, name), err_msg=name)
+    assert (boxed.added | boxed.removed).any(), "a case the refinement changes, so that the changes are compared"
 
 
 def test_refine_border_warning():

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from NeARSlicerLib.errors import InputError
-from NeARSlicerLib.geometry import Grid, to_source, to_working
+from NeARSlicerLib.geometry import Grid, _covering_box, refine_box, to_source, to_working
 from NeARSlicerLib.phantom import adrenal_phantom
 
 
@@ -245,3 +245,23 @@ def test_on_lattice_reads_the_same_voxels_stored_otherwise_and_nothing_else():
     outside = Grid((7, 9, 12), (0.8, 1.1, 2.5), (3.0, -4.0, 10.0), grid.direction)
     for target in (Grid.from_sitk(shifted), Grid.from_sitk(resampled), rotated, outside):
         assert on_lattice(values, grid, target) is None
+
+
+@pytest.mark.parametrize("scale", [
+    {"spacing_mm": 1.0, "min_fov_mm": 64.0, "margin_mm": 4.0},  # a fixed-scale prior's cube (the adrenal's)
+    {"extent_voxels": 40.0, "min_fov_mm": 1e-3, "margin_mm": 0.0, "min_side_voxels": 64, "max_side_voxels": 128},
+], ids=["fixed", "extent"])
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), OBLIQUE], ids=["axial", "oblique"])
+def test_refine_box_holds_the_working_cube_and_what_its_resampling_reads(scale, direction):
+    g = centred((60, 200, 220), (0.7, 0.7, 3.0), direction)
+    mask = np.zeros(g.shape, np.uint8)
+    mask[25:31, 90:110, 100:118] = 1  # 14 x 12.6 x 18 mm
+    mask[40, 20, 200] = 1  # a speck far off: the cube ignores it, the box must not
+    lo, hi = refine_box(mask, g, 0, **scale)
+    assert np.all(lo <= [25, 20, 100]) and np.all(hi >= [41, 110, 201])
+    work = to_working(mask, g, min_component_fraction=0.02, **scale)
+    read_lo, read_hi = _covering_box(g, work.grid, pad=2)  # what to_working and to_source read and write
+    assert np.all(lo <= read_lo) and np.all(hi >= read_hi), (lo, hi, read_lo, read_hi)
+    mask[40, 20, 200] = 0
+    lo, hi = refine_box(mask, g, 0, **scale)
+    assert np.prod(hi - lo) < 0.5 * mask.size  # without the speck, a crop
