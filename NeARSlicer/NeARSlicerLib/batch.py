@@ -41,6 +41,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from .boxed_mask import BoxedMask
 from .errors import InputError
 from .output_safety import (OutputError, atomic_write_bytes, check_output_folder, check_outputs, locked,
                             same_file, summary_columns)
@@ -294,7 +295,7 @@ def read_image_on(image_path: Optional[str], grid, mask_path: str):
 
 def _segments_to_refine(case: BatchCase):
     """[(segment name, label value, mask, structure)], grid, image or None, and (.seg.nrrd) every segment
-    of the file for the output. A label map gives one structure, chosen as ``nearslicer refine`` does; a
+    of the file for the output (the masks of several segments as ``BoxedMask``). A label map gives one structure, chosen as ``nearslicer refine`` does; a
     .seg.nrrd without a label gives each of its segments (not earlier NeAR results). ``structure`` is what
     ``--prior auto`` reads, as ``nearslicer refine`` finds it."""
     from .io import choose_segment, is_segmentation_file, read_label_masks, read_mask, read_segments
@@ -311,7 +312,7 @@ def _segments_to_refine(case: BatchCase):
         _refuse_repeats(chosen, case)
         originals = [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
         return chosen, grid, read_image_on(case.image, grid, case.mask), originals
-    table, grid = read_segments(case.mask)
+    table, grid = read_segments(case.mask, boxed=True)
     file_name = os.path.basename(case.mask)
     parts = several or ([case.label] if case.label is not None and several is None else None)
     if parts and not table:
@@ -319,7 +320,7 @@ def _segments_to_refine(case: BatchCase):
         chosen = []
         for part in parts:
             mask, _, info = read_mask(case.mask, label=part)
-            chosen.append((segment_name(info), info["label"], mask, structure_of(case.mask, None, info)))
+            chosen.append((segment_name(info), info["label"], BoxedMask.of(mask), structure_of(case.mask, None, info)))
         _refuse_repeats(chosen, case)
         # written as a label map's several labels are: each original (red) beside its refined segment
         table = [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
@@ -378,6 +379,7 @@ def run_task(task: CaseTask) -> List[dict]:
         rows, refined = [], []
         for name, value, mask, structure in chosen:
             t0 = time.perf_counter()
+            mask = mask.full() if isinstance(mask, BoxedMask) else mask  # the whole volume, one segment at a time
             with warnings.catch_warnings():  # the engine's notes are in res.warnings; no stderr noise per case
                 warnings.simplefilter("ignore", UserWarning)
                 # what the mask is: the manifest row's structure, else the options', else the segment's or file's name
@@ -385,7 +387,8 @@ def run_task(task: CaseTask) -> List[dict]:
                 res = refine_mask(mask, grid, image, replace(options, structure=given))
             rows.append({**base, "segment": name, "label": str(value), "output": task.output,
                          **result_cells(mask, res.mask, res.info, res.warnings, time.perf_counter() - t0), "error": ""})
-            refined.append((name, res.mask))
+            # a case's segments are kept as boxes until written: 117 full-size masks of a CT needed tens of GB
+            refined.append((name, res.mask if table is None else BoxedMask.of(res.mask)))
         if table is not None:
             segments = [(s["name"], s["mask"], s["color"] if len(s["color"]) == 3 else (0.5, 0.5, 0.5)) for s in table]
             segments += [(f"{name} (NeAR)", m, REFINED_COLOR) for name, m in refined]

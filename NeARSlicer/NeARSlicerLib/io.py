@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .boxed_mask import BoxedMask, label_boxes
 from .geometry import Grid, check_volume_shape
 from .output_safety import atomic_write as _atomic_write
 
@@ -194,14 +195,22 @@ def segment_table(path: str) -> List[Dict[str, Any]]:
     return _segment_table(header)
 
 
-def read_segments(path: str) -> Tuple[List[Dict[str, Any]], Grid]:
-    """All segments of a .seg.nrrd: list of dicts (name, id, label_value, layer, color, mask uint8)."""
+def read_segments(path: str, boxed: bool = False) -> Tuple[List[Dict[str, Any]], Grid]:
+    """All segments of a .seg.nrrd: list of dicts (name, id, label_value, layer, color, mask uint8; with
+    ``boxed`` a ``BoxedMask``, so that a file of many segments of a large volume fits in memory)."""
     layers, grid, header = _read_seg_nrrd(path)
     table = _segment_table(header)
+    boxes: Dict[int, Dict[int, BoxedMask]] = {}
     for seg in table:
-        if not 0 <= seg["layer"] < layers.shape[0]:
-            raise InputError(f"segment {seg['name']!r} is on layer {seg['layer']} but the file has {layers.shape[0]}")
-        seg["mask"] = (layers[seg["layer"]] == seg["label_value"]).astype(np.uint8)
+        layer = seg["layer"]
+        if not 0 <= layer < layers.shape[0]:
+            raise InputError(f"segment {seg['name']!r} is on layer {layer} but the file has {layers.shape[0]}")
+        if boxed:
+            if layer not in boxes:
+                boxes[layer] = label_boxes(layers[layer])
+            seg["mask"] = boxes[layer].get(seg["label_value"]) or BoxedMask.empty(grid.shape)
+        else:
+            seg["mask"] = (layers[layer] == seg["label_value"]).astype(np.uint8)
     return table, grid
 
 
@@ -277,7 +286,13 @@ def _select_label(array: np.ndarray, label: Union[int, str, None], names: Option
                   file_name: str = "") -> Tuple[np.ndarray, Dict[str, Any]]:
     """0/1 uint8 mask of ``label`` (or of the only label) in a label-map array. ``names``: the file's
     label table (``label_table``), whose names ``label`` may then be and the messages list."""
-    label = label_text(label)
+    labels = label_values(array)
+    value = _resolve_label(labels, label, names, file_name)
+    return (array == value).astype(np.uint8), {"label": value, "labels": labels}
+
+
+def label_values(array: np.ndarray) -> List[int]:
+    """The nonzero values of a label-map array (ascending); InputError for one that is no label map."""
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise InputError("mask has NaN or Inf values")
@@ -287,7 +302,13 @@ def _select_label(array: np.ndarray, label: Union[int, str, None], names: Option
         raise InputError(f"unsupported mask voxel type {array.dtype}")
     if not np.any(array):
         raise InputError("mask is empty")
-    labels = [int(v) for v in np.unique(array) if v != 0]
+    return [int(v) for v in np.unique(array) if v != 0]
+
+
+def _resolve_label(labels: Sequence[int], label: Union[int, str, None], names: Optional[Dict[int, str]],
+                   file_name: str) -> int:
+    """The value ``label`` (a value, a label-table name, or None: the only one) picks among ``labels``."""
+    label = label_text(label)
     if label is None:
         if len(labels) > 1 and names:
             raise InputError(f"multilabel mask with labels {_named_list(labels, names)}: "
@@ -309,7 +330,7 @@ def _select_label(array: np.ndarray, label: Union[int, str, None], names: Option
                              f"(labels present: {_named_list(labels, names)})")
         if value not in labels:
             raise InputError(f"label {value} not found in mask (labels present: {_label_list(labels)})")
-    return (array == value).astype(np.uint8), {"label": value, "labels": labels}
+    return value
 
 
 def _named_list(values: Sequence[int], names: Dict[int, str], limit: int = 20) -> str:
@@ -348,10 +369,12 @@ def _named(info: Dict[str, Any], kind: str, names: Dict[int, str]) -> Dict[str, 
     return info
 
 
-def read_label_masks(path: str, labels: Union[Sequence[Union[int, str]], None]) -> Tuple[List[Tuple[np.ndarray, Dict[str, Any]]], Grid]:
+def read_label_masks(path: str, labels: Union[Sequence[Union[int, str]], None]
+                     ) -> Tuple[List[Tuple[BoxedMask, Dict[str, Any]]], Grid]:
     """Several structures of one NIfTI/NRRD label map, the file read once: ``[(0/1 mask, info)]`` as
     ``read_mask`` gives each (``labels``: values or label-table names), or every nonzero value present
-    when ``labels`` is None (ascending). A .seg.nrrd is refused (``read_segments`` reads every segment)."""
+    when ``labels`` is None (ascending). Each mask is a ``BoxedMask`` (``.full()`` the array): a
+    full-resolution CT's 117 structures fit in memory. A .seg.nrrd is refused (``read_segments``)."""
     from .label_table import label_names
 
     path = os.fspath(path)
@@ -359,12 +382,11 @@ def read_label_masks(path: str, labels: Union[Sequence[Union[int, str]], None]) 
         raise InputError(f"{os.path.basename(path)} is a segmentation: its segments are read by name")
     array, grid = _read_sitk(path, "mask")
     names = label_names(path)
-    wanted = list(labels) if labels is not None else [int(v) for v in np.unique(array) if v != 0]
-    out = []
-    for label in wanted:
-        mask, info = _select_label(array, label, names, os.path.basename(path))
-        out.append((mask, _named(info, _kind(path), names)))
-    return out, grid
+    present = label_values(array)
+    chosen = [_resolve_label(present, label, names, os.path.basename(path)) for label in labels] \
+        if labels is not None else present
+    boxes = label_boxes(array)
+    return [(boxes[value], _named({"label": value, "labels": present}, _kind(path), names)) for value in chosen], grid
 
 
 def _value_named(names: Dict[int, str], label: str, file_name: str, present: Sequence[int] = ()) -> int:
@@ -423,32 +445,33 @@ def _nrrd_geometry(grid: Grid) -> Dict[str, Any]:
             "space origin": a[:3, 3].copy()}
 
 
-def _extent(mask: np.ndarray) -> str:
-    """Slicer's ``SegmentN_Extent``: 'imin imax jmin jmax kmin kmax' of the voxels set."""
-    if not mask.any():
-        return "0 -1 0 -1 0 -1"
-    nz = np.nonzero(mask)
-    k, j, i = [(int(a.min()), int(a.max())) for a in nz]
-    return f"{i[0]} {i[1]} {j[0]} {j[1]} {k[0]} {k[1]}"
+def _boxed(mask: Union[np.ndarray, BoxedMask], grid: Grid, what: str) -> BoxedMask:
+    """A segment's 0/1 mask (an array on ``grid`` or a ``BoxedMask`` of it) as a ``BoxedMask``."""
+    if isinstance(mask, BoxedMask):
+        if tuple(mask.shape) != tuple(grid.shape):
+            raise InputError(f"{what} shape {tuple(mask.shape)} does not match grid shape {grid.shape}")
+        return mask
+    return BoxedMask.of(_binary(mask, grid, what))
 
 
 def _write_seg_nrrd(path: str, segments: Sequence[Tuple[str, np.ndarray, Sequence[float]]], grid: Grid) -> None:
     """Slicer segmentation: segments packed into as few layers as overlaps allow (as Slicer does)."""
     if not segments:
         raise InputError("write_segmentation needs at least one segment")
-    masks = [_binary(m, grid, f"segment {name!r}").astype(bool) for name, m, _ in segments]
+    # boxes, not full-size masks: a full-resolution CT's 117 structures and their results
+    masks = [_boxed(m, grid, f"segment {name!r}") for name, m, _ in segments]
     layers: List[np.ndarray] = []
     placement = []  # (layer, label value) per segment
     for m in masks:
         for li, layer in enumerate(layers):
-            if not np.any(layer[m]):
-                value = int(layer.max()) + 1
-                layer[m] = value
-                placement.append((li, value))
+            count = sum(1 for used, _ in placement if used == li)  # its largest value; a uint8 layer holds 255
+            if count < 255 and not np.any(layer[m.box][m.array]):
+                layer[m.box][m.array] = count + 1
+                placement.append((li, count + 1))
                 break
         else:
             layer = np.zeros(grid.shape, np.uint8)
-            layer[m] = 1
+            layer[m.box][m.array] = 1
             layers.append(layer)
             placement.append((len(layers) - 1, 1))
     header: Dict[str, Any] = _nrrd_geometry(grid)
@@ -470,7 +493,7 @@ def _write_seg_nrrd(path: str, segments: Sequence[Tuple[str, np.ndarray, Sequenc
         p = f"Segment{n}_"
         header[p + "Color"] = " ".join(f"{c:.6g}" for c in rgb)
         header[p + "ColorAutoGenerated"] = "0"
-        header[p + "Extent"] = _extent(m)
+        header[p + "Extent"] = m.extent()
         header[p + "ID"] = f"Segment_{n + 1}"
         header[p + "LabelValue"] = str(value)
         header[p + "Layer"] = str(layer)

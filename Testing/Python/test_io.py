@@ -240,6 +240,37 @@ def test_disjoint_segments_share_one_3d_labelmap(tmp_path):
     assert np.array_equal(io.read_mask(path, label="c")[0], c)
 
 
+def test_an_empty_segment_keeps_a_label_value_of_its_own(tmp_path):
+    """An empty segment (a refinement that kept nothing) before others on a layer took the value the
+    next segment then took too, so reading the file gave the empty one that segment's voxels."""
+    a, c = box(), box(lo=(8, 0, 0), hi=(10, 2, 2))
+    path = tmp_path / "e.seg.nrrd"
+    io.write_segmentation(path, [("a", a, (1, 0, 0)), ("nothing", np.zeros(GRID.shape, np.uint8), (0, 0, 1)),
+                                 ("c", c, (0, 1, 0))], GRID)
+    segs, _ = io.read_segments(path)
+    assert [int(s["mask"].sum()) for s in segs] == [int(a.sum()), 0, int(c.sum())]
+    assert np.array_equal(segs[2]["mask"], c)
+
+
+def test_segments_as_boxes_read_and_write_as_full_masks(tmp_path):
+    """Boxed masks (a large volume's many segments) give the file and the masks that full arrays give."""
+    from NeARSlicerLib.boxed_mask import BoxedMask
+
+    a, b, c = box(), box(lo=(3, 5, 6), hi=(8, 10, 12)), box(lo=(8, 0, 0), hi=(10, 2, 2))
+    segments = [("a", a, (1, 0, 0)), ("b", b, (0, 0, 1)), ("c", c, (0, 1, 0))]
+    io.write_segmentation(tmp_path / "full.seg.nrrd", segments, GRID)
+    io.write_segmentation(tmp_path / "boxed.seg.nrrd", [(n, BoxedMask.of(m), col) for n, m, col in segments], GRID)
+    full, boxed = nrrd.read(str(tmp_path / "full.seg.nrrd")), nrrd.read(str(tmp_path / "boxed.seg.nrrd"))
+    assert np.array_equal(full[0], boxed[0])
+    assert {k: str(v) for k, v in full[1].items()} == {k: str(v) for k, v in boxed[1].items()}
+    segs, _ = io.read_segments(tmp_path / "boxed.seg.nrrd", boxed=True)
+    for s, m in zip(segs, (a, b, c)):
+        assert isinstance(s["mask"], BoxedMask) and s["mask"].array.shape == tuple(np.ptp(np.argwhere(m), 0) + 1)
+        assert np.array_equal(s["mask"].full(), m)
+    with pytest.raises(InputError, match="does not match grid shape"):
+        io.write_segmentation(tmp_path / "x.seg.nrrd", [("a", BoxedMask.of(a[1:]), (1, 0, 0))], GRID)
+
+
 def test_seg_nrrd_in_ras_space_is_converted_to_lps(tmp_path):
     mask = box()
     affine = GRID.ijk_to_lps()
