@@ -37,7 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -136,11 +136,13 @@ class BatchCase:
 
 @dataclass(frozen=True)
 class CaseTask:
-    """What a worker needs to refine one case: picklable, paths absolute."""
+    """What a worker needs to refine one case: picklable, paths absolute. ``part`` (index, count): refine
+    every count-th of the case's segments from index on and write nothing (``case_parts.py``)."""
 
     case: BatchCase
     output: str
     options: Dict[str, object] = field(default_factory=dict)  # RefineOptions fields
+    part: Optional[Tuple[int, int]] = None
 
 
 # ------------------------------------------------------------------------------ case lists
@@ -353,52 +355,86 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
 
 
-def run_task(task: CaseTask) -> List[dict]:
+def task_cells(task: CaseTask) -> dict:
+    """The summary cells every row of a task's case starts from."""
+    case = task.case
+    return {"case": case.name, "label": "" if case.label is None else str(case.label), "mask": case.mask,
+            "image": case.image or "", "host": socket.gethostname(),
+            "settings": settings_text(task.options, case.structure)}
+
+
+def failed_rows(task: CaseTask, exc: BaseException, seconds: float) -> List[dict]:
+    """The one row of a case that failed with ``exc``."""
+    label = "" if task.case.label is None else str(task.case.label)
+    return [{**task_cells(task), "segment": label, "error": error_text(exc), "seconds": f"{seconds:.2f}"}]
+
+
+def run_task(task: CaseTask):
     """Refine one case and write its output (atomically); returns its summary rows (all columns).
 
     Never raises for a bad case: the error is the rows' ``error``. The output is written only when
     every segment of the case was refined (whole or absent). Safe to run twice (a retried task):
-    the output is replaced atomically with the same content.
+    the output is replaced atomically with the same content. A part task (``task.part``) refines its
+    share of the segments and returns a ``case_parts.PartResult`` (or its case's error rows) instead.
     """
-    from .refine import RefineOptions, refine_mask
-    from .io import write_mask, write_segmentation
-
-    case, host = task.case, socket.gethostname()
-    base = {"case": case.name, "label": "" if case.label is None else str(case.label), "mask": case.mask,
-            "image": case.image or "", "host": host, "settings": settings_text(task.options, case.structure)}
+    case = task.case
     started = time.perf_counter()
     if case.error:
-        return [{**base, "error": case.error}]
+        return [{**task_cells(task), "error": case.error}]
     try:
         # the output may never be one of this case's inputs (re-checked here, where it is written)
         for source in (case.mask, case.image):
             if source and same_file(task.output, source):
                 raise OutputError(f"output {task.output} is the input {source}; choose another output folder")
         chosen, grid, image, table = _segments_to_refine(case)
-        options = RefineOptions(**task.options)
-        rows, refined = [], []
-        for name, value, mask, structure in chosen:
-            t0 = time.perf_counter()
-            mask = mask.full() if isinstance(mask, BoxedMask) else mask  # the whole volume, one segment at a time
-            with warnings.catch_warnings():  # the engine's notes are in res.warnings; no stderr noise per case
-                warnings.simplefilter("ignore", UserWarning)
-                # what the mask is: the manifest row's structure, else the options', else the segment's or file's name
-                given = case.structure or options.structure or structure
-                res = refine_mask(mask, grid, image, replace(options, structure=given))
-            rows.append({**base, "segment": name, "label": str(value), "output": task.output,
-                         **result_cells(mask, res.mask, res.info, res.warnings, time.perf_counter() - t0), "error": ""})
-            # a case's segments are kept as boxes until written: 117 full-size masks of a CT needed tens of GB
-            refined.append((name, res.mask if table is None else BoxedMask.of(res.mask)))
-        if table is not None:
-            segments = [(s["name"], s["mask"], s["color"] if len(s["color"]) == 3 else (0.5, 0.5, 0.5)) for s in table]
-            segments += [(f"{name} (NeAR)", m, REFINED_COLOR) for name, m in refined]
-            write_segmentation(task.output, segments, grid)
-        else:
-            write_mask(task.output, refined[0][1], grid)
+        if task.part is not None:
+            from .case_parts import PartResult
+
+            index, count = task.part
+            mine = list(range(len(chosen)))[index::count]
+            rows, refined = refine_segments(task, [chosen[i] for i in mine], grid, image, boxed=True)
+            return PartResult(mine, rows, refined, table if index == 0 else None, grid)
+        rows, refined = refine_segments(task, chosen, grid, image, boxed=table is not None)
+        write_case_output(task.output, table, refined, grid)
         return rows
     except Exception as exc:  # noqa: BLE001 - recorded; the batch goes on
-        return [{**base, "segment": "" if case.label is None else str(case.label), "error": error_text(exc),
-                 "seconds": f"{time.perf_counter() - started:.2f}"}]
+        return failed_rows(task, exc, time.perf_counter() - started)
+
+
+def refine_segments(task: CaseTask, chosen: Sequence[tuple], grid, image, boxed: bool) -> tuple:
+    """(rows, [(segment name, refined mask)]) of ``chosen`` (``_segments_to_refine``'s), each refined
+    as ``nearslicer refine`` would; the masks as ``BoxedMask`` when ``boxed``."""
+    from .refine import RefineOptions, refine_mask
+
+    case, base = task.case, task_cells(task)
+    options = RefineOptions(**task.options)
+    rows, refined = [], []
+    for name, value, mask, structure in chosen:
+        t0 = time.perf_counter()
+        mask = mask.full() if isinstance(mask, BoxedMask) else mask  # the whole volume, one segment at a time
+        with warnings.catch_warnings():  # the engine's notes are in res.warnings; no stderr noise per case
+            warnings.simplefilter("ignore", UserWarning)
+            # what the mask is: the manifest row's structure, else the options', else the segment's or file's name
+            given = case.structure or options.structure or structure
+            res = refine_mask(mask, grid, image, replace(options, structure=given))
+        rows.append({**base, "segment": name, "label": str(value), "output": task.output,
+                     **result_cells(mask, res.mask, res.info, res.warnings, time.perf_counter() - t0), "error": ""})
+        # a case's segments are kept as boxes until written: 117 full-size masks of a CT needed tens of GB
+        refined.append((name, BoxedMask.of(res.mask) if boxed else res.mask))
+    return rows, refined
+
+
+def write_case_output(output: str, table: Optional[list], refined: Sequence[tuple], grid) -> None:
+    """A case's output (atomically): with a segment ``table``, a .seg.nrrd of every original and each
+    ``"<name> (NeAR)"`` result; else the one refined mask."""
+    from .io import write_mask, write_segmentation
+
+    if table is not None:
+        segments = [(s["name"], s["mask"], s["color"] if len(s["color"]) == 3 else (0.5, 0.5, 0.5)) for s in table]
+        segments += [(f"{name} (NeAR)", m, REFINED_COLOR) for name, m in refined]
+        write_segmentation(output, segments, grid)
+    else:
+        write_mask(output, refined[0][1], grid)
 
 
 # ------------------------------------------------------------------------------ outputs + summary
@@ -740,7 +776,8 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
     """
     from tqdm import tqdm
 
-    from .batch_executor import SequentialExecutor
+    from .batch_executor import LocalExecutor, SequentialExecutor
+    from .case_parts import CaseParts, split
 
     t0 = time.perf_counter()
     plan = plan_batch(cases, out_dir, dict(options or {}), resume=resume, overwrite=overwrite)
@@ -748,9 +785,17 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
     failed: List[str] = []
     done = 0
     plan.drop_stale()
+    # fewer cases than a local pool's workers: a case's segments are shared among the idle ones (not on
+    # Ray, whose number of workers is known only once it has started)
+    tasks = split(plan.tasks, executor.workers if isinstance(executor, LocalExecutor) else None)
+    parts = CaseParts()
     with tqdm(total=len(plan.tasks), desc="batch", unit="case", disable=not progress_bar, mininterval=0.5,
               dynamic_ncols=True) as bar:
-        for task, rows in executor.map(plan.tasks):
+        for task, rows in executor.map(tasks):
+            if task.part is not None:
+                rows = parts.add(task, rows)
+                if rows is None:
+                    continue
             plan.summary.add_case(rows)
             done += 1
             if any(r.get("error") for r in rows):
