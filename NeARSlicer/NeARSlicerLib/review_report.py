@@ -40,7 +40,7 @@ Arrays = Tuple[Optional[np.ndarray], np.ndarray, np.ndarray, Tuple[float, float,
 
 
 # ------------------------------------------------------------------------------ reading a case
-def _segment_pair(segments: List[dict], name: str, path: Path) -> Tuple[np.ndarray, np.ndarray]:
+def _segment_pair(segments: List[dict], name: str, path: Path) -> tuple:
     """(original, refined) masks of segment ``name`` in a batch .seg.nrrd, before or after Accept."""
     by_name = {s["name"]: s for s in segments}
     if name + REFINED_SUFFIX in by_name and name in by_name:
@@ -64,22 +64,53 @@ def _on_grid(image: np.ndarray, grid, target) -> np.ndarray:
     return sitk.GetArrayFromImage(out)
 
 
-def load_case(row: BatchRow, folder: Path) -> Arrays:
+class CaseFiles:
+    """The files of the last case read, kept for its next rows: a case's rows follow one another in a
+    summary, and reading a full-resolution CT and a segmentation of many segments again for each of
+    them took seconds and gigabytes per row (a TotalSegmentator label map's 117 structures)."""
+
+    def __init__(self) -> None:
+        self._segments: tuple = (None, None)
+        self._image: tuple = (None, None)
+
+    def segments(self, path: Path) -> tuple:
+        """``read_segments(path, boxed=True)``: every segment as a ``BoxedMask``, with the grid."""
+        from .io import read_segments
+
+        if self._segments[0] != path:
+            self._segments = (None, None)  # the previous case's arrays go first
+            self._segments = (path, read_segments(str(path), boxed=True))
+        return self._segments[1]
+
+    def image(self, path: Path, grid) -> np.ndarray:
+        """The CT at ``path`` on ``grid``."""
+        from .io import read_image
+
+        if self._image[0] != (path, grid):
+            self._image = (None, None)
+            ct, ct_grid = read_image(str(path))
+            self._image = ((path, grid), _on_grid(ct, ct_grid, grid))
+        return self._image[1]
+
+
+def load_case(row: BatchRow, folder: Path, files: Optional[CaseFiles] = None) -> Arrays:
     """``(CT or None, original, refined, spacing (i, j, k) mm)`` of one row, on the refined file's grid.
 
     ``.seg.nrrd`` outputs hold both segments; for mask outputs the original is read from the row's
     ``mask`` (and ``label``). The CT is the row's ``image`` when there is one and it can be read.
+    ``files``: the files of the case read for its earlier rows (``CaseFiles``).
     """
-    from .io import read_image, read_mask, read_segments
+    from .io import read_mask
 
+    files = files or CaseFiles()
     output = row.path("output", folder)
     if output is None:
         raise InputError("the summary row names no output file")
     if not output.is_file():
         raise InputError(f"output {output} not found")
     if output.name.lower().endswith(".seg.nrrd"):
-        segments, grid = read_segments(str(output))
-        original, refined = _segment_pair(segments, row.segment, output)
+        segments, grid = files.segments(output)
+        original, refined = (m.full() for m in _segment_pair(segments, row.segment, output))
     else:
         refined, grid, _ = read_mask(str(output))
         mask_path = row.path("mask", folder)
@@ -91,8 +122,7 @@ def load_case(row: BatchRow, folder: Path) -> Arrays:
     image = None
     image_path = row.path("image", folder)
     if image_path is not None and image_path.is_file():
-        ct, ct_grid = read_image(str(image_path))
-        image = _on_grid(ct, ct_grid, grid)
+        image = files.image(image_path, grid)
     return image, np.asarray(original) != 0, np.asarray(refined) != 0, tuple(float(s) for s in grid.spacing)
 
 
@@ -421,11 +451,12 @@ def build_report(batch: Union[str, os.PathLike], out: Optional[Union[str, os.Pat
 
     links = {}
     notes = {}
+    files = CaseFiles()
     for n, (index, row, thumb, full) in enumerate(planned):
         if progress is not None:
             progress(n, len(planned), f"{row.case} / {row.segment}")
         try:
-            image, original, refined, spacing = load_case(row, folder)
+            image, original, refined, spacing = load_case(row, folder, files)
             save_thumbnail(thumb, image, original, refined, spacing)
             if full is not None:
                 metrics = {"Dice(original, refined)": row.dice if row.dice is not None else ""}

@@ -273,6 +273,39 @@ def test_a_batch_folder_copied_for_review_shows_its_own_outputs(batch_folder, tm
     assert all((page.parent / unquote(src)).is_file() for src in images)
 
 
+def test_a_case_of_several_segments_has_its_files_read_once(tmp_path, monkeypatch):
+    """The rows of one case (a label map's segments in one .seg.nrrd, with its CT) read that file and the
+    CT once, not once per row: a full-resolution CT and its 117 structures took gigabytes per row."""
+    import SimpleITK as sitk
+
+    from NeARSlicerLib import io
+    from NeARSlicerLib.batch import BatchCase, run_batch
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
+
+    grid = Grid((40, 40, 120), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    labels = np.zeros(grid.shape, np.uint8)
+    for value in (1, 2, 3):
+        labels[:, :, 40 * (value - 1):40 * value][adrenal_phantom(seed=value, shape=(40, 40, 40))] = value
+    sitk.WriteImage(grid.to_sitk(labels), str(tmp_path / "seg.nii.gz"))
+    io.write_image(str(tmp_path / "ct.nii.gz"), ct_phantom(labels > 0, seed=1), grid)
+    run_batch([BatchCase("scan", str(tmp_path / "seg.nii.gz"), str(tmp_path / "ct.nii.gz"), "all")], tmp_path / "out",
+              {"preset": "fast"}, progress_bar=False)
+    reads = {"segments": 0, "image": 0}
+
+    def counted(name, read):
+        def wrapper(*args, **kwargs):
+            reads[name] += 1
+            return read(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(io, "read_segments", counted("segments", io.read_segments))
+    monkeypatch.setattr(io, "read_image", counted("image", io.read_image))
+    page = build_report(tmp_path / "out", full_reports=False)
+    assert reads == {"segments": 1, "image": 1}
+    assert len(list((tmp_path / "out" / "report_files").glob("*_thumb.png"))) == 3 and "not shown" not in page.read_text()
+
+
 def test_report_of_a_batch_where_every_case_failed(tmp_path):
     (tmp_path / "summary.csv").write_text("case,segment,error\na,,InputError: mask is empty\n")
     page = build_report(tmp_path)
