@@ -303,6 +303,8 @@ def _segments_to_refine(case: BatchCase):
     from .io import choose_segment, is_segmentation_file, read_label_masks, read_mask, read_segments
 
     several = several_labels(case.label)
+    if os.path.isdir(case.mask):
+        return _structure_files(case)
     if not is_segmentation_file(case.mask):
         if several is None:
             mask, grid, info = read_mask(case.mask, label=case.label)
@@ -312,8 +314,7 @@ def _segments_to_refine(case: BatchCase):
         read, grid = read_label_masks(case.mask, several or None)
         chosen = [(segment_name(info), info["label"], mask, structure_of(case.mask, None, info)) for mask, info in read]
         _refuse_repeats(chosen, case)
-        originals = [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
-        return chosen, grid, read_image_on(case.image, grid, case.mask), originals
+        return chosen, grid, read_image_on(case.image, grid, case.mask), originals_of(chosen)
     table, grid = read_segments(case.mask, boxed=True)
     file_name = os.path.basename(case.mask)
     parts = several or ([case.label] if case.label is not None and several is None else None)
@@ -325,7 +326,7 @@ def _segments_to_refine(case: BatchCase):
             chosen.append((segment_name(info), info["label"], BoxedMask.of(mask), structure_of(case.mask, None, info)))
         _refuse_repeats(chosen, case)
         # written as a label map's several labels are: each original (red) beside its refined segment
-        table = [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
+        table = originals_of(chosen)
     elif parts:
         # the named segments, from the table already read (its name, ID or label value: read_mask's rule)
         named = [choose_segment(table, part, file_name) for part in parts]
@@ -339,6 +340,61 @@ def _segments_to_refine(case: BatchCase):
     if empty:
         raise InputError(f"mask is empty (segment(s) {empty} of {file_name} have no voxels)")
     return chosen, grid, read_image_on(case.image, grid, case.mask), table
+
+
+def _structure_files(case: BatchCase, part: Optional[Tuple[int, int]] = None):
+    """``_segments_to_refine`` of a folder of one mask file per structure (TotalSegmentator's
+    ``segmentations/``): each file a segment named by its file name, the case's label naming the files
+    to refine (``spleen;liver``), else every file that is not empty (TotalSegmentator writes a file for
+    every structure it knows, found or not). ``part`` (index, count): only every count-th of those
+    files from index on is read, and their positions among them are returned last instead of the
+    originals (a part task's share; the grid is None when all its files are empty)."""
+    from .cases import case_stem, structure_files
+    from .io import read_mask
+
+    files = {case_stem(p): p for p in structure_files(case.mask)}
+    named = several_labels(case.label)
+    named = named if named else ([str(case.label).strip()] if named is None and case.label is not None else None)
+    if named:
+        missing = [n for n in named if n not in files]
+        if missing:
+            listed = ", ".join(sorted(files)[:20]) + (", ..." if len(files) > 20 else "")
+            raise InputError(f"no mask file {', '.join(map(repr, missing))} in {case.mask} (it has: {listed})")
+    chosen, grid, first, positions = [], None, None, []
+    for position, name in enumerate(named or sorted(files)):
+        if part is not None and position % part[1] != part[0]:
+            continue
+        try:
+            mask, file_grid, _ = read_mask(str(files[name]))
+        except InputError as exc:
+            if not named and str(exc).startswith("mask is empty"):
+                continue  # a structure this scan does not show
+            raise InputError(f"{files[name].name}: {exc}") from None
+        if grid is None:
+            grid, first = file_grid, files[name]
+        elif not file_grid.same_as(grid):
+            from .geometry import grid_difference
+
+            raise InputError(f"{files[name].name} and {first.name} are on different grids "
+                             f"({grid_difference(file_grid, grid)})")
+        chosen.append((name, name, BoxedMask.of(mask), name))
+        positions.append(position)
+    if part is not None:
+        return chosen, grid, None if grid is None else read_image_on(case.image, grid, str(first)), positions
+    if not chosen:
+        raise InputError(empty_structures(case))
+    return chosen, grid, read_image_on(case.image, grid, str(first)), originals_of(chosen)
+
+
+def empty_structures(case: BatchCase) -> str:
+    """The error of a folder of structure files that are all empty."""
+    return f"every mask file in {case.mask} is empty: nothing to refine"
+
+
+def originals_of(chosen: Sequence[tuple]) -> List[dict]:
+    """The segment table of a case whose segments are ``chosen`` alone (a label map's, a folder's):
+    each original in red, to be written beside its result."""
+    return [{"name": name, "mask": mask, "color": ORIGINAL_COLOR} for name, _, mask, _ in chosen]
 
 
 def _refuse_repeats(chosen: Sequence[tuple], case: BatchCase) -> None:
@@ -386,14 +442,19 @@ def run_task(task: CaseTask):
         for source in (case.mask, case.image):
             if source and same_file(task.output, source):
                 raise OutputError(f"output {task.output} is the input {source}; choose another output folder")
-        chosen, grid, image, table = _segments_to_refine(case)
         if task.part is not None:
             from .case_parts import PartResult
 
             index, count = task.part
+            if os.path.isdir(case.mask):  # a folder of structure files: each part reads its own files only
+                chosen, grid, image, mine = _structure_files(case, task.part)
+                rows, refined = refine_segments(task, chosen, grid, image, boxed=True)
+                return PartResult(mine, rows, refined, originals_of(chosen), grid, own_originals=True)
+            chosen, grid, image, table = _segments_to_refine(case)
             mine = list(range(len(chosen)))[index::count]
             rows, refined = refine_segments(task, [chosen[i] for i in mine], grid, image, boxed=True)
             return PartResult(mine, rows, refined, table if index == 0 else None, grid)
+        chosen, grid, image, table = _segments_to_refine(case)
         rows, refined = refine_segments(task, chosen, grid, image, boxed=table is not None)
         write_case_output(task.output, table, refined, grid)
         return rows
@@ -439,11 +500,12 @@ def write_case_output(output: str, table: Optional[list], refined: Sequence[tupl
 
 # ------------------------------------------------------------------------------ outputs + summary
 def output_path(out_dir: Path, case: BatchCase) -> Path:
-    """``<out>/<case>.seg.nrrd`` for .seg.nrrd inputs and for several labels of a label map
-    (``<case>.NeAR.seg.nrrd`` when that is an input of the case), else ``<out>/<case>.nii.gz``."""
+    """``<out>/<case>.seg.nrrd`` for .seg.nrrd inputs, for several labels of a label map and for a folder
+    of one mask per structure (``<case>.NeAR.seg.nrrd`` when that is an input of the case), else
+    ``<out>/<case>.nii.gz``."""
     from .io import is_segmentation_file
 
-    if is_segmentation_file(case.mask) or several_labels(case.label) is not None:
+    if is_segmentation_file(case.mask) or several_labels(case.label) is not None or os.path.isdir(case.mask):
         path = out_dir / f"{case.name}{SEG_SUFFIX}"
         if any(p and same_file(path, p) for p in (case.mask, case.image)):
             path = out_dir / f"{case.name}{BESIDE_SEG_SUFFIX}"

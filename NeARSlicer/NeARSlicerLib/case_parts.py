@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
-from .batch import CaseTask, failed_rows, several_labels, write_case_output
+from .batch import CaseTask, empty_structures, failed_rows, several_labels, write_case_output
+from .errors import InputError
 
 
 @dataclass
@@ -25,7 +26,8 @@ class PartResult:
     rows: List[dict]
     refined: List[tuple]
     table: Optional[list]
-    grid: object
+    grid: object  # None: a part whose structure files were all empty
+    own_originals: bool = False  # ``table`` holds this part's originals only, one per position (a folder)
 
 
 def segment_count(task: CaseTask) -> Optional[int]:
@@ -34,9 +36,17 @@ def segment_count(task: CaseTask) -> Optional[int]:
     but the count is unknown (``all`` of a label map); 1 when it is one."""
     from .io import is_segmentation_file, segment_table
 
+    import os
+
+    from .cases import structure_files
+
     case = task.case
     if case.error:
         return 1
+    if os.path.isdir(case.mask):  # one mask file per structure: at most that many (empty ones are skipped)
+        named = several_labels(case.label)
+        return len(named) if named else (1 if named is None and case.label is not None else
+                                          len(structure_files(case.mask)))
     named = several_labels(case.label)
     if named:
         return len(named)
@@ -93,9 +103,24 @@ def _whole(task: CaseTask, results: Sequence[object]) -> List[dict]:
     if failed:
         return failed[0]  # the case's error, as one task would have recorded its first
     started = time.perf_counter()
-    done = sorted((p, row, refined) for r in results for p, row, refined in zip(r.positions, r.rows, r.refined))
+    done = sorted(((p, row, refined) for r in results for p, row, refined in zip(r.positions, r.rows, r.refined)),
+                  key=lambda item: item[0])
+    grids = [r.grid for r in results if r.grid is not None]
     try:
-        write_case_output(task.output, results[0].table, [refined for _, _, refined in done], results[0].grid)
+        if not done:
+            raise InputError(empty_structures(task.case))
+        if any(not g.same_as(grids[0]) for g in grids):
+            from .geometry import grid_difference
+
+            other = next(g for g in grids if not g.same_as(grids[0]))
+            raise InputError(f"the mask files of {task.case.mask} are on different grids "
+                             f"({grid_difference(other, grids[0])})")
+        if results[0].own_originals:  # each part's originals, in the case's order
+            table = [t for _, t in sorted(((p, t) for r in results for p, t in zip(r.positions, r.table)),
+                                          key=lambda item: item[0])]
+        else:
+            table = results[0].table
+        write_case_output(task.output, table, [refined for _, _, refined in done], grids[0])
     except Exception as exc:  # noqa: BLE001 - recorded; the batch goes on
         return failed_rows(task, exc, time.perf_counter() - started)
     return [row for _, row, _ in done]

@@ -8,7 +8,10 @@ A folder holds any mix of:
   sub-folder;
 * flat pairs: ``NAME.nii.gz`` with ``NAME.seg.nrrd``, ``NAME_seg.nii.gz``, ``NAME-label.nrrd``, ...;
 * segmentations without an image (shape only), e.g. ``NAME_mask.nii.gz`` alone. A folder in which
-  no file name says "segmentation" is a folder of masks: every file is a mask without an image.
+  no file name says "segmentation" is a folder of masks: every file is a mask without an image;
+* TotalSegmentator's default output: a sub-folder with at most one image and a ``segmentations``
+  folder of one mask file per structure (``spleen.nii.gz``, ...): one case whose structures are those
+  files (its ``segmentation`` is that folder).
 
 Entries that cannot be used (an image with no segmentation, two segmentations for one image, a
 sub-folder with two images) are returned with ``error`` set, so a caller can report them.
@@ -32,6 +35,7 @@ NEAR_OUTPUT_SUFFIX = ".NeAR.seg.nrrd"
 # a sub-folder holding one of these is a batch's or study's output folder (Slicer's batch names its own
 # nearslicer_summary.csv when asked to), never a case
 OUTPUT_SUMMARIES = ("summary.csv", "nearslicer_summary.csv")
+STRUCTURE_FOLDER = "segmentations"  # TotalSegmentator's default output: one mask file per structure
 IMAGE_SUFFIXES = SEGMENTATION_SUFFIXES + (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _WORDS = r"seg|segmentation|label|labels|labelmap|mask|masks|annotation|annotations"
 _SEGMENTATION_WORD = re.compile(rf"(^|[_\-.\s])({_WORDS})([_\-.\s]|$)", re.IGNORECASE)
@@ -82,12 +86,20 @@ def _image_files(folder: Path) -> list:
                   and not p.name.lower().endswith(NEAR_OUTPUT_SUFFIX.lower()))
 
 
+def structure_files(folder) -> list:
+    """The mask files of a folder of one mask per structure (``STRUCTURE_FOLDER``), sorted."""
+    return _image_files(Path(folder))
+
+
 def _folder_case(sub: Path) -> Optional[Case]:
     files = _image_files(sub)
-    if not files:
-        return None
     segs = [p for p in files if is_segmentation_name(p.name)]
     images = [p for p in files if p not in segs]
+    structures = sub / STRUCTURE_FOLDER
+    if not segs and len(images) <= 1 and structures.is_dir() and structure_files(structures):
+        return Case(sub.name, structures, images[0] if images else None, folder_case=True)
+    if not files:
+        return None
     if len(segs) == 1 and len(images) <= 1:
         return Case(sub.name, segs[0], images[0] if images else None, folder_case=True)
     return Case(sub.name, None, None, folder_case=True,

@@ -873,6 +873,10 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     for name, mpath, ipath, lab, what in entries:
         chosen = lab if lab is not None else label  # a manifest row's own label wins
         try:
+            if Path(mpath).is_dir():
+                raise InputError(f"its masks are a folder of one file per structure ({mpath}, TotalSegmentator's "
+                                 "segmentations/): a study case is one structure, one file per manifest row "
+                                 "(nearslicer batch refines the folder)")
             if several_labels(chosen) is not None:
                 raise InputError(f"a study case is one structure: give one label per manifest row, not "
                                  f"{chosen!r} (nearslicer batch takes several)")

@@ -91,6 +91,10 @@ def _loadCase(case, caseName):
     """(nodes, volumeNode, segmentationNode, segmentIds, outputNode, fileStructure) of one case; nodes are
     in the scene. ``fileStructure``: for a label map of one structure, its file's name (TotalSegmentator
     writes ``adrenal_gland_left.nii.gz``), what ``nearslicer batch`` reads for ``--prior auto``; else None."""
+    if Path(case["segmentation"]).is_dir():
+        raise InputError(f"{case['segmentation']} is a folder of one mask per structure (TotalSegmentator's "
+                         "segmentations/): refineStudy(..., workers=N) refines it (the engine's batch), each file "
+                         "a segment")
     nodes = []
     try:
         volumeNode = None

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import nrrd
 import numpy as np
 import pytest
 
@@ -684,6 +685,60 @@ def test_several_labels_of_a_label_map_make_one_segmentation_per_case(tmp_path, 
     (tmp_path / "study.csv").write_text(f"name,mask,label\nglands,{seg},8;9\n")
     with pytest.raises(InputError, match="case glands: a study case is one structure: give one label per manifest row"):
         load_cases(manifest=str(tmp_path / "study.csv"))
+
+
+def test_a_totalsegmentator_output_folder_is_one_case_of_its_structure_files(tmp_path, capsys):
+    """TotalSegmentator's default output (the CT beside ``segmentations/``, one mask file per structure,
+    an empty one for each structure it did not find) is one case: each file that is not empty a segment
+    named by its file name, refined as that file alone is, into one .seg.nrrd; ``--label`` names files;
+    a study says that a study case is one structure. Before, the folder was "0 segmentation(s)"."""
+    from NeARSlicerLib.cases import discover_cases
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.io import read_mask, read_segments, write_image, write_mask
+    from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
+
+    grid = Grid((48, 48, 96), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    right, left = np.zeros(grid.shape, np.uint8), np.zeros(grid.shape, np.uint8)
+    right[:, :, :48][adrenal_phantom(seed=1, shape=(48, 48, 48))] = 1
+    left[:, :, 48:][adrenal_phantom(seed=2, shape=(48, 48, 48))] = 1
+    case = tmp_path / "cases" / "s01"
+    structures = case / "segmentations"
+    structures.mkdir(parents=True)
+    write_image(str(case / "ct.nii.gz"), ct_phantom((right | left) > 0, seed=3), grid)
+    for name, mask in (("adrenal_gland_right", right), ("adrenal_gland_left", left), ("liver", 0 * right)):
+        write_mask(str(structures / f"{name}.nii.gz"), mask, grid)
+    [found] = discover_cases(tmp_path / "cases")
+    assert (found.segmentation, found.image, found.error) == (structures, case / "ct.nii.gz", "")
+    batch = ["batch", "--cases", str(tmp_path / "cases"), "--workers", "0", "--preset", "fast"]
+    assert cli.main(batch + ["--out", str(tmp_path / "out")]) == 0
+    rows = read_summary(tmp_path / "out" / "summary.csv")
+    assert [(r["segment"], r["prior"], r["error"]) for r in rows] == [
+        ("adrenal_gland_left", "adrenal-sa", ""), ("adrenal_gland_right", "adrenal-sa", "")]
+    segments = {s["name"]: s["mask"] > 0 for s in read_segments(str(tmp_path / "out" / "s01.seg.nrrd"))[0]}
+    assert sorted(segments) == ["adrenal_gland_left", "adrenal_gland_left (NeAR)", "adrenal_gland_right",
+                                "adrenal_gland_right (NeAR)"]
+    for name, original in (("adrenal_gland_right", right), ("adrenal_gland_left", left)):
+        assert np.array_equal(segments[name], original > 0)
+        alone = tmp_path / f"{name}.nii.gz"
+        assert cli.main(["refine", "--mask", str(structures / f"{name}.nii.gz"), "--image", str(case / "ct.nii.gz"),
+                         "--out", str(alone), "--preset", "fast"]) == 0
+        assert np.array_equal(segments[f"{name} (NeAR)"], read_mask(str(alone))[0] > 0)
+    # on a pool of three, each part reads its own files (one part only the empty liver): the same output
+    pooled = [a if a != "0" else "3" for a in batch]  # --workers 3
+    assert cli.main(pooled + ["--out", str(tmp_path / "pool")]) == 0
+    one, pool = nrrd.read(str(tmp_path / "out" / "s01.seg.nrrd")), nrrd.read(str(tmp_path / "pool" / "s01.seg.nrrd"))
+    assert np.array_equal(one[0], pool[0]) and {k: str(v) for k, v in one[1].items()} == {
+        k: str(v) for k, v in pool[1].items()}
+    assert stable_rows(rows) == stable_rows(read_summary(tmp_path / "pool" / "summary.csv"))
+    assert cli.main(batch + ["--out", str(tmp_path / "left"), "--label", "adrenal_gland_left"]) == 0
+    assert [r["segment"] for r in read_summary(tmp_path / "left" / "summary.csv")] == ["adrenal_gland_left"]
+    capsys.readouterr()
+    assert cli.main(batch + ["--out", str(tmp_path / "spleen"), "--label", "spleen"]) == 1
+    assert "no mask file 'spleen' in" in read_summary(tmp_path / "spleen" / "summary.csv")[0]["error"]
+    assert "(it has: adrenal_gland_left, adrenal_gland_right, liver)" in \
+        read_summary(tmp_path / "spleen" / "summary.csv")[0]["error"]
+    assert cli.main(["study", "--masks", str(tmp_path / "cases"), "--out", str(tmp_path / "study")]) == 2
+    assert "a study case is one structure, one file per manifest row" in capsys.readouterr().err
 
 
 def test_several_segments_of_a_seg_nrrd_are_read_from_its_table(six, tmp_path):

@@ -104,6 +104,9 @@ def test_refine_study_folder_and_failures_are_recorded(logic, mrml_scene, tmp_pa
     os.symlink(SEG_PATH, folder / "patientB_seg.nii.gz")
     (folder / "broken").mkdir()
     os.symlink(CT_PATH, folder / "broken" / "image.nii.gz")  # no segmentation
+    (folder / "totalseg" / "segmentations").mkdir(parents=True)  # TotalSegmentator's default output
+    os.symlink(CT_PATH, folder / "totalseg" / "ct.nii.gz")
+    os.symlink(SEG_PATH, folder / "totalseg" / "segmentations" / "spleen.nii.gz")
 
     calls = []
 
@@ -122,8 +125,11 @@ def test_refine_study_folder_and_failures_are_recorded(logic, mrml_scene, tmp_pa
     by_case = {}
     for row in rows:
         by_case.setdefault(row["case"], []).append(row)
-    assert set(by_case) == {"patientA", "patientB", "broken"}
+    assert set(by_case) == {"patientA", "patientB", "broken", "totalseg"}
     assert "needs one segmentation and at most one image" in by_case["broken"][0]["error"]
+    # a folder of one mask per structure is the engine batch's (workers=): said, not read as a file
+    assert "folder of one mask per structure" in by_case["totalseg"][0]["error"]
+    assert "refineStudy(..., workers=N) refines it" in by_case["totalseg"][0]["error"]
     # no segment given: every segment of the multilabel map is refined
     assert len(by_case["patientA"]) == len(by_case["patientB"]) > 10
     assert "GPU out of memory" in by_case["patientA"][0]["error"]
