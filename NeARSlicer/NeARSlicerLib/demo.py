@@ -65,6 +65,6 @@ def run_demo(out_dir: str | Path, seed: int = 0, options: Optional[RefineOptions
     log(f"refined, S         DSC {100 * d1:.1f}  NSD {100 * n1:.1f}  ({shape_only.seconds:.1f} s)")
     if res is not shape_only:
         log(f"refined, S+A (CT)  DSC {100 * d2:.1f}  NSD {100 * n2:.1f}  ({res.seconds:.1f} s on {res.info['device']})")
-    log(f"wrote {out}/: ct, input, refined (S+A), refined_shape_only, truth (.nii.gz) and report.png "
-        "(red: input, blue: refined)")
+    log(f"wrote {out}/: ct, input, refined ({'S+A' if res is not shape_only else 'shape only'}), refined_shape_only, "
+        "truth (.nii.gz) and report.png (red: input, blue: refined)")
     return scores

@@ -1,6 +1,7 @@
 """The nearslicer command line, end to end on temporary files."""
 import errno
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from NeARSlicerLib.io import read_mask, write_mask
 from NeARSlicerLib.metrics import dice
 from NeARSlicerLib.phantom import adrenal_phantom
 from NeARSlicerLib.report import read_report_facts
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _oblique_grid(shape):
@@ -182,6 +185,35 @@ def test_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--preset", "fast"]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)} == files
+    assert main(["demo", "--out", str(tmp_path), "--preset", "fast", "--overwrite", "--shape-only"]) == 0
+    assert "refined (shape only)" in capsys.readouterr().out  # what refined.nii.gz now holds
+
+
+def test_the_demo_script_runs_again_into_its_own_folder_only(tmp_path):
+    """``bash scripts/demo.sh`` (the README's main job) failed when run a second time ("output exists"):
+    its own folder is now replaced; a folder the user names is not, unless --overwrite is given."""
+    import shutil
+    import subprocess
+
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "demo.sh", root / "scripts" / "demo.sh")
+    (root / "scripts" / "setup.sh").write_text("true\n")  # the real one installs .venv
+    (root / ".venv" / "bin").mkdir(parents=True)
+    stub = root / ".venv" / "bin" / "nearslicer"
+    stub.write_text('#!/usr/bin/env bash\necho "$PWD" "$@"\n')  # records how the demo is started
+    stub.chmod(0o755)
+
+    def demo(*args):
+        return subprocess.run(["bash", str(root / "scripts" / "demo.sh"), *args], capture_output=True, text=True,
+                              cwd=tmp_path, check=True).stdout.strip()
+
+    assert demo() == f"{root} demo --out nearslicer-demo --overwrite"
+    # a folder the user names is where the user is, not in the repository the script moves to
+    assert demo("mine") == f"{root} demo --out {tmp_path}/mine"
+    assert demo("mine", "--overwrite", "--preset", "fast") == \
+        f"{root} demo --out {tmp_path}/mine --overwrite --preset fast"
+    assert demo(str(tmp_path / "abs")) == f"{root} demo --out {tmp_path}/abs"
 
 
 def test_bench_appearance_and_real_ct(tmp_path, shared_data, capsys):
