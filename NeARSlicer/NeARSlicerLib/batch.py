@@ -297,9 +297,10 @@ def read_image_on(image_path: Optional[str], grid, mask_path: str):
 
 def _segments_to_refine(case: BatchCase):
     """[(segment name, label value, mask, structure)], grid, image or None, and (.seg.nrrd) every segment
-    of the file for the output (the masks of several segments as ``BoxedMask``). A label map gives one structure, chosen as ``nearslicer refine`` does; a
-    .seg.nrrd without a label gives each of its segments (not earlier NeAR results). ``structure`` is what
-    ``--prior auto`` reads, as ``nearslicer refine`` finds it."""
+    of the file for the output (the masks of several segments as ``BoxedMask``). A label map gives one
+    structure, chosen as ``nearslicer refine`` does; a .seg.nrrd without a label gives each of its
+    segments (not earlier NeAR results); a folder, its structure files (``_structure_files``).
+    ``structure`` is what ``--prior auto`` reads, as ``nearslicer refine`` finds it."""
     from .io import choose_segment, is_segmentation_file, read_label_masks, read_mask, read_segments
 
     several = several_labels(case.label)
