@@ -839,7 +839,7 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
     """
     from tqdm import tqdm
 
-    from .batch_executor import LocalExecutor, SequentialExecutor
+    from .batch_executor import SequentialExecutor
     from .case_parts import CaseParts, split
 
     t0 = time.perf_counter()
@@ -848,13 +848,15 @@ def run_batch(cases: Sequence[BatchCase], out_dir, options: Optional[Dict[str, o
     failed: List[str] = []
     done = 0
     plan.drop_stale()
-    # fewer cases than a local pool's workers: a case's segments are shared among the idle ones (not on
-    # Ray, whose number of workers is known only once it has started)
-    tasks = split(plan.tasks, executor.workers if isinstance(executor, LocalExecutor) else None)
+    def tasks():
+        # fewer cases than workers: a case's segments are shared among the idle ones. Drawn when the
+        # executor asks for its first task, by which time a Ray executor knows its cluster's workers
+        yield from split(plan.tasks, getattr(executor, "workers", None))
+
     parts = CaseParts()
     with tqdm(total=len(plan.tasks), desc="batch", unit="case", disable=not progress_bar, mininterval=0.5,
               dynamic_ncols=True) as bar:
-        for task, rows in executor.map(tasks):
+        for task, rows in executor.map(tasks()):
             if task.part is not None:
                 rows = parts.add(task, rows)
                 if rows is None:

@@ -75,3 +75,18 @@ STABLE = ["case", "segment", "label", "mask", "image", "output", "voxels_before"
 def stable_rows(rows: list) -> list:
     """Rows comparable between output folders: the output as its file name."""
     return sorted(tuple(Path(r[c]).name if c == "output" and r[c] else r[c] for c in STABLE) for r in rows)
+
+
+def three_glands(path: Path) -> np.ndarray:
+    """A label map of three adrenal-like phantoms side by side (labels 1-3, 40 x 40 x 120 voxels of 1 mm)."""
+    import SimpleITK as sitk
+
+    from NeARSlicerLib.geometry import Grid
+    from NeARSlicerLib.phantom import adrenal_phantom
+
+    grid = Grid((40, 40, 120), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    labels = np.zeros(grid.shape, np.uint8)
+    for value in (1, 2, 3):
+        labels[:, :, 40 * (value - 1):40 * value][adrenal_phantom(seed=value, shape=(40, 40, 40))] = value
+    sitk.WriteImage(grid.to_sitk(labels), str(path))
+    return labels

@@ -8,13 +8,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import nrrd
+import numpy as np
 import pytest
 
-from batch_cases import make_cases, masks_of, read_summary, same_masks, stable_rows, write_manifest
+from batch_cases import make_cases, masks_of, read_summary, same_masks, stable_rows, three_glands, write_manifest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the optional extra: pip install 'nearslicer[ray]')")
 
-from NeARSlicerLib.batch import read_manifest, run_batch  # noqa: E402
+from NeARSlicerLib import case_parts  # noqa: E402
+from NeARSlicerLib.batch import BatchCase, read_manifest, run_batch  # noqa: E402
 from NeARSlicerLib.batch_executor import RayExecutor, SequentialExecutor  # noqa: E402
 
 FAST = {"preset": "fast", "seed": 0}
@@ -42,8 +45,28 @@ def two_node_cluster(monkeypatch):
         cluster.shutdown()
 
 
-def test_ray_with_a_node_removed_mid_batch_gives_the_local_results(two_node_cluster, tmp_path):
+def test_ray_with_a_node_removed_mid_batch_gives_the_local_results(two_node_cluster, tmp_path, monkeypatch):
     cluster, nodes = two_node_cluster
+    # one case of three labels on the two nodes: shared between them (case_parts.py), one task's output
+    three_glands(tmp_path / "glands.nii.gz")
+    glands = [BatchCase("glands", str(tmp_path / "glands.nii.gz"), label="all")]
+    run_batch(glands, tmp_path / "glands_local", FAST, executor=SequentialExecutor(), progress_bar=False)
+    made, split = [], case_parts.split
+
+    def recorded_split(tasks, workers):
+        made.extend(split(tasks, workers))
+        return made
+
+    monkeypatch.setattr(case_parts, "split", recorded_split)
+    shared = RayExecutor(cluster.address)
+    assert run_batch(glands, tmp_path / "glands_ray", FAST, executor=shared, progress_bar=False).failed == 0
+    assert shared.workers == 2 and [t.part for t in made] == [(0, 2), (1, 2)]
+    monkeypatch.undo()
+    local, ray_made = (nrrd.read(str(tmp_path / d / "glands.seg.nrrd")) for d in ("glands_local", "glands_ray"))
+    assert np.array_equal(local[0], ray_made[0])
+    assert stable_rows(read_summary(tmp_path / "glands_local" / "summary.csv")) == \
+        stable_rows(read_summary(tmp_path / "glands_ray" / "summary.csv"))
+
     manifest = write_manifest(tmp_path / "cases.csv", make_cases(tmp_path / "cases", 6))
     reference = tmp_path / "local"
     run_batch(read_manifest(manifest), reference, FAST, executor=SequentialExecutor(), progress_bar=False)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import nrrd
 import numpy as np
-import SimpleITK as sitk
 
-from batch_cases import read_summary, stable_rows
+from batch_cases import read_summary, stable_rows, three_glands
 
 from NeARSlicerLib.batch import BatchCase, CaseTask, run_batch
 from NeARSlicerLib.batch_executor import LocalExecutor, SequentialExecutor
@@ -13,19 +12,9 @@ from NeARSlicerLib.boxed_mask import BoxedMask
 from NeARSlicerLib.case_parts import CaseParts, PartResult, split
 from NeARSlicerLib.geometry import Grid
 from NeARSlicerLib.io import write_segmentation
-from NeARSlicerLib.phantom import adrenal_phantom
 
 FAST = {"preset": "fast", "seed": 0}
 GRID = Grid((40, 40, 120), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-
-
-def _label_map(path) -> np.ndarray:
-    """Three adrenal-like phantoms side by side, labels 1-3."""
-    labels = np.zeros(GRID.shape, np.uint8)
-    for value in (1, 2, 3):
-        labels[:, :, 40 * (value - 1):40 * value][adrenal_phantom(seed=value, shape=(40, 40, 40))] = value
-    sitk.WriteImage(GRID.to_sitk(labels), str(path))
-    return labels
 
 
 def test_split_shares_a_case_among_the_workers_it_leaves_idle(tmp_path):
@@ -49,7 +38,7 @@ def test_split_shares_a_case_among_the_workers_it_leaves_idle(tmp_path):
 def test_a_case_split_among_workers_writes_what_one_task_writes(tmp_path):
     """``--label all`` of one label map on a pool of 3: three parts, one .seg.nrrd, the same bytes of
     data and header and the same rows (in the labels' order) as the case refined by one task."""
-    _label_map(tmp_path / "seg.nii.gz")
+    three_glands(tmp_path / "seg.nii.gz")
     cases = [BatchCase("scan", str(tmp_path / "seg.nii.gz"), label="all")]
     one = run_batch(cases, tmp_path / "one", FAST, executor=SequentialExecutor(), progress_bar=False)
     three = run_batch(cases, tmp_path / "three", FAST, executor=LocalExecutor(3), progress_bar=False)
