@@ -39,6 +39,13 @@ def _kind(path: str) -> str:
     """'seg.nrrd', 'seg.nhdr', 'nifti', 'nrrd', 'nhdr', 'mha' or 'mhd' from the file name; InputError
     otherwise."""
     if os.path.isdir(path):
+        from .cases import structure_files
+
+        masks = structure_files(path)
+        if masks:  # TotalSegmentator's segmentations/, most often: one mask file per structure
+            raise InputError(f"{os.fspath(path)} is a folder of {len(masks)} image or mask files, not a file: give "
+                             f"one of them (e.g. {masks[0].name}), or its case folder to nearslicer batch --cases, "
+                             "which refines each file as a segment")
         raise InputError(f"{os.fspath(path)} is a folder, not a file: give an image or mask file (a DICOM series "
                          "must be converted first: load it in Slicer and save the volume as .nrrd, or use dcm2niix)")
     low = os.fspath(path).lower()

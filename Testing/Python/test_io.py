@@ -143,6 +143,11 @@ def test_empty_2d_and_unreadable_inputs(tmp_path):
     (tmp_path / "CT_series").mkdir()  # e.g. a DICOM series given as the image: said, not "unsupported file type"
     with pytest.raises(InputError, match="CT_series is a folder, not a file: .*DICOM series must be converted"):
         io.read_image(tmp_path / "CT_series")
+    (tmp_path / "segmentations").mkdir()  # TotalSegmentator's folder of one mask per structure
+    write_sitk(tmp_path / "segmentations" / "spleen.nii.gz", box())
+    with pytest.raises(InputError, match=r"segmentations is a folder of 1 image or mask files, not a file: give one of "
+                                         r"them \(e.g. spleen.nii.gz\), or its case folder to nearslicer batch --cases"):
+        io.read_mask(tmp_path / "segmentations")
     (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(InputError, match="cannot read mask"):
         io.read_mask(tmp_path / "junk.nii.gz")
