@@ -27,7 +27,8 @@ def test_split_shares_a_case_among_the_workers_it_leaves_idle(tmp_path):
              CaseTask(BatchCase("two", "m.nii.gz", label="8;9"), "o2"),
              CaseTask(BatchCase("one", "m.nii.gz", label="8"), "o3"),
              CaseTask(BatchCase("file", str(seg)), "o4")]
-    for alone, parts in zip(tasks, (4, 2, 1, 3)):  # a case alone on 4 workers; a .seg.nrrd's results are no parts
+    # each case alone on 4 workers (the .seg.nrrd: 3 segments, its earlier NeAR result is not refined again)
+    for alone, parts in zip(tasks, (4, 2, 1, 3)):
         got = split([alone], 4)
         assert [t.part for t in got] == ([None] if parts == 1 else [(i, parts) for i in range(parts)])
     assert [t.part for t in split(tasks, 4)] == [None] * 4  # the cases fill the workers
