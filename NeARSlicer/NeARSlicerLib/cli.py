@@ -707,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
                     ".seg.nrrd segment name),structure (what the mask is, for --prior auto); relative paths are "
                     "relative to the CSV")
     bt.add_argument("--cases", metavar="DIR", help="folder of cases (the rules of Slicer's batch: sub-folders, "
-                    "NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz pairs, or masks alone)")
+                    "NAME.nii.gz + NAME.seg.nrrd / NAME_seg.nii.gz pairs, or masks alone; a sub-folder of "
+                    "TotalSegmentator's, ct.nii.gz + segmentations/, is one case, each mask file a segment)")
     bt.add_argument("--out", required=True, help="output folder: <case>.nii.gz or <case>.seg.nrrd, summary.csv")
     bt.add_argument("--label", help="label value or name for cases without one; several separated by ';' "
                     "('8;9') or 'all' refine each into one .seg.nrrd per case (default: the only structure; "
