@@ -9,6 +9,7 @@ case's parts as they finish and, once all are in, writes its output exactly as o
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
@@ -32,22 +33,19 @@ class PartResult:
 
 def segment_count(task: CaseTask) -> Optional[int]:
     """How many segments a case refines when that is known without reading its masks: the labels it
-    names, or a .seg.nrrd's segments (its header) less earlier results; None when it may be several
-    but the count is unknown (``all`` of a label map); 1 when it is one."""
-    from .io import is_segmentation_file, segment_table
-
-    import os
-
+    names, a folder's mask files, or a .seg.nrrd's segments (its header) less earlier results; None
+    when it may be several but the count is unknown (``all`` of a label map); 1 when it is one."""
     from .cases import structure_files
+    from .io import is_segmentation_file, segment_table
 
     case = task.case
     if case.error:
         return 1
-    if os.path.isdir(case.mask):  # one mask file per structure: at most that many (empty ones are skipped)
-        named = several_labels(case.label)
-        return len(named) if named else (1 if named is None and case.label is not None else
-                                          len(structure_files(case.mask)))
     named = several_labels(case.label)
+    if os.path.isdir(case.mask):  # at most one segment per mask file (empty ones are skipped)
+        if named:
+            return len(named)
+        return 1 if named is None and case.label is not None else len(structure_files(case.mask))
     if named:
         return len(named)
     if named is not None:  # "all": the values present in the map
