@@ -325,6 +325,10 @@ class EngineProcess:
         with self._lock:
             if job.done:
                 return
+            if job.cancelled:
+                # cancelled at once, the worker can find its input removed and say so before the cancel
+                # has ended the job: what it says after a cancel is the cancel's doing
+                result, error = None, Cancelled("refinement cancelled")
             job.result, job.error, job.done = result, error, True
             if error is None:
                 job.fraction, job.message = 1.0, "done"
