@@ -243,6 +243,15 @@ def several_labels(label: Optional[str]) -> Optional[List[str]]:
     return list(dict.fromkeys(part.strip() for part in text.split(LABEL_SEPARATOR) if part.strip()))
 
 
+def named_labels(label: Optional[str]) -> Optional[List[str]]:
+    """The labels a case's ``label`` names, one or several (``several_labels``); None for every one (no
+    label, or ``all``)."""
+    several = several_labels(label)
+    if several is None:
+        return None if label is None else [label]
+    return several or None
+
+
 def read_case_inputs(mask_path: str, image_path: Optional[str], label=None):
     """(mask, grid, image or None, info) as ``nearslicer refine`` reads them (one structure)."""
     from .io import read_mask
@@ -318,7 +327,7 @@ def _segments_to_refine(case: BatchCase):
         return chosen, grid, read_image_on(case.image, grid, case.mask), originals_of(chosen)
     table, grid = read_segments(case.mask, boxed=True)
     file_name = os.path.basename(case.mask)
-    parts = several or ([case.label] if case.label is not None and several is None else None)
+    parts = named_labels(case.label)
     if parts and not table:
         # a label map saved under a .seg.nrrd name (no segment list): each label read as a label map's
         chosen = []
@@ -354,8 +363,7 @@ def _structure_files(case: BatchCase, part: Optional[Tuple[int, int]] = None):
     from .io import read_mask
 
     files = {case_stem(p): p for p in structure_files(case.mask)}
-    named = several_labels(case.label)
-    named = named if named else ([str(case.label).strip()] if named is None and case.label is not None else None)
+    named = [name.strip() for name in named_labels(case.label) or []]
     if named:
         missing = [n for n in named if n not in files]
         if missing:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
-from .batch import CaseTask, empty_structures, failed_rows, several_labels, write_case_output
+from .batch import CaseTask, empty_structures, failed_rows, named_labels, write_case_output
 from .errors import InputError
 
 
@@ -41,16 +41,14 @@ def segment_count(task: CaseTask) -> Optional[int]:
     case = task.case
     if case.error:
         return 1
-    named = several_labels(case.label)
-    if os.path.isdir(case.mask):  # at most one segment per mask file (empty ones are skipped)
-        if named:
-            return len(named)
-        return 1 if named is None and case.label is not None else len(structure_files(case.mask))
+    named = named_labels(case.label)
     if named:
         return len(named)
-    if named is not None:  # "all": the values present in the map
+    if os.path.isdir(case.mask):  # at most one segment per mask file (empty ones are skipped)
+        return len(structure_files(case.mask))
+    if case.label is not None:  # "all": the values present in the map
         return None
-    if case.label is None and is_segmentation_file(case.mask):
+    if is_segmentation_file(case.mask):
         try:
             return sum(1 for s in segment_table(case.mask) if not s["name"].endswith(" (NeAR)"))
         except Exception:  # noqa: BLE001 - unreadable: the task itself reports it
