@@ -70,8 +70,8 @@ def label_boxes(labels: np.ndarray) -> Dict[int, BoxedMask]:
     values = [int(v) for v in np.unique(labels) if v != 0]
     out: Dict[int, BoxedMask] = {}
     if values and values[0] > 0 and labels.dtype.kind in "iu" and values[-1] <= 65535:
-        for value, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is not None and value in values:
+        for value, box in enumerate(ndimage.find_objects(labels), start=1):  # None: a value not present
+            if box is not None:
                 out[value] = BoxedMask(shape, tuple(s.start for s in box), labels[box] == value)
         return out
     for value in values:  # negative or float values, or very large ones: one pass per value

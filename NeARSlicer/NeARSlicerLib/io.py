@@ -19,8 +19,8 @@ import nrrd
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
 from .boxed_mask import BoxedMask, label_boxes
+from .errors import InputError
 from .geometry import Grid, check_volume_shape
 from .output_safety import atomic_write as _atomic_write
 
