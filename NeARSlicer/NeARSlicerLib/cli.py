@@ -401,7 +401,9 @@ def cmd_study(args) -> int:
     if harm:
         overrides["refine_options"] = harm
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
-    cases = load_cases(args.masks, args.images, args.manifest, label=args.label, structure=args.structure)
+    # each case is kept as the box of its volume this study reads (case_crop), not the whole scan
+    cases = load_cases(args.masks, args.images, args.manifest, label=args.label, structure=args.structure,
+                       prior=args.prior, cfg=cfg)
     if args.image_voxel_mm is not None:  # every case's image was resampled from that voxel
         cases = [replace(c, image_voxel_mm=args.image_voxel_mm) for c in cases]
     out = Path(args.out)

@@ -267,12 +267,14 @@ def cube_size(extent_mm: float, source_spacing: Sequence[float], margin_mm: floa
     return n, float(spacing_mm)
 
 
-def refine_box(mask: np.ndarray, grid: Grid, context_voxels: int, **scale) -> Tuple[np.ndarray, np.ndarray]:
+def refine_box(mask: np.ndarray, grid: Grid, context_voxels: int, clip: bool = True,
+               **scale) -> Tuple[np.ndarray, np.ndarray]:
     """``[lo, hi)`` index box ([k, j, i]) of ``grid`` that holds everything refining ``mask`` reads or
     writes: the working cube ``to_working(mask, grid, **scale)`` makes (whichever of the mask's parts
     it is centred on), and ``context_voxels`` beyond it and beyond the mask on every axis (the image
     read around the masks). A crop to this box refines exactly as the whole volume, which a
-    full-resolution CT holding a small structure makes many times slower (whole-volume filters)."""
+    full-resolution CT holding a small structure makes many times slower (whole-volume filters).
+    ``clip=False``: the box as needed, reaching beyond the array where the volume would have to."""
     lo, hi = occupied_box(mask)
     sp_kji = np.asarray(grid.spacing, float)[::-1]
     extent_mm = float(((hi - lo) * sp_kji).max())
@@ -284,6 +286,8 @@ def refine_box(mask: np.ndarray, grid: Grid, context_voxels: int, **scale) -> Tu
     # linear resampling's reach (``_resample`` reads 2 beyond the cube)
     half = (n + 2) * spacing / 2.0
     reach = np.ceil(half / sp_kji).astype(int) + 3 + int(context_voxels)
+    if not clip:
+        return lo - reach, hi + reach
     return np.maximum(lo - reach, 0), np.minimum(hi + reach, np.asarray(mask.shape))
 
 

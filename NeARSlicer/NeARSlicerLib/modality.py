@@ -83,12 +83,26 @@ def detect(image: np.ndarray) -> ModalityGuess:
     return ModalityGuess(MR if float(v.min()) >= 0.0 or spread < 80.0 else OTHER, "intensities", why)
 
 
-def guess(image: np.ndarray, declared: Optional[str] = None) -> ModalityGuess:
-    """The declared modality when known, else ``detect``."""
+def guess(image: np.ndarray, declared: Optional[str] = None, scan: Optional["ScanFacts"] = None) -> ModalityGuess:
+    """The declared modality when known, else ``detect``: of the whole scan (``scan``) when ``image`` is
+    a crop of it (a box around an organ may hold no air or fat to tell CT by)."""
     known = normalise_declared(declared)
     if known is not None:
         return ModalityGuess(known, "declared", f"declared {str(declared).strip()}")
-    return detect(image)
+    return scan.detected if scan is not None else detect(image)
+
+
+@dataclass(frozen=True)
+class ScanFacts:
+    """What a crop of a scan cannot tell of the whole scan: the modality its intensities show
+    (``detect``) and its darkest value, the value beyond the scan when resampling (HU for CT)."""
+
+    detected: ModalityGuess
+    outside: float
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> "ScanFacts":
+        return cls(detect(image), float(np.min(image)))
 
 
 def prior_normalisation(meta: dict) -> str:

@@ -272,8 +272,11 @@ def refine_mask(
     options: Optional[RefineOptions] = None,
     progress: Optional[Progress] = None,
     cancel: Optional[Callable[[], bool]] = None,
+    scan: Optional[modality_mod.ScanFacts] = None,
 ) -> RefineResult:
     """Refine one binary mask ([k, j, i] on ``grid``); ``image`` in HU on the same grid, optional.
+    ``scan``: the whole scan's facts when ``image`` is a crop of it (a study's cases, ``case_crop``),
+    so that the crop refines as the whole scan would.
 
     Deterministic for a given ``options.seed`` on a given device; only local random generators
     are used (the global torch RNG is neither read nor reseeded). Raises InputError, PriorError,
@@ -281,7 +284,8 @@ def refine_mask(
     inputs are untouched in every case.
     """
     try:
-        result = _refine(mask, grid, image, options or RefineOptions(), progress or (lambda f, m: None), cancel)
+        result = _refine(mask, grid, image, options or RefineOptions(), progress or (lambda f, m: None), cancel,
+                         scan)
     except NeARError:
         raise
     except Exception as exc:  # noqa: BLE001 - a torch/numpy failure becomes one clear line
@@ -345,13 +349,13 @@ def working_scale(meta: dict, opts: RefineOptions) -> dict:
             "max_side_voxels": MAX_WORKING_SIDE}
 
 
-def _appearance(image: Optional[np.ndarray], opts: RefineOptions, meta: dict, model: NeARModel
-                ) -> tuple[bool, str, list[str]]:
+def _appearance(image: Optional[np.ndarray], opts: RefineOptions, meta: dict, model: NeARModel,
+                scan: Optional[modality_mod.ScanFacts] = None) -> tuple[bool, str, list[str]]:
     """(read the image?, modality, notes): the image is read only by an appearance prior whose card
     accepts its modality (``modality.accepts``)."""
     if image is None:
         return False, "", []
-    found = modality_mod.guess(image, opts.modality)
+    found = modality_mod.guess(image, opts.modality, scan)
     if not (model.cfg.appearance and opts.appearance):
         return False, found.modality, []
     if modality_mod.accepts(meta, found.modality):
@@ -361,15 +365,16 @@ def _appearance(image: Optional[np.ndarray], opts: RefineOptions, meta: dict, mo
 
 
 def _fallback_prior(image: np.ndarray, opts: RefineOptions, prior_name: str, prior_path: Path,
-                    model: NeARModel, meta: dict, device: torch.device, refused: list[str]):
+                    model: NeARModel, meta: dict, device: torch.device, refused: list[str],
+                    scan: Optional[modality_mod.ScanFacts] = None):
     """(name, path, model, meta, read the image?, notes) after the chosen S+A prior refused the image."""
     other = any_modality_prior(prior_name)
     if other is not None:
         o_model, o_meta = PRIOR_CACHE.get(other[1], device)
         o_meta = card_meta(other[1], o_meta)
-        use, _, _ = _appearance(image, opts, o_meta, o_model)
+        use, _, _ = _appearance(image, opts, o_meta, o_model, scan)
         if use:
-            found = modality_mod.guess(image, opts.modality)
+            found = modality_mod.guess(image, opts.modality, scan)
             trained = ", ".join(o_meta.get("modalities") or ["CT", "MR"])
             note = (f"the image does not look like CT ({found.reason}; read as {found.modality}): it was read by "
                     f"{other[0]}, the appearance prior for images that are not CT (trained on {trained}; "
@@ -426,7 +431,8 @@ def check_image_voxel_mm(value: Optional[float]) -> None:
 
 
 def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
-            report: Progress, cancel: Optional[Callable[[], bool]]) -> RefineResult:
+            report: Progress, cancel: Optional[Callable[[], bool]],
+            scan: Optional[modality_mod.ScanFacts] = None) -> RefineResult:
     t0 = time.perf_counter()
     check_inputs(np.asarray(mask), grid, image)
     check_do_no_harm(opts)
@@ -443,12 +449,12 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         raise InputError(f"prior {Path(prior_path).name} was made by a study of the paper's recipe, whose encoder "
                          "is untrained: it cannot refine new annotations (use that study's own outputs, or a "
                          "prior from the denoise or fast recipe)")
-    use_appearance, modality, image_notes = _appearance(image, opts, meta, model)
+    use_appearance, modality, image_notes = _appearance(image, opts, meta, model, scan)
     if image_notes and prior_name is not None:
         # refused image: the anatomy's any-modality S+A prior when installed and it reads this
         # modality, else its shape-only prior (not the S+A one reading a blank image)
         prior_name, prior_path, model, meta, use_appearance, image_notes = _fallback_prior(
-            image, opts, prior_name, prior_path, model, meta, device, image_notes)
+            image, opts, prior_name, prior_path, model, meta, device, image_notes, scan)
     # an image refused for its modality is not read at all, not even to check the prior's changes
     image_refused = bool(image_notes) and not use_appearance
     # the image is evidence of its own about the prior's change (image_evidence): its support is the
@@ -465,8 +471,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     # slices' interpolation (half a slice) grow what the cube is made from by less than the image
     # checks' reach (10 mm or more) that the box adds
     full_shape = tuple(np.shape(mask))
-    outside = float(np.min(image)) if image is not None else None
-    lo, hi = refine_box(np.asarray(mask), grid, _context_voxels(grid.spacing), **scale)
+    outside = None if image is None else scan.outside if scan is not None else float(np.min(image))
+    lo, hi = refine_box(np.asarray(mask), grid, context_voxels(grid.spacing), **scale)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     mask, grid = np.asarray(mask)[crop], grid.sub_grid(lo, hi)
     image = None if image is None else np.asarray(image)[crop]
@@ -686,7 +692,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     ), crop, full_shape)
 
 
-def _context_voxels(spacing) -> int:
+def context_voxels(spacing) -> int:
     """Voxels (every axis) that the steps after the prior read beyond the masks' box: the image's
     checks (their rings and filters) and the do-no-harm gate's morphology."""
     return max(image_margin.box_pad(spacing), image_trim.box_pad(spacing), image_evidence_pad(spacing),

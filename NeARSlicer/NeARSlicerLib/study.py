@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .appearance import normalise as normalise_image
+from .case_crop import CropSource, crop, needed_box
 from .checkpoint import load_checkpoint, load_training_state, save_training_state
 from .decode import decode_logits, decode_probability, model_query
 from .distributed import Distributed
@@ -63,7 +64,7 @@ from .output_safety import check_outputs
 from .model import Condition, ModelConfig, NeARModel, sample_volume, voxel_centres
 from . import modality as modality_mod
 from .domain import shape_facts, widen as widen_domain
-from .prior import default_prior, load_prior, resolve_prior
+from .prior import choose_prior, default_prior, load_prior, resolve_prior
 from .refine import RefineOptions, card_meta, drop_islands, working_scale
 from .study_adapt import denoise_step, prior_snapshot, redistort, refine_with
 from .study_prior_choice import study_prior
@@ -95,6 +96,9 @@ class StudyCase:
     # the image's own finest voxel side (mm) when it was resampled onto this finer mask grid (an
     # oversampled Slicer segmentation): the case's final refinement fits no margin finer than it
     image_voxel_mm: Optional[float] = None
+    # set when mask, image and grid are a box of a larger volume (``load_cases``): where the box lies and
+    # the whole scan's facts; outputs are written on the whole volume's grid
+    source: Optional[CropSource] = None
 
 
 @dataclass(frozen=True)
@@ -190,9 +194,13 @@ class StudyResult:
     # per case (denoise: every case is refined) its refinement's facts, RefineResult.info (confidence,
     # action, prior, image checks...); empty for the fast and paper recipes, which decode without refine
     case_info: list[dict] = field(default_factory=list)
+    # the cases as studied, each mask on its case's grid: a case held as a box of its volume
+    # (``load_cases``) may have been read again with a larger box (``case.source.place(mask)``: the whole volume)
+    cases: list["StudyCase"] = field(default_factory=list)
 
     def rows(self, cases: Sequence["StudyCase"]) -> list[dict]:
         """Summary rows of ``cases`` (the study's, in order) in the batch contract (no output files)."""
+        cases = self.cases or cases  # the masks' own frames
         infos = self.case_info or [None] * len(self.names)
         return [summary_row(c, m, s, i, self.case_warnings(c.name))
                 for c, m, s, i in zip(cases, self.masks, self.case_seconds, infos)]
@@ -314,8 +322,10 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
     ``appearance_norm``, as ``refine_mask`` does)."""
     out = []
     for c in cases:
+        scan = _scan(c)  # a box of its scan: beyond the scan is the whole scan's darkest value, not the box's
         w = to_working(np.asarray(c.mask) > 0, c.grid, c.image if use_app else None, margin_mm=cfg.margin_mm,
-                       spacing_mm=case_spacing(cfg, c), min_fov_mm=fov_mm, min_component_fraction=0.02)
+                       spacing_mm=case_spacing(cfg, c), min_fov_mm=fov_mm, min_component_fraction=0.02,
+                       outside=None if scan is None else scan.outside)
         target = torch.from_numpy(np.ascontiguousarray(w.mask, dtype=np.float32))[None, None].to(device)
         app = None
         if w.image is not None:
@@ -437,13 +447,18 @@ def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared]
                         anchor, cfg.l2sp if regularise else 0.0)
 
 
+def _scan(case: StudyCase) -> Optional[modality_mod.ScanFacts]:
+    """The whole scan's facts of a case held as a box of its volume (None: the case is its whole volume)."""
+    return case.source.scan if getattr(case, "source", None) is not None else None
+
+
 def _readable_images(cases: Sequence[StudyCase], meta: dict, notes: list[str]) -> list[StudyCase]:
     """The cases, each image that the prior cannot read removed (``modality.accepts``, as ``refine``
     decides: an MR image is not put through a CT window) with a note in ``notes``."""
     out = []
     for c in cases:
         if c.image is not None:
-            found = modality_mod.detect(c.image)
+            found = modality_mod.guess(c.image, None, _scan(c))
             if not modality_mod.accepts(meta, found.modality):
                 notes.append(f"case {c.name}: {modality_mod.refusal(meta, found)}: the image was not used, "
                              "the case was fitted by shape only")
@@ -466,6 +481,7 @@ class _Training:
     use_app: bool
     notes: list[str]
     cfg: StudyConfig  # the caller's, with the prior card's working scale filled in (``_card_scale``)
+    cases: list[StudyCase]  # the caller's, each box large enough for this study (``_within_reach``)
 
 
 def _card_scale(cfg: StudyConfig, meta: dict) -> StudyConfig:
@@ -484,6 +500,7 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
     report(0.0, "loading the model")
     model, meta = _initial_model(cfg, prior_path, any_image, device)
     cfg = _card_scale(cfg, meta)
+    cases = reached = _within_reach(cases, meta, cfg)
     if meta.get("domain"):
         # the adapted prior learns these very shapes: a study of a structure no prior knows (what study
         # mode is for) must not be kept whole as out of the warm-start prior's domain
@@ -533,7 +550,7 @@ def _start_training(cases: Sequence[StudyCase], prior_path: Optional[str], cfg: 
         opt = torch.optim.Adam([{"params": latents, "lr": cfg.lr_latent, "base_lr": cfg.lr_latent},
                                 {"params": list(model.decoder.parameters()), "lr": cfg.lr_model, "base_lr": cfg.lr_model},
                                 {"params": list(model.mlp.parameters()), "lr": lr_mlp, "base_lr": lr_mlp}])
-    return _Training(model, meta, prep, latents, opt, gen, anchor, use_app, notes, cfg)
+    return _Training(model, meta, prep, latents, opt, gen, anchor, use_app, notes, cfg, reached)
 
 
 def _trained(tr: _Training) -> list[torch.Tensor]:
@@ -633,7 +650,7 @@ def run_study(
     names = [c.name for c in cases]
 
     tr = _start_training(cases, prior_path, cfg, device, report)
-    cfg = tr.cfg
+    cfg, cases = tr.cfg, tr.cases
     model, meta, prep, latents, opt, gen = tr.model, tr.meta, tr.prep, tr.latents, tr.opt, tr.gen
     use_app, notes = tr.use_app, tr.notes
 
@@ -786,6 +803,7 @@ def run_study(
         epochs=state["epoch"], stopped_early=bool(state["stopped"] and state["epoch"] < cfg.epochs),
         seconds=time.perf_counter() - t0, train_seconds=state["train_seconds"], case_seconds=case_seconds,
         mlp_point_evals=int(evals), decoder_passes=int(passes), config=cfg, warnings=notes, case_info=case_info,
+        cases=list(cases),
         info={"device": str(device), "appearance": use_app, "resumed_from_step": resumed_from,
               "prior": str(prior_path or default_prior(use_app)) if cfg.recipe != "paper" else None,
               "prior_meta": meta, "working_shapes": [tuple(p.target.shape[-3:]) for p in prep],
@@ -852,23 +870,31 @@ def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[s
 
 
 def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None, manifest: Optional[str] = None,
-               label: Optional[str] = None, structure: Optional[str] = None) -> list[StudyCase]:
+               label: Optional[str] = None, structure: Optional[str] = None, prior: Optional[str] = None,
+               cfg: Optional[StudyConfig] = None) -> list[StudyCase]:
     """Read the cases of a study from folders (matched by name) or a CSV manifest.
 
     ``label`` picks one label of multilabel masks (a manifest's label column wins). A mask and its
     image must share their voxels (``batch.read_image_on``). Each case's ``structure`` is its manifest
     row's when given, else ``structure``, else its .seg.nrrd segment's name, else its file name
     (``batch.structure_of``, as ``refine`` reads it).
-    """
-    from .batch import read_image_on, segment_name, several_labels, structure_of
-    from .io import read_mask
 
+    Each case is kept as the box of its volume that a study with ``prior`` (None: ``auto`` by the case's
+    structure) and ``cfg`` reads (``case_crop``; ``StudyCase.source`` says where it lies), not the whole
+    volume: a study of full-resolution CTs then holds boxes, not whole scans. ``run_study`` reads a case
+    again when it needs a larger box (another prior or scale).
+    """
+    from .batch import segment_name, several_labels, structure_of
+
+    cfg = cfg or StudyConfig.for_recipe(DEFAULT_RECIPE)
     if manifest:
         entries = read_manifest(manifest)
     elif masks_dir:
         entries = [(n, m, i, None, None) for n, m, i in find_cases(masks_dir, images_dir)]
     else:
         raise InputError("give a masks folder or a manifest")
+    # the prior a study adapts reads images when any case has one (run_study's rule)
+    with_image = bool(cfg.appearance and any(e[2] is not None for e in entries))
     cases = []
     for name, mpath, ipath, lab, what in entries:
         chosen = lab if lab is not None else label  # a manifest row's own label wins
@@ -880,15 +906,72 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
             if several_labels(chosen) is not None:
                 raise InputError(f"a study case is one structure: give one label per manifest row, not "
                                  f"{chosen!r} (nearslicer batch takes several)")
-            mask, grid, info = read_mask(str(mpath), label=chosen)
-            # the reading nearslicer refine and batch share (an image of the mask's voxels stored otherwise is read)
-            image = read_image_on(None if ipath is None else str(ipath), grid, str(mpath))
+            mask, grid, info, image = _read_case_files(mpath, ipath, chosen)
+            whole = StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None,
+                              structure_of(str(mpath), what or structure, info),
+                              segment=segment_name(info), label=str(info["label"]))
+            # the whole scan's checks (NaN anywhere, an empty mask) before only its box is kept
+            check_cases([whole])
+            meta = _card(cfg, str(choose_prior(prior, whole.structure, with_image)[1]), with_image)
+            lo, hi = _study_box(whole, meta, _card_scale(cfg, meta))
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
-        cases.append(StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None,
-                               structure_of(str(mpath), what or structure, info),
-                               segment=segment_name(info), label=str(info["label"])))
+        cases.append(_boxed(whole, lo, hi, chosen))
     return cases
+
+
+def _read_case_files(mpath, ipath, label: Optional[str]) -> tuple:
+    """(mask, grid, ``read_mask``'s info, image or None) of a case's files, the image on the mask's voxels
+    (the reading ``nearslicer refine`` and batch share: an image of those voxels stored otherwise is read)."""
+    from .batch import read_image_on
+    from .io import read_mask
+
+    mask, grid, info = read_mask(str(mpath), label=label)
+    image = read_image_on(None if ipath is None else str(ipath), grid, str(mpath))
+    return mask, grid, info, image
+
+
+def _card(cfg: StudyConfig, prior_path: Optional[str], with_image: bool) -> dict:
+    """The card a study of ``cfg`` reads its working scale from: the warm-start prior's (fast, denoise);
+    the paper's recipe trains a fresh model at the default field of view."""
+    if cfg.recipe not in ("fast", "denoise"):
+        return {}
+    from .refine import get_prior
+
+    path = resolve_prior(prior_path, with_image)
+    return card_meta(path, get_prior(str(path), "cpu")[1])
+
+
+def _study_box(case: StudyCase, meta: dict, cfg: StudyConfig, clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The box of ``case``'s grid that a study of ``cfg`` (its card's scale filled in) reads."""
+    return needed_box(np.asarray(case.mask) > 0, case.grid, meta, cfg.margin_mm, case_spacing(cfg, case),
+                      cfg.recipe == "denoise", clip=clip)
+
+
+def _boxed(case: StudyCase, lo, hi, label: Optional[str]) -> StudyCase:
+    """``case`` (a whole volume) as its box ``[lo, hi)``."""
+    mask, grid, image, source = crop(np.asarray(case.mask), case.grid, case.image, lo, hi, label)
+    return replace(case, mask=mask, grid=grid, image=image, source=source)
+
+
+def _within_reach(cases: Sequence[StudyCase], meta: dict, cfg: StudyConfig) -> list[StudyCase]:
+    """The cases, each box (``load_cases``) too small for this study's prior and scale read again from its
+    files with the box the study needs (a study run with another prior or scale than it was loaded for)."""
+    out = []
+    for c in cases:
+        if c.source is not None:
+            lo, hi = _study_box(c, meta, cfg, clip=False)
+            if not c.source.holds(lo, hi):
+                if not c.mask_path:
+                    raise InputError(f"case {c.name}: its box is smaller than this study reads, and it has no "
+                                     "file to read it again from")
+                start = np.asarray(c.source.lo)
+                want_lo = np.minimum(np.maximum(start + lo, 0), start)
+                want_hi = np.maximum(np.minimum(start + hi, c.source.grid.shape), start + c.source.shape)
+                mask, grid, _, image = _read_case_files(c.mask_path, c.image_path, c.source.label)
+                c = _boxed(replace(c, mask=mask, grid=grid, image=image), want_lo, want_hi, c.source.label)
+        out.append(c)
+    return out
 
 
 __all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "save_study_prior",

@@ -109,8 +109,10 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
             def sub(f: float, msg: str, _i: int = i) -> None:
                 report((_i + f) / len(cases), f"refining {cases[_i].name} ({_i + 1}/{len(cases)}): {msg}")
 
+            # a case held as a box of its volume (study.load_cases) refines as the whole scan would
+            source = getattr(c, "source", None)
             results.append(refine_mask(np.asarray(c.mask), c.grid, c.image if appearance else None, opts,
-                                       progress=sub, cancel=cancel))
+                                       progress=sub, cancel=cancel, scan=None if source is None else source.scan))
             if on_case is not None:
                 on_case(i, c, results[-1])
     return results

@@ -138,7 +138,8 @@ class StudyOutputs:
         from .io import write_mask
 
         path = self.masks[case.name]
-        write_mask(str(path), mask, case.grid)
+        source = getattr(case, "source", None)  # a case held as a box (study.load_cases): its whole volume
+        write_mask(str(path), *((mask, case.grid) if source is None else (source.place(mask), source.grid)))
         self.summary.add(summary_row(case, mask, seconds, info, warnings, output=path))
 
     def finish(self, result: "StudyResult") -> Path:
@@ -153,6 +154,7 @@ def write_study(result: "StudyResult", cases: Sequence["StudyCase"], out_dir: st
     ``out_dir`` (created if needed), with the checks of :class:`StudyOutputs`."""
     outs = StudyOutputs(out_dir, cases, overwrite=overwrite)
     infos = result.case_info or [None] * len(cases)
-    for c, m, s, info in zip(cases, result.masks, result.case_seconds, infos):
+    # each mask on its case as studied (a box read again larger, ``study._within_reach``)
+    for c, m, s, info in zip(result.cases or cases, result.masks, result.case_seconds, infos):
         outs.case_done(c, m, s, info, result.case_warnings(c.name))
     return outs.finish(result)

@@ -195,7 +195,7 @@ def test_a_structure_of_a_large_scan_refines_on_a_box_exactly_as_on_the_whole_sc
     image = ct_phantom(truth, seed=21, spacing=spacing)
     grid = grid_for(truth, spacing)
 
-    lo, hi = refine_box(noisy, grid, refine_module._context_voxels(grid.spacing),
+    lo, hi = refine_box(noisy, grid, refine_module.context_voxels(grid.spacing),
                         **refine_module.working_scale({"scale": {"mode": "fixed"}}, RefineOptions()))
     assert np.prod(hi - lo) < 0.5 * noisy.size, "the box must be a real crop for this test to mean anything"
     boxed = refine_mask(noisy, grid, image, options)

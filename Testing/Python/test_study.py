@@ -14,7 +14,8 @@ from NeARSlicerLib.cli import main
 from NeARSlicerLib.distort import distort
 from NeARSlicerLib.errors import Cancelled, InputError
 from NeARSlicerLib.geometry import Grid
-from NeARSlicerLib.io import read_mask, write_image, write_mask
+from NeARSlicerLib.io import read_image, read_mask, write_image, write_mask
+from NeARSlicerLib import modality
 from NeARSlicerLib.metrics import dice
 from NeARSlicerLib.model import ModelConfig, NeARModel
 from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom
@@ -496,3 +497,89 @@ def test_a_sigterm_stops_a_study_at_a_step_with_its_checkpoint(tmp_path):
             proc.wait()
     assert proc.returncode == 2 and b"study cancelled at step" in err and b"resume from it" in err, err.decode()[-2000:]
     assert (out / "checkpoint.safetensors").is_file()
+
+
+def _full_resolution_cases(tmp_path, n=2):
+    """Glands in CTs much larger than a study reads (masks/ and images/ folders), each near the low-k
+    face, so that the working cube reaches beyond the volume. Only the far high-k end holds fat and air:
+    a box around a gland holds neither the scan's darkest value nor anything that tells CT (soft tissue
+    alone reads as MR, ``modality.detect``)."""
+    masks, imgs = tmp_path / "masks", tmp_path / "images"
+    masks.mkdir()
+    imgs.mkdir()
+    grid = _grid((150, 220, 220), spacing=(1.0, 1.0, 1.0), origin=(-20.0, 7.0, 3.0))
+    rng = np.random.default_rng(3)
+    for s in range(n):
+        small = adrenal_phantom(seed=60 + s, shape=(48, 48, 48))
+        clean = np.zeros(grid.shape, bool)
+        clean[2:50, 40 + 30 * s:88 + 30 * s, 60:108] = small
+        image = (40.0 + 10.0 * rng.standard_normal(grid.shape) + 45.0 * clean).astype(np.float32)
+        image[-20:-10], image[-10:] = -100.0, -1000.0
+        write_mask(str(masks / f"case{s}.nii.gz"), distort(clean, seed=s).astype(np.uint8), grid)
+        write_image(str(imgs / f"case{s}.nii.gz"), image, grid)
+    return masks, imgs, grid
+
+
+def _whole_cases(masks, imgs):
+    """The same cases as whole volumes (as a caller builds them)."""
+    out = []
+    for path in sorted(masks.iterdir()):
+        mask, grid, _ = read_mask(str(path))
+        image, _ = read_image(str(imgs / path.name))
+        out.append(StudyCase(path.name.split(".")[0], mask, grid, image))
+    return out
+
+
+@pytest.fixture(scope="module")
+def blurred_prior(tmp_path_factory):
+    """A small random S+A model that also reads a(p) blurred by 2 voxels: a voxel near the volume's face
+    then reads the image beyond it (the scan's darkest value), as a real prior's image context does."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("prior") / "blurred.safetensors"
+    cfg = ModelConfig.from_dict({**TINY.to_dict(), "appearance": True, "annotation_sigmas": (0.0, 1.0),
+                                 "appearance_sigmas": (0.0, 2.0)})
+    save_prior(path, NeARModel(cfg), {"fov_mm": 48.0})
+    return str(path)
+
+
+@pytest.mark.parametrize("recipe", ["denoise", "fast"])
+def test_a_study_holds_boxes_of_full_resolution_scans_and_refines_as_the_whole(tmp_path, blurred_prior, recipe):
+    """load_cases keeps each case as the box of its volume the study reads (case_crop): the study's
+    masks, placed on the whole volume, its probabilities and the files it writes are the whole
+    volumes' study's, though the box holds neither the scan's darkest value nor its far side."""
+    masks, imgs, grid = _full_resolution_cases(tmp_path)
+    # the prior's whole output (not kept by the do-no-harm gate): it reads the image beyond the volume
+    cfg = StudyConfig.for_recipe(recipe, epochs=1, refine_preset="fast", refine_options={"change_policy": "all"}
+                                 if recipe == "denoise" else {})
+    boxed = load_cases(str(masks), str(imgs), prior=blurred_prior, cfg=cfg)
+    assert all(c.mask.size < 0.5 * np.prod(grid.shape) and c.image.shape == c.mask.shape for c in boxed)
+    assert all(c.image.min() > -100 and c.source.scan.outside == -1000 for c in boxed)
+    assert {modality.detect(c.image).modality for c in boxed} == {"MR"}
+    assert {c.source.scan.detected.modality for c in boxed} == {"CT"}
+    whole = _whole_cases(masks, imgs)
+    a = run_study(boxed, blurred_prior, cfg, out_dir=str(tmp_path / "boxed"))
+    b = run_study(whole, blurred_prior, cfg, out_dir=str(tmp_path / "whole"))
+    for c, m, p, wm, wp in zip(a.cases, a.masks, a.probabilities, b.masks, b.probabilities):
+        assert c.source is not None and np.array_equal(c.source.place(m), wm)
+        placed = np.zeros_like(wp)
+        placed[c.source.slices] = p
+        assert np.array_equal(placed, wp)
+    for c in whole:  # the files written: on the whole volume's grid, the whole volumes' study's voxels
+        written, expected = (sitk.ReadImage(str(tmp_path / side / f"{c.name}.nii.gz")) for side in ("boxed", "whole"))
+        assert written.GetSize() == expected.GetSize() == grid.shape[::-1]
+        assert written.GetOrigin() == expected.GetOrigin() and written.GetSpacing() == expected.GetSpacing()
+        assert np.array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected))
+
+
+def test_a_study_reads_a_case_again_when_it_needs_a_larger_box(tmp_path, blurred_prior):
+    """Cases loaded for one scale, studied at another (a wider margin): run_study reads each again with
+    the box it needs, and the study equals the whole volumes'."""
+    masks, imgs, grid = _full_resolution_cases(tmp_path)
+    boxed = load_cases(str(masks), str(imgs), prior=blurred_prior, cfg=StudyConfig.for_recipe("denoise", epochs=1))
+    wide = StudyConfig.for_recipe("denoise", epochs=1, refine_preset="fast", margin_mm=40.0)
+    a = run_study(boxed, blurred_prior, wide)
+    b = run_study(_whole_cases(masks, imgs), blurred_prior, wide)
+    assert a.info["working_shapes"] == b.info["working_shapes"]
+    assert all(np.all(np.greater(s.source.shape, c.source.shape)) for s, c in zip(a.cases, boxed))
+    for c, m, wm in zip(a.cases, a.masks, b.masks):
+        assert np.array_equal(c.source.place(m), wm)
