@@ -402,8 +402,16 @@ def cmd_study(args) -> int:
         overrides["refine_options"] = harm
     cfg = StudyConfig.for_recipe(args.recipe, appearance=not args.shape_only, **overrides)
     # each case is kept as the box of its volume this study reads (case_crop), not the whole scan
-    cases = load_cases(args.masks, args.images, args.manifest, label=args.label, structure=args.structure,
-                       prior=args.prior, cfg=cfg)
+    from tqdm import tqdm
+
+    with tqdm(desc="reading", unit="case", mininterval=0.5, leave=False, delay=1.0, disable=rank != 0) as bar:
+        def read(i: int, n: int, name: str) -> None:
+            bar.total = n
+            bar.set_postfix_str(name, refresh=False)
+            bar.update(i - bar.n)
+
+        cases = load_cases(args.masks, args.images, args.manifest, label=args.label, structure=args.structure,
+                           prior=args.prior, cfg=cfg, on_read=read)
     if args.image_voxel_mm is not None:  # every case's image was resampled from that voxel
         cases = [replace(c, image_voxel_mm=args.image_voxel_mm) for c in cases]
     out = Path(args.out)

@@ -871,7 +871,8 @@ def read_manifest(path: str) -> list[tuple[str, Path, Optional[Path], Optional[s
 
 def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None, manifest: Optional[str] = None,
                label: Optional[str] = None, structure: Optional[str] = None, prior: Optional[str] = None,
-               cfg: Optional[StudyConfig] = None) -> list[StudyCase]:
+               cfg: Optional[StudyConfig] = None,
+               on_read: Optional[Callable[[int, int, str], None]] = None) -> list[StudyCase]:
     """Read the cases of a study from folders (matched by name) or a CSV manifest.
 
     ``label`` picks one label of multilabel masks (a manifest's label column wins). A mask and its
@@ -882,7 +883,8 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     Each case is kept as the box of its volume that a study with ``prior`` (None: ``auto`` by the case's
     structure) and ``cfg`` reads (``case_crop``; ``StudyCase.source`` says where it lies), not the whole
     volume: a study of full-resolution CTs then holds boxes, not whole scans. ``run_study`` reads a case
-    again when it needs a larger box (another prior or scale).
+    again when it needs a larger box (another prior or scale). ``on_read(i, n, name)`` is called as each
+    case has been read (a full-resolution CT takes seconds).
     """
     from .batch import segment_name, several_labels, structure_of
 
@@ -917,6 +919,8 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
         cases.append(_boxed(whole, lo, hi, chosen))
+        if on_read is not None:
+            on_read(len(cases), len(entries), name)
     return cases
 
 

@@ -551,7 +551,9 @@ def test_a_study_holds_boxes_of_full_resolution_scans_and_refines_as_the_whole(t
     # the prior's whole output (not kept by the do-no-harm gate): it reads the image beyond the volume
     cfg = StudyConfig.for_recipe(recipe, epochs=1, refine_preset="fast", refine_options={"change_policy": "all"}
                                  if recipe == "denoise" else {})
-    boxed = load_cases(str(masks), str(imgs), prior=blurred_prior, cfg=cfg)
+    read = []  # the CLI's progress while full-resolution cases are read
+    boxed = load_cases(str(masks), str(imgs), prior=blurred_prior, cfg=cfg, on_read=lambda *a: read.append(a))
+    assert read == [(1, 2, "case0"), (2, 2, "case1")]
     assert all(c.mask.size < 0.5 * np.prod(grid.shape) and c.image.shape == c.mask.shape for c in boxed)
     assert all(c.image.min() > -100 and c.source.scan.outside == -1000 for c in boxed)
     assert {modality.detect(c.image).modality for c in boxed} == {"MR"}
