@@ -1,10 +1,10 @@
 """A study case held as the box of its volume that the study reads, not as the whole volume.
 
 A study of full-resolution CTs held every case's whole mask and image, and then its whole result:
-four cases of 512 x 512 x 200 voxels peaked at 2.9 GB (``benchmarks/study_memory.py``), so a study of
-a few dozen such CTs needed tens of GB. ``study.load_cases`` keeps each case as the box that the
-study's training cube and its final refinement read (``needed_box``: ``geometry.refine_box`` at the
-prior's scale, with the image checks' reach), with the whole scan's facts that a box alone would
+six cases of 512 x 512 x 250 voxels peaked at 4.4 GB (1.3 GB as boxes; ``benchmarks/study_memory.py``),
+so a study of a few dozen such CTs needed tens of GB. ``study.load_cases`` keeps each case as the box
+that the study's training cube and its final refinement read (``needed_box``: ``geometry.refine_box``
+at the prior's scale, with the image checks' reach), with the whole scan's facts that a box alone would
 misread (``modality.ScanFacts``: the modality its intensities show, its darkest value). Every result
 on the box equals the whole volume's; outputs are placed back on the whole volume's grid
 (``CropSource.place``). Arrays ``[k, j, i]``; sizes in mm.
