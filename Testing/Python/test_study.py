@@ -542,6 +542,7 @@ def blurred_prior(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the random prior's cases' notes, not under test here
 @pytest.mark.parametrize("recipe", ["denoise", "fast"])
 def test_a_study_holds_boxes_of_full_resolution_scans_and_refines_as_the_whole(tmp_path, blurred_prior, recipe):
     """load_cases keeps each case as the box of its volume the study reads (case_crop): the study's
@@ -573,6 +574,7 @@ def test_a_study_holds_boxes_of_full_resolution_scans_and_refines_as_the_whole(t
         assert np.array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_study_reads_a_case_again_when_it_needs_a_larger_box(tmp_path, blurred_prior):
     """Cases loaded for one scale, studied at another (a wider margin): run_study reads each again with
     the box it needs, and the study equals the whole volumes'."""
