@@ -9,6 +9,7 @@ from NeARSlicerLib.annotation_errors import (
     ALL_FAMILIES,
     FAMILIES,
     _dilate,
+    _element,
     apply_family,
     corrupt,
     missing_part,
@@ -76,6 +77,23 @@ def test_dilation_radius_is_in_mm_on_any_grid():
     grown = _dilate(ball, 2.0, spacing, "inplane")
     assert np.array_equal(grown.any(axis=(1, 2)), ball.any(axis=(1, 2)))
     assert grown.sum() > ball.sum()
+
+
+def test_a_ball_dilation_is_the_ball_elements_dilation():
+    """The ball's dilation (a distance transform, whatever the radius) is exactly the dilation by
+    ``_element``'s ball: random masks, single voxels, anisotropic grids and radii under one in-plane
+    voxel (the element's smallest), so the error library's outputs do not depend on how it is computed."""
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        shape = tuple(int(n) for n in rng.integers(6, 24, 3))
+        mask = rng.random(shape) < rng.uniform(0.001, 0.05)
+        if trial % 6 == 0:
+            mask[:] = False
+            mask[tuple(int(n) // 2 for n in shape)] = trial % 12 == 0  # one voxel, or none
+        spacing = tuple(float(v) for v in rng.choice([0.25, 0.5, 0.8, 1.0, 1.5, 3.0], 3))
+        radius = float(rng.choice([rng.uniform(0.1, 6.0), 1.0, 2.0, 2.5]))
+        expected = ndi.binary_dilation(mask, _element(radius, spacing, "ball"))
+        assert np.array_equal(_dilate(mask, radius, spacing, "ball"), expected), (shape, spacing, radius)
 
 
 def test_overpaint_changes_stay_within_two_mm(gland):
