@@ -963,7 +963,7 @@ def _within_reach(cases: Sequence[StudyCase], meta: dict, cfg: StudyConfig) -> l
     files with the box the study needs (a study run with another prior or scale than it was loaded for)."""
     out = []
     for c in cases:
-        if c.source is not None:
+        if getattr(c, "source", None) is not None:  # cases may be any objects with a study case's fields
             lo, hi = _study_box(c, meta, cfg, clip=False)
             if not c.source.holds(lo, hi):
                 if not c.mask_path:
