@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from .geometry import distance_outside
+
 NORMALISATIONS = ("window", "case")
 WINDOW_HU = (-60.0, 140.0)
 
@@ -27,7 +29,7 @@ def window_ct(hu: np.ndarray, lo: float = WINDOW_HU[0], hi: float = WINDOW_HU[1]
 
 def _shell(mask: np.ndarray, spacing_kji: np.ndarray, inner_mm: float, outer_mm: float) -> np.ndarray:
     """Voxels whose distance to ``mask`` lies in (inner_mm, outer_mm]."""
-    dist = ndi.distance_transform_edt(~mask, sampling=spacing_kji)
+    dist = distance_outside(mask, spacing_kji, outer_mm)
     return (dist > inner_mm) & (dist <= outer_mm)
 
 

@@ -248,6 +248,37 @@ def occupied_box(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return np.array(lo), np.array(hi)
 
 
+def distance_outside(mask: np.ndarray, spacing_kji: Sequence[float], reach_mm: float) -> np.ndarray:
+    """Euclidean distance (mm) of every voxel to the nearest voxel of ``mask`` (0 on it), as
+    ``ndimage.distance_transform_edt(~mask, sampling=spacing_kji)`` gives it up to ``reach_mm``; inf
+    beyond the mask's box grown by ``reach_mm``, where every voxel is farther. Computed on that box,
+    which a training cube's or a study's small structure leaves much smaller than the array."""
+    m = np.asarray(mask, bool)
+    sp = np.asarray(spacing_kji, float)
+    out = np.full(m.shape, np.inf)
+    if not m.any():
+        return out
+    lo, hi = occupied_box(m)
+    pad = np.ceil(float(reach_mm) / sp).astype(int) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo - pad, 0), np.minimum(hi + pad, m.shape)))
+    out[box] = ndimage.distance_transform_edt(~m[box], sampling=sp)
+    return out
+
+
+def distance_inside(mask: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Euclidean distance (mm) of every voxel of ``mask`` to the nearest voxel outside it within the
+    array (0 outside the mask), as ``ndimage.distance_transform_edt(mask, sampling=spacing_kji)`` gives
+    it; computed on the mask's box grown by a voxel, which holds a nearest outside voxel of each."""
+    m = np.asarray(mask, bool)
+    out = np.zeros(m.shape)
+    if not m.any():
+        return out
+    lo, hi = occupied_box(m)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo - 1, 0), np.minimum(hi + 1, m.shape)))
+    out[box] = ndimage.distance_transform_edt(m[box], sampling=np.asarray(spacing_kji, float))
+    return out
+
+
 def cube_size(extent_mm: float, source_spacing: Sequence[float], margin_mm: float, spacing_mm: float,
               min_fov_mm: float, extent_voxels: Optional[float] = None, min_side_voxels: int = 0,
               max_side_voxels: Optional[int] = None) -> Tuple[int, float]:

@@ -265,3 +265,32 @@ def test_refine_box_holds_the_working_cube_and_what_its_resampling_reads(scale, 
     mask[40, 20, 200] = 0
     lo, hi = refine_box(mask, g, 0, **scale)
     assert np.prod(hi - lo) < 0.5 * mask.size  # without the speck, a crop
+
+
+def test_distances_near_a_mask_are_the_whole_arrays_distance_transform():
+    """distance_outside and distance_inside work on the mask's box (the error library's and the image
+    normalisation's distances, a training batch's largest cost): within the reach they equal scipy's
+    distance transform of the whole array, and beyond it every voxel is farther than the reach."""
+    from scipy import ndimage
+
+    from NeARSlicerLib.geometry import distance_inside, distance_outside
+
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        shape = tuple(int(n) for n in rng.integers(6, 30, 3))
+        mask = np.zeros(shape, bool)
+        lo = [int(rng.integers(0, n)) for n in shape]
+        size = [int(rng.integers(1, 8)) for _ in shape]
+        mask[tuple(slice(a, a + s) for a, s in zip(lo, size))] = rng.random(size)[
+            tuple(slice(0, min(s, n - a)) for a, s, n in zip(lo, size, shape))] < 0.7
+        spacing = np.asarray(rng.choice([0.25, 0.5, 0.8, 1.0, 2.5], 3), float)
+        reach = float(rng.uniform(0.5, 6.0))
+        if not mask.any():
+            assert np.isinf(distance_outside(mask, spacing, reach)).all()
+            assert not distance_inside(mask, spacing).any()
+            continue
+        whole = ndimage.distance_transform_edt(~mask, sampling=spacing)
+        near = distance_outside(mask, spacing, reach)
+        within = whole <= reach
+        assert np.array_equal(near[within], whole[within]) and np.all(near[~within] > reach), (shape, spacing, reach)
+        assert np.array_equal(distance_inside(mask, spacing), ndimage.distance_transform_edt(mask, sampling=spacing))
