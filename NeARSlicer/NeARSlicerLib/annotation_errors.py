@@ -77,9 +77,12 @@ def _dilate(mask: np.ndarray, radius_mm: float, spacing: Spacing, kind: str = "b
         # the ball element's dilation is the voxels within its radius of the mask: a distance transform
         # costs the same for any radius, where the element's cost grows with its volume (an 8 mm leak's
         # reach on a 0.25 mm grid took 13 s)
+        m = np.asarray(mask, bool)
+        if not m.any():
+            return m.copy()
         vox = _axes_mm(spacing)
         r = max(float(radius_mm), float(vox[1:].min()))  # _element's radius
-        return distance_outside(mask, vox, r + 1e-6) <= r + 1e-6
+        return distance_outside(m, vox, r + 1e-6) <= r + 1e-6
     return ndi.binary_dilation(mask, _element(radius_mm, spacing, kind))
 
 

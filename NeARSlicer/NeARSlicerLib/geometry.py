@@ -252,12 +252,13 @@ def distance_outside(mask: np.ndarray, spacing_kji: Sequence[float], reach_mm: f
     """Euclidean distance (mm) of every voxel to the nearest voxel of ``mask`` (0 on it), as
     ``ndimage.distance_transform_edt(~mask, sampling=spacing_kji)`` gives it up to ``reach_mm``; inf
     beyond the mask's box grown by ``reach_mm``, where every voxel is farther. Computed on that box,
-    which a training cube's or a study's small structure leaves much smaller than the array."""
+    which a training cube's or a study's small structure leaves much smaller than the array. An empty
+    mask gets scipy's own values for an array without a zero (the library's holes read them as before)."""
     m = np.asarray(mask, bool)
     sp = np.asarray(spacing_kji, float)
-    out = np.full(m.shape, np.inf)
     if not m.any():
-        return out
+        return ndimage.distance_transform_edt(~m, sampling=sp)
+    out = np.full(m.shape, np.inf)
     lo, hi = occupied_box(m)
     pad = np.ceil(float(reach_mm) / sp).astype(int) + 1
     box = tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo - pad, 0), np.minimum(hi + pad, m.shape)))
