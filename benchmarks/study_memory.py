@@ -67,14 +67,12 @@ def child(mode: str, data: Path, out: Path) -> dict:
                      *SETTINGS])
         assert code == 0
     else:
-        from NeARSlicerLib.batch import read_image_on
-        from NeARSlicerLib.io import read_mask
+        from NeARSlicerLib.batch import read_case_inputs
         from NeARSlicerLib.study import StudyCase, StudyConfig, run_study
 
         cases = []
         for path in sorted((data / "masks").iterdir()):
-            mask, grid, _ = read_mask(str(path))
-            image = read_image_on(str(data / "images" / path.name), grid, str(path))
+            mask, grid, image, _ = read_case_inputs(str(path), str(data / "images" / path.name))
             cases.append(StudyCase(path.name.split(".")[0], mask, grid, image, str(path),
                                    str(data / "images" / path.name), structure="left adrenal gland"))
         cfg = StudyConfig.for_recipe("denoise", epochs=1, refine_preset="fast")

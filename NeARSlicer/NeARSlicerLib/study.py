@@ -886,7 +886,7 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
     again when it needs a larger box (another prior or scale). ``on_read(i, n, name)`` is called as each
     case has been read (a full-resolution CT takes seconds).
     """
-    from .batch import segment_name, several_labels, structure_of
+    from .batch import read_case_inputs, segment_name, several_labels, structure_of
 
     cfg = cfg or StudyConfig.for_recipe(DEFAULT_RECIPE)
     if manifest:
@@ -908,7 +908,7 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
             if several_labels(chosen) is not None:
                 raise InputError(f"a study case is one structure: give one label per manifest row, not "
                                  f"{chosen!r} (nearslicer batch takes several)")
-            mask, grid, info, image = _read_case_files(mpath, ipath, chosen)
+            mask, grid, image, info = read_case_inputs(str(mpath), None if ipath is None else str(ipath), chosen)
             whole = StudyCase(name, mask, grid, image, str(mpath), str(ipath) if ipath is not None else None,
                               structure_of(str(mpath), what or structure, info),
                               segment=segment_name(info), label=str(info["label"]))
@@ -922,17 +922,6 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
         if on_read is not None:
             on_read(len(cases), len(entries), name)
     return cases
-
-
-def _read_case_files(mpath, ipath, label: Optional[str]) -> tuple:
-    """(mask, grid, ``read_mask``'s info, image or None) of a case's files, the image on the mask's voxels
-    (the reading ``nearslicer refine`` and batch share: an image of those voxels stored otherwise is read)."""
-    from .batch import read_image_on
-    from .io import read_mask
-
-    mask, grid, info = read_mask(str(mpath), label=label)
-    image = read_image_on(None if ipath is None else str(ipath), grid, str(mpath))
-    return mask, grid, info, image
 
 
 def _card(cfg: StudyConfig, prior_path: Optional[str], with_image: bool) -> dict:
@@ -972,7 +961,9 @@ def _within_reach(cases: Sequence[StudyCase], meta: dict, cfg: StudyConfig) -> l
                 start = np.asarray(c.source.lo)
                 want_lo = np.minimum(np.maximum(start + lo, 0), start)
                 want_hi = np.maximum(np.minimum(start + hi, c.source.grid.shape), start + c.source.shape)
-                mask, grid, _, image = _read_case_files(c.mask_path, c.image_path, c.source.label)
+                from .batch import read_case_inputs
+
+                mask, grid, image, _ = read_case_inputs(c.mask_path, c.image_path, c.source.label)
                 c = _boxed(replace(c, mask=mask, grid=grid, image=image), want_lo, want_hi, c.source.label)
         out.append(c)
     return out
