@@ -248,6 +248,12 @@ def occupied_box(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return np.array(lo), np.array(hi)
 
 
+def _grown_box(mask: np.ndarray, pad) -> tuple:
+    """Slices of the non-empty ``mask``'s occupied box grown by ``pad`` voxels (per axis), within the array."""
+    lo, hi = occupied_box(mask)
+    return tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo - pad, 0), np.minimum(hi + pad, mask.shape)))
+
+
 def distance_outside(mask: np.ndarray, spacing_kji: Sequence[float], reach_mm: float) -> np.ndarray:
     """Euclidean distance (mm) of every voxel to the nearest voxel of ``mask`` (0 on it), as
     ``ndimage.distance_transform_edt(~mask, sampling=spacing_kji)`` gives it up to ``reach_mm``; inf
@@ -259,9 +265,7 @@ def distance_outside(mask: np.ndarray, spacing_kji: Sequence[float], reach_mm: f
     if not m.any():
         return ndimage.distance_transform_edt(~m, sampling=sp)
     out = np.full(m.shape, np.inf)
-    lo, hi = occupied_box(m)
-    pad = np.ceil(float(reach_mm) / sp).astype(int) + 1
-    box = tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo - pad, 0), np.minimum(hi + pad, m.shape)))
+    box = _grown_box(m, np.ceil(float(reach_mm) / sp).astype(int) + 1)
     out[box] = ndimage.distance_transform_edt(~m[box], sampling=sp)
     return out
 
@@ -274,8 +278,7 @@ def distance_inside(mask: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarra
     out = np.zeros(m.shape)
     if not m.any():
         return out
-    lo, hi = occupied_box(m)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo - 1, 0), np.minimum(hi + 1, m.shape)))
+    box = _grown_box(m, 1)
     out[box] = ndimage.distance_transform_edt(m[box], sampling=np.asarray(spacing_kji, float))
     return out
 
