@@ -429,9 +429,9 @@ def task_cells(task: CaseTask) -> dict:
 
 
 def failed_rows(task: CaseTask, exc: BaseException, seconds: float) -> List[dict]:
-    """The one row of a case that failed with ``exc``."""
-    label = "" if task.case.label is None else str(task.case.label)
-    return [{**task_cells(task), "segment": label, "error": error_text(exc), "seconds": f"{seconds:.2f}"}]
+    """The one row of a case that failed with ``exc`` (its segment: the case's label)."""
+    cells = task_cells(task)
+    return [{**cells, "segment": cells["label"], "error": error_text(exc), "seconds": f"{seconds:.2f}"}]
 
 
 def run_task(task: CaseTask):
