@@ -90,20 +90,31 @@ def _erode(mask: np.ndarray, radius_mm: float, spacing: Spacing, kind: str = "ba
     return ndi.binary_erosion(mask, _element(radius_mm, spacing, kind), border_value=0)
 
 
-def _coords_mm(shape: Sequence[int], spacing: Spacing) -> list[np.ndarray]:
-    """Open grids of voxel-centre coordinates per array axis (mm)."""
+Origin = Sequence[int]  # [k, j, i] of an array's first voxel in the volume it is a box of
+
+
+def _coords_mm(shape: Sequence[int], spacing: Spacing, origin: Origin = (0, 0, 0)) -> list[np.ndarray]:
+    """Open grids of voxel-centre coordinates per array axis (mm), of the volume whose box at ``origin``
+    the array is (the volume's own coordinates, so that a box errs as the whole volume does)."""
     vox = _axes_mm(spacing)
-    return [np.arange(n).reshape([-1 if a == ax else 1 for a in range(3)]) * vox[ax]
-            for ax, n in enumerate(shape)]
+    return [np.arange(o, o + n).reshape([-1 if a == ax else 1 for a in range(3)]) * vox[ax]
+            for ax, (n, o) in enumerate(zip(shape, origin))]
 
 
-def _ball_at(shape: Sequence[int], spacing: Spacing, centre_mm: np.ndarray, radius_mm: float) -> np.ndarray:
-    c = _coords_mm(shape, spacing)
+def _mm(index: np.ndarray, spacing: Spacing, origin: Origin) -> np.ndarray:
+    """Voxel indices of a box at ``origin`` as the volume's coordinates (mm)."""
+    return (index + np.asarray(origin)) * _axes_mm(spacing)
+
+
+def _ball_at(shape: Sequence[int], spacing: Spacing, centre_mm: np.ndarray, radius_mm: float,
+             origin: Origin = (0, 0, 0)) -> np.ndarray:
+    c = _coords_mm(shape, spacing, origin)
     return sum((c[a] - centre_mm[a]) ** 2 for a in range(3)) <= radius_mm ** 2
 
 
-def _box_at(shape: Sequence[int], spacing: Spacing, centre_mm: np.ndarray, half_mm: np.ndarray) -> np.ndarray:
-    c = _coords_mm(shape, spacing)
+def _box_at(shape: Sequence[int], spacing: Spacing, centre_mm: np.ndarray, half_mm: np.ndarray,
+            origin: Origin = (0, 0, 0)) -> np.ndarray:
+    c = _coords_mm(shape, spacing, origin)
     return (np.abs(c[0] - centre_mm[0]) <= half_mm[0]) & (np.abs(c[1] - centre_mm[1]) <= half_mm[1]) \
         & (np.abs(c[2] - centre_mm[2]) <= half_mm[2])
 
@@ -118,12 +129,12 @@ def _random_unit(rng: np.random.Generator) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _one_side(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator) -> np.ndarray:
+def _one_side(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, origin: Origin = (0, 0, 0)) -> np.ndarray:
     """Voxels on one side of a random plane through the structure's centre (a half-space)."""
     vox = _axes_mm(spacing)
-    centre = np.argwhere(mask).mean(0) * vox
+    centre = (np.argwhere(mask) + np.asarray(origin)).mean(0) * vox
     normal = _random_unit(rng)
-    c = _coords_mm(mask.shape, spacing)
+    c = _coords_mm(mask.shape, spacing, origin)
     return sum((c[a] - centre[a]) * normal[a] for a in range(3)) > 0
 
 
@@ -140,7 +151,8 @@ def _outward(mask: np.ndarray, spacing: Spacing, at: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the families
 
-def overpaint(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5) -> np.ndarray:
+def overpaint(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5,
+              origin: Origin = (0, 0, 0)) -> np.ndarray:
     """a. Dilation or erosion by 0.5-2 mm with a 6-, 18-, 26-connected or in-plane element,
     on the whole surface or (40%) on one side of a random plane only."""
     m = np.asarray(mask, bool)
@@ -151,46 +163,48 @@ def overpaint(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, seve
     if not grow and not changed.any():
         return m.copy()
     if rng.random() < 0.4:
-        side = _one_side(m, spacing, rng)
+        side = _one_side(m, spacing, rng, origin)
         return np.where(side, changed, m)
     return changed
 
 
-def _brush_stroke(shape, spacing, rng, start_mm: np.ndarray, radius: float, length: float) -> np.ndarray:
-    """A sphere brush dragged along a wavy path within one axial slice plane (mm)."""
+def _brush_stroke(shape, spacing, rng, start_mm: np.ndarray, radius: float, length: float,
+                  origin: Origin = (0, 0, 0)) -> np.ndarray:
+    """A sphere brush dragged along a wavy path within one axial slice plane (mm); it reaches at most
+    ``length`` + ``radius`` from ``start_mm``."""
     vox = _axes_mm(spacing)
     out = np.zeros(shape, bool)
     heading = rng.uniform(0, 2 * np.pi)
     p = start_mm.astype(float).copy()
     step = max(radius * 0.6, float(vox[1:].min()))
     for _ in range(max(2, int(length / step))):
-        out |= _ball_at(shape, spacing, p, radius)
+        out |= _ball_at(shape, spacing, p, radius, origin)
         heading += rng.normal(0, 0.35)
         p[1:] += step * np.array([np.sin(heading), np.cos(heading)])
     return out
 
 
-def slab(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5) -> np.ndarray:
+def slab(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5,
+         origin: Origin = (0, 0, 0)) -> np.ndarray:
     """b. Cubes (3-10 mm), balls (2-6 mm radius) and brush strokes added to or cut from the surface."""
     m = np.asarray(mask, bool)
     out = m.copy()
     surf = _surface_voxels(m)
     if not len(surf):
         return out
-    vox = _axes_mm(spacing)
     s = float(np.clip(severity, 0, 1))
     n = int(rng.integers(2, 3 + round(10 * s)))
     for _ in range(n):
-        c = surf[rng.integers(len(surf))] * vox
+        c = _mm(surf[rng.integers(len(surf))], spacing, origin)
         what = rng.choice(["cube", "ball", "stroke"])
         size = 0.4 + 0.6 * s * rng.random()
         if what == "cube":
             half = np.full(3, (3.0 + 7.0 * size) / 2)
-            region = _box_at(m.shape, spacing, c + rng.uniform(-1, 1, 3) * half * 0.5, half)
+            region = _box_at(m.shape, spacing, c + rng.uniform(-1, 1, 3) * half * 0.5, half, origin)
         elif what == "ball":
-            region = _ball_at(m.shape, spacing, c, 2.0 + 4.0 * size)
+            region = _ball_at(m.shape, spacing, c, 2.0 + 4.0 * size, origin)
         else:
-            region = _brush_stroke(m.shape, spacing, rng, c, 1.5 + 2.5 * size, 8.0 + 17.0 * size)
+            region = _brush_stroke(m.shape, spacing, rng, c, 1.5 + 2.5 * size, 8.0 + 17.0 * size, origin)
         if rng.random() < 0.5:
             out |= region
         else:
@@ -200,7 +214,7 @@ def slab(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity:
 
 def thick_slice(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5,
                 thickness_mm: Optional[float] = None, p_missed: Optional[float] = None,
-                p_doubled: Optional[float] = None) -> np.ndarray:
+                p_doubled: Optional[float] = None, origin: Origin = (0, 0, 0)) -> np.ndarray:
     """c. Painted on thick axial slices, then resampled to the fine grid (nearest neighbour).
 
     Slices of 2.5-5 mm (``thickness_mm``) start at a random phase. On each, the annotator paints
@@ -216,7 +230,7 @@ def thick_slice(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, se
     t = max(t, vox[0])
     pm = (0.04 + 0.1 * s) if p_missed is None else p_missed
     pd = (0.04 + 0.1 * s) if p_doubled is None else p_doubled
-    z = np.arange(m.shape[0]) * vox[0]
+    z = _coords_mm(m.shape, spacing, origin)[0].reshape(-1)
     slab_of = np.floor((z - rng.uniform(0, t)) / t).astype(int)
     out = np.zeros_like(m)
     painted: dict[int, np.ndarray] = {}
@@ -244,7 +258,8 @@ def thick_slice(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, se
     return out
 
 
-def holes(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5) -> np.ndarray:
+def holes(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5,
+          origin: Origin = (0, 0, 0)) -> np.ndarray:
     """d. Interior holes (balls of 1-3 mm radius), salt and pepper within 1-4 mm of the surface,
     specks (1-2 mm balls) just outside."""
     m = np.asarray(mask, bool)
@@ -256,7 +271,7 @@ def holes(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity
         r = rng.uniform(1.0, 1.0 + 2.0 * s)
         cand = np.argwhere(inside > r + 0.5)
         if len(cand):
-            out &= ~_ball_at(m.shape, spacing, cand[rng.integers(len(cand))] * vox, r)
+            out &= ~_ball_at(m.shape, spacing, _mm(cand[rng.integers(len(cand))], spacing, origin), r, origin)
     width = rng.uniform(1.0, 1.0 + 3.0 * s)
     outside = distance_outside(m, vox, 5.0)  # read up to 5 mm (the band's width is at most 4)
     band = ((inside > 0) & (inside <= width)) | ((outside > 0) & (outside <= width))
@@ -269,12 +284,13 @@ def holes(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity
     near = np.argwhere((outside > 1.0) & (outside <= 5.0))
     for _ in range(int(rng.integers(1, 2 + round(8 * s)))):
         if len(near):
-            out |= _ball_at(m.shape, spacing, near[rng.integers(len(near))] * vox, rng.uniform(0.6, 2.0))
+            out |= _ball_at(m.shape, spacing, _mm(near[rng.integers(len(near))], spacing, origin),
+                            rng.uniform(0.6, 2.0), origin)
     return out
 
 
 def leak(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5,
-         image: Optional[np.ndarray] = None) -> np.ndarray:
+         image: Optional[np.ndarray] = None, origin: Origin = (0, 0, 0)) -> np.ndarray:
     """e. Spurs (tubes 5-25 mm long, 1-3.5 mm radius) and blobs (3-8 mm) running out of the surface.
 
     With an ``image`` (HU, same grid) a leak also floods the neighbouring tissue whose intensity
@@ -286,26 +302,26 @@ def leak(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity:
     surf = _surface_voxels(m)
     if not len(surf):
         return out
-    vox = _axes_mm(spacing)
     s = float(np.clip(severity, 0, 1))
     for _ in range(int(rng.integers(1, 2 + round(4 * s)))):
         at = surf[rng.integers(len(surf))]
         normal = _outward(m, spacing, at)
         direction = normal + 0.6 * _random_unit(rng)
         direction /= np.linalg.norm(direction)
-        start = at * vox
+        start = _mm(at, spacing, origin)
         if rng.random() < 0.6:
             length = rng.uniform(5.0, 5.0 + 20.0 * s)
             r0 = rng.uniform(1.0, 1.0 + 2.5 * s)
             for f in np.linspace(0, 1, max(3, int(length / max(0.5, r0 * 0.6)))):
-                out |= _ball_at(m.shape, spacing, start + direction * length * f, max(0.6, r0 * (1 - 0.6 * f)))
+                out |= _ball_at(m.shape, spacing, start + direction * length * f, max(0.6, r0 * (1 - 0.6 * f)),
+                                origin)
         else:
             r = rng.uniform(3.0, 3.0 + 5.0 * s)
-            out |= _ball_at(m.shape, spacing, start + direction * r * rng.uniform(0.3, 0.8), r)
+            out |= _ball_at(m.shape, spacing, start + direction * r * rng.uniform(0.3, 0.8), r, origin)
     if image is not None and rng.random() < 0.7:
         hu = float(np.median(image[m]))
         similar = np.abs(image - hu) <= 25.0
-        reach = _dilate(m, rng.uniform(2.0, 2.0 + 6.0 * s), spacing) & _one_side(m, spacing, rng)
+        reach = _dilate(m, rng.uniform(2.0, 2.0 + 6.0 * s), spacing) & _one_side(m, spacing, rng, origin)
         flood = similar & reach
         labels, n = ndi.label(flood | m)
         if n:
@@ -314,12 +330,12 @@ def leak(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity:
     return out
 
 
-def missing_part(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5) -> np.ndarray:
+def missing_part(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, severity: float = 0.5,
+                 origin: Origin = (0, 0, 0)) -> np.ndarray:
     """f. A thin limb (what an opening of 1.5-3 mm removes, one connected piece) or a tip (the
     last 5-25% of the structure along a random direction) cut off."""
     m = np.asarray(mask, bool)
     s = float(np.clip(severity, 0, 1))
-    vox = _axes_mm(spacing)
     if rng.random() < 0.6:
         thin = m & ~ndi.binary_opening(m, _element(rng.uniform(1.5, 3.0), spacing, "ball"), border_value=0)
         labels, n = ndi.label(thin, structure=np.ones((3, 3, 3), bool))
@@ -331,11 +347,11 @@ def missing_part(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator, s
                 out = m & (labels != pick)
                 if out.sum() >= 0.3 * m.sum():
                     return out
-    pts = np.argwhere(m) * vox
+    pts = _mm(np.argwhere(m), spacing, origin)
     d = _random_unit(rng)
     proj = pts @ d
     cut = np.quantile(proj, 1.0 - rng.uniform(0.05, 0.05 + 0.2 * s))
-    c = _coords_mm(m.shape, spacing)
+    c = _coords_mm(m.shape, spacing, origin)
     return m & ~(sum(c[a] * d[a] for a in range(3)) > cut)
 
 
@@ -380,9 +396,35 @@ _FUNCS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+# the farthest (mm) any family but ``paper`` reads or paints from the mask: a leak's spur (25 mm, radius
+# 3.5 mm at its root) and a slab's brush stroke (25 mm long, radius 4 mm); a Gaussian's 4 sigma (8.8 mm),
+# a blob (14.4 mm) and the leak's flood (8 mm) stay within it
+FAMILY_REACH_MM = 32.0
+
+
+def _family_box(mask: np.ndarray, spacing: Spacing, family: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """``[lo, hi)`` box of ``mask``'s volume ([k, j, i]) that ``family`` reads and paints, None when that
+    is the whole volume or the family may reach anywhere (``paper``). Thick-slice painting keeps every
+    slice: its slabs' phase and random draws run over the whole slice axis."""
+    if family == "paper":
+        return None
+    from .geometry import occupied_box
+
+    lo, hi = occupied_box(mask)
+    pad = np.ceil(FAMILY_REACH_MM / _axes_mm(spacing)).astype(int) + 2
+    lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, mask.shape)
+    if family == "thick_slice":
+        lo[0], hi[0] = 0, mask.shape[0]
+    if np.all(lo == 0) and np.all(hi == np.asarray(mask.shape)):
+        return None
+    return lo, hi
+
+
 def apply_family(mask: np.ndarray, spacing: Spacing, family: str, rng: np.random.Generator,
                  severity: float = 0.5, image: Optional[np.ndarray] = None) -> np.ndarray:
-    """One family's error on ``mask``; ``image`` (HU, same grid) is used by ``leak`` only."""
+    """One family's error on ``mask``; ``image`` (HU, same grid) is used by ``leak`` only. A mask small
+    in its volume (a gland of a full-resolution CT) errs on the box the family reaches
+    (``FAMILY_REACH_MM``), in the volume's own coordinates: the same voxels as on the whole volume."""
     if family not in _FUNCS:
         raise ValueError(f"unknown error family {family!r}: use one of {', '.join(ALL_FAMILIES)} or mixture")
     m = np.asarray(mask, bool)
@@ -390,9 +432,19 @@ def apply_family(mask: np.ndarray, spacing: Spacing, family: str, rng: np.random
         raise ValueError(f"annotation errors need a 3D mask, got shape {m.shape}")
     if not m.any():
         return m.copy()
-    if family == "leak":
-        return leak(m, spacing, rng, severity, image=image)
-    return _FUNCS[family](m, spacing, rng, severity)
+    box = _family_box(m, spacing, family)
+    if box is None:
+        if family == "leak":
+            return leak(m, spacing, rng, severity, image=image)
+        return _FUNCS[family](m, spacing, rng, severity)
+    lo, hi = box
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    kw = {"image": None if image is None else np.asarray(image)[crop]} if family == "leak" else {}
+    if family != "oversmooth":  # the others place what they paint by the volume's coordinates
+        kw["origin"] = tuple(int(v) for v in lo)
+    out = np.zeros_like(m)
+    out[crop] = _FUNCS[family](m[crop], spacing, rng, severity, **kw)
+    return out
 
 
 def mixture(mask: np.ndarray, spacing: Spacing, rng: np.random.Generator,

@@ -191,3 +191,34 @@ def test_mixture_reports_what_it_applied(gland):
 def test_unknown_family_is_a_clear_error(gland):
     with pytest.raises(ValueError, match="unknown error family 'smudge'"):
         corrupt(gland, (1.0, 1.0, 1.0), "smudge", seed=0)
+
+
+def test_a_small_mask_errs_on_its_box_as_on_the_whole_volume(monkeypatch):
+    """A mask small in its volume errs on the box each family reaches, in the volume's coordinates: the
+    same voxels as the family on the whole volume, for every family (and the mixture, whose families
+    each take the previous one's output), with and without a CT, on anisotropic grids, with masks at
+    the volume's faces. ``FAMILY_REACH_MM`` beyond the volume turns the box off: the whole volume."""
+    import NeARSlicerLib.annotation_errors as ae
+    from NeARSlicerLib.phantom import ct_phantom
+
+    reach = ae.FAMILY_REACH_MM
+    rng = np.random.default_rng(11)
+    boxed = 0
+    for trial in range(24):
+        shape = tuple(int(n) for n in rng.integers(50, 110, 3))
+        spacing = tuple(float(v) for v in rng.choice([0.5, 0.8, 1.0, 1.5, 3.0], 3))
+        vox = np.asarray(spacing)[::-1]
+        centre = np.array([rng.integers(0, n) for n in shape]) * vox  # near a face now and then
+        mask = _ball(shape, spacing, float(rng.uniform(3.0, 14.0)), centre_mm=centre)
+        if not mask.any():
+            continue
+        image = ct_phantom(mask, seed=trial) if trial % 2 else None
+        for family in ALL_FAMILIES + ("mixture",):
+            monkeypatch.setattr(ae, "FAMILY_REACH_MM", reach)
+            box = ae._family_box(mask, spacing, family) if family != "mixture" else None
+            boxed += box is not None
+            got = corrupt(mask, spacing, family, seed=trial, image=image)
+            monkeypatch.setattr(ae, "FAMILY_REACH_MM", 1e6)
+            whole = corrupt(mask, spacing, family, seed=trial, image=image)
+            assert np.array_equal(got, whole), (trial, family, shape, spacing)
+    assert boxed > 80  # the boxes were used, not the whole volumes
