@@ -13,7 +13,10 @@ Case sets:
   (``anatomy_shapes.HELD_OUT_CLASSES``), 10-200 mm, each in a synthetic CT.
 * ``real_ct_structures``: every label of a real CT with enough voxels, distorted on the CT's own
   grid (a spleen, a vertebra and an adrenal gland as a user's segments are), each named so that
-  ``--prior auto`` chooses for it as for a user's segment.
+  ``--prior auto`` chooses for it as for a user's segment. Each is a ``ScanCase``: its truth and
+  annotation held as the boxes of their voxels, the scan's image shared, so that a full-resolution
+  CT's hundred labels fit in memory; ``run_bench`` scores each on the box its methods read
+  (``bench_box``), which gives the whole scan's results.
 
 Every NeAR row goes through the full ``refine_mask`` (or ``run_study``) path: crop, working grid,
 fit, decode, map back. Reports DSC and NSD (1 mm tolerance) as mean +- sd in percent and seconds
@@ -35,12 +38,15 @@ from tqdm import tqdm
 
 from .baselines import BASELINES
 from .annotation_errors import corrupt
+from .boxed_mask import BoxedMask
+from .case_crop import CropSource
 from .heldout_errors import corrupt_heldout, is_heldout
 from .distort import distort
 from .errors import InputError
-from .geometry import Grid, to_working
+from .geometry import Grid, occupied_box, to_working
+from .modality import ScanFacts
 from .metrics import dice, normalized_surface_dice
-from .refine import RefineOptions, refine_mask
+from .refine import RefineOptions, reads_box, refine_mask
 
 BENCH_SEED = 20_000  # case i is distorted (and its phantom CT drawn) with seed BENCH_SEED + i
 
@@ -59,6 +65,67 @@ class BenchCase:
     # the image's own finest voxel side (mm) when it was resampled onto this finer grid, as Slicer tells
     # the engine for a volume under an oversampled segmentation (``RefineOptions.image_voxel_mm``)
     image_voxel_mm: Optional[float] = None
+    # set when the case is a box of a larger scan (``ScanCase.on_box``): where it lies, the scan's facts
+    source: Optional[CropSource] = None
+
+
+# the farthest (mm) any smoothing baseline reads or writes beyond the mask: gaussian 2 mm is cut at 4
+# sigma (8 mm), a closing of 5 mm reads its dilation 5 mm out
+BASELINE_REACH_MM = 12.0
+
+
+@dataclass
+class ScanCase:
+    """A distorted annotation of a known truth on a large scan, each held as the box of its voxels
+    (``BoxedMask``), with the scan's grid, image (HU, one array shared by every case of the scan) and
+    facts. ``truth``, ``annotation``, ``grid`` and ``image`` are the whole scan's, as a ``BenchCase``'s
+    (the masks allocated at each read); ``on_box`` gives the case on a box of the scan."""
+
+    name: str
+    truth_box: BoxedMask
+    annotation_box: BoxedMask
+    grid: Grid
+    image: np.ndarray
+    scan: ScanFacts
+    structure: Optional[str] = None
+    image_voxel_mm: Optional[float] = None
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.truth_box.full() > 0
+
+    @property
+    def annotation(self) -> np.ndarray:
+        return self.annotation_box.full() > 0
+
+    def occupied(self) -> tuple[np.ndarray, np.ndarray]:
+        """``[lo, hi)`` box of the scan ([k, j, i]) holding the truth and the annotation."""
+        boxes = [b for b in (self.truth_box, self.annotation_box) if b.any()]
+        los = [np.add(b.lo, occupied_box(b.array)[0]) for b in boxes]
+        his = [np.add(b.lo, occupied_box(b.array)[1]) for b in boxes]
+        return np.min(los, axis=0), np.max(his, axis=0)
+
+    def near_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """``[lo, hi)`` box of the scan holding the truth, the annotation and what every smoothing baseline
+        reads and writes around them (``BASELINE_REACH_MM``)."""
+        lo, hi = self.occupied()
+        pad = np.ceil(BASELINE_REACH_MM / np.asarray(self.grid.spacing, float)[::-1]).astype(int) + 1
+        return np.maximum(lo - pad, 0), np.minimum(hi + pad, self.grid.shape)
+
+    def on_box(self, lo, hi) -> BenchCase:
+        """The case on the box ``[lo, hi)`` of the scan, which must hold its truth and annotation: the masks
+        copied, the image a view of the scan's, ``source`` saying where it lies."""
+        lo = tuple(int(v) for v in lo)
+        shape = tuple(int(h) - a for a, h in zip(lo, hi))
+        masks = []
+        for b in (self.truth_box, self.annotation_box):
+            m = np.zeros(shape, bool)
+            if b.any():
+                m[tuple(slice(a - o, a - o + n) for a, o, n in zip(b.lo, lo, b.array.shape))] = b.array
+            masks.append(m)
+        box = tuple(slice(a, a + n) for a, n in zip(lo, shape))
+        return BenchCase(self.name, masks[0], masks[1], self.grid.sub_grid(lo, tuple(hi)), self.image[box],
+                         self.structure, self.image_voxel_mm, CropSource(self.grid, lo, shape, self.scan))
 
 
 def corrupt_case(mask: np.ndarray, spacing, family: str, seed: int, image: Optional[np.ndarray] = None) -> np.ndarray:
@@ -123,7 +190,7 @@ def real_ct_cases(ct_path: Union[str, Path], seg_path: Union[str, Path], labels:
 
 def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], min_voxels: int = 300,
                        per_label: int = 3, family: str = "mixture",
-                       adrenal_labels: Sequence[int] = (8, 9), error_units: str = "mm") -> list[BenchCase]:
+                       adrenal_labels: Sequence[int] = (8, 9), error_units: str = "mm") -> list[ScanCase]:
     """Every label of a real CT's label map with at least ``min_voxels`` voxels (and the adrenal glands,
     whatever their size: the adrenal prior's own structures), on the CT's own grid
     (no working cube: ``refine_mask`` crops and scales each as it does a user's segment), distorted by
@@ -135,6 +202,7 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     number. ``error_units`` "voxel": the library's sizes are read in voxels of the CT's grid instead of mm
     (an annotator's brush of 1-2 voxels on a 3 mm CT: 3-6 mm), a harsher, coarser process than the
     library's mm sizes, which at 3 mm mostly stay under one voxel. Case names: ``label{N}_d{seed}``.
+    Each case is a ``ScanCase`` (its masks held as their boxes, the CT shared).
     Raises InputError for a mismatch of grids, no label large enough or unknown units."""
     import SimpleITK as sitk
 
@@ -156,14 +224,18 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     if not chosen:
         raise InputError(f"no label of {seg_path} has {min_voxels} voxels or more")
     error_spacing = igrid.spacing if error_units == "mm" else (1.0, 1.0, 1.0)
+    facts = ScanFacts.of(image)
     cases = []
     for label in chosen:
         truth = label_map == label
+        held = BoxedMask.of(truth)
         name = names.get(label) or ("adrenal gland" if label in adrenal else f"label {label}")
         for s in range(per_label):
             seed = BENCH_SEED + 100 * label + s
-            noisy = corrupt_case(truth, error_spacing, family, seed, image=image)
-            cases.append(BenchCase(f"label{label}_d{s}", truth, noisy, igrid, image, structure=name))
+            # distorted as on the whole scan (the error library reads the box each family reaches), then
+            # held as its box
+            noisy = BoxedMask.of(corrupt_case(truth, error_spacing, family, seed, image=image))
+            cases.append(ScanCase(f"label{label}_d{s}", held, noisy, igrid, image, facts, structure=name))
     return cases
 
 
@@ -214,35 +286,43 @@ def run_bench(
     """Score every method on every case against its truth (NSD at ``tolerance_mm``; None: at each
     case's coarsest voxel side).
 
-    ``cases``: BenchCase list, or an array of clean shapes (``alan_cases`` without images).
-    ``variants``: single-case NeAR rows, name -> RefineOptions (default ``{"NeAR": options}``).
+    ``cases``: BenchCase or ScanCase list, or an array of clean shapes (``alan_cases`` without images).
+    ``variants``: single-case NeAR rows, name -> RefineOptions (None: ``{"NeAR": options}``; empty: none).
     ``studies``: study-mode rows, name -> (prior path, or None / "auto": one study per prior that
     ``--prior auto`` gives the cases' structures; use images), ``study_recipe`` on all cases.
     A case's ``structure`` is given to a variant that names none (``--prior auto`` chooses by it).
     ``seed_base``: the seed the cases were drawn with (case i: ``seed_base + i``), recorded in the settings.
     """
-    from .study import StudyCase, StudyConfig
+    from .study import StudyConfig
     from .study_prior_choice import run_studies_by_prior
 
-    if not isinstance(cases, (list, tuple)) or (cases and not isinstance(cases[0], BenchCase)):
+    if not isinstance(cases, (list, tuple)) or (cases and not isinstance(cases[0], (BenchCase, ScanCase))):
         cases = alan_cases(np.asarray(cases))
     methods = dict(baselines if baselines is not None else BASELINES)
     # the benchmark's cases are adrenal glands (ALAN, the real CT's labels 8/9): auto picks that prior
-    variants = dict(variants or {"NeAR": options or RefineOptions(structure="adrenal gland")})
+    variants = dict(variants if variants is not None else {"NeAR": options or RefineOptions(structure="adrenal gland")})
     per: dict[str, list[dict]] = {"input": [], **{k: [] for k in methods}, **{k: [] for k in variants}}
     info = {}
-    for case in tqdm(cases, desc="bench", mininterval=2):
+    # a case of a large scan is scored on boxes of it, which give the whole scan's results: the input and
+    # the smoothing on the box of its masks and the smoothing's reach, NeAR on the box it reads
+    boxes = [bench_box(c, variants.values(), (studies or {}).values(), study_recipe) if isinstance(c, ScanCase)
+             else None for c in cases]
+
+    def held(i: int) -> BenchCase:
+        return cases[i] if boxes[i] is None else cases[i].on_box(*boxes[i])
+
+    for i in tqdm(range(len(cases)), desc="bench", mininterval=2):
+        case = cases[i].on_box(*cases[i].near_box()) if boxes[i] is not None else cases[i]
         per["input"].append(_score(case, case.annotation, 0.0, tolerance_mm))
         for name, fn in methods.items():
             t0 = time.perf_counter()
             out = fn(case.annotation, case.grid.spacing)
             per[name].append(_score(case, out, time.perf_counter() - t0, tolerance_mm))
+        case = held(i)
+        scan = case.source.scan if case.source is not None else None
         for name, opts in variants.items():
-            if case.structure and opts.structure is None:
-                opts = replace(opts, structure=case.structure)
-            if case.image_voxel_mm and opts.image_voxel_mm is None:
-                opts = replace(opts, image_voxel_mm=case.image_voxel_mm)
-            res = refine_mask(case.annotation.astype(np.uint8), case.grid, case.image, options=opts)
+            opts = _case_options(case, opts)
+            res = refine_mask(case.annotation.astype(np.uint8), case.grid, case.image, options=opts, scan=scan)
             row = _score(case, res.mask > 0, res.seconds, tolerance_mm)
             row["prior"] = res.info.get("prior_name") or Path(str(res.info["prior"])).stem
             per[name].append(row)
@@ -251,8 +331,7 @@ def run_bench(
         info[name]["priors_used"] = sorted({r["prior"] for r in per[name]})
     for name, (prior, use_images) in (studies or {}).items():
         log(f"study mode: {name} on {len(cases)} cases")
-        study_cases = [StudyCase(c.name, c.annotation.astype(np.uint8), c.grid, c.image if use_images else None,
-                                 structure=c.structure, image_voxel_mm=c.image_voxel_mm) for c in cases]
+        study_cases = [_study_case(held(i), use_images) for i in range(len(cases))]
         # --prior auto: one study per prior (adrenal glands with the adrenal prior, the rest with the
         # general one), as a user runs them (study_prior_choice refuses a mixed study)
         rows: list[Optional[dict]] = [None] * len(cases)
@@ -262,7 +341,7 @@ def run_bench(
         for run in run_studies_by_prior(study_cases, prior, cfg):
             res, idx = run.result, run.cases
             for i, m, s in zip(idx, res.masks, res.case_seconds):
-                rows[i] = _score(cases[i], m > 0, s, tolerance_mm)
+                rows[i] = _score(held(i), m > 0, s, tolerance_mm)
             for k, v in (("prior", res.info["prior"]), ("appearance", res.info["appearance"]),
                          ("epochs", res.epochs), ("extent_voxels", res.config.extent_voxels),
                          ("train_seconds", round(res.train_seconds, 1)), ("cases", len(idx))):
@@ -275,6 +354,52 @@ def run_bench(
         "settings": {"seed_base": seed_base, "nsd_tolerance_mm": tolerance_mm, "torch_threads": torch.get_num_threads(),
                      "machine": platform.machine(), "methods": info},
     }
+
+
+def _case_options(case: Union[BenchCase, ScanCase], opts: RefineOptions) -> RefineOptions:
+    """A variant's options for ``case``: its structure (``--prior auto`` chooses by it) and its image's own
+    voxel side, where the variant sets none."""
+    if case.structure and opts.structure is None:
+        opts = replace(opts, structure=case.structure)
+    if case.image_voxel_mm and opts.image_voxel_mm is None:
+        opts = replace(opts, image_voxel_mm=case.image_voxel_mm)
+    return opts
+
+
+def _study_case(case: BenchCase, use_image: bool):
+    """A bench case as a study case (a box of a scan keeps its ``source``; without its image, no scan facts)."""
+    from .study import StudyCase
+
+    source = case.source
+    if source is not None and not use_image:
+        source = replace(source, scan=None)
+    return StudyCase(case.name, case.annotation.astype(np.uint8), case.grid, case.image if use_image else None,
+                     structure=case.structure, image_voxel_mm=case.image_voxel_mm, source=source)
+
+
+def bench_box(case: ScanCase, variants: Sequence[RefineOptions] = (),
+              studies: Sequence[tuple[Optional[str], bool]] = (),
+              study_recipe: str = "fast") -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` box of ``case``'s scan ([k, j, i]) holding all that NeAR's rows read: its truth and
+    annotation, the box ``refine_mask`` reads for each variant (``refine.reads_box``, the prior chosen as
+    it chooses) and, for each study (prior, reads images) of ``study_recipe``, the box the study reads
+    (``study.study_box``). Results on it are the whole scan's."""
+    from .study import StudyConfig, study_box
+
+    lo, hi = case.occupied()
+    near = case.on_box(lo, hi)  # the masks' own box: each method's box is measured from it
+    need_lo, need_hi = [lo], [hi]
+    for opts in variants:
+        a, b = reads_box(near.annotation.astype(np.uint8), near.grid, near.image, _case_options(near, opts),
+                         scan=case.scan)
+        need_lo.append(lo + a)
+        need_hi.append(lo + b)
+    for prior, use_image in studies:
+        cfg = StudyConfig.for_recipe(study_recipe, appearance=use_image)
+        a, b = study_box(_study_case(near, use_image), prior, cfg, with_image=cfg.appearance, clip=False)
+        need_lo.append(lo + a)
+        need_hi.append(lo + b)
+    return np.maximum(np.min(need_lo, axis=0), 0), np.minimum(np.max(need_hi, axis=0), case.grid.shape)
 
 
 def best_smoothing(result: dict) -> str:

@@ -430,14 +430,10 @@ def check_image_voxel_mm(value: Optional[float]) -> None:
         raise InputError(f"image_voxel_mm (the image's own voxel side) must be a positive size in mm, got {value}")
 
 
-def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
-            report: Progress, cancel: Optional[Callable[[], bool]],
-            scan: Optional[modality_mod.ScanFacts] = None) -> RefineResult:
-    t0 = time.perf_counter()
-    check_inputs(np.asarray(mask), grid, image)
-    check_do_no_harm(opts)
-    cfg, n_flips = fit_config(opts)
-    device = pick_device(opts.device)
+def _resolve_prior(image: Optional[np.ndarray], opts: RefineOptions, device: torch.device,
+                   scan: Optional[modality_mod.ScanFacts] = None) -> tuple:
+    """(prior name, path, model, card, read the image?, modality, image notes, notes) of a refinement:
+    the prior ``opts`` chooses for the structure, or its fallback when it refuses the image's modality."""
     prior_name, prior_path, prior_note = choose_prior(opts.prior, opts.structure,
                                                       with_image=image is not None and opts.appearance)
     model, meta = PRIOR_CACHE.get(prior_path, device)
@@ -455,6 +451,29 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         # modality, else its shape-only prior (not the S+A one reading a blank image)
         prior_name, prior_path, model, meta, use_appearance, image_notes = _fallback_prior(
             image, opts, prior_name, prior_path, model, meta, device, image_notes, scan)
+    return prior_name, prior_path, model, meta, use_appearance, modality, image_notes, notes
+
+
+def reads_box(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], options: Optional[RefineOptions] = None,
+              scan: Optional[modality_mod.ScanFacts] = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` box of ``grid`` ([k, j, i], possibly beyond the array) that ``refine_mask`` with these
+    arguments reads and writes: a crop of the volume holding it (with ``scan``, the whole scan's facts)
+    refines as the whole volume. Chooses the prior as ``refine_mask`` does (raises as it does)."""
+    opts = options or RefineOptions()
+    meta = _resolve_prior(image, opts, pick_device(opts.device), scan)[3]
+    return refine_box(np.asarray(mask), grid, context_voxels(grid.spacing), clip=False, **working_scale(meta, opts))
+
+
+def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: RefineOptions,
+            report: Progress, cancel: Optional[Callable[[], bool]],
+            scan: Optional[modality_mod.ScanFacts] = None) -> RefineResult:
+    t0 = time.perf_counter()
+    check_inputs(np.asarray(mask), grid, image)
+    check_do_no_harm(opts)
+    cfg, n_flips = fit_config(opts)
+    device = pick_device(opts.device)
+    prior_name, prior_path, model, meta, use_appearance, modality, image_notes, notes = _resolve_prior(
+        image, opts, device, scan)
     # an image refused for its modality is not read at all, not even to check the prior's changes
     image_refused = bool(image_notes) and not use_appearance
     # the image is evidence of its own about the prior's change (image_evidence): its support is the

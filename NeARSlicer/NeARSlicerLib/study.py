@@ -914,14 +914,21 @@ def load_cases(masks_dir: Optional[str] = None, images_dir: Optional[str] = None
                               segment=segment_name(info), label=str(info["label"]))
             # the whole scan's checks (NaN anywhere, an empty mask) before only its box is kept
             check_cases([whole])
-            meta = _card(cfg, str(choose_prior(prior, whole.structure, with_image)[1]), with_image)
-            lo, hi = _study_box(whole, meta, _card_scale(cfg, meta))
+            lo, hi = study_box(whole, prior, cfg, with_image)
         except InputError as exc:
             raise InputError(f"case {name}: {exc}") from None
         cases.append(_boxed(whole, lo, hi, chosen))
         if on_read is not None:
             on_read(len(cases), len(entries), name)
     return cases
+
+
+def study_box(case: StudyCase, prior: Optional[str], cfg: StudyConfig, with_image: bool,
+              clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` box of ``case``'s grid ([k, j, i]) that a study of ``cfg`` with ``prior`` (None or
+    ``auto``: the one the case's structure gets) reads for it; ``clip=False``: possibly beyond the array."""
+    meta = _card(cfg, str(choose_prior(prior, case.structure, with_image)[1]), with_image)
+    return _study_box(case, meta, _card_scale(cfg, meta), clip=clip)
 
 
 def _card(cfg: StudyConfig, prior_path: Optional[str], with_image: bool) -> dict:
@@ -970,5 +977,5 @@ def _within_reach(cases: Sequence[StudyCase], meta: dict, cfg: StudyConfig) -> l
 
 
 __all__ = ["StudyCase", "StudyConfig", "StudyResult", "run_study", "write_study", "study_card", "save_study_prior",
-           "load_cases", "case_spacing",
+           "load_cases", "study_box", "case_spacing",
            "find_cases", "read_manifest", "case_name", "check_cases", "RECIPES"]

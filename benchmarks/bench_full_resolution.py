@@ -1,0 +1,113 @@
+"""`nearslicer bench --real-ct --all-structures` on a full-resolution CT (not a test): run with the
+project's venv,
+
+    .venv/bin/python benchmarks/bench_full_resolution.py [--spacing 0.7] [--json out.json]
+
+The bench distorted each case on the whole scan, held its truth and distorted annotation as whole-scan
+arrays and smoothed and scored them on the whole scan: one structure of a 200 x 512 x 512 CT took 55 s and 1.8 GB, so TotalSegmentator's
+labels at 3 seeds needed hours and about 40 GB. ``real_ct_structures`` now holds each case as the boxes of
+its masks (``bench.ScanCase``), ``run_bench`` scores it on the boxes its methods read (``bench_box``), and
+the error library distorts it on the box each family reaches (``annotation_errors.FAMILY_REACH_MM``).
+
+The example CT (``../shared/data/totalseg_example``, 3 mm) and its labels are resampled to ``--spacing``
+mm (linear, nearest), keeping ``--labels`` (large and small structures: the boxes of a liver and of an
+adrenal gland). Each child process runs the bench of the CLI's any-structure rows (NeAR S and S+A,
+``--prior auto``, ``fast``, no study) on the same cases: ``whole`` (each case distorted on the whole scan
+and turned back into whole-scan arrays: the bench before) and ``boxes`` (the bench now). Reports seconds
+(the cases' drawing among them) and peak RSS of each, and whether every case's scores are the same.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "NeARSlicer"))
+EXAMPLE = ROOT.parent / "shared" / "data" / "totalseg_example"
+# spleen, liver, the adrenal glands, colon, left autochthon (a long muscle), L1
+LABELS = (1, 5, 8, 9, 20, 86, 31)
+
+
+def write_scan(out: Path, spacing: float, labels) -> None:
+    """The example CT and its chosen labels resampled to ``spacing`` mm, as ``out``/ct.nii.gz and seg.nii.gz."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    out.mkdir(parents=True)
+    ct = sitk.ReadImage(str(EXAMPLE / "ct.nii.gz"), sitk.sitkFloat32)
+    seg = sitk.ReadImage(str(EXAMPLE / "seg.nii.gz"))
+    size = [int(round(n * s / spacing)) for n, s in zip(ct.GetSize(), ct.GetSpacing())]
+
+    def resampled(image, interp, default):
+        return sitk.Resample(image, size, sitk.Transform(), interp, image.GetOrigin(), (spacing,) * 3,
+                             image.GetDirection(), default, image.GetPixelID())
+
+    sitk.WriteImage(resampled(ct, sitk.sitkLinear, -1024.0), str(out / "ct.nii.gz"))
+    lab = resampled(seg, sitk.sitkNearestNeighbor, 0)
+    arr = sitk.GetArrayFromImage(lab)
+    kept = sitk.GetImageFromArray(np.where(np.isin(arr, labels), arr, 0).astype(arr.dtype))
+    kept.CopyInformation(lab)
+    sitk.WriteImage(kept, str(out / "seg.nii.gz"))
+
+
+def child(mode: str, data: Path, per_label: int) -> dict:
+    """The bench in this process: ``whole`` (the cases as whole-scan arrays) or ``boxes``."""
+    import NeARSlicerLib.annotation_errors as errors_library
+    from NeARSlicerLib.bench import BenchCase, real_ct_structures, run_bench
+    from NeARSlicerLib.refine import RefineOptions
+
+    if mode == "whole":  # the error library on the whole scan too, as before (the same voxels)
+        errors_library.FAMILY_REACH_MM = 1e6  # mm: beyond any scan
+    t0 = time.perf_counter()
+    cases = real_ct_structures(data / "ct.nii.gz", data / "seg.nii.gz", per_label=per_label)
+    shape = list(cases[0].grid.shape)
+    if mode == "whole":
+        cases = [BenchCase(c.name, c.truth, c.annotation, c.grid, c.image, c.structure) for c in cases]
+    drawn = time.perf_counter() - t0
+    variants = {"NeAR S": RefineOptions(preset="fast", appearance=False, seed=0),
+                "NeAR S+A": RefineOptions(preset="fast", seed=0)}
+    result = run_bench(cases, variants=variants, tolerance_mm=max(cases[0].grid.spacing), log=lambda m: None)
+    rows = {m: [(r["case"], r["dsc"], r["nsd"], r.get("prior")) for r in per] for m, per in result["per_case"].items()}
+    return {"scan": shape, "cases": len(cases), "seconds_drawing_cases": round(drawn, 1),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2), "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spacing", type=float, default=0.7, help="mm, every axis")
+    ap.add_argument("--per-label", type=int, default=2)
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--child", nargs=3, metavar=("MODE", "DATA", "PER_LABEL"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], Path(args.child[1]), int(args.child[2]))))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-full-resolution-") as tmp:
+        data = Path(tmp) / "scan"
+        write_scan(data, args.spacing, LABELS)
+        runs = {}
+        for mode in ("whole", "boxes"):
+            done = subprocess.run([sys.executable, __file__, "--child", mode, str(data), str(args.per_label)],
+                                  capture_output=True, text=True, check=True)
+            runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(mode, {k: v for k, v in runs[mode].items() if k != "rows"}, flush=True)
+    same = runs["whole"]["rows"] == runs["boxes"]["rows"]
+    result = {"spacing_mm": args.spacing, "labels": list(LABELS), "per_label": args.per_label,
+              "scan": runs["boxes"]["scan"], "cases": runs["boxes"]["cases"],
+              "whole": {k: v for k, v in runs["whole"].items() if k not in ("rows", "scan", "cases")},
+              "boxes": {k: v for k, v in runs["boxes"].items() if k not in ("rows", "scan", "cases")},
+              "same_scores": same, "rows": runs["boxes"]["rows"]}
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
