@@ -1,27 +1,27 @@
 """`nearslicer bench --real-ct --all-structures` on a full-resolution CT (not a test): run with the
 project's venv,
 
-    .venv/bin/python benchmarks/bench_full_resolution.py [--spacing 0.7] [--json out.json]
+    .venv/bin/python benchmarks/bench_full_resolution.py [--spacing 0.7] [--preset fast] [--json out.json]
 
 The bench distorted each case on the whole scan, held its truth and distorted annotation as whole-scan
-arrays and smoothed and scored them on the whole scan: one structure of a 200 x 512 x 512 CT took 55 s and 1.8 GB, so TotalSegmentator's
-labels at 3 seeds needed hours and about 40 GB. ``real_ct_structures`` now holds each case as the boxes of
-its masks (``bench.ScanCase``), ``run_bench`` scores it on the boxes its methods read (``bench_box``), and
-the error library distorts it on the box each family reaches (``annotation_errors.FAMILY_REACH_MM``).
+arrays and smoothed and scored them on the whole scan: one structure of a 200 x 512 x 512 CT took 55 s
+and 1.8 GB, so TotalSegmentator's labels at 3 seeds needed hours and tens of GB. ``real_ct_structures``
+now holds each case as the boxes of its masks (``bench.ScanCase``), ``run_bench`` scores it on the boxes
+its methods read (``bench_box``), and the error library distorts it on the box each family reaches
+(``annotation_errors.FAMILY_REACH_MM``).
 
 The example CT (``../shared/data/totalseg_example``, 3 mm) and its labels are resampled to ``--spacing``
-mm (linear, nearest), keeping ``--labels`` (large and small structures: the boxes of a liver and of an
+mm (linear, nearest), keeping ``LABELS`` (large and small structures: the boxes of a liver and of an
 adrenal gland). Each child process runs the bench of the CLI's any-structure rows (NeAR S and S+A,
-``--prior auto``, ``fast``, no study) on the same cases: ``whole`` (each case distorted on the whole scan
-and turned back into whole-scan arrays: the bench before) and ``boxes`` (the bench now). Reports seconds
-(the cases' drawing among them) and peak RSS of each, and whether every case's scores are the same.
+``--prior auto``, ``--preset``, no study) on the same cases: ``whole`` (each case distorted on the whole
+scan and turned back into whole-scan arrays: the bench before) and ``boxes`` (the bench now). Reports
+seconds (the cases' drawing among them) and peak RSS of each, and whether every case's scores are the
+same.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "NeARSlicer"))
+
+from child_modes import peak_rss_gb, run_modes  # noqa: E402
 EXAMPLE = ROOT.parent / "shared" / "data" / "totalseg_example"
 # spleen, liver, the adrenal glands, colon, left autochthon (a long muscle), L1
 LABELS = (1, 5, 8, 9, 20, 86, 31)
@@ -56,7 +58,7 @@ def write_scan(out: Path, spacing: float, labels) -> None:
     sitk.WriteImage(kept, str(out / "seg.nii.gz"))
 
 
-def child(mode: str, data: Path, per_label: int) -> dict:
+def child(mode: str, data: Path, per_label: int, preset: str) -> dict:
     """The bench in this process: ``whole`` (the cases as whole-scan arrays) or ``boxes``."""
     import NeARSlicerLib.annotation_errors as errors_library
     from NeARSlicerLib.bench import BenchCase, real_ct_structures, run_bench
@@ -70,36 +72,33 @@ def child(mode: str, data: Path, per_label: int) -> dict:
     if mode == "whole":
         cases = [BenchCase(c.name, c.truth, c.annotation, c.grid, c.image, c.structure) for c in cases]
     drawn = time.perf_counter() - t0
-    variants = {"NeAR S": RefineOptions(preset="fast", appearance=False, seed=0),
-                "NeAR S+A": RefineOptions(preset="fast", seed=0)}
+    variants = {"NeAR S": RefineOptions(preset=preset, appearance=False, seed=0),
+                "NeAR S+A": RefineOptions(preset=preset, seed=0)}
     result = run_bench(cases, variants=variants, tolerance_mm=max(cases[0].grid.spacing), log=lambda m: None)
     rows = {m: [(r["case"], r["dsc"], r["nsd"], r.get("prior")) for r in per] for m, per in result["per_case"].items()}
     return {"scan": shape, "cases": len(cases), "seconds_drawing_cases": round(drawn, 1),
             "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2), "rows": rows}
+            "peak_rss_gb": peak_rss_gb(), "rows": rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spacing", type=float, default=0.7, help="mm, every axis")
     ap.add_argument("--per-label", type=int, default=2)
+    ap.add_argument("--preset", default="fast", help="the NeAR rows' preset")
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--child", nargs=3, metavar=("MODE", "DATA", "PER_LABEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, metavar=("MODE", "DATA", "PER_LABEL", "PRESET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]), int(args.child[2]))))
+        print(json.dumps(child(args.child[0], Path(args.child[1]), int(args.child[2]), args.child[3])))
         return
     with tempfile.TemporaryDirectory(prefix="bench-full-resolution-") as tmp:
         data = Path(tmp) / "scan"
         write_scan(data, args.spacing, LABELS)
-        runs = {}
-        for mode in ("whole", "boxes"):
-            done = subprocess.run([sys.executable, __file__, "--child", mode, str(data), str(args.per_label)],
-                                  capture_output=True, text=True, check=True)
-            runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(mode, {k: v for k, v in runs[mode].items() if k != "rows"}, flush=True)
+        runs = run_modes(__file__, ("whole", "boxes"), lambda mode: (data, args.per_label, args.preset),
+                         shown=lambda run: {k: v for k, v in run.items() if k != "rows"})
     same = runs["whole"]["rows"] == runs["boxes"]["rows"]
-    result = {"spacing_mm": args.spacing, "labels": list(LABELS), "per_label": args.per_label,
+    result = {"spacing_mm": args.spacing, "labels": list(LABELS), "per_label": args.per_label, "preset": args.preset,
               "scan": runs["boxes"]["scan"], "cases": runs["boxes"]["cases"],
               "whole": {k: v for k, v in runs["whole"].items() if k not in ("rows", "scan", "cases")},
               "boxes": {k: v for k, v in runs["boxes"].items() if k not in ("rows", "scan", "cases")},

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "NeARSlicer"))
+
+from child_modes import peak_rss_gb, run_modes  # noqa: E402
 
 SCAN = (250, 512, 512)  # [k, j, i]
 SPACING = (0.8, 0.8, 1.0)  # (i, j, k) mm
@@ -78,7 +78,7 @@ def child(mode: str, data: Path, out: Path) -> dict:
         cfg = StudyConfig.for_recipe("denoise", epochs=1, refine_preset="fast")
         run_study(cases, None, cfg, out_dir=str(out))
     return {"seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def main() -> None:
@@ -95,12 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="study-memory-") as tmp:
         data = Path(tmp) / "data"
         write_cases(data, args.cases)
-        runs = {}
-        for mode in ("whole", "boxes"):
-            done = subprocess.run([sys.executable, __file__, "--child", mode, str(data), str(Path(tmp) / mode)],
-                                  capture_output=True, text=True, check=True)
-            runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(mode, runs[mode], flush=True)
+        runs = run_modes(__file__, ("whole", "boxes"), lambda mode: (data, Path(tmp) / mode))
         same = all(np.array_equal(*(sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / m / f"case{c}.nii.gz")))
                                     for m in ("whole", "boxes"))) for c in range(args.cases))
     result = {"cases": args.cases, "scan": list(SCAN), "spacing_mm": list(SPACING), "settings": SETTINGS,

@@ -28,7 +28,8 @@ def _whole(cases):
 
 
 def _scores(result):
-    return {m: [(r["case"], r["dsc"], r["nsd"], r.get("prior")) for r in rows] for m, rows in result["per_case"].items()}
+    return {m: [(r["case"], r["dsc"], r["nsd"], r.get("prior")) for r in rows]
+            for m, rows in result["per_case"].items()}
 
 
 def test_boxed_cases_score_as_the_whole_scan(ct_cases):
