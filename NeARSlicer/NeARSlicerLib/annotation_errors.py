@@ -21,6 +21,10 @@ Families (``FAMILIES``), each with a ``severity`` in [0, 1] (0: barely visible, 
 * ``paper``           the NeAR paper's generator (``distort.distort``), sized in mm.
 
 ``mixture`` (h.) draws one to four families with random severities, from clean to severe.
+
+``apply_family`` (and so ``mixture`` and ``corrupt``) runs a family on the box of a large volume that
+it reaches (``FAMILY_REACH_MM``), in the volume's own coordinates (the families' ``origin``): the
+same voxels as on the whole volume, at a fraction of the cost for a gland of a full-resolution CT.
 """
 from __future__ import annotations
 
