@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .distort import DistortionParams, distort
-from .geometry import distance_inside, distance_outside
+from .geometry import distance_inside, distance_outside, grown_box
 
 Spacing = Sequence[float]  # (i, j, k) mm
 
@@ -412,11 +412,7 @@ def _family_box(mask: np.ndarray, spacing: Spacing, family: str) -> Optional[tup
     slice: its slabs' phase and random draws run over the whole slice axis."""
     if family == "paper":
         return None
-    from .geometry import occupied_box
-
-    lo, hi = occupied_box(mask)
-    pad = np.ceil(FAMILY_REACH_MM / _axes_mm(spacing)).astype(int) + 2
-    lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, mask.shape)
+    lo, hi = grown_box(mask, np.ceil(FAMILY_REACH_MM / _axes_mm(spacing)).astype(int) + 2)
     if family == "thick_slice":
         lo[0], hi[0] = 0, mask.shape[0]
     if np.all(lo == 0) and np.all(hi == np.asarray(mask.shape)):

@@ -100,10 +100,9 @@ class ScanCase:
 
     def occupied(self) -> tuple[np.ndarray, np.ndarray]:
         """``[lo, hi)`` box of the scan ([k, j, i]) holding the truth and the annotation."""
-        boxes = [b for b in (self.truth_box, self.annotation_box) if b.any()]
-        los = [np.add(b.lo, occupied_box(b.array)[0]) for b in boxes]
-        his = [np.add(b.lo, occupied_box(b.array)[1]) for b in boxes]
-        return np.min(los, axis=0), np.max(his, axis=0)
+        found = [(b.lo, occupied_box(b.array)) for b in (self.truth_box, self.annotation_box) if b.any()]
+        return (np.min([np.add(at, lo) for at, (lo, _) in found], axis=0),
+                np.max([np.add(at, hi) for at, (_, hi) in found], axis=0))
 
     def near_box(self) -> tuple[np.ndarray, np.ndarray]:
         """``[lo, hi)`` box of the scan holding the truth, the annotation and what every smoothing baseline

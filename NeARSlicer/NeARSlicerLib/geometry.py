@@ -248,10 +248,16 @@ def occupied_box(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return np.array(lo), np.array(hi)
 
 
-def _grown_box(mask: np.ndarray, pad) -> tuple:
-    """Slices of the non-empty ``mask``'s occupied box grown by ``pad`` voxels (per axis), within the array."""
+def grown_box(mask: np.ndarray, pad) -> Tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` ([k, j, i]) of the non-empty ``mask``'s occupied box grown by ``pad`` voxels (per
+    axis), within the array."""
     lo, hi = occupied_box(mask)
-    return tuple(slice(int(a), int(b)) for a, b in zip(np.maximum(lo - pad, 0), np.minimum(hi + pad, mask.shape)))
+    return np.maximum(lo - pad, 0), np.minimum(hi + pad, mask.shape)
+
+
+def _grown_box(mask: np.ndarray, pad) -> tuple:
+    """``grown_box`` as slices."""
+    return tuple(slice(int(a), int(b)) for a, b in zip(*grown_box(mask, pad)))
 
 
 def distance_outside(mask: np.ndarray, spacing_kji: Sequence[float], reach_mm: float) -> np.ndarray:
