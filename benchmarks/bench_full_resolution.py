@@ -11,12 +11,12 @@ its methods read (``bench_box``), and the error library distorts it on the box e
 (``annotation_errors.FAMILY_REACH_MM``).
 
 The example CT (``../shared/data/totalseg_example``, 3 mm) and its labels are resampled to ``--spacing``
-mm (linear, nearest), keeping ``LABELS`` (large and small structures: the boxes of a liver and of an
-adrenal gland). Each child process runs the bench of the CLI's any-structure rows (NeAR S and S+A,
-``--prior auto``, ``--preset``, no study) on the same cases: ``whole`` (each case distorted on the whole
-scan and turned back into whole-scan arrays: the bench before) and ``boxes`` (the bench now). Reports
-seconds (the cases' drawing among them) and peak RSS of each, and whether every case's scores are the
-same.
+mm (the CT linearly; the labels by ``--truth``, ``write_scan``), keeping ``LABELS`` (large and small
+structures: the boxes of a liver and of an adrenal gland). Each child process (``--modes``) runs the
+bench of the CLI's any-structure rows (NeAR S and S+A, ``--prior auto``, ``--preset``, no study) on the
+same cases: ``whole`` (each case distorted on the whole scan and turned back into whole-scan arrays: the
+bench before) and ``boxes`` (the bench now). Reports seconds (the cases' drawing among them) and peak RSS
+of each, whether every case's scores are the same, and each case's scores, prior, action and confidence.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "NeARSlicer"))
+if not any(Path(p, "NeARSlicerLib").is_dir() for p in sys.path if p):  # PYTHONPATH may name another engine
+    sys.path.insert(0, str(ROOT / "NeARSlicer"))
 
 from child_modes import peak_rss_gb, run_modes  # noqa: E402
 EXAMPLE = ROOT.parent / "shared" / "data" / "totalseg_example"
@@ -36,25 +37,47 @@ EXAMPLE = ROOT.parent / "shared" / "data" / "totalseg_example"
 LABELS = (1, 5, 8, 9, 20, 86, 31)
 
 
-def write_scan(out: Path, spacing: float, labels) -> None:
-    """The example CT and its chosen labels resampled to ``spacing`` mm, as ``out``/ct.nii.gz and seg.nii.gz."""
+def write_scan(out: Path, spacing: float, labels, truth: str = "smooth") -> None:
+    """The example CT and its chosen labels resampled to ``spacing`` mm, as ``out``/ct.nii.gz and seg.nii.gz.
+
+    ``truth``: ``smooth``, each label's indicator interpolated linearly and kept above 0.5 (the larger
+    value where two meet): a surface without steps, as a structure drawn on the fine grid would have;
+    ``nearest``: each label's 3 mm voxels copied to every fine voxel inside them. Nearest makes every
+    label a staircase repeating each slice about 4 times along all three axes, which ``refine``'s
+    do-no-harm gate reads, rightly, as a mask painted on 3 mm slices: the prior's smooth surface then
+    differs from a truth that is itself the staircase."""
     import numpy as np
     import SimpleITK as sitk
 
+    if truth not in ("smooth", "nearest"):
+        raise ValueError(f"truth must be smooth or nearest, got {truth!r}")
     out.mkdir(parents=True)
     ct = sitk.ReadImage(str(EXAMPLE / "ct.nii.gz"), sitk.sitkFloat32)
     seg = sitk.ReadImage(str(EXAMPLE / "seg.nii.gz"))
     size = [int(round(n * s / spacing)) for n, s in zip(ct.GetSize(), ct.GetSpacing())]
 
-    def resampled(image, interp, default):
+    def resampled(image, interp, default, pixel=None):
         return sitk.Resample(image, size, sitk.Transform(), interp, image.GetOrigin(), (spacing,) * 3,
-                             image.GetDirection(), default, image.GetPixelID())
+                             image.GetDirection(), default, image.GetPixelID() if pixel is None else pixel)
 
     sitk.WriteImage(resampled(ct, sitk.sitkLinear, -1024.0), str(out / "ct.nii.gz"))
-    lab = resampled(seg, sitk.sitkNearestNeighbor, 0)
-    arr = sitk.GetArrayFromImage(lab)
-    kept = sitk.GetImageFromArray(np.where(np.isin(arr, labels), arr, 0).astype(arr.dtype))
-    kept.CopyInformation(lab)
+    coarse = sitk.GetArrayFromImage(seg)
+    if truth == "nearest":
+        arr = sitk.GetArrayFromImage(resampled(seg, sitk.sitkNearestNeighbor, 0))
+        arr = np.where(np.isin(arr, labels), arr, 0).astype(coarse.dtype)
+    else:
+        arr = np.zeros(size[::-1], coarse.dtype)
+        best = np.full(size[::-1], 0.5, np.float32)
+        for label in labels:
+            indicator = sitk.GetImageFromArray((coarse == label).astype(np.float32))
+            indicator.CopyInformation(seg)
+            value = sitk.GetArrayFromImage(resampled(indicator, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+            wins = value > best
+            arr[wins], best[wins] = label, value[wins]
+    kept = sitk.GetImageFromArray(arr)
+    kept.SetOrigin(seg.GetOrigin())
+    kept.SetSpacing((spacing,) * 3)
+    kept.SetDirection(seg.GetDirection())
     sitk.WriteImage(kept, str(out / "seg.nii.gz"))
 
 
@@ -75,7 +98,8 @@ def child(mode: str, data: Path, per_label: int, preset: str) -> dict:
     variants = {"NeAR S": RefineOptions(preset=preset, appearance=False, seed=0),
                 "NeAR S+A": RefineOptions(preset=preset, seed=0)}
     result = run_bench(cases, variants=variants, tolerance_mm=max(cases[0].grid.spacing), log=lambda m: None)
-    rows = {m: [(r["case"], r["dsc"], r["nsd"], r.get("prior")) for r in per] for m, per in result["per_case"].items()}
+    rows = {m: [(r["case"], r["dsc"], r["nsd"], r.get("prior"), r.get("action"), r.get("confidence")) for r in per]
+            for m, per in result["per_case"].items()}
     return {"scan": shape, "cases": len(cases), "seconds_drawing_cases": round(drawn, 1),
             "seconds": round(time.perf_counter() - t0, 1),
             "peak_rss_gb": peak_rss_gb(), "rows": rows}
@@ -86,6 +110,9 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=0.7, help="mm, every axis")
     ap.add_argument("--per-label", type=int, default=2)
     ap.add_argument("--preset", default="fast", help="the NeAR rows' preset")
+    ap.add_argument("--truth", choices=("smooth", "nearest"), default="smooth",
+                    help="how the 3 mm labels become the fine grid's truth (write_scan)")
+    ap.add_argument("--modes", default="whole,boxes", help="the children to run, of whole,boxes")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", nargs=4, metavar=("MODE", "DATA", "PER_LABEL", "PRESET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -94,15 +121,19 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-full-resolution-") as tmp:
         data = Path(tmp) / "scan"
-        write_scan(data, args.spacing, LABELS)
-        runs = run_modes(__file__, ("whole", "boxes"), lambda mode: (data, args.per_label, args.preset),
+        write_scan(data, args.spacing, LABELS, args.truth)
+        modes = tuple(args.modes.split(","))
+        if not set(modes) <= {"whole", "boxes"} or "boxes" not in modes:
+            ap.error("--modes: boxes, optionally with whole")
+        runs = run_modes(__file__, modes, lambda mode: (data, args.per_label, args.preset),
                          shown=lambda run: {k: v for k, v in run.items() if k != "rows"})
-    same = runs["whole"]["rows"] == runs["boxes"]["rows"]
     result = {"spacing_mm": args.spacing, "labels": list(LABELS), "per_label": args.per_label, "preset": args.preset,
-              "scan": runs["boxes"]["scan"], "cases": runs["boxes"]["cases"],
-              "whole": {k: v for k, v in runs["whole"].items() if k not in ("rows", "scan", "cases")},
-              "boxes": {k: v for k, v in runs["boxes"].items() if k not in ("rows", "scan", "cases")},
-              "same_scores": same, "rows": runs["boxes"]["rows"]}
+              "truth": args.truth, "scan": runs["boxes"]["scan"], "cases": runs["boxes"]["cases"],
+              **{mode: {k: v for k, v in run.items() if k not in ("rows", "scan", "cases")}
+                 for mode, run in runs.items()},
+              "rows": runs["boxes"]["rows"]}
+    if "whole" in runs:
+        result["same_scores"] = runs["whole"]["rows"] == runs["boxes"]["rows"]
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

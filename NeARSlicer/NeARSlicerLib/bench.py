@@ -324,6 +324,9 @@ def run_bench(
             res = refine_mask(case.annotation.astype(np.uint8), case.grid, case.image, options=opts, scan=scan)
             row = _score(case, res.mask > 0, res.seconds, tolerance_mm)
             row["prior"] = res.info.get("prior_name") or Path(str(res.info["prior"])).stem
+            # what the do-no-harm default did and how far it trusted the result: the evidence that low
+            # confidence or a kept annotation marks the cases the prior would have made worse
+            row["action"], row["confidence"] = res.info.get("action"), res.info.get("confidence")
             per[name].append(row)
             info[name] = {k: res.info[k] for k in ("prior", "preset", "appearance", "device")}
     for name in variants:  # with --prior auto the prior differs per case: every one used is listed
