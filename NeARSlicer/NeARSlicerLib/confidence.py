@@ -169,11 +169,23 @@ OPEN_SUPPORT = 0.8
 NEAR_MM = 3.0
 
 
-def _ellipsoid(spacing: Sequence[float], radius_mm: float) -> np.ndarray:
-    """A structuring element: the voxel offsets within ``radius_mm`` (at least one voxel along each
-    axis), on a grid of ``spacing`` (i, j, k) mm; indexed [k, j, i]."""
+def thick_radius_mm(working_spacing_mm: Optional[float]) -> float:
+    """The radius (mm) of the ball a change must hold to count as thick: ``THICK_RADIUS_MM``, or one voxel
+    of the prior's working grid where that is coarser. A prior that saw a structure on 5 mm voxels (a liver
+    in the general prior's cube) is off by up to about that much all over its surface, which on a 0.7 mm
+    grid is a change several voxels thick: its own reconstruction error, not an annotation's error
+    (benchmarks/full_resolution_harm.py; 1 mm, the calibration's, is the adrenal prior's voxel)."""
+    if working_spacing_mm is None:
+        return THICK_RADIUS_MM
+    return max(THICK_RADIUS_MM, float(working_spacing_mm))
+
+
+def _ellipsoid(spacing: Sequence[float], radius_mm: float, at_least_mm: float = 0.0) -> np.ndarray:
+    """A structuring element: the voxel offsets within ``radius_mm`` (rounded to whole voxels, at least
+    one along each axis, and at least ``at_least_mm``), on a grid of ``spacing`` (i, j, k) mm; indexed
+    [k, j, i]."""
     sp = np.asarray(spacing, float)[::-1]
-    reach = np.maximum(1, np.round(radius_mm / sp)).astype(int)
+    reach = np.maximum.reduce([np.ones(3), np.round(radius_mm / sp), np.ceil(at_least_mm / sp - 1e-9)]).astype(int)
     axes = np.meshgrid(*[np.arange(-r, r + 1) / r for r in reach], indexing="ij")
     return sum(a ** 2 for a in axes) <= 1.0 + 1e-9
 
@@ -181,16 +193,18 @@ def _ellipsoid(spacing: Sequence[float], radius_mm: float) -> np.ndarray:
 def thick_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float],
                   radius_mm: float = THICK_RADIUS_MM) -> np.ndarray:
     """The part of ``annotation ^ refined`` (bool, [k, j, i]) that is thick: the morphological opening
-    of the difference by a ball of ``radius_mm`` (at least one voxel each way). A blob, leak, hole,
-    slab or missing part is thick; a prior's reconstruction error on a correct boundary is a thin
-    shell and is not."""
+    of the difference by a ball of ``radius_mm`` (at least one voxel each way, and at least
+    ``THICK_RADIUS_MM``). A blob, leak, hole, slab or missing part is thick; a prior's reconstruction
+    error on a correct boundary is a thin shell and is not."""
     ann, ref = np.asarray(annotation) > 0, np.asarray(refined) > 0
     out = np.zeros(ann.shape, bool)
     diff = ann ^ ref
     if not diff.any():
         return out
     box = bounding_box(diff, diff, pad=3)
-    out[box] = ndimage.binary_opening(diff[box], structure=_ellipsoid(spacing, radius_mm))
+    # never a ball smaller than the calibration's (1 mm on its 1 mm grid): rounded to the voxel, 1 mm on a
+    # 0.7 mm grid was a ball of 0.7 mm, and a clean gland's own reconstruction error counted as thick
+    out[box] = ndimage.binary_opening(diff[box], structure=_ellipsoid(spacing, radius_mm, THICK_RADIUS_MM))
     return out
 
 
@@ -208,22 +222,29 @@ def painted_slices(annotation: np.ndarray, spacing: Sequence[float],
     """The axis along which ``annotation`` (bool, [k, j, i], ``spacing`` (i, j, k) mm) repeats each
     slice ``min_run`` times or more on average, or None. A mask painted on 5 mm slices and brought to a
     1 mm grid repeats every slice about 5 times; a smooth shape on its own grid almost never repeats
-    one, and a prism (one run) or a structure of few slices is not counted."""
+    one, and a prism (one run) or a structure of few slices is not counted. Nor is a mask that repeats
+    its slices along every axis it spans: that is a mask made on a coarser grid and resampled to this
+    one (an automatic segmentation computed at 3 mm on a 0.7 mm CT), not painted slice by slice; its
+    steps are under half a coarse voxel everywhere, and a prior is no surer of its surface than they are
+    (benchmarks/full_resolution_harm.py)."""
     ann = np.asarray(annotation) > 0
     if not ann.any():
         return None
     box = bounding_box(ann, ann, pad=0)
     ann = ann[box]
-    best = None
+    found = []
     for axis in range(3):
         s = np.moveaxis(ann, axis, 0).reshape(ann.shape[axis], -1)
         if s.shape[0] < SLICE_RUN_MIN_SLICES:
             continue
         runs = 1 + int(np.count_nonzero(np.any(s[1:] != s[:-1], axis=1)))
         run = s.shape[0] / runs
-        if runs >= 3 and run >= min_run and (best is None or run > best.run):
-            best = PaintedSlices(axis, run, run * float(spacing[2 - axis]))
-    return best
+        found.append(PaintedSlices(axis, run, run * float(spacing[2 - axis])) if runs >= 3 and run >= min_run
+                     else None)
+    painted = [f for f in found if f is not None]
+    if not painted or (len(found) > 1 and len(painted) == len(found)):
+        return None
+    return max(painted, key=lambda f: f.run)
 
 
 def near_thick(annotation: np.ndarray, refined: np.ndarray, thick: np.ndarray, spacing: Sequence[float],

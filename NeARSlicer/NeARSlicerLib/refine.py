@@ -563,7 +563,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             removed=original & (kept == 0), seconds=time.perf_counter() - t0, warnings=notes,
             info=case_info(slices_interpolated=False, steps=0, flips=0, decoder_steps=0, appearance=False,
                            working_shape=None,
-                           working_spacing_mm=None, final_loss=None, confidence=None, confidence_from=None,
+                           working_spacing_mm=None, thick_radius_mm=None, final_loss=None, confidence=None,
+                           confidence_from=None,
                            view_confidence=None, image_support=None, gate_opened_by_image=False,
                            action=action, signals=None, image_check=None, specks=specks)), crop, full_shape)
     fov = float(meta.get("fov_mm", 64.0))
@@ -576,6 +577,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                       **scale)
     spacing = float(case.grid.spacing[0])
     side = case.mask.shape[0] * spacing
+    thick_mm = conf_mod.thick_radius_mm(spacing)  # what the gate counts as a thick change, at the prior's voxel
     if "extent_voxels" not in scale and side > 1.15 * fov:
         notes.append(f"the segment ({side:.0f} mm cube) is larger than the prior's {fov:.0f} mm field of view: "
                      "the prior is applied at a reduced scale")
@@ -641,16 +643,17 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                      "annotation was kept; --changes all would leave it empty")
         action = conf_mod.KEPT_NO_SHAPE
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
-        applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,
+        applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy, thick_mm,
                                          painted=painted is not None)
         if margin is not None and margin.moved and not np.array_equal(applied, refined > 0):
-            as_painted = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy, painted=False)
+            as_painted = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy, thick_mm,
+                                                painted=False)
             if np.array_equal(as_painted, refined > 0):
                 # the gate opens for the annotation as painted (its margin error was one of its errors): the
                 # prior's whole output stands, as it would have without the margin fit
                 applied = refined > 0
         if supported and not np.array_equal(applied, refined > 0):
-            widened = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy,
+            widened = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy, thick_mm,
                                              painted=painted is not None, supported=True)
             opened_by_image = not np.array_equal(widened, applied)  # the gated policy opens, thick does not
             applied = widened
@@ -690,6 +693,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         info=case_info(
             steps=cfg.steps, flips=n_flips, decoder_steps=cfg.decoder_steps, appearance=use_appearance,
             working_shape=tuple(case.mask.shape), working_spacing_mm=spacing,
+            thick_radius_mm=thick_mm,  # a change thinner than this ball (mm radius) was the prior's own error
             final_loss=losses[-1] if losses else None,
             # with an image read: the share of the prior's change the image supports; else the mirrored
             # views' estimate (None: one view and no image)
