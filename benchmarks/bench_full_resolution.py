@@ -43,9 +43,9 @@ def write_scan(out: Path, spacing: float, labels, truth: str = "smooth") -> None
     ``truth``: ``smooth``, each label's indicator interpolated linearly and kept above 0.5 (the larger
     value where two meet): a surface without steps, as a structure drawn on the fine grid would have;
     ``nearest``: each label's 3 mm voxels copied to every fine voxel inside them. Nearest makes every
-    label a staircase repeating each slice about 4 times along all three axes, which ``refine``'s
-    do-no-harm gate reads, rightly, as a mask painted on 3 mm slices: the prior's smooth surface then
-    differs from a truth that is itself the staircase."""
+    label a staircase repeating each slice about 4 times along all three axes: the prior's smooth
+    surface then differs from a truth that is itself the staircase (and until 2026-12-07 ``refine``'s
+    do-no-harm gate read such a mask as painted on 3 mm slices and applied every change)."""
     import numpy as np
     import SimpleITK as sitk
 
