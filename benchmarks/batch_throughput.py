@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "NeARSlicer"))
 
 from NeARSlicerLib.geometry import Grid  # noqa: E402
-from NeARSlicerLib.io import read_image, read_mask, write_image, write_mask  # noqa: E402
+from NeARSlicerLib.io import read_mask, write_image, write_mask  # noqa: E402
 from NeARSlicerLib.phantom import adrenal_phantom, ct_phantom  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "NeARSlicer")}

@@ -25,6 +25,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="mixture cases per label")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--image-voxel-mm", type=float, default=None,
+                    help="tell refine the CT's own voxel (3: the example CT was acquired at 3 mm and interpolated), "
+                         "as Slicer does for a segmentation finer than its volume; default: none (a CT acquired "
+                         "at --spacing)")
     args = ap.parse_args()
 
     import NeARSlicerLib
@@ -107,12 +112,15 @@ def main() -> None:
         for truth in ("smooth", "nearest"):
             write_scan(Path(tmp) / truth, args.spacing, LABELS, truth)
         cases = scan_cases(Path(tmp) / "smooth", Path(tmp) / "nearest", args.seeds)
+        if args.image_voxel_mm is not None:
+            cases = [replace(c, image_voxel_mm=args.image_voxel_mm) for c in cases]
         variants = {"NeAR S": RefineOptions(preset=args.preset, appearance=False, seed=0),
                     "NeAR S+A": RefineOptions(preset=args.preset, seed=0)}
         result = run_bench(cases, variants=variants, baselines={}, tolerance_mm=args.spacing, log=lambda m: None)
     per = {row: [{k: r.get(k) for k in ("case", "dsc", "nsd", "prior", "action", "confidence")} for r in rows]
            for row, rows in result["per_case"].items()}
     out = {"engine": str(Path(NeARSlicerLib.__file__).parent), "spacing_mm": args.spacing, "preset": args.preset,
+           "image_voxel_mm": args.image_voxel_mm,
            "labels": list(LABELS), "seeds": args.seeds, "seconds": round(time.perf_counter() - t0, 1),
            "summary": summary(result["per_case"]), "per_case": per}
     print(json.dumps(out["summary"], indent=1))

@@ -84,7 +84,6 @@ def mr_phantom(clean: np.ndarray, seed: int, spacing=(1.0, 1.0, 1.0)) -> np.ndar
     smooth = ndimage.gaussian_filter(hu, 1.0)
     fat = smooth < -40
     gland = np.asarray(clean, bool)
-    organ = ~fat & ~gland
     levels = {"fat": rng.choice([rng.uniform(700, 1000), rng.uniform(60, 200)]),
               "gland": rng.uniform(250, 600), "organ": rng.uniform(150, 800)}
     img = np.where(fat, levels["fat"], np.where(gland, levels["gland"], levels["organ"])).astype(np.float32)

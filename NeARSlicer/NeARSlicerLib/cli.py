@@ -156,6 +156,7 @@ def cmd_refine(args) -> int:
                  "image_check": info.get("image_check"), "confidence_from": info.get("confidence_from"),
                  "image_support": info.get("image_support"), "view_confidence": info.get("view_confidence"),
                  "gate_opened_by_image": info.get("gate_opened_by_image"),
+                 "gate_closed_by_image": info.get("gate_closed_by_image"),
                  "image_margin_mm": info.get("image_margin_mm"), "image_margin_sides": info.get("image_margin_sides"),
                  "image_trim": info.get("image_trim"), "specks": info.get("specks"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
@@ -175,6 +176,9 @@ def cmd_refine(args) -> int:
             why = "the prior's changes disagree with the image's intensities; --changes all applies them anyway"
         elif action == KEPT_NO_SHAPE:
             why = "the prior's output was empty: it found no plausible shape in this annotation"
+        elif info.get("gate_closed_by_image"):
+            why = ("the prior's change is large, but the CT supports little of it and none of it is thicker than "
+                   "the prior's own boundary error; --changes all applies it anyway")
         else:
             why = (f"every change the prior proposed was thinner than its own boundary error, --changes "
                    f"{info.get('change_policy')}")
@@ -183,6 +187,8 @@ def cmd_refine(args) -> int:
         return 0
     if action != "refined":  # thick errors only: say that the annotation's own boundary was kept
         how += f"; {action.split(':', 1)[1].strip()}"
+        if info.get("gate_closed_by_image"):  # a large change that the CT hardly supports
+            how += " (the prior's change is large, but the CT supports little of it)"
     elif info.get("gate_opened_by_image"):  # a thin change applied because the CT supports it
         how += "; the change is thin, but the CT supports it: applied everywhere"
     print(f"refined {Path(args.mask).name}: {int(mask.sum())} -> {int(res.mask.sum())} voxels "

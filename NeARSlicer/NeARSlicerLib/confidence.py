@@ -162,6 +162,14 @@ SLICE_RUN_MIN_SLICES = 8  # fewer slices along an axis say nothing about how it 
 # thin leak) rather than its own boundary error. 0.8: the lowest value at which opening the gate harmed no
 # clean or near-correct case by more than 1 DSC in benchmarks/results/image_confidence.json's 210 cases
 OPEN_SUPPORT = 0.8
+# and a CT read by refine that supports less than this share of the prior's whole change keeps a large change
+# (GATE_CHANGE) from opening the gate by its size alone: the prior's reshaping of a structure it does not know
+# is a large change too, and the image is the only evidence beside the prior. 0.4, chosen on
+# image_confidence.py's 210 cases (benchmarks/change_gate_support.py): any floor in (0.19, 0.49] closes only
+# the one case there that the open gate made worse than its input (support 0.19, 51.3 -> 49.9 DSC) and none
+# that it helped (the next, support 0.49, gained 5.5). On three sets it was not chosen on (held-out error
+# processes, error sizes in voxels, the CT at 0.7 mm) it made no case worse than its input and one fewer so
+CHANGE_SUPPORT = 0.4
 # where only the thick changes' fraction (GATE_FRACTION) opens the gate, the prior's changes within this
 # distance of a thick change are applied with it (the error's thin rim), not its reshaping of the rest of
 # the boundary: a leak or a slab says nothing about the boundary far from it (benchmarks/near_gate.py,

@@ -15,6 +15,7 @@ modality (``modality.py``); a case outside the prior's training domain gets a wa
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -39,6 +40,7 @@ from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, refine_box, to_source, to_working
 from . import image_margin, image_trim
 from .image_evidence import box_pad as image_evidence_pad, support, undo_contradicted
+from .metrics import dice
 from .model import NeARModel
 from .appearance import normalise as normalise_image
 from .prior import any_modality_prior, choose_prior, load_prior, resolve_prior
@@ -565,7 +567,7 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                            working_shape=None,
                            working_spacing_mm=None, thick_radius_mm=None, final_loss=None, confidence=None,
                            confidence_from=None,
-                           view_confidence=None, image_support=None, gate_opened_by_image=False,
+                           view_confidence=None, image_support=None, gate_opened_by_image=False, gate_closed_by_image=False,
                            action=action, signals=None, image_check=None, specks=specks)), crop, full_shape)
     fov = float(meta.get("fov_mm", 64.0))
     source = annotation
@@ -635,19 +637,27 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     # own boundary error); the image check below still undoes any piece it contradicts
     supported = (opts.image_opens_gate and reads_ct and image_support is not None
                  and image_support >= conf_mod.OPEN_SUPPORT)
-    opened_by_image = False
+    # a large change that the CT hardly supports does not open the gate by its size alone: the gate then weighs
+    # its thick part (confidence.CHANGE_SUPPORT)
+    gate_change = conf_mod.GATE_CHANGE
+    if opts.image_opens_gate and reads_ct and image_support is not None and image_support < conf_mod.CHANGE_SUPPORT:
+        gate_change = math.inf
+    opened_by_image = closed_by_image = False
     if action == conf_mod.REFINED and not refined.any() and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: the prior would delete what the user painted (seen: a study prior on a painted line),
         # or, gated to its thick part, hollow it out; only --changes all, which applies every change, may
         notes.append("the prior found no plausible shape in this annotation (its output was empty): the "
                      "annotation was kept; --changes all would leave it empty")
         action = conf_mod.KEPT_NO_SHAPE
+    if action == conf_mod.REFINED and opts.change_policy == conf_mod.CHANGE_GATED and math.isinf(gate_change):
+        closed_by_image = any(1.0 - dice(a, refined > 0) > conf_mod.GATE_CHANGE for a in (
+            (annotation > 0, original) if margin is not None and margin.moved else (annotation > 0,)))
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy, thick_mm,
-                                         painted=painted is not None)
+                                         gate_change=gate_change, painted=painted is not None)
         if margin is not None and margin.moved and not np.array_equal(applied, refined > 0):
             as_painted = conf_mod.apply_changes(original, refined, grid.spacing, opts.change_policy, thick_mm,
-                                                painted=False)
+                                                gate_change=gate_change, painted=False)
             if np.array_equal(as_painted, refined > 0):
                 # the gate opens for the annotation as painted (its margin error was one of its errors): the
                 # prior's whole output stands, as it would have without the margin fit
@@ -704,6 +714,9 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
             # the gate was closed on the change's shape, and the CT's support of it (at least
             # confidence.OPEN_SUPPORT) opened it: every change applied, less what the image check undid
             gate_opened_by_image=opened_by_image,
+            # the change was larger than confidence.GATE_CHANGE, which opens the gate, but the CT supported less
+            # than confidence.CHANGE_SUPPORT of it: the gate stayed closed (only its thick part, if any, applied)
+            gate_closed_by_image=closed_by_image,
             action=action, signals=sig.as_dict(),
             # root-mean-square of the fitted latent codes, and of how far the fit moved them from the encoder's
             latent_rms=round(float(torch.stack([c[1] for c in codes]).pow(2).mean().sqrt()), 4),

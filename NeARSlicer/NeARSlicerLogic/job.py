@@ -71,7 +71,8 @@ def attachResult(job: RefinementJob, result, seconds: float) -> None:
                       ("prior_name", "prior"), ("out_of_domain", "outOfDomain"),
                       ("painted_slices_mm", "paintedSlicesMm"), ("slices_interpolated", "slicesInterpolated"),
                       ("confidence_from", "confidenceFrom"), ("image_margin_mm", "imageMarginMm"),
-                      ("image_margin_sides", "imageMarginSides"), ("gate_opened_by_image", "gateOpenedByImage")):
+                      ("image_margin_sides", "imageMarginSides"), ("gate_opened_by_image", "gateOpenedByImage"),
+                      ("gate_closed_by_image", "gateClosedByImage")):
         if info.get(key) not in (None, ""):
             job.stats[name] = info[key]
     if "appearance" in info:

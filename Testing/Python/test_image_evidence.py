@@ -87,14 +87,19 @@ def test_too_small_a_reference_gives_no_verdict(scene):
     assert not verdict.judged and not out.any()  # the change stands as proposed
 
 
-def test_the_real_ct_pancreas_that_the_general_prior_made_worse_is_not_made_worse(shared_data):
+def test_the_real_ct_pancreas_that_the_general_prior_made_worse_is_not_made_worse(shared_data, monkeypatch):
     """bench --all-structures' one structure made worse by > 1 DSC (label 7, seed 1: 51.3 -> 39.4 DSC,
     the shape-only general prior shrank an under-painted two-part mask); with the image check it is
-    within 2 DSC of its input, and ``--changes all`` (no check) still shows the harm."""
+    within 2 DSC of its input, and ``--changes all`` (no check) still shows the harm. Since 2026-12-07 the
+    CT's low support keeps the gate closed on it (``test_change_gate_support.py``); the check is tested
+    here with the gate opened by the change's size, as before."""
+    import NeARSlicerLib.confidence as confidence
+
     folder = shared_data / "totalseg_example"
     image, grid = read_image(str(folder / "ct.nii.gz"))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "seg.nii.gz"))) == 7
     annotation = corrupt(truth, grid.spacing, "mixture", BENCH_SEED + 100 * 7 + 1, image=image)
+    monkeypatch.setattr(confidence, "CHANGE_SUPPORT", 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checked = refine_mask(annotation, grid, image, RefineOptions(preset="default", structure="pancreas"))
