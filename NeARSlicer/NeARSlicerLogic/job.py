@@ -144,6 +144,11 @@ def formatOutcome(stats: dict) -> str:
         text += (" The change is thin, as NeAR's own boundary error is, but the CT supports"
                  f"{f' {conf:.0%} of it' if isinstance(conf, (int, float)) else ' it'}: the refined surface replaces "
                  "the original everywhere.")
+    if stats.get("gateClosedByImage") and action != "refined":
+        # a large change held back because the CT hardly supports it: say why it was not applied whole
+        text += (" NeAR proposed a large change, but the CT supports only"
+                 f"{f' {conf:.0%} of it' if isinstance(conf, (int, float)) else ' little of it'}: it was not "
+                 "applied whole.")
     if (margin or sides) and action != REFINED_MARGIN:
         text += f" Before NeAR, {describeMargin(margin, sides)}."
     if (specksRemoved or specksFilled) and action != REFINED_SPECKS:

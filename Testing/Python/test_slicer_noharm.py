@@ -137,6 +137,8 @@ def test_result_facts_are_kept_and_said_beside_accept(ct_case):
     ({"action": "refined", "confidence": 0.9, "specksRemoved": 0, "specksFilled": 4}, "Refined (confidence 0.90"),
     ({"action": "refined", "confidence": 0.86, "confidenceFrom": "image", "gateOpenedByImage": True},
      "Refined (confidence 0.86 from the image"),
+    ({"action": "kept: already plausible", "confidence": 0.19, "confidenceFrom": "image", "gateClosedByImage": True},
+     "Kept"),
     ({"action": "refined: trimmed to the image only", "confidence": 0.2, "imageTrimmed": 120, "imageTrimmedPieces": 1,
       "specksRemoved": 1, "specksFilled": 0},
      "NeAR's changes were not applied, but 120 voxels in 1 piece that the image shows as the structure's"),
@@ -169,6 +171,9 @@ def test_outcome_texts(slicer_app, stats, start):
     # a thin change applied because the CT supports it is said, with the share the image supports
     assert ("but the CT supports 86% of it: the refined surface replaces the original everywhere." in text) == bool(
         stats.get("gateOpenedByImage"))
+    # a large change held back because the CT supports little of it is said, with the share it supports
+    assert ("NeAR proposed a large change, but the CT supports only 19% of it: it was not applied whole." in text
+            ) == bool(stats.get("gateClosedByImage"))
     if stats.get("imageTrimmed") and stats["action"] == "refined":
         assert text.endswith("Last, 300 voxels in 2 pieces that the image shows as the structure's surroundings "
                              "were removed.")
