@@ -22,6 +22,9 @@ Case sets (none in any prior's training data; truth = the clean shape):
   --error-units voxel``).
 * ``full``: ``full_resolution_harm.py``'s 28 cases (the example CT at 0.7 mm: clean, coarse 3 mm masks,
   mixture).
+* ``fresh``: cases none of the sets above holds, drawn after they were run: ALAN val 32-97 in phantom CTs
+  (``alan_mixture`` took 0-31), the example CT's structures with two seeds of another base
+  (``FRESH_SEED``), and 40 held-out-class shapes of another seed; all with the mixture.
 
 Per case: input, open and closed DSC and NSD (at the case's coarsest voxel side), the support, the change.
 Summaries for each floor of ``FLOORS``: mean DSC / NSD per set and the cases worse than input by > 1 DSC.
@@ -43,6 +46,7 @@ if not any(Path(p, "NeARSlicerLib").is_dir() for p in sys.path if p):
 import numpy as np  # noqa: E402
 
 FLOORS = (0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8)
+FRESH_SEED = 70_000  # the fresh set's seeds (the other sets' are bench.BENCH_SEED's)
 
 
 def image_confidence_cases(errors: str):
@@ -73,6 +77,36 @@ def voxel_cases():
     ct = HERE.parent.parent / "shared" / "data" / "totalseg_example"
     for c in real_ct_structures(ct / "ct.nii.gz", ct / "seg.nii.gz", error_units="voxel"):
         yield "ct_voxel", c.name, c.truth, c.annotation, c.grid, c.image, c.structure, None, c.scan
+
+
+def fresh_cases():
+    import SimpleITK as sitk
+
+    from NeARSlicerLib.bench import alan_cases, corrupt_case, unseen_class_cases
+    from NeARSlicerLib.io import read_image
+    from NeARSlicerLib.label_table import label_names
+    from NeARSlicerLib.prior import is_adrenal_structure
+
+    data = HERE.parent.parent / "shared" / "data"
+    val = np.load(data / "alan64" / "alan64_trainval.npz")["val_shapes"][32:].astype(bool)
+    for c in alan_cases(val, appearance=True, family="mixture"):
+        yield "alan_fresh", f"val{32 + int(c.name[3:]):03d}", c.truth, c.annotation, c.grid, c.image, \
+            "adrenal gland", None, None
+    ct = data / "totalseg_example"
+    image, grid = read_image(str(ct / "ct.nii.gz"))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ct / "seg.nii.gz")))
+    names = label_names(str(ct / "seg.nii.gz"))
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    for label, count in zip(values.tolist(), counts.tolist()):
+        name = names.get(label) or f"label {label}"
+        if count < 300 and not is_adrenal_structure(name):
+            continue
+        truth = labels == label
+        for s in range(2):
+            noisy = corrupt_case(truth, grid.spacing, "mixture", FRESH_SEED + 100 * label + s, image=image)
+            yield "ct_fresh", f"label{label}_f{s}", truth, noisy, grid, image, name, None, None
+    for c in unseen_class_cases(40, seed=FRESH_SEED):
+        yield "unseen_fresh", c.name, c.truth, c.annotation, c.grid, c.image, None, None, None
 
 
 def refine_twice(annotation, grid, image, structure, voxel, scan=None) -> tuple:
@@ -129,7 +163,7 @@ def main() -> int:
     from NeARSlicerLib.metrics import dice, normalized_surface_dice
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sets", default="chosen", choices=["chosen", "held-out", "voxel", "full"])
+    ap.add_argument("--sets", default="chosen", choices=["chosen", "held-out", "voxel", "full", "fresh"])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -139,6 +173,8 @@ def main() -> int:
             cases = full_resolution_cases(Path(tmp))
         elif args.sets == "voxel":
             cases = voxel_cases()
+        elif args.sets == "fresh":
+            cases = fresh_cases()
         else:
             cases = (c + (None,) for c in image_confidence_cases("mixture" if args.sets == "chosen"
                                                                   else "heldout_mixture"))
