@@ -167,8 +167,9 @@ OPEN_SUPPORT = 0.8
 # is a large change too, and the image is the only evidence beside the prior. 0.4, chosen on
 # image_confidence.py's 210 cases (benchmarks/change_gate_support.py): any floor in (0.19, 0.49] closes only
 # the one case there that the open gate made worse than its input (support 0.19, 51.3 -> 49.9 DSC) and none
-# that it helped (the next, support 0.49, gained 5.5). On three sets it was not chosen on (held-out error
-# processes, error sizes in voxels, the CT at 0.7 mm) it made no case worse than its input and one fewer so
+# that it helped (the next, support 0.49, gained 5.5). On four sets it was not chosen on (held-out error
+# processes, error sizes in voxels, the CT at 0.7 mm, a fresh draw) it made no case worse than its input, and
+# one fewer so
 CHANGE_SUPPORT = 0.4
 # where only the thick changes' fraction (GATE_FRACTION) opens the gate, the prior's changes within this
 # distance of a thick change are applied with it (the error's thin rim), not its reshaping of the rest of
