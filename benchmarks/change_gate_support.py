@@ -1,14 +1,15 @@
 """Should a large change open the gate when the CT barely supports it? (``confidence.CHANGE_SUPPORT``; not a test)
 
-    PYTHONPATH=NeARSlicer .venv/bin/python benchmarks/change_gate_support.py [--sets chosen|held-out|voxel|full] [--json OUT]
+    PYTHONPATH=NeARSlicer .venv/bin/python benchmarks/change_gate_support.py [--sets chosen|held-out|voxel|full|fresh] [--json OUT]
 
 The do-no-harm gate applies every change of the prior when 1 - Dice(annotation, refined) exceeds
 ``confidence.GATE_CHANGE`` (0.15), whatever the CT says of that change. The candidate: a floor on
 ``image_evidence.support`` (the share of the change the CT agrees with, ``info["image_support"]``) below
 which such a change does not open the gate by its size (its thick part is then weighed as for any change).
 The floor's effect on a case is all or nothing (the support does not depend on it), so each case is
-refined twice with the product's default (``--prior auto``, ``default`` preset, the case's image): as
-shipped ("open") and with the size rule off (``apply_changes`` given ``gate_change`` infinity: "closed").
+refined twice with the product's default (``--prior auto``, ``default`` preset, the case's image): with
+the size rule ("open": the gate before the floor, ``CHANGE_SUPPORT`` 0) and without it (``apply_changes``
+given ``gate_change`` infinity: "closed").
 The output for a floor F is the closed one where a CT was read and its support is under F, else the
 open one.
 
@@ -52,19 +53,17 @@ FRESH_SEED = 70_000  # the fresh set's seeds (the other sets' are bench.BENCH_SE
 def image_confidence_cases(errors: str):
     from image_confidence import case_sets
 
-    for st, name, truth, annotation, grid, image, structure, voxel in case_sets(errors):
-        yield st, name, truth, annotation, grid, image, structure, voxel
+    yield from case_sets(errors)
 
 
 def full_resolution_cases(tmp: Path):
     from bench_full_resolution import LABELS, write_scan
     from full_resolution_harm import kind_of, scan_cases
-
-    for truth in ("smooth", "nearest"):
-        write_scan(tmp / truth, 0.7, LABELS, truth)
     from NeARSlicerLib.bench import bench_box
     from NeARSlicerLib.refine import RefineOptions
 
+    for truth in ("smooth", "nearest"):
+        write_scan(tmp / truth, 0.7, LABELS, truth)
     for c in scan_cases(tmp / "smooth", tmp / "nearest", 2):
         lo, hi = bench_box(c, [RefineOptions()])  # what refine reads: results on it are the whole scan's
         b = c.on_box(lo, hi)
