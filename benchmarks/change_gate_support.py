@@ -79,12 +79,7 @@ def voxel_cases():
 
 
 def fresh_cases():
-    import SimpleITK as sitk
-
-    from NeARSlicerLib.bench import alan_cases, corrupt_case, unseen_class_cases
-    from NeARSlicerLib.io import read_image
-    from NeARSlicerLib.label_table import label_names
-    from NeARSlicerLib.prior import is_adrenal_structure
+    from NeARSlicerLib.bench import alan_cases, real_ct_structures, unseen_class_cases
 
     data = HERE.parent.parent / "shared" / "data"
     val = np.load(data / "alan64" / "alan64_trainval.npz")["val_shapes"][32:].astype(bool)
@@ -92,18 +87,10 @@ def fresh_cases():
         yield "alan_fresh", f"val{32 + int(c.name[3:]):03d}", c.truth, c.annotation, c.grid, c.image, \
             "adrenal gland", None, None
     ct = data / "totalseg_example"
-    image, grid = read_image(str(ct / "ct.nii.gz"))
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ct / "seg.nii.gz")))
-    names = label_names(str(ct / "seg.nii.gz"))
-    values, counts = np.unique(labels[labels > 0], return_counts=True)
-    for label, count in zip(values.tolist(), counts.tolist()):
-        name = names.get(label) or f"label {label}"
-        if count < 300 and not is_adrenal_structure(name):
-            continue
-        truth = labels == label
-        for s in range(2):
-            noisy = corrupt_case(truth, grid.spacing, "mixture", FRESH_SEED + 100 * label + s, image=image)
-            yield "ct_fresh", f"label{label}_f{s}", truth, noisy, grid, image, name, None, None
+    for c in real_ct_structures(ct / "ct.nii.gz", ct / "seg.nii.gz", per_label=2, seed=FRESH_SEED):
+        # named _f (fresh) for the d of the bench's own seeds
+        yield "ct_fresh", c.name.replace("_d", "_f"), c.truth, c.annotation, c.grid, c.image, c.structure, \
+            None, c.scan
     for c in unseen_class_cases(40, seed=FRESH_SEED):
         yield "unseen_fresh", c.name, c.truth, c.annotation, c.grid, c.image, None, None, None
 

@@ -189,7 +189,8 @@ def real_ct_cases(ct_path: Union[str, Path], seg_path: Union[str, Path], labels:
 
 def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], min_voxels: int = 300,
                        per_label: int = 3, family: str = "mixture",
-                       adrenal_labels: Sequence[int] = (8, 9), error_units: str = "mm") -> list[ScanCase]:
+                       adrenal_labels: Sequence[int] = (8, 9), error_units: str = "mm",
+                       seed: int = BENCH_SEED) -> list[ScanCase]:
     """Every label of a real CT's label map with at least ``min_voxels`` voxels (and the adrenal glands,
     whatever their size: the adrenal prior's own structures), on the CT's own grid
     (no working cube: ``refine_mask`` crops and scales each as it does a user's segment), distorted by
@@ -200,7 +201,8 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
     the others (the general prior); a label the table names an adrenal gland counts as one whatever its
     number. ``error_units`` "voxel": the library's sizes are read in voxels of the CT's grid instead of mm
     (an annotator's brush of 1-2 voxels on a 3 mm CT: 3-6 mm), a harsher, coarser process than the
-    library's mm sizes, which at 3 mm mostly stay under one voxel. Case names: ``label{N}_d{seed}``.
+    library's mm sizes, which at 3 mm mostly stay under one voxel. Case ``label{N}_d{s}`` is distorted with
+    seed ``seed + 100 N + s`` (another ``seed``: a fresh sample of the same structures).
     Each case is a ``ScanCase`` (its masks held as their boxes, the CT shared).
     Raises InputError for a mismatch of grids, no label large enough or unknown units."""
     import SimpleITK as sitk
@@ -230,10 +232,9 @@ def real_ct_structures(ct_path: Union[str, Path], seg_path: Union[str, Path], mi
         held = BoxedMask.of(truth)
         name = names.get(label) or ("adrenal gland" if label in adrenal else f"label {label}")
         for s in range(per_label):
-            seed = BENCH_SEED + 100 * label + s
             # distorted as on the whole scan (the error library reads the box each family reaches), then
             # held as its box
-            noisy = BoxedMask.of(corrupt_case(truth, error_spacing, family, seed, image=image))
+            noisy = BoxedMask.of(corrupt_case(truth, error_spacing, family, seed + 100 * label + s, image=image))
             cases.append(ScanCase(f"label{label}_d{s}", held, noisy, igrid, image, facts, structure=name))
     return cases
 

@@ -270,6 +270,12 @@ def near_thick(annotation: np.ndarray, refined: np.ndarray, thick: np.ndarray, s
     return out
 
 
+def large_change(annotation: np.ndarray, refined: np.ndarray, gate_change: float = GATE_CHANGE) -> bool:
+    """Whether ``refined`` changes more than ``gate_change`` of ``annotation`` (1 - Dice; bool or 0/1 arrays,
+    [k, j, i]): the size at which the ``gated`` policy applies every change."""
+    return 1.0 - _dice(np.asarray(annotation) > 0, np.asarray(refined) > 0) > gate_change
+
+
 def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float], policy: str = CHANGE_ALL,
                   radius_mm: float = THICK_RADIUS_MM, gate_fraction: float = GATE_FRACTION,
                   gate_change: float = GATE_CHANGE, painted: Optional[bool] = None,
@@ -293,7 +299,7 @@ def apply_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
         return ref.copy()  # the image's support opens the gate before the thick part is measured
     thick = thick_changes(ann, ref, spacing, radius_mm)
     if policy == CHANGE_GATED:
-        if 1.0 - _dice(ann, ref) > gate_change or (
+        if large_change(ann, ref, gate_change) or (
                 painted if painted is not None else painted_slices(ann, spacing) is not None):
             return ref.copy()
         if thick.sum() > gate_fraction * max(int(ann.sum()), 1):

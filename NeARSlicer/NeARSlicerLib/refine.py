@@ -40,7 +40,6 @@ from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, refine_box, to_source, to_working
 from . import image_margin, image_trim
 from .image_evidence import box_pad as image_evidence_pad, support, undo_contradicted
-from .metrics import dice
 from .model import NeARModel
 from .appearance import normalise as normalise_image
 from .prior import any_modality_prior, choose_prior, load_prior, resolve_prior
@@ -650,8 +649,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                      "annotation was kept; --changes all would leave it empty")
         action = conf_mod.KEPT_NO_SHAPE
     if action == conf_mod.REFINED and opts.change_policy == conf_mod.CHANGE_GATED and math.isinf(gate_change):
-        closed_by_image = any(1.0 - dice(a, refined > 0) > conf_mod.GATE_CHANGE for a in (
-            (annotation > 0, original) if margin is not None and margin.moved else (annotation > 0,)))
+        closed_by_image = any(conf_mod.large_change(a, refined) for a in (
+            (annotation, original) if margin is not None and margin.moved else (annotation,)))
     if action == conf_mod.REFINED and opts.change_policy != conf_mod.CHANGE_ALL:
         applied = conf_mod.apply_changes(annotation, refined, grid.spacing, opts.change_policy, thick_mm,
                                          gate_change=gate_change, painted=painted is not None)
