@@ -51,6 +51,17 @@ class CropSource:
         return bool(np.all(low_ok & high_ok))
 
 
+def scan_facts(case) -> Optional[ScanFacts]:
+    """The whole scan's facts of a case whose image is a crop of its scan: its own ``scan`` (a box cut by
+    the caller, e.g. Slicer's crop around a segment) or its ``source``'s (``crop``); None when the case
+    is its whole scan. ``case``: any object with a study case's fields."""
+    own = getattr(case, "scan", None)
+    if own is not None:
+        return own
+    source = getattr(case, "source", None)
+    return None if source is None else source.scan
+
+
 def needed_box(mask: np.ndarray, grid: Grid, meta: dict, margin_mm: float, spacing_mm: float, refines: bool,
                clip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``[lo, hi)`` box of ``grid`` ([k, j, i]) that a study reads for ``mask`` with a prior whose card is

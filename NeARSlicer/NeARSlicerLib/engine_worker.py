@@ -141,6 +141,7 @@ class Worker:
     def refine(self, request: dict, report: Reporter) -> dict:
         """``refine_mask`` on ``<dir>/input.npz`` (mask, optional image); writes ``<dir>/result.npz``."""
         from .errors import InputError
+        from .modality import ScanFacts
         from .refine import RefineOptions, refine_mask
 
         folder = Path(request["dir"])
@@ -150,13 +151,14 @@ class Worker:
         except TypeError as exc:
             raise InputError(f"unknown refinement option: {one_line(str(exc))}") from None
         result = refine_mask(arrays["mask"], self._grid(request["grid"]), arrays.get("image"), options,
-                             progress=report)
+                             progress=report, scan=ScanFacts.from_dict(request.get("scan")))
         save_arrays(folder / RESULT_FILE, mask=result.mask, probability=result.probability)
         return {"file": RESULT_FILE, "seconds": result.seconds, "warnings": result.warnings, "info": result.info}
 
     def study(self, request: dict, report: Reporter) -> dict:
         """``run_study`` on the cases of the request; optionally saves the trained prior."""
         from .errors import InputError
+        from .modality import ScanFacts
         from .study import StudyCase, StudyConfig, run_study, save_study_prior
 
         folder = Path(request["dir"])
@@ -164,7 +166,8 @@ class Worker:
         for entry in request["cases"]:
             arrays = load_arrays(folder / entry["file"])
             cases.append(StudyCase(entry["name"], arrays["mask"], self._grid(entry["grid"]), arrays.get("image"),
-                                   structure=entry.get("structure"), image_voxel_mm=entry.get("image_voxel_mm")))
+                                   structure=entry.get("structure"), image_voxel_mm=entry.get("image_voxel_mm"),
+                                   scan=ScanFacts.from_dict(entry.get("scan"))))
         config = dict(request.get("config") or {})
         recipe = config.pop("recipe", "fast")
         if "milestones" in config:

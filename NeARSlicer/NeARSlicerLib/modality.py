@@ -104,6 +104,19 @@ class ScanFacts:
     def of(cls, image: np.ndarray) -> "ScanFacts":
         return cls(detect(image), float(np.min(image)))
 
+    def to_dict(self) -> dict:
+        """Plain JSON values (an engine request from an application that holds only a crop)."""
+        return {"modality": self.detected.modality, "source": self.detected.source, "reason": self.detected.reason,
+                "outside": self.outside}
+
+    @classmethod
+    def from_dict(cls, values: Optional[dict]) -> Optional["ScanFacts"]:
+        """``to_dict``'s inverse; None for None."""
+        if values is None:
+            return None
+        return cls(ModalityGuess(str(values["modality"]), str(values["source"]), str(values["reason"])),
+                   float(values["outside"]))
+
 
 def prior_normalisation(meta: dict) -> str:
     """How a prior whose card is ``meta`` reads intensities: ``"window"`` (the default) or ``"case"``."""

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .appearance import normalise as normalise_image
-from .case_crop import CropSource, crop, needed_box
+from .case_crop import CropSource, crop, needed_box, scan_facts
 from .checkpoint import load_checkpoint, load_training_state, save_training_state
 from .decode import decode_logits, decode_probability, model_query
 from .distributed import Distributed
@@ -99,6 +99,8 @@ class StudyCase:
     # set when mask, image and grid are a box of a larger volume (``load_cases``): where the box lies and
     # the whole scan's facts; outputs are written on the whole volume's grid
     source: Optional[CropSource] = None
+    # the whole scan's facts when the caller cut the box itself (no ``source``: outputs stay on this grid)
+    scan: Optional[modality_mod.ScanFacts] = None
 
 
 @dataclass(frozen=True)
@@ -322,7 +324,7 @@ def _prepare(cases: Sequence[StudyCase], cfg: StudyConfig, model: NeARModel, fov
     ``appearance_norm``, as ``refine_mask`` does)."""
     out = []
     for c in cases:
-        scan = _scan(c)  # a box of its scan: beyond the scan is the whole scan's darkest value, not the box's
+        scan = scan_facts(c)  # a box of its scan: beyond the scan is the whole scan's darkest value, not the box's
         w = to_working(np.asarray(c.mask) > 0, c.grid, c.image if use_app else None, margin_mm=cfg.margin_mm,
                        spacing_mm=case_spacing(cfg, c), min_fov_mm=fov_mm, min_component_fraction=0.02,
                        outside=None if scan is None else scan.outside)
@@ -447,9 +449,6 @@ def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared]
                         anchor, cfg.l2sp if regularise else 0.0)
 
 
-def _scan(case: StudyCase) -> Optional[modality_mod.ScanFacts]:
-    """The whole scan's facts of a case held as a box of its volume (None: the case is its whole volume)."""
-    return case.source.scan if getattr(case, "source", None) is not None else None
 
 
 def _readable_images(cases: Sequence[StudyCase], meta: dict, notes: list[str]) -> list[StudyCase]:
@@ -458,7 +457,7 @@ def _readable_images(cases: Sequence[StudyCase], meta: dict, notes: list[str]) -
     out = []
     for c in cases:
         if c.image is not None:
-            found = modality_mod.guess(c.image, None, _scan(c))
+            found = modality_mod.guess(c.image, None, scan_facts(c))
             if not modality_mod.accepts(meta, found.modality):
                 notes.append(f"case {c.name}: {modality_mod.refusal(meta, found)}: the image was not used, "
                              "the case was fitted by shape only")

@@ -95,6 +95,7 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
     ``RefineResult`` of each case. ``options``: further RefineOptions fields of every case (the
     do-no-harm settings, ``StudyConfig.refine_options``); a case's ``image_voxel_mm`` is its own."""
     from .prior import save_prior
+    from .case_crop import scan_facts
     from .refine import RefineOptions, refine_mask
 
     report = progress or (lambda f, m: None)
@@ -110,9 +111,8 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
                 report((_i + f) / len(cases), f"refining {cases[_i].name} ({_i + 1}/{len(cases)}): {msg}")
 
             # a case held as a box of its volume (study.load_cases) refines as the whole scan would
-            source = getattr(c, "source", None)
             results.append(refine_mask(np.asarray(c.mask), c.grid, c.image if appearance else None, opts,
-                                       progress=sub, cancel=cancel, scan=None if source is None else source.scan))
+                                       progress=sub, cancel=cancel, scan=scan_facts(c)))
             if on_case is not None:
                 on_case(i, c, results[-1])
     return results

@@ -364,10 +364,12 @@ class EngineProcess:
                     self._end(job, error=EngineError("could not send the job to the refinement engine"))
 
     def submit_refine(self, mask: np.ndarray, grid: Any, image: Optional[np.ndarray] = None,
-                      options: Optional[dict] = None) -> EngineJob:
+                      options: Optional[dict] = None, scan: Any = None) -> EngineJob:
         """Start refining ``mask`` ([k, j, i] on ``grid``, a ``geometry.Grid``); ``image`` in HU, optional.
 
-        ``options``: the fields of ``refine.RefineOptions`` as a dict. Returns at once; see poll/wait.
+        ``options``: the fields of ``refine.RefineOptions`` as a dict; ``scan``: the whole scan's
+        ``modality.ScanFacts`` when ``image`` is a crop of it (``refine_mask``'s ``scan``). Returns at
+        once; see poll/wait.
         """
         job = self._new_job("refine")
         mask = np.asarray(mask)
@@ -380,7 +382,8 @@ class EngineProcess:
             shutil.rmtree(job.folder, ignore_errors=True)
             raise EngineError(f"could not write the job's input to {job.folder}: {exc}") from None
         job.input_mask = mask
-        job.request.update(grid=grid_to_dict(grid), options=jsonable(options or {}))
+        job.request.update(grid=grid_to_dict(grid), options=jsonable(options or {}),
+                           scan=None if scan is None else scan.to_dict())
         self._launch(job)
         return job
 
@@ -407,7 +410,8 @@ class EngineProcess:
                 save_arrays(job.folder / name, **arrays)
                 entries.append({"name": str(case.name), "grid": grid_to_dict(case.grid), "file": name,
                                 "structure": getattr(case, "structure", None),
-                                "image_voxel_mm": getattr(case, "image_voxel_mm", None)})
+                                "image_voxel_mm": getattr(case, "image_voxel_mm", None),
+                                "scan": None if getattr(case, "scan", None) is None else case.scan.to_dict()})
         except OSError as exc:
             shutil.rmtree(job.folder, ignore_errors=True)
             raise EngineError(f"could not write the study's input to {job.folder}: {exc}") from None
@@ -473,9 +477,9 @@ class EngineProcess:
             time.sleep(interval_s)
 
     def refine(self, mask: np.ndarray, grid: Any, image: Optional[np.ndarray] = None,
-               options: Optional[dict] = None, progress=None, cancel=None) -> EngineResult:
+               options: Optional[dict] = None, progress=None, cancel=None, scan: Any = None) -> EngineResult:
         """``submit_refine`` then ``wait``: the blocking form."""
-        job = self.submit_refine(mask, grid, image, options)
+        job = self.submit_refine(mask, grid, image, options, scan)
         return self.wait(progress=progress, cancel=cancel, job=job)
 
     def study(self, cases: Sequence[Any], prior: Optional[str] = None, config: Optional[dict] = None,

@@ -186,7 +186,7 @@ def _refineJointly(logic, named, outputs, progress, cancelled, options, studyOpt
         # and each case's own image voxel (a CT resampled onto an oversampled segment): per case, never study-wide
         studyCases = [SimpleNamespace(name=f"{entry[0]}/{job.segmentName}", mask=job.mask, grid=job.grid,
                                       image=job.image, structure=job.options.get("structure") or job.segmentName,
-                                      image_voxel_mm=job.options.get("image_voxel_mm"))
+                                      image_voxel_mm=job.options.get("image_voxel_mm"), scan=job.scan)
                       for entry in loaded for job in entry[4]]
         # the engine's default recipe (NeARSlicerLib.study.DEFAULT_RECIPE, not imported here: no torch in
         # Slicer's process): denoise never trains towards the annotations, so it does not learn their errors

@@ -84,7 +84,7 @@ def computeRefinement(job: RefinementJob, engine: EngineProcess, progress=None, 
     :param cancel: a callable or ``threading.Event``; when set, the engine is stopped and ``Cancelled`` raised.
     """
     cancelled = cancelFunction(cancel)
-    handle = engine.submit_refine(job.mask, job.grid, job.image, engineOptions(job))
+    handle = engine.submit_refine(job.mask, job.grid, job.image, engineOptions(job), job.scan)
     result = engine.wait(progress=progress, cancel=cancelled, tick=_keepResponsive, job=handle)
     attachResult(job, result, result.seconds)
     return result
@@ -122,7 +122,8 @@ class RefinementRun:
 
     def start(self) -> "RefinementRun":
         self.started = time.perf_counter()
-        self._handle = self.engine.submit_refine(self.job.mask, self.job.grid, self.job.image, engineOptions(self.job))
+        self._handle = self.engine.submit_refine(self.job.mask, self.job.grid, self.job.image, engineOptions(self.job),
+                                                 self.job.scan)
         return self
 
     @property

@@ -16,6 +16,7 @@ import vtk
 
 import slicer
 from NeARSlicerLib.errors import InputError
+from NeARSlicerLib.modality import ScanFacts
 
 from . import grids
 from .common import CONTEXT_MM, PRESETS
@@ -202,11 +203,12 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
         raise InputError(f"segment '{segmentName}' does not overlap {where}: the volume and the "
                          "segmentation do not cover the same region")
 
-    image = None
+    image = scan = None
     if volumeNode is not None:
+        whole = slicer.util.arrayFromVolume(volumeNode)
         if source == "volume":  # the volume's own voxels, untouched
             crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-            voxels = slicer.util.arrayFromVolume(volumeNode)[crop]
+            voxels = whole[crop]
         else:
             voxels = grids.volumeOnGrid(volumeNode, segmentationNode, ijkToLocal, shape)
         if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():
@@ -215,6 +217,7 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
                              "segment; fix or replace the volume before refining")
         if appearance:
             image = np.array(voxels, dtype=np.float32, copy=True)
+            scan = wholeScanFacts(whole)
 
     options = {"prior": prior or None, "appearance": bool(appearance), "preset": preset,
                "device": device or "auto", "seed": int(seed),
@@ -248,7 +251,18 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
         mask=np.ascontiguousarray(mask), image=image, grid=grids.engineGrid(segToWorld @ ijkToLocal, shape),
         ijkToLocal=ijkToLocal, options=options, geometrySource=source,
         probabilityVolume=bool(probabilityVolume), changeSegments=bool(changeSegments),
-        cropOffset=tuple(int(v) for v in lo), fullShape=tuple(int(v) for v in fullShape))
+        cropOffset=tuple(int(v) for v in lo), fullShape=tuple(int(v) for v in fullShape), scan=scan)
+
+
+def wholeScanFacts(voxels: np.ndarray):
+    """``ScanFacts`` of a whole volume's voxels (NaN/Inf far from the segment left out): what the crop
+    around a segment may not show, e.g. the air and fat that tell a CT from an MR, and the scan's darkest
+    value, which fills the engine's cube beyond the scan. The CLI reads them off the whole file too."""
+    if voxels.dtype.kind == "f":
+        finite = np.isfinite(voxels)
+        if not finite.all():
+            voxels = voxels[finite]
+    return ScanFacts.of(voxels)
 
 
 def segmentArray(segmentationNode, segmentId, volumeNode=None) -> Optional[np.ndarray]:

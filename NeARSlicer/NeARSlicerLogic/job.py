@@ -34,6 +34,9 @@ class RefinementJob:
     changeSegments: bool = False
     cropOffset: tuple = (0, 0, 0)  # [k, j, i] of the arrays' first voxel in the full working grid
     fullShape: tuple = ()  # [k, j, i] shape of the full working grid
+    # NeARSlicerLib.modality.ScanFacts of the whole volume (its modality and darkest value), which the
+    # crop may not show: the engine reads the crop as the CLI reads the whole file. None without an image
+    scan: Any = None
     result: Any = None  # RefineResult once computed
     stats: dict = field(default_factory=dict)
     newSegmentId: Optional[str] = None

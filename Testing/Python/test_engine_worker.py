@@ -293,3 +293,37 @@ def test_each_study_case_s_image_voxel_reaches_the_worker(engine, case, tmp_path
     with pytest.raises(Exception, match=r"case fine: image_voxel_mm .* got -3\.0"):
         engine.study(cases, None, {"recipe": "denoise", "epochs": 0}, prior_out=str(tmp_path / "study.safetensors"))
     assert not (tmp_path / "study.safetensors").exists()
+
+
+def _lesion_in_soft_tissue():
+    """(mask, CT, grid): a 40 mm lesion deep in soft tissue (2 mm), a box with no air or fat; read alone it
+    is not a CT."""
+    from NeARSlicerLib.geometry import Grid
+
+    shape = (40, 40, 40)
+    k, j, i = np.indices(shape)
+    lesion = (((k - 20) / 4.0) ** 2 + ((j - 20) / 6.0) ** 2 + ((i - 20) / 10.0) ** 2 <= 1.0).astype(np.uint8)
+    ct = np.where(lesion > 0, 90.0, 40.0) + np.random.default_rng(5).normal(0.0, 8.0, shape)
+    return lesion, ct.astype(np.float32), Grid(shape, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def test_the_whole_scans_facts_reach_the_worker(engine):
+    """A crop held by the application (Slicer's box around a segment) travels with its whole scan's
+    ``ScanFacts``: the worker reads it as CT, as refine_mask does in-process with them, for a refinement
+    and for each case of a study."""
+    from NeARSlicerLib.modality import CT, ModalityGuess, ScanFacts, detect
+    from NeARSlicerLib.study import StudyCase
+
+    mask, ct, grid = _lesion_in_soft_tissue()
+    assert detect(ct).modality != CT, "the premise: the crop alone is not read as CT"
+    whole = ScanFacts(ModalityGuess(CT, "intensities", "air/fat and soft tissue at Hounsfield values"), -1024.0)
+    assert ScanFacts.from_dict(whole.to_dict()) == whole
+    options = {"preset": "fast", "structure": "lesion"}
+    expected = refine_mask(mask, grid, ct, RefineOptions(**options), scan=whole)
+    assert expected.info["modality"] == CT and expected.info["image_margin_mm"] is not None
+    got = engine.refine(mask, grid, ct, options=options, scan=whole)
+    assert got.info["modality"] == CT and np.array_equal(got.mask, expected.mask)
+    assert engine.refine(mask, grid, ct, options=options).info["modality"] != CT, "without them: misread"
+    study = engine.study([StudyCase("lesion", mask, grid, ct, structure="lesion", scan=whole)], None,
+                         {"recipe": "denoise", "epochs": 1, "refine_preset": "fast"})
+    assert study.case_info[0]["modality"] == CT

@@ -7,6 +7,7 @@ import pytest
 from slicer_fixture import (  # noqa: F401  (pytest fixtures)
     LEFT_ADRENAL_LABEL,
     ct_case,
+    logic,
     mrml_scene,
     require_engine,
     slicer_app,
@@ -197,3 +198,53 @@ def test_the_engines_trim_reaches_the_outcome_line(ct_case):
         assert job.stats.get("imageTrimmed") == (removed or None)
         assert job.stats.get("specksRemoved") == (pieces or None)
         assert ("40 voxels in 2 pieces that the image shows" in formatOutcome(job.stats)) == bool(removed)
+
+
+def _lesion_deep_in_soft_tissue(slicer):
+    """A CT (2 mm, air around a 320 mm body of soft tissue) with a 40 mm lesion at its centre: the
+    72 mm box that Slicer crops around the lesion holds soft tissue only, no air or fat to tell CT by."""
+    from slicer_fixture import add_segment
+
+    rng = np.random.default_rng(5)
+    shape = (90, 180, 180)  # [k, j, i]
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[:, 10:170, 10:170] = 40.0
+    k, j, i = np.indices(shape)
+    lesion = ((k - 45) / 4.0) ** 2 + ((j - 90) / 6.0) ** 2 + ((i - 90) / 10.0) ** 2 <= 1.0
+    ct[lesion] = 90.0
+    ct += rng.normal(0.0, 8.0, shape).astype(np.float32)
+    volume = slicer.util.addVolumeFromArray(ct, np.diag([2.0, 2.0, 2.0, 1.0]), name="abdomen")
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesions")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    return volume, segmentation, add_segment(segmentation, "lesion", lesion, volume)
+
+
+def test_the_whole_volume_tells_the_modality_not_the_crop(logic, mrml_scene):
+    """Slicer hands the engine a box around the segment. Deep in an organ that box holds no air or fat,
+    and read alone it does not look like CT; the CLI reads the whole file. The job carries the whole
+    volume's facts, so the engine reads the crop as CT, as the CLI does (margin fit included), both
+    in-process and in the engine process."""
+    require_engine()
+    import slicer
+
+    from NeARSlicerLib import modality
+    from NeARSlicerLib.refine import RefineOptions, refine_mask
+
+    volume, segmentation, segment = _lesion_deep_in_soft_tissue(slicer)
+    job = logic.prepareRefinement(volume, segmentation, segment, preset="fast")
+    assert job.image.shape != slicer.util.arrayFromVolume(volume).shape, "the job holds a crop"
+    assert modality.detect(job.image).modality != modality.CT, "the premise: the crop alone is misread"
+    assert job.scan.detected.modality == modality.CT
+    assert job.scan.outside == pytest.approx(float(slicer.util.arrayFromVolume(volume).min()))
+    alone = refine_mask(job.mask, job.grid, job.image, RefineOptions(**job.options))
+    assert alone.info["modality"] != "CT", "without the whole volume's facts the engine misreads the crop"
+    in_process = refine_mask(job.mask, job.grid, job.image, RefineOptions(**job.options), scan=job.scan)
+    assert in_process.info["modality"] == "CT" and in_process.info["image_margin_mm"] is not None
+
+    new_id = logic.refineSegment(volume, segmentation, segment, preset="fast")  # the engine process
+    stats = logic.refinementStats(segmentation, new_id)
+    assert stats["modality"] == "CT", stats
+    refined = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, new_id, volume) > 0
+    whole = np.zeros(refined.shape, bool)
+    whole[tuple(slice(a, a + n) for a, n in zip(job.cropOffset, job.mask.shape))] = in_process.mask > 0
+    assert np.array_equal(refined, whole), "the engine process gives the in-process result"

@@ -245,14 +245,19 @@ def test_a_study_of_an_adrenal_gland_and_another_organ_runs_one_study_per_prior(
 def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic, mrml_scene, tmp_path,
                                                                              monkeypatch):
     """study=True: the engine's --prior auto chooses the study's prior by the segments' names, so each
-    study case carries its segment's name as its structure; the study is the engine's default
+    study case carries its segment's name as its structure (and its CT's whole-scan facts); the study is the engine's default
     (denoise) recipe, refining every case with the batch's preset and do-no-harm settings."""
+    import SimpleITK as sitk
+
+    from NeARSlicerLib.modality import ScanFacts
+
     require_totalseg_data()
-    seen, configs = [], []
+    seen, configs, scans = [], [], []
 
     def compute(cases, prior, config, **kwargs):
         # the structure refine reads: the segment's name, then its terminology
         seen.extend((c.name, c.structure.split(" | ")[0], prior) for c in cases)
+        scans.extend(c.scan for c in cases)
         configs.append({**config, **kwargs})
         raise RuntimeError("stopped after the request")
 
@@ -267,6 +272,9 @@ def test_refine_study_gives_the_engine_each_segments_name_as_its_structure(logic
     assert configs[0]["refine_options"] == {"change_policy": "thick", "image_opens_gate": False}
     # segments that --prior auto gives different priors run as one study per prior, not refused
     assert configs[0]["splitByPrior"] is True and configs[0]["overwrite"] is False
+    # each case is a box of the CT: it carries the whole CT's facts (modality, darkest value), as the CLI reads them
+    whole = ScanFacts.of(sitk.GetArrayFromImage(sitk.ReadImage(str(CT_PATH))))
+    assert scans == [whole, whole]
     assert scene_state(mrml_scene) == before
 
 
