@@ -248,3 +248,18 @@ def test_the_whole_volume_tells_the_modality_not_the_crop(logic, mrml_scene):
     whole = np.zeros(refined.shape, bool)
     whole[tuple(slice(a, a + n) for a, n in zip(job.cropOffset, job.mask.shape))] = in_process.mask > 0
     assert np.array_equal(refined, whole), "the engine process gives the in-process result"
+
+
+def test_nan_far_from_the_segment_leaves_the_whole_scans_facts_finite(logic, mrml_scene):
+    """NaN voxels beyond the crop (a reconstruction's padding) do not reach the crop, which is refined;
+    the whole volume's facts are read on its finite voxels, so the engine gets a real darkest value."""
+    import slicer
+
+    volume, segmentation, segment = _lesion_deep_in_soft_tissue(slicer)
+    voxels = slicer.util.arrayFromVolume(volume)
+    voxels[:, :, :3] = np.nan  # far outside the lesion's 72 mm box
+    slicer.util.arrayFromVolumeModified(volume)
+    job = logic.prepareRefinement(volume, segmentation, segment, preset="fast")
+    assert np.isfinite(job.image).all()
+    finite = voxels[np.isfinite(voxels)]
+    assert job.scan.outside == pytest.approx(float(finite.min())) and job.scan.detected.modality == "CT"
