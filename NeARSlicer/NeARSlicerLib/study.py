@@ -449,8 +449,6 @@ def _denoise_batch(cfg: StudyConfig, model: NeARModel, prep: Sequence[_Prepared]
                         anchor, cfg.l2sp if regularise else 0.0)
 
 
-
-
 def _readable_images(cases: Sequence[StudyCase], meta: dict, notes: list[str]) -> list[StudyCase]:
     """The cases, each image that the prior cannot read removed (``modality.accepts``, as ``refine``
     decides: an MR image is not put through a CT window) with a note in ``notes``."""

@@ -94,8 +94,8 @@ def refine_with(model: NeARModel, meta: dict, cases: Sequence, preset: str, devi
     ``refine_mask``). ``on_case(i, case, result)`` is called as each case finishes; returns the
     ``RefineResult`` of each case. ``options``: further RefineOptions fields of every case (the
     do-no-harm settings, ``StudyConfig.refine_options``); a case's ``image_voxel_mm`` is its own."""
-    from .prior import save_prior
     from .case_crop import scan_facts
+    from .prior import save_prior
     from .refine import RefineOptions, refine_mask
 
     report = progress or (lambda f, m: None)

@@ -254,7 +254,7 @@ def prepareJob(volumeNode, segmentationNode, segmentId, *, prior=None, appearanc
         cropOffset=tuple(int(v) for v in lo), fullShape=tuple(int(v) for v in fullShape), scan=scan)
 
 
-def wholeScanFacts(voxels: np.ndarray):
+def wholeScanFacts(voxels: np.ndarray) -> ScanFacts:
     """``ScanFacts`` of a whole volume's voxels (NaN/Inf far from the segment left out): what the crop
     around a segment may not show, e.g. the air and fat that tell a CT from an MR, and the scan's darkest
     value, which fills the engine's cube beyond the scan. The CLI reads them off the whole file too."""
