@@ -74,7 +74,8 @@ class NeARSlicerParameterNode:
     """Everything the user chose in the module panel (saved with the scene).
 
     inputVolume, inputSegmentation: what to refine (the segment id is kept in ``segmentId``).
-    preset, useAppearance, priorChoice (+ priorPath for "file"), device, seed, changes: engine options.
+    preset, useAppearance, priorChoice (+ priorPath for "file"), device, seed, changes, imageOpensGate:
+    engine options.
     probabilityVolume, changeSegments: extra review outputs.
     refinedSegmentId: the last result, for Compare / Accept / Save report.
     """
@@ -93,6 +94,8 @@ class NeARSlicerParameterNode:
     changeSegments: bool = False
     # which of the prior's changes are applied (NeARSlicerLib.confidence.CHANGE_POLICIES); gated: do no harm
     changes: Annotated[str, Choice(["gated", "thick", "all"])] = "gated"
+    # a CT that supports the prior's thin change may open the gate; off for near-correct masks on thick slices
+    imageOpensGate: bool = True
     refinedSegmentId: str = ""
 
 
@@ -263,7 +266,7 @@ class NeARSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 prior=prior, appearance=parameters.useAppearance, preset=parameters.preset,
                 device=parameters.device, seed=parameters.seed,
                 probabilityVolume=parameters.probabilityVolume, changeSegments=parameters.changeSegments,
-                changes=parameters.changes)
+                changes=parameters.changes, imageOpensGate=parameters.imageOpensGate)
             # the engine runs in its own process (started on first use, then kept warm); the timer polls it
             self._run = self.logic.startRefinement(job)
             self._timer.start()

@@ -306,3 +306,16 @@ def test_batch_review_wiring_calls_the_queue_logic():
     engine_orders = next(n for n in status.body if isinstance(n, ast.Assign)
                          and any(getattr(t, "id", "") == "ORDERS" for t in n.targets))
     assert values == [c.value for c in engine_orders.value.elts]
+
+
+def test_every_engine_option_of_the_panel_reaches_prepare_refinement():
+    """Each engine option the parameter node holds is passed by Refine to ``prepareRefinement`` under the
+    name ``refineSegment`` takes (the CT's opening of the gate included: off for thick-slice CTs)."""
+    call = next(n for n in ast.walk(_module_ast()) if isinstance(n, ast.Call)
+                and getattr(n.func, "attr", "") == "prepareRefinement")
+    passed = {k.arg: ast.unparse(k.value) for k in call.keywords}
+    for keyword, parameter in (("preset", "preset"), ("device", "device"), ("seed", "seed"),
+                               ("appearance", "useAppearance"), ("changes", "changes"),
+                               ("imageOpensGate", "imageOpensGate")):
+        assert passed.get(keyword) == f"parameters.{parameter}", (keyword, passed.get(keyword))
+    assert "imageOpensGate" in _parameter_fields()
