@@ -299,12 +299,10 @@ def _lesion_in_soft_tissue():
     """(mask, CT, grid): a 40 mm lesion deep in soft tissue (2 mm), a box with no air or fat; read alone it
     is not a CT."""
     from NeARSlicerLib.geometry import Grid
+    from soft_tissue_lesion import lesion_in_soft_tissue
 
     shape = (40, 40, 40)
-    k, j, i = np.indices(shape)
-    lesion = (((k - 20) / 4.0) ** 2 + ((j - 20) / 6.0) ** 2 + ((i - 20) / 10.0) ** 2 <= 1.0).astype(np.uint8)
-    ct = np.where(lesion > 0, 90.0, 40.0) + np.random.default_rng(5).normal(0.0, 8.0, shape)
-    return lesion, ct.astype(np.float32), Grid(shape, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return (*lesion_in_soft_tissue(shape), Grid(shape, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
 
 
 def test_the_whole_scans_facts_reach_the_worker(engine):

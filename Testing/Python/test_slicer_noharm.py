@@ -204,15 +204,9 @@ def _lesion_deep_in_soft_tissue(slicer):
     """A CT (2 mm, air around a 320 mm body of soft tissue) with a 40 mm lesion at its centre: the
     72 mm box that Slicer crops around the lesion holds soft tissue only, no air or fat to tell CT by."""
     from slicer_fixture import add_segment
+    from soft_tissue_lesion import lesion_in_soft_tissue
 
-    rng = np.random.default_rng(5)
-    shape = (90, 180, 180)  # [k, j, i]
-    ct = np.full(shape, -1000.0, np.float32)
-    ct[:, 10:170, 10:170] = 40.0
-    k, j, i = np.indices(shape)
-    lesion = ((k - 45) / 4.0) ** 2 + ((j - 90) / 6.0) ** 2 + ((i - 90) / 10.0) ** 2 <= 1.0
-    ct[lesion] = 90.0
-    ct += rng.normal(0.0, 8.0, shape).astype(np.float32)
+    lesion, ct = lesion_in_soft_tissue((90, 180, 180), air_voxels=10)  # [k, j, i]
     volume = slicer.util.addVolumeFromArray(ct, np.diag([2.0, 2.0, 2.0, 1.0]), name="abdomen")
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesions")
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
