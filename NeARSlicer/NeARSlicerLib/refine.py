@@ -634,13 +634,11 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
         action = conf_mod.KEPT_IMAGE  # kept because the image does not support the prior's change
     # a CT that supports nearly all of the prior's change opens the gate (a thin repair, not the prior's
     # own boundary error); the image check below still undoes any piece it contradicts
-    supported = (opts.image_opens_gate and reads_ct and image_support is not None
-                 and image_support >= conf_mod.OPEN_SUPPORT)
+    ct_weighs = opts.image_opens_gate and reads_ct and image_support is not None
+    supported = ct_weighs and image_support >= conf_mod.OPEN_SUPPORT
     # a large change that the CT hardly supports does not open the gate by its size alone: the gate then weighs
     # its thick part (confidence.CHANGE_SUPPORT)
-    gate_change = conf_mod.GATE_CHANGE
-    if opts.image_opens_gate and reads_ct and image_support is not None and image_support < conf_mod.CHANGE_SUPPORT:
-        gate_change = math.inf
+    gate_change = math.inf if ct_weighs and image_support < conf_mod.CHANGE_SUPPORT else conf_mod.GATE_CHANGE
     opened_by_image = closed_by_image = False
     if action == conf_mod.REFINED and not refined.any() and opts.change_policy != conf_mod.CHANGE_ALL:
         # do no harm: the prior would delete what the user painted (seen: a study prior on a painted line),
