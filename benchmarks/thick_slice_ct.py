@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--json-mixture", default=str(ROOT / "benchmarks/results/thick_slice_ct_mixture.json"))
     args = parser.parse_args()
     from NeARSlicerLib.cli import main as cli_main
+    from NeARSlicerLib.output_safety import atomic_write_text
 
     min_voxels = max(1, args.min_voxels // args.step)
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +96,7 @@ def main() -> None:
                                                  and r["dice"] < 0.93]}
                    for with_ct in (False, True)
                    for d in [[r["dice"] for r in rows if r["with_ct"] == with_ct]]}
-        Path(args.json_clean).write_text(json.dumps({
+        atomic_write_text(args.json_clean, json.dumps({
             "scan": f"example CT, every {args.step}th slice ({3 * args.step} mm)", "min_voxels": min_voxels,
             "seconds": round(time.perf_counter() - start, 1), "summary_by_with_ct": summary, "rows": rows},
             indent=1))

@@ -43,6 +43,7 @@ def main() -> None:
     from NeARSlicerLib import confidence
     from NeARSlicerLib.bench import BENCH_SEED, corrupt_case
     from NeARSlicerLib.metrics import dice
+    from NeARSlicerLib.output_safety import atomic_write_text
     from NeARSlicerLib.refine import RefineOptions, refine_mask
 
     step, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -79,7 +80,7 @@ def main() -> None:
             summary[kind][f"worse_{m}"] = sum(r[m] < r["input"] - 0.01 for r in rs)
         summary[kind].update(opened=sum(bool(r["opened"]) for r in rs), n=len(rs))
     print(json.dumps(summary, indent=1))
-    Path(out).write_text(json.dumps({"step_mm": step, "cases": f"ALAN val {start}-{start + n - 1}",
+    atomic_write_text(out, json.dumps({"step_mm": step, "cases": f"ALAN val {start}-{start + n - 1}",
                                      "seconds": round(time.perf_counter() - t0, 1), "summary": summary,
                                      "rows": rows}, indent=1))
 
