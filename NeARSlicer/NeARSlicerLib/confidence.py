@@ -28,6 +28,9 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from . import ellipsoid_morphology
+from .geometry import grown_slices
+
 DEEP_MM = 1.5  # a difference thicker than about 3 mm (1.5 mm from its edge) is an error, not a shell
 # keep the annotation when the confidence is below this. 0 (always refine) by default: on rough
 # annotations the calibrated confidence is lowest where refinement helps most (README "Do no harm"),
@@ -98,10 +101,11 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def bounding_box(a: np.ndarray, b: np.ndarray, pad: int = 2) -> tuple:
     """Slices of the box around ``a | b`` grown by ``pad`` voxels and clipped to the array."""
-    nz = np.argwhere(a | b) if (a.any() or b.any()) else np.zeros((1, 3), int)
-    lo = np.maximum(nz.min(0) - pad, 0)
-    hi = np.minimum(nz.max(0) + pad + 1, a.shape)
-    return tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+    both = np.asarray(a, bool) | np.asarray(b, bool)
+    if not both.any():
+        return tuple(slice(0, min(int(pad) + 1, n)) for n in both.shape)
+    # from the projections: an index array of every voxel (argwhere) took 0.4 s on a liver's box at 0.7 mm
+    return grown_slices(both, pad)
 
 
 def signals(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float],
@@ -189,16 +193,6 @@ def thick_radius_mm(working_spacing_mm: Optional[float]) -> float:
     return max(THICK_RADIUS_MM, float(working_spacing_mm))
 
 
-def _ellipsoid(spacing: Sequence[float], radius_mm: float, at_least_mm: float = 0.0) -> np.ndarray:
-    """A structuring element: the voxel offsets within ``radius_mm`` (rounded to whole voxels, at least
-    one along each axis, and at least ``at_least_mm``), on a grid of ``spacing`` (i, j, k) mm; indexed
-    [k, j, i]."""
-    sp = np.asarray(spacing, float)[::-1]
-    reach = np.maximum.reduce([np.ones(3), np.round(radius_mm / sp), np.ceil(at_least_mm / sp - 1e-9)]).astype(int)
-    axes = np.meshgrid(*[np.arange(-r, r + 1) / r for r in reach], indexing="ij")
-    return sum(a ** 2 for a in axes) <= 1.0 + 1e-9
-
-
 def thick_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float],
                   radius_mm: float = THICK_RADIUS_MM) -> np.ndarray:
     """The part of ``annotation ^ refined`` (bool, [k, j, i]) that is thick: the morphological opening
@@ -213,7 +207,7 @@ def thick_changes(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence
     box = bounding_box(diff, diff, pad=3)
     # never a ball smaller than the calibration's (1 mm on its 1 mm grid): rounded to the voxel, 1 mm on a
     # 0.7 mm grid was a ball of 0.7 mm, and a clean gland's own reconstruction error counted as thick
-    out[box] = ndimage.binary_opening(diff[box], structure=_ellipsoid(spacing, radius_mm, THICK_RADIUS_MM))
+    out[box] = ellipsoid_morphology.opening(diff[box], ellipsoid_morphology.reach(spacing, radius_mm, THICK_RADIUS_MM))
     return out
 
 
@@ -264,9 +258,9 @@ def near_thick(annotation: np.ndarray, refined: np.ndarray, thick: np.ndarray, s
     out = np.zeros(diff.shape, bool)
     if not thick.any():
         return out
-    reach = _ellipsoid(spacing, near_mm)
-    box = bounding_box(thick, thick, pad=max(reach.shape) // 2 + 1)
-    out[box] = ndimage.binary_dilation(thick[box], structure=reach) & diff[box]
+    reach = ellipsoid_morphology.reach(spacing, near_mm)
+    box = bounding_box(thick, thick, pad=int(reach.max()) + 1)
+    out[box] = ellipsoid_morphology.dilation(thick[box], reach) & diff[box]
     return out
 
 

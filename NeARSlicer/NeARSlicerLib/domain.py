@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .geometry import grown_slices
+
 TOLERANCE = 0.25  # 25 % beyond the training range before warning
 SPECK_FRACTION = 0.02  # components below this share of the largest are ignored (stray paint)
 # parts closer than this are one structure painted with gaps (a missed thick slice, a slipped brush): an
@@ -39,10 +41,16 @@ def shape_facts(mask: np.ndarray, spacing: Sequence[float]) -> ShapeFacts:
     if not m.any():
         return ShapeFacts(0.0, 1.0, 0)
     sp = np.asarray(spacing, float)[::-1]  # per array axis
-    labels, n = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(labels.ravel())[1:] if n else np.zeros(0)
-    keep = np.flatnonzero(sizes >= SPECK_FRACTION * sizes.max()) + 1
-    core = np.isin(labels, keep)
+    box = grown_slices(m, 0)
+    # labelled on the mask's own box (a cropped array numbers its parts in the same order)
+    labels, n = ndimage.label(m[box], structure=np.ones((3, 3, 3), bool))
+    if n == 1:  # one part (most structures): no count of every voxel's label (0.4 s on a liver at 0.7 mm)
+        keep, core = np.array([1]), m
+    else:
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = np.flatnonzero(sizes >= SPECK_FRACTION * sizes.max()) + 1
+        core = np.zeros(m.shape, bool)
+        core[box] = np.isin(labels, keep)
     extent = np.array([np.ptp(np.flatnonzero(core.any(axis=tuple(a for a in range(3) if a != ax)))) + 1
                        for ax in range(3)]) * sp
     # the principal axes of a big structure from a strided subsample (no 10^7 x 3 index array)

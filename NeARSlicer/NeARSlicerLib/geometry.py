@@ -255,7 +255,7 @@ def grown_box(mask: np.ndarray, pad) -> Tuple[np.ndarray, np.ndarray]:
     return np.maximum(lo - pad, 0), np.minimum(hi + pad, mask.shape)
 
 
-def _grown_box(mask: np.ndarray, pad) -> tuple:
+def grown_slices(mask: np.ndarray, pad) -> tuple:
     """``grown_box`` as slices."""
     return tuple(slice(int(a), int(b)) for a, b in zip(*grown_box(mask, pad)))
 
@@ -271,7 +271,7 @@ def distance_outside(mask: np.ndarray, spacing_kji: Sequence[float], reach_mm: f
     if not m.any():
         return ndimage.distance_transform_edt(~m, sampling=sp)
     out = np.full(m.shape, np.inf)
-    box = _grown_box(m, np.ceil(float(reach_mm) / sp).astype(int) + 1)
+    box = grown_slices(m, np.ceil(float(reach_mm) / sp).astype(int) + 1)
     out[box] = ndimage.distance_transform_edt(~m[box], sampling=sp)
     return out
 
@@ -284,7 +284,7 @@ def distance_inside(mask: np.ndarray, spacing_kji: Sequence[float]) -> np.ndarra
     out = np.zeros(m.shape)
     if not m.any():
         return out
-    box = _grown_box(m, 1)
+    box = grown_slices(m, 1)
     out[box] = ndimage.distance_transform_edt(m[box], sampling=np.asarray(spacing_kji, float))
     return out
 

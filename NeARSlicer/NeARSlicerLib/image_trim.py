@@ -30,7 +30,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .confidence import _ellipsoid, bounding_box
+from . import ellipsoid_morphology
+from .confidence import bounding_box
 # the image is read as the margin fit reads it: references deeper than CORE_MM and a ring RING_MM out
 from . import image_margin
 from .image_margin import RING_MM, core_ring_ratio, edge_strength
@@ -83,7 +84,7 @@ def trim(mask: np.ndarray, image: np.ndarray, spacing: Sequence[float],
         return m.copy(), Trim(0, 0, False)
     ratio = read[2]
     smooth = ndimage.gaussian_filter(ratio, np.maximum(SMOOTH_MM / sp, 0.5))
-    candidates = ndimage.binary_opening(a & (smooth < 0), structure=_ellipsoid(spacing, THICK_MM))
+    candidates = ellipsoid_morphology.opening(a & (smooth < 0), ellipsoid_morphology.reach(spacing, THICK_MM))
     labels, n = ndimage.label(candidates, np.ones((3, 3, 3), bool))
     if n == 0:
         return m.copy(), Trim(0, 0, True)

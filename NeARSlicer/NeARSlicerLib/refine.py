@@ -37,7 +37,7 @@ from .domain import check as domain_check, shape_facts
 from .device import pick_device
 from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
-from .geometry import Grid, check_volume_shape, refine_box, to_source, to_working
+from .geometry import Grid, check_volume_shape, grown_slices, refine_box, to_source, to_working
 from . import image_margin, image_trim
 from .image_evidence import box_pad as image_evidence_pad, support, undo_contradicted
 from .model import NeARModel
@@ -209,12 +209,16 @@ def drop_islands(mask: np.ndarray, spacing: tuple, min_mm3: float) -> np.ndarray
     a slipped brush); no anatomy the prior knows is that small."""
     if min_mm3 <= 0 or not mask.any():
         return mask
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    # labelled on the mask's own box (a cropped array numbers its parts in the same order)
+    box = grown_slices(mask, 0)
+    labels, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
     if n < 2:
         return mask
     sizes = np.bincount(labels.ravel())[1:] * float(np.prod(spacing))
     keep = (sizes >= min_mm3) | (np.arange(n) == int(np.argmax(sizes)))
-    return keep[labels - 1] & (labels > 0)
+    out = np.zeros(np.shape(mask), bool)
+    out[box] = keep[labels - 1] & (labels > 0)
+    return out
 
 
 def fill_small_holes(mask: np.ndarray, spacing: tuple, min_mm3: float) -> np.ndarray:
@@ -222,14 +226,21 @@ def fill_small_holes(mask: np.ndarray, spacing: tuple, min_mm3: float) -> np.nda
     ``min_mm3`` filled: a brush's missed voxels, not a cavity an annotator left out on purpose."""
     if min_mm3 <= 0 or not mask.any():
         return mask
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    labels, n = ndimage.label(holes)  # face-connected, as binary_fill_holes reads the background
-    if n == 0:
+    # the background's face-connected pieces (as binary_fill_holes reads it) on the mask's box grown by a
+    # voxel; those that reach the box's faces are outside, the others holes. One labelling of that box,
+    # where fill_holes' propagation over the whole array took 1.2 s of a 250 mm organ's refinement at 0.7 mm
+    box = grown_slices(mask, 1)
+    labels, n = ndimage.label(~np.asarray(mask[box], bool))
+    outside = np.unique(np.concatenate([np.take(labels, e, axis=a).ravel() for a in range(3) for e in (0, -1)]))
+    if n == 0 or np.count_nonzero(outside) == n:  # no holes
         return mask
-    sizes = np.bincount(labels.ravel())[1:] * float(np.prod(spacing))
-    fill = np.zeros(n + 1, bool)
-    fill[1:] = sizes < min_mm3
-    return mask | fill[labels]
+    sizes = np.bincount(labels.ravel(), minlength=n + 1) * float(np.prod(spacing))
+    fill = sizes < min_mm3
+    fill[outside] = False
+    fill[0] = False
+    out = np.array(mask, copy=True)
+    out[box] = out[box] | fill[labels]
+    return out
 
 
 def _specks(refined: np.ndarray, prob: np.ndarray, action: str, spacing, min_mm3: float, notes: list) -> tuple:
@@ -393,7 +404,9 @@ def _adopt(kept: np.ndarray, refined: np.ndarray, prob: np.ndarray, original: np
     """(mask, probability) once only ``kept`` of the prior's change stands: where a change was undone
     the probability is the annotation's (0 or 1), so that the review map shows no change there."""
     undone = kept != (refined > 0)
-    return kept.astype(np.uint8), np.where(undone, original.astype(np.float32), prob)
+    out = np.array(prob, np.result_type(prob, np.float32))  # np.where's type, as before
+    out[undone] = original[undone]
+    return kept.astype(np.uint8), out
 
 
 def _margin_action(action: str, margin: Optional[image_margin.MarginFit]) -> str:
