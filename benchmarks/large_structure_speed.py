@@ -6,8 +6,8 @@ Issue 9 asks ``default`` <= 10 s per structure on this CPU for a structure up to
 refined with ``default`` (``--prior auto``), with its CT and shape only:
 
 * ``organ250``: a synthetic lobulated organ drawn in a 250 x 190 x 160 mm ellipsoid on a 0.7 mm grid
-  (300 x 343 x 429 voxels; its extent is recorded), 55 HU in fat of -100 HU, air in front, 0.8 mm blur and 12 HU noise (int16); ``clean`` (the
-  truth itself) and ``over`` (painted 1.4 mm too thick all round);
+  (300 x 343 x 429 voxels; its extent is recorded), 55 HU in fat of -100 HU, air in front, 0.8 mm blur
+  and 12 HU noise (int16); ``clean`` (the truth itself) and ``over`` (painted 1.4 mm too thick all round);
 * the example CT (``../shared/data/totalseg_example``, 3 mm) resampled to 0.7 mm
   (``bench_full_resolution.write_scan``), its liver and colon, clean.
 
@@ -112,7 +112,9 @@ def child(data: Path) -> dict:
 def run_engine(engine: Path, data: Path) -> dict:
     """``child`` in a process that imports the engine under ``engine`` (a folder holding NeARSlicerLib)."""
     out = subprocess.run([sys.executable, __file__, "--child", str(data)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(engine)}, check=True)
+                         env={**os.environ, "PYTHONPATH": str(engine)})
+    if out.returncode != 0:
+        raise SystemExit(f"the engine under {engine} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

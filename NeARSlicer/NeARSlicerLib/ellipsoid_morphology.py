@@ -36,11 +36,6 @@ def element(reach_kji: Sequence[int]) -> np.ndarray:
     return sum(a ** 2 for a in axes) <= 1.0 + _TOLERANCE
 
 
-def ellipsoid(spacing: Sequence[float], radius_mm: float, at_least_mm: float = 0.0) -> np.ndarray:
-    """``element(reach(spacing, radius_mm, at_least_mm))``: a ball of ``radius_mm`` on the grid, [k, j, i]."""
-    return element(reach(spacing, radius_mm, at_least_mm))
-
-
 def _within(mask: np.ndarray, r: np.ndarray) -> np.ndarray:
     """The voxels within the element of reach ``r`` of a voxel of ``mask`` (its dilation), on ``mask``'s array."""
     d = ndimage.distance_transform_edt(~mask, sampling=1.0 / r)
@@ -65,8 +60,8 @@ def erosion(mask: np.ndarray, reach_kji: Sequence[int]) -> np.ndarray:
     r = np.asarray(reach_kji, int)
     out = np.zeros(m.shape, bool)
     # the element holds its three axes' segments, so only voxels that survive the erosion by each segment
-    # (a 1-D minimum filter along each axis, cheap) can survive it: a thin shell (the prior's change on a correct
-    # boundary) has none, and the distance transform is read only around those that do
+    # (a 1-D minimum filter along each axis, cheap) can survive it: a thin shell (the prior's change on a
+    # correct boundary) has none, and the distance transform is read only around those that do
     cand = m.copy()
     for axis in range(3):  # each segment on the mask itself: in turn, they would erode by a cuboid
         cand &= ndimage.minimum_filter1d(m.view(np.uint8), 2 * int(r[axis]) + 1, axis=axis, mode="constant",

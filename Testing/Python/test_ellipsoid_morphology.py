@@ -27,7 +27,7 @@ def test_the_element_is_a_ball_in_mm_rounded_to_voxels():
     assert list(em.reach((0.7, 0.7, 0.7), 4.9)) == [7, 7, 7]  # a 4.9 mm working voxel on a 0.7 mm CT
     assert list(em.reach((0.8, 0.8, 3.0), 1.0)) == [1, 1, 1]  # at least a voxel along the thick slices' axis
     assert list(em.reach((0.5, 0.5, 0.5), 0.5, at_least_mm=1.0)) == [2, 2, 2]  # never under at_least_mm
-    el = em.ellipsoid((1.0, 1.0, 2.0), 4.0)  # (i, j, k) mm: 2 voxels along k, 4 along j and i
+    el = em.element(em.reach((1.0, 1.0, 2.0), 4.0))  # (i, j, k) mm: 2 voxels along k, 4 along j and i
     assert el.shape == (5, 9, 9)
     assert el[2, 4, 0] and el[0, 4, 4] and not el[0, 0, 4] and not el[2, 0, 0]
 
