@@ -17,7 +17,9 @@ def run_modes(script: str | Path, modes: Sequence[str], args_of: Callable[[str],
     runs = {}
     for mode in modes:
         done = subprocess.run([sys.executable, str(script), "--child", mode, *map(str, args_of(mode))],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{Path(script).name} --child {mode} failed:\n{done.stderr[-3000:]}")
         runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
         print(mode, shown(runs[mode]), flush=True)
     return runs

@@ -11,17 +11,17 @@ refined with ``default`` (``--prior auto``), with its CT and shape only:
 * the example CT (``../shared/data/totalseg_example``, 3 mm) resampled to 0.7 mm
   (``bench_full_resolution.write_scan``), its liver and colon, clean.
 
-Each engine runs in a child process of its own (warmed up on a small mask first, 2 torch threads): the
-working tree's, and with ``--baseline COMMIT`` that commit's ``NeARSlicer`` (``git archive``), on the same
-files in the same run. Recorded per case: seconds, the action, and a hash of the mask and probability, so
-that the JSON says whether the engines gave the same voxels.
+Each engine runs in a child process of its own (``child_modes.run_modes``; the engine's folder first on
+``sys.path``, warmed up on a small mask first, 2 torch threads): the working tree's, and with ``--baseline
+COMMIT`` that commit's ``NeARSlicer`` (``git archive``), on the same files in the same run. Recorded per
+case: seconds, the action, and a hash of the mask and probability, so that the JSON says whether the
+engines gave the same voxels.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 from bench_full_resolution import write_scan  # noqa: E402
+from child_modes import run_modes  # noqa: E402
 
 EXAMPLE_LABELS = {5: "liver", 20: "colon"}
 
@@ -63,18 +64,23 @@ def organ_scan(out: Path, extent_mm=(160.0, 190.0, 250.0), spacing: float = 0.7,
         sitk.WriteImage(img, str(out / f"{name}.nii.gz"))
 
 
-def child(data: Path) -> dict:
-    """Every case refined by the engine this process imports: seconds, action, hashes."""
+def child(data: Path, engine: Path) -> dict:
+    """Every case refined by the engine under ``engine`` (a folder holding NeARSlicerLib): seconds, action,
+    hashes."""
     import warnings
 
     import SimpleITK as sitk
     import torch
     from scipy import ndimage
 
+    sys.path.insert(0, str(engine))
+    import NeARSlicerLib
     from NeARSlicerLib.geometry import Grid, occupied_box
     from NeARSlicerLib.io import read_image
     from NeARSlicerLib.refine import RefineOptions, refine_mask
 
+    if not Path(NeARSlicerLib.__file__).resolve().is_relative_to(engine.resolve()):
+        raise SystemExit(f"the engine imported is {NeARSlicerLib.__file__}, not the one under {engine}")
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
     small = np.zeros((40, 40, 40), np.uint8)
@@ -109,23 +115,14 @@ def child(data: Path) -> dict:
     return {"rows": rows}
 
 
-def run_engine(engine: Path, data: Path) -> dict:
-    """``child`` in a process that imports the engine under ``engine`` (a folder holding NeARSlicerLib)."""
-    out = subprocess.run([sys.executable, __file__, "--child", str(data)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(engine)})
-    if out.returncode != 0:
-        raise SystemExit(f"the engine under {engine} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", help="a commit whose engine runs beside the working tree's, on the same files")
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("NAME", "DATA", "ENGINE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(Path(args.child))))
+        print(json.dumps(child(Path(args.child[1]), Path(args.child[2]))))
         return
     with tempfile.TemporaryDirectory(prefix="large-structure-speed-") as tmp:
         data = Path(tmp)
@@ -139,7 +136,9 @@ def main() -> None:
             with tarfile.open(archive) as tar:
                 tar.extractall(data / "baseline", filter="data")
             engines = {"baseline": data / "baseline" / "NeARSlicer", **engines}
-        runs = {name: run_engine(path, data)["rows"] for name, path in engines.items()}
+        found = run_modes(__file__, list(engines), lambda name: (data, engines[name]),
+                          shown=lambda run: f"{len(run['rows'])} refinements")
+        runs = {name: run["rows"] for name, run in found.items()}
     result = {"baseline_commit": args.baseline, "torch_threads": 2, "runs": runs}
     if args.baseline:
         now, base = runs["now"], runs["baseline"]

@@ -404,7 +404,7 @@ def _adopt(kept: np.ndarray, refined: np.ndarray, prob: np.ndarray, original: np
     """(mask, probability) once only ``kept`` of the prior's change stands: where a change was undone
     the probability is the annotation's (0 or 1), so that the review map shows no change there."""
     undone = kept != (refined > 0)
-    out = np.array(prob, np.result_type(prob, np.float32))  # np.where's type, as before
+    out = np.array(prob, np.result_type(prob, np.float32))  # a copy: the caller's probability stays as it was
     out[undone] = original[undone]
     return kept.astype(np.uint8), out
 
