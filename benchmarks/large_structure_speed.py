@@ -40,10 +40,10 @@ from child_modes import run_modes  # noqa: E402
 EXAMPLE_LABELS = {5: "liver", 20: "colon"}
 
 
-def organ_scan(out: Path, extent_mm=(160.0, 190.0, 250.0), spacing: float = 0.7, margin_mm: float = 25.0,
-               seed: int = 0) -> None:
-    """``out``/ct.nii.gz (int16 HU) and organ.nii.gz: a lobulated ellipsoid of ``extent_mm`` (k, j, i)."""
-    import SimpleITK as sitk
+def organ_arrays(extent_mm=(160.0, 190.0, 250.0), spacing: float = 0.7, margin_mm: float = 25.0, seed: int = 0,
+                 organ_hu: float = 55.0, around_hu: float = -100.0) -> tuple:
+    """(CT in HU, float32; the organ, bool): a lobulated ellipsoid of ``extent_mm`` (k, j, i) of ``organ_hu``
+    in tissue of ``around_hu`` on an isotropic ``spacing`` mm grid, air in front, 0.8 mm blur, 12 HU noise."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
@@ -54,9 +54,18 @@ def organ_scan(out: Path, extent_mm=(160.0, 190.0, 250.0), spacing: float = 0.7,
     lobes = ndimage.zoom(coarse / coarse.std(), [n / m for n, m in zip(shape, coarse.shape)], order=1)
     lobes = lobes[:shape[0], :shape[1], :shape[2]]
     organ = (k / half[0]) ** 2 + (j / half[1]) ** 2 + (i / half[2]) ** 2 + 0.08 * lobes < 0.92
-    ct = np.where(organ, 55.0, -100.0).astype(np.float32)
+    ct = np.where(organ, organ_hu, around_hu).astype(np.float32)
     ct[:, :8, :] = -1000.0  # air in front of the patient: the scan reads as CT
     ct = ndimage.gaussian_filter(ct, 0.8 / spacing) + rng.normal(0.0, 12.0, shape).astype(np.float32)
+    return ct, organ
+
+
+def organ_scan(out: Path, extent_mm=(160.0, 190.0, 250.0), spacing: float = 0.7, margin_mm: float = 25.0,
+               seed: int = 0) -> None:
+    """``out``/ct.nii.gz (int16 HU) and organ.nii.gz: ``organ_arrays``."""
+    import SimpleITK as sitk
+
+    ct, organ = organ_arrays(extent_mm, spacing, margin_mm, seed)
     out.mkdir(parents=True)
     for name, arr in (("ct", np.round(ct).astype(np.int16)), ("organ", organ.astype(np.uint8))):
         img = sitk.GetImageFromArray(arr)

@@ -101,7 +101,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def bounding_box(a: np.ndarray, b: np.ndarray, pad: int = 2) -> tuple:
     """Slices of the box around ``a | b`` grown by ``pad`` voxels and clipped to the array."""
-    both = np.asarray(a, bool) | np.asarray(b, bool)
+    both = np.asarray(a, bool) if a is b else np.asarray(a, bool) | np.asarray(b, bool)
     if not both.any():
         return tuple(slice(0, min(int(pad) + 1, n)) for n in both.shape)
     # from the projections: an index array of every voxel (argwhere) took 0.4 s on a liver's box at 0.7 mm

@@ -239,13 +239,15 @@ def _resample(array: np.ndarray, grid: Grid, target: Grid, outside: float) -> np
 def occupied_box(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """``[lo, hi)`` index box ([k, j, i]) of the nonzero voxels of a non-empty ``mask``, from its
     projections (no index array of every voxel)."""
-    m = np.asarray(mask) != 0
-    lo, hi = [], []
-    for axis in range(3):
-        hit = np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != axis)))
-        lo.append(int(hit[0]))
-        hi.append(int(hit[-1]) + 1)
-    return np.array(lo), np.array(hi)
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        m = m != 0
+    # the k projection over the whole array, the j and i ones from the occupied slabs' projection onto a
+    # plane: about a tenth of three whole-array projections (0.03 s per call on a 44 M voxel box)
+    k = np.flatnonzero(m.any(axis=(1, 2)))
+    plane = m[k[0]:k[-1] + 1].any(axis=0)
+    j, i = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return np.array([k[0], j[0], i[0]]), np.array([k[-1] + 1, j[-1] + 1, i[-1] + 1])
 
 
 def grown_box(mask: np.ndarray, pad) -> Tuple[np.ndarray, np.ndarray]:
@@ -376,15 +378,17 @@ def to_working(
     if not fg.any():
         raise InputError("mask is empty")
 
-    core = fg
+    lo_kji, hi_kji = occupied_box(fg)
     if min_component_fraction > 0:
-        # stray specks (a slipped brush, salt noise) must not move or enlarge the cube
-        labels, n_comp = ndimage.label(fg, structure=np.ones((3, 3, 3), bool))
+        # stray specks (a slipped brush, salt noise) must not move or enlarge the cube; labelled on the
+        # mask's own box (the same parts, for less than the refine box's context)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo_kji, hi_kji))
+        labels, n_comp = ndimage.label(fg[box], structure=np.ones((3, 3, 3), bool))
         if n_comp > 1:
             sizes = np.bincount(labels.ravel())[1:]
             keep = np.flatnonzero(sizes >= min_component_fraction * sizes.max()) + 1
-            core = np.isin(labels, keep)
-    lo_kji, hi_kji = occupied_box(core)
+            core_lo, core_hi = occupied_box(np.isin(labels, keep))
+            lo_kji, hi_kji = lo_kji + core_lo, lo_kji + core_hi
     hi_kji = hi_kji - 1  # the last occupied index
     centre_ijk = ((lo_kji + hi_kji) / 2.0)[::-1]
     extent_mm = ((hi_kji - lo_kji + 1)[::-1]) * np.asarray(grid.spacing)  # along i, j, k

@@ -21,6 +21,10 @@ painted too thick on one side only. A correct annotation has its edge on its bou
 is never moved; neither is one whose error is not a margin (the edge is not stronger elsewhere).
 ``refine`` fits images read as CT only: an MR-like generator that paints a gland's blurred rim with
 its surroundings' intensity made the fit shrink correct masks (``benchmarks/image_margin.py``).
+A box of more than ``MAX_BOX_VOXELS`` (a large organ on a full-resolution CT) is judged from a fixed-seed
+sample of the cells its boundary crosses, each read through a halo so that its voxels' readings are the
+whole box's, and moved from the layers next to its boundary (``boundary_sample``;
+``benchmarks/large_margin_fit.py`` compares the two on boxes small enough for both).
 Arrays are ``[k, j, i]``, spacing ``(i, j, k)`` mm; a margin smaller than the finest voxel side cannot
 be fitted (nothing moves on a grid too coarse for the error).
 """
@@ -31,7 +35,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
+from . import boundary_sample
 from .confidence import bounding_box
 from .image_evidence import MIN_VOXELS, likelihood_ratio
 
@@ -41,8 +47,9 @@ EDGE_GAIN = 1.1  # the fitted boundary's edge must be this much stronger than th
 CORE_MM = 2.0  # the structure's reference: deeper than this inside the annotation
 RING_MM = (3.0, 10.0)  # the surroundings' reference: beyond any margin fitted
 SIGMA_VOXELS = 1.0  # Gaussian derivative scale of the edge strength
-# a larger box is not fitted: about 1 s and 70 MB per million voxels on one core (a 130 mm organ at
-# 0.8 mm is 4 M), and a margin error needs the native grid
+NORMAL_SIGMA_VOXELS = 1.5  # Gaussian smoothing of the annotation before its normals are read (the sides)
+# a larger box is judged from a sample of its boundary's tiles (``boundary_sample``): the whole box costs
+# about 1 s and 70 MB per million voxels on one core (a 130 mm organ at 0.8 mm is 4 M)
 MAX_BOX_VOXELS = 4_000_000
 
 
@@ -81,7 +88,8 @@ def describe(mm: float, sides: Sequence = ()) -> str:
 
 @dataclass
 class _Evidence:
-    """The image around an annotation, in its box: what every margin is judged from."""
+    """The image around an annotation, in its box: what every margin is judged from. The per-voxel
+    arrays are the whole box's (3-D) or, for a large box, its sampled tiles' voxels (1-D, ``_sampled``)."""
 
     box: tuple
     a: np.ndarray  # the annotation in the box
@@ -90,6 +98,12 @@ class _Evidence:
     ratio: np.ndarray  # log-likelihood ratio structure / surroundings of each voxel's intensity
     strength: np.ndarray  # gradient magnitude (intensity per mm)
     sp: np.ndarray  # (k, j, i) mm
+    # sampled: each voxel's surface flag and side (``_sides``), its weight (``boundary_sample.Tile``), and
+    # the annotation's whole box (3-D)
+    surface: Optional[np.ndarray] = None
+    side_of: Optional[np.ndarray] = None
+    weight: Optional[np.ndarray] = None
+    whole: Optional[np.ndarray] = None
 
 
 def box_pad(spacing: Sequence[float]) -> int:
@@ -100,14 +114,49 @@ def box_pad(spacing: Sequence[float]) -> int:
 
 
 def _evidence(ann: np.ndarray, image: np.ndarray, spacing: Sequence[float]) -> Optional[_Evidence]:
-    """None with too few reference voxels, no contrast or a box of more than ``MAX_BOX_VOXELS``."""
+    """None with too few reference voxels or no contrast; a box of more than ``MAX_BOX_VOXELS`` is read
+    from a sample of its boundary's tiles (``_sampled``)."""
     sp = np.asarray(spacing, float)[::-1]  # (k, j, i) mm
     box = bounding_box(ann, ann, box_pad(sp))
-    if int(np.prod([b.stop - b.start for b in box])) > MAX_BOX_VOXELS:
-        return None
-    a, img = ann[box], np.asarray(image, np.float32)[box]
+    a = ann[box]
+    if a.size > MAX_BOX_VOXELS:
+        return _sampled(box, a, np.asarray(image)[box], sp)
+    img = np.asarray(image, np.float32)[box]
     read = core_ring_ratio(a, img, sp)
     return None if read is None else _Evidence(box, a, *read, edge_strength(img, sp), sp)
+
+
+def sample_halo(sp: np.ndarray) -> np.ndarray:
+    """Voxels per array axis (``sp``: mm per array axis) around a sampled cell for its voxels to read as in
+    the whole box: the normals' smoothing and derivative, the edge filter, and 5 mm of distance (beyond the
+    largest margin and its step, so that the shells, the edge's bands and the nearest surface are exact)."""
+    filters = int(4 * NORMAL_SIGMA_VOXELS + 0.5) + 1  # scipy's Gaussian reaches truncate * sigma, sobel one more
+    return np.maximum(filters, np.ceil(5.0 / sp)).astype(int)
+
+
+def _sampled(box: tuple, a: np.ndarray, img: np.ndarray, sp: np.ndarray) -> Optional[_Evidence]:
+    """The evidence of a large box from the voxels of a sample of the cells its boundary crosses
+    (``boundary_sample.boundary_tiles``): each cell read through a window with ``sample_halo``, so that its
+    voxels' distances, edge strength, surface and sides are the whole box's. The references are the
+    cells' core and ring voxels (the ring cut where the halo ends)."""
+    parts: dict = {name: [] for name in ("a", "din", "dout", "img", "strength", "surface", "side_of", "weight")}
+    for tile in boundary_sample.boundary_tiles(a, sp, sample_halo(sp)):
+        aw, iw = a[tile.window], np.asarray(img[tile.window], np.float32)
+        surface = aw & ~ndimage.binary_erosion(aw)
+        read = {"a": aw, "din": ndimage.distance_transform_edt(aw, sampling=sp),
+                "dout": ndimage.distance_transform_edt(~aw, sampling=sp), "img": iw,
+                "strength": edge_strength(iw, sp), "surface": surface, "side_of": _sides(aw, surface, sp),
+                "weight": np.full(aw.shape, tile.weight, np.float32)}
+        for name, arr in read.items():
+            parts[name].append(arr[tile.core].ravel())
+    if not parts["a"]:
+        return None
+    flat = {name: np.concatenate(arrs) for name, arrs in parts.items()}
+    ratio = _ratio(flat["din"], flat["dout"], flat["img"], sp)
+    if ratio is None:
+        return None
+    return _Evidence(box, flat["a"], flat["din"], flat["dout"], ratio, flat["strength"], sp,
+                     surface=flat["surface"], side_of=flat["side_of"], weight=flat["weight"], whole=a)
 
 
 def core_ring_ratio(a: np.ndarray, img: np.ndarray, sp: np.ndarray) -> Optional[tuple]:
@@ -118,6 +167,13 @@ def core_ring_ratio(a: np.ndarray, img: np.ndarray, sp: np.ndarray) -> Optional[
     ``MIN_VOXELS`` reference voxels on either side or no contrast. The trim reads the image the same way."""
     din = ndimage.distance_transform_edt(a, sampling=sp)
     dout = ndimage.distance_transform_edt(~a, sampling=sp)
+    ratio = _ratio(din, dout, img, sp)
+    return None if ratio is None else (din, dout, ratio)
+
+
+def _ratio(din: np.ndarray, dout: np.ndarray, img: np.ndarray, sp: np.ndarray) -> Optional[np.ndarray]:
+    """Each voxel's log-likelihood ratio (``core_ring_ratio``) from its distances in and out (mm) and
+    intensity, arrays of any shape; None with too few reference voxels or no contrast."""
     core = din > CORE_MM
     if core.sum() < MIN_VOXELS:
         core = din > sp.min() * 1.01  # a thin structure: all but its boundary layer
@@ -125,7 +181,7 @@ def core_ring_ratio(a: np.ndarray, img: np.ndarray, sp: np.ndarray) -> Optional[
     if core.sum() < MIN_VOXELS or around.sum() < MIN_VOXELS:
         return None
     ratio = likelihood_ratio(img[core], img[around])(img)
-    return (din, dout, ratio) if ratio.any() else None
+    return ratio if ratio.any() else None
 
 
 def edge_strength(img: np.ndarray, sp: np.ndarray) -> np.ndarray:
@@ -136,10 +192,17 @@ def edge_strength(img: np.ndarray, sp: np.ndarray) -> np.ndarray:
     return np.sqrt(sum(g * g for g in grads))
 
 
-def _shell_margin(inside: np.ndarray, dist: np.ndarray, looks_right: np.ndarray, step: float) -> float:
+def _mean(values: np.ndarray, where: np.ndarray, weight: Optional[np.ndarray]) -> float:
+    """The mean of ``values`` within ``where``, weighted by ``weight`` when given (a stratified sample)."""
+    return float(values[where].mean() if weight is None else np.average(values[where], weights=weight[where]))
+
+
+def _shell_margin(inside: np.ndarray, dist: np.ndarray, looks_right: np.ndarray, step: float,
+                  weight: Optional[np.ndarray] = None) -> float:
     """The distance (mm) out to which successive shells of ``dist`` (distance from the boundary,
     mm, > 0 on the side walked) agree, 0 when none does or when the walk runs past ``MAX_MM``
-    without meeting a shell that disagrees (then there is no boundary to find)."""
+    without meeting a shell that disagrees (then there is no boundary to find); ``weight``: each
+    voxel's (a sample's), None: all alike."""
     levels = np.unique(np.round(dist[inside], 3))
     levels = levels[levels <= MAX_MM + step + 1e-6]
     reached, previous = 0.0, 0.0
@@ -148,7 +211,7 @@ def _shell_margin(inside: np.ndarray, dist: np.ndarray, looks_right: np.ndarray,
         previous = level
         if not shell.any():
             continue
-        if float(looks_right[shell].mean()) < AGREE:
+        if _mean(looks_right, shell, weight) < AGREE:
             return reached
         reached = float(level)
     return 0.0
@@ -164,7 +227,7 @@ def _edge_margin(ev: _Evidence, where: np.ndarray) -> float:
     step = ev.sp.min()
     n = int(np.floor(MAX_MM / step)) + 1
     margins = np.arange(-n, n + 1) * step
-    profile = np.array([float(ev.strength[band].mean()) if (band := (np.abs(phi - d) <= half + 1e-6) & where).any()
+    profile = np.array([_mean(ev.strength, band, ev.weight) if (band := (np.abs(phi - d) <= half + 1e-6) & where).any()
                         else 0.0 for d in margins])
     best, zero = int(np.argmax(profile)), n
     if best in (0, len(margins) - 1) or best == zero or not profile[best] >= EDGE_GAIN * profile[zero]:
@@ -175,23 +238,54 @@ def _edge_margin(ev: _Evidence, where: np.ndarray) -> float:
 def _margin(ev: _Evidence, where: np.ndarray) -> float:
     """The margin (mm, signed) both readings find within ``where``, the smaller of the two; 0: none."""
     step = float(ev.sp.min())
-    inwards = _shell_margin(ev.a & where, ev.din, ev.ratio < 0, step)
-    outwards = _shell_margin(~ev.a & where, ev.dout, ev.ratio > 0, step)
+    inwards = _shell_margin(ev.a & where, ev.din, ev.ratio < 0, step, ev.weight)
+    outwards = _shell_margin(~ev.a & where, ev.dout, ev.ratio > 0, step, ev.weight)
     shells = 0.0 if (inwards and outwards) else (outwards or -inwards)
     edge = _edge_margin(ev, where)
     return 0.0 if shells * edge <= 0 else float(np.sign(shells) * min(abs(shells), abs(edge)))
 
 
-def _sides(ev: _Evidence, surface: np.ndarray) -> np.ndarray:
-    """Each voxel's side (index into ``SIDES``): the dominant axis and sign of the outward normal at
-    its nearest ``surface`` (boundary) voxel (the normal of the annotation smoothed by 1.5 voxels)."""
-    soft = ndimage.gaussian_filter(ev.a.astype(np.float32), 1.5)
-    normal = np.stack([-ndimage.sobel(soft, axis=axis) / ev.sp[axis] for axis in range(3)])
-    nearest = ndimage.distance_transform_edt(~surface, sampling=ev.sp, return_distances=False, return_indices=True)
-    normal = normal[(slice(None), *nearest)]
+def _sides(a: np.ndarray, surface: np.ndarray, sp: np.ndarray) -> np.ndarray:
+    """Each voxel's side (index into ``SIDES``) of an annotation ``a`` (3-D): the dominant axis and sign
+    of the outward normal at its nearest ``surface`` (boundary) voxel (the normal of the annotation
+    smoothed by ``NORMAL_SIGMA_VOXELS``)."""
+    soft = ndimage.gaussian_filter(a.astype(np.float32), NORMAL_SIGMA_VOXELS)
+    normal = np.stack([-ndimage.sobel(soft, axis=axis) / sp[axis] for axis in range(3)])
+    nearest = ndimage.distance_transform_edt(~surface, sampling=sp, return_distances=False, return_indices=True)
+    return _side_index(normal[(slice(None), *nearest)])
+
+
+def _side_index(normal: np.ndarray) -> np.ndarray:
+    """The side (index into ``SIDES``) of outward normals (3 x ...): their dominant axis and its sign."""
     axis = np.argmax(np.abs(normal), axis=0)
     outward = np.take_along_axis(normal, axis[None], axis=0)[0] > 0
     return axis * 2 + outward
+
+
+def _surface_sides(a: np.ndarray, inner: np.ndarray, sp: np.ndarray) -> tuple:
+    """(the surface voxels of ``a`` (3-D) as ``fit`` takes them, as an (n, 3) index array; their sides):
+    the normals read at those voxels alone, as ``_sides`` reads them (a large box's whole sobel costs
+    seconds). ``inner``: ``boundary_sample.inner_layer(a)``, which lacks only the voxels on the array's faces."""
+    surface = inner.copy()
+    for axis in range(3):  # binary_erosion's border_value=0: a voxel on the array's face is on the surface
+        for face in (0, -1):
+            index = [slice(None)] * 3
+            index[axis] = face
+            surface[tuple(index)] |= a[tuple(index)]
+    surface = np.argwhere(surface)
+    soft = ndimage.gaussian_filter(a.astype(np.float32), NORMAL_SIGMA_VOXELS)
+    # ndimage.sobel: a [-1, 0, 1] derivative along the axis, [1, 2, 1] across it, the array's faces reflected
+    taps = np.array([[-1.0, 0.0, 1.0], [1.0, 2.0, 1.0]])
+    normal = np.zeros((3, len(surface)))
+    for offset in np.ndindex(3, 3, 3):
+        d = np.asarray(offset) - 1
+        at = np.clip(surface + d, 0, np.asarray(a.shape) - 1)  # one voxel past a face reflects onto it
+        value = soft[tuple(at.T)].astype(np.float64)
+        for axis in range(3):
+            weight = np.prod([taps[0 if other == axis else 1][d[other] + 1] for other in range(3)])
+            if weight:
+                normal[axis] -= weight * value / sp[axis]
+    return surface, _side_index(normal)
 
 
 def _moved(ev: _Evidence, mm: float, where: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -199,6 +293,37 @@ def _moved(ev: _Evidence, mm: float, where: np.ndarray, a: np.ndarray) -> np.nda
     if mm > 0:
         return a | (where & (ev.dout <= mm + 1e-6))
     return a & ~(where & ev.a & (ev.din <= -mm + 1e-6))
+
+
+def _grown(a: np.ndarray, sp: np.ndarray, mm: float) -> np.ndarray:
+    """``a`` (3-D) with its boundary moved ``mm`` all round (+ outwards): ``_moved`` everywhere, from the
+    layers next to the boundary (``boundary_sample.near``) instead of the whole box's distances."""
+    if mm > 0:
+        return a | boundary_sample.near(boundary_sample.inner_layer(a), sp, mm)
+    return a & ~boundary_sample.near(boundary_sample.outer_layer(a), sp, -mm)
+
+
+def _moved_sides(a: np.ndarray, sp: np.ndarray, found: Sequence) -> tuple:
+    """(``a`` (3-D) with the boundary of each side moved, the sides that moved voxels): ``found`` holds
+    (side index, name, mm). Each voxel the side's margin would move all round is moved when its nearest
+    surface voxel is on that side, as ``fit`` moves a side (an equidistant tie may fall the other way)."""
+    out, sides = a.copy(), []
+    if not found:
+        return out, sides
+    inner = boundary_sample.inner_layer(a)
+    outer = boundary_sample.outer_layer(a) if any(side_mm < 0 for *_, side_mm in found) else None
+    surface, surface_side = _surface_sides(a, inner, sp)
+    tree = cKDTree(surface * sp)
+    for index, name, side_mm in found:
+        # the voxels the margin would move all round (``_grown(a, sp, side_mm) ^ a``)
+        at = np.argwhere(boundary_sample.near(inner, sp, side_mm) & ~a if side_mm > 0
+                         else boundary_sample.near(outer, sp, -side_mm) & a)
+        if len(at):
+            at = at[surface_side[tree.query(at * sp)[1]] == index]
+        if len(at):  # a side is reported only where it moved voxels (``MarginFit.moved``)
+            out[tuple(at.T)] = side_mm > 0
+            sides.append((name, round(side_mm, 3)))
+    return out, sides
 
 
 def fit(annotation: np.ndarray, image: np.ndarray, spacing: Sequence[float],
@@ -211,11 +336,11 @@ def fit(annotation: np.ndarray, image: np.ndarray, spacing: Sequence[float],
     finer grid; no margin smaller than it is applied (an edge interpolated between coarse voxels places
     a boundary no better than that: a 3 mm CT under a 1 mm segmentation moved a correct gland 2 mm)."""
     ann = np.asarray(annotation) > 0
-    ev = _evidence(ann, image, spacing) if ann.any() else None
-    if ev is None:
-        return ann.copy(), MarginFit(0.0, False)
     finest = float(image_voxel_mm or 0.0)
     if finest > MAX_MM:  # every margin the fit could find is finer than the image
+        return ann.copy(), MarginFit(0.0, False)
+    ev = _evidence(ann, image, spacing) if ann.any() else None
+    if ev is None:
         return ann.copy(), MarginFit(0.0, False)
 
     def resolved(margin_mm: float) -> float:
@@ -225,10 +350,15 @@ def fit(annotation: np.ndarray, image: np.ndarray, spacing: Sequence[float],
     mm = resolved(_margin(ev, everywhere))
     sides: list = []
     if mm:
-        out = _moved(ev, mm, everywhere, ev.a)
+        out = _moved(ev, mm, everywhere, ev.a) if ev.whole is None else _grown(ev.whole, ev.sp, mm)
+    elif ev.whole is not None:  # a large box: sides judged on the sample, moved on the whole box
+        found = [(index, name, side_mm) for index, name in enumerate(SIDES)
+                 if int((ev.surface & (ev.side_of == index)).sum()) >= MIN_SIDE_VOXELS
+                 and (side_mm := resolved(_margin(ev, ev.side_of == index)))]
+        out, sides = _moved_sides(ev.whole, ev.sp, found)
     else:
         surface = ev.a & ~ndimage.binary_erosion(ev.a)
-        side_of, out = _sides(ev, surface), ev.a.copy()
+        side_of, out = _sides(ev.a, surface, ev.sp), ev.a.copy()
         for index, name in enumerate(SIDES):
             where = side_of == index
             if int((surface & where).sum()) < MIN_SIDE_VOXELS:

@@ -198,17 +198,18 @@ def test_refine_names_a_moved_side_by_the_patient_s_direction(glands):
         assert any(f"on 1 of its 6 sides ({side} 1.0 mm inwards" in w for w in res.warnings), res.warnings
 
 
-def test_a_box_too_large_to_fit_in_time_is_not_fitted(glands, monkeypatch):
-    """Past ``MAX_BOX_VOXELS`` (about 1 s per million voxels) the margin is not fitted: not judged,
-    the annotation as it is (refine reports ``image_margin_mm`` None)."""
+def test_a_box_too_large_for_the_whole_box_is_fitted_from_a_sample_of_its_boundary(glands, monkeypatch):
+    """Past ``MAX_BOX_VOXELS`` (about 1 s per million voxels) the margin is judged from the cells its
+    boundary crosses (``boundary_sample``; test_boundary_sample.py): here the same margin, the same voxels."""
     import NeARSlicerLib.image_margin as image_margin
 
     gland, image = glands[0]
     painted = _shell(gland, 1.0, (1.0, 1.0, 1.0))
-    assert fit(painted, image, (1.0, 1.0, 1.0))[1].mm == -1.0
+    whole = fit(painted, image, (1.0, 1.0, 1.0))
+    assert whole[1].mm == -1.0
     monkeypatch.setattr(image_margin, "MAX_BOX_VOXELS", 10_000)
     out, found = fit(painted, image, (1.0, 1.0, 1.0))
-    assert not found.judged and found.mm == 0.0 and np.array_equal(out, painted)
+    assert found == whole[1] and np.array_equal(out, whole[0])
 
 
 def test_the_prior_s_domain_is_judged_after_the_margin_fit(shared_data):
