@@ -108,6 +108,30 @@ def bounding_box(a: np.ndarray, b: np.ndarray, pad: int = 2) -> tuple:
     return grown_slices(both, pad)
 
 
+def _depth_beyond(mask: np.ndarray, sp: np.ndarray, low_mm: float, high_mm: float) -> np.ndarray:
+    """``distance_transform_edt(mask, sampling=sp)`` (mm; ``sp`` per array axis) wherever either is above
+    ``low_mm``, up to ``high_mm`` (deeper: some value above it); 0 elsewhere. Only voxels
+    that survive a 1-D erosion along each axis by ``low_mm`` can lie deeper, and a depth up to ``high_mm``
+    is read within that far: the transform runs on those voxels' box grown by it, not on the whole box
+    (a prior's shell of a change has none: 1.4 s of a colon's refinement at 0.7 mm)."""
+    m = np.asarray(mask, bool)
+    out = np.zeros(m.shape)
+    cand = m.copy()
+    for axis in range(3):  # beyond the array is not the outside, as for the distance transform
+        reach = int(np.floor(low_mm / sp[axis] + 1e-9))
+        cand &= ndimage.minimum_filter1d(m.view(np.uint8), 2 * reach + 1, axis=axis, mode="constant",
+                                         cval=1).view(bool)
+    if not cand.any():
+        return out
+    box = grown_slices(cand, np.ceil(high_mm / sp).astype(int) + 1)
+    inner = m[box]
+    # the candidates' own depths: another voxel's nearest outside voxel may lie beyond the box; a box
+    # without an outside voxel (scipy's transform is then not a distance) holds only depths beyond high_mm
+    depth = ndimage.distance_transform_edt(inner, sampling=sp) if not inner.all() else np.full(inner.shape, np.inf)
+    out[box] = np.where(cand[box], depth, 0.0)
+    return out
+
+
 def signals(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float],
             views: Sequence[np.ndarray]) -> Signals:
     """The signals of one refinement: the ``annotation`` and ``refined`` masks on the input grid
@@ -125,7 +149,8 @@ def signals(annotation: np.ndarray, refined: np.ndarray, spacing: Sequence[float
     if diff.any():
         # depth of each changed voxel below the edge of the change (mm), less half a voxel: a change
         # one voxel thick has depth ~0 whatever the voxel size
-        depth = ndimage.distance_transform_edt(diff, sampling=sp) - 0.5 * float(sp.max())
+        depth = _depth_beyond(diff, sp, PROFILE_MM[0] + 0.5 * float(sp.max()), PROFILE_MM[-1] + 0.5 * float(sp.max()))
+        depth = depth - 0.5 * float(sp.max())
         profile = [(d, min(float((depth > d).sum()) / volume, 1.0)) for d in PROFILE_MM]
     else:
         profile = [(d, 0.0) for d in PROFILE_MM]

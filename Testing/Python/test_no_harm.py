@@ -391,3 +391,31 @@ def test_a_study_does_not_let_in_a_many_part_structure(example_ct, recwarn):
     opts = RefineOptions(prior="anatomy", preset="fast", structure="costal cartilages")
     assert refine_mask(cartilage, grid, None, opts).info["action"] == KEPT_OUT_OF_DOMAIN
     assert dice(refine_mask(cartilage, grid, None, replace(opts, change_policy="all")).mask, cartilage) < 0.9
+
+
+def test_the_change_s_depth_is_read_only_where_it_can_pass_the_profile():
+    """``confidence._depth_beyond`` (the gate's depth profile, read only around voxels that can lie
+    deeper than its first threshold) counts the same voxels past every threshold as the whole box's
+    distance transform, on random masks, shells and nearly full boxes of random grids."""
+    from scipy import ndimage
+
+    from NeARSlicerLib.confidence import PROFILE_MM, _depth_beyond
+
+    rng = np.random.default_rng(0)
+    for trial in range(120):
+        shape = tuple(int(n) for n in rng.integers(3, 36, 3))
+        sp = rng.uniform(0.4, 3.5, 3)
+        if trial % 3 == 0:
+            mask = ndimage.gaussian_filter(rng.normal(size=shape), rng.uniform(0.5, 4)) > rng.uniform(-0.3, 0.3)
+        elif trial % 3 == 1:
+            mask = rng.random(shape) < 0.9
+        else:
+            blob = ndimage.gaussian_filter(rng.normal(size=shape), 3) > 0
+            mask = blob ^ ndimage.binary_erosion(blob, iterations=int(rng.integers(1, 4)))
+        if mask.all() or not mask.any():
+            continue
+        half = 0.5 * float(sp.max())
+        whole = ndimage.distance_transform_edt(mask, sampling=sp)
+        got = _depth_beyond(mask, sp, PROFILE_MM[0] + half, PROFILE_MM[-1] + half)
+        for d in PROFILE_MM:
+            assert int((got > d + half).sum()) == int((whole > d + half).sum()), (trial, d)
