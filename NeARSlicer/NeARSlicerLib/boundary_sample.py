@@ -60,7 +60,8 @@ def boundary_tiles(mask: np.ndarray, sp_kji: Sequence[float], halo: Sequence[int
         padded[inside] = m
         return padded.reshape(counts[0], cell[0], counts[1], cell[1], counts[2], cell[2])
 
-    crossed = blocks(False).any(axis=(1, 3, 5)) & ~blocks(True).all(axis=(1, 3, 5))
+    cells = blocks(False)
+    crossed = cells.any(axis=(1, 3, 5)) & ~blocks(True).all(axis=(1, 3, 5))
     picked = np.argwhere(crossed)
     halo = np.asarray(halo, int)
     per_tile = int(np.prod(cell + 2 * halo))
@@ -69,7 +70,7 @@ def boundary_tiles(mask: np.ndarray, sp_kji: Sequence[float], halo: Sequence[int
     if len(picked) > n:
         rng = np.random.default_rng(SEED)
         if by_side:
-            share = blocks(False).mean(axis=(1, 3, 5), dtype=np.float32)  # each cell's share of the mask
+            share = cells.mean(axis=(1, 3, 5), dtype=np.float32)  # each cell's share of the mask
             outward = -np.stack([np.gradient(share, axis=a) if share.shape[a] > 1 else np.zeros_like(share)
                                  for a in range(3)])[(slice(None), *picked.T)]
             axis = np.argmax(np.abs(outward), axis=0)

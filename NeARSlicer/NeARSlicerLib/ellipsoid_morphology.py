@@ -54,6 +54,18 @@ def dilation(mask: np.ndarray, reach_kji: Sequence[int]) -> np.ndarray:
     return out
 
 
+def segment_erosion(mask: np.ndarray, reach_kji: Sequence[int], border_value: int = 0) -> np.ndarray:
+    """The voxels of ``mask`` whose segments along each axis (``reach_kji`` voxels each way) lie wholly in
+    it, beyond the array counting as ``border_value``: the only ones that can survive an erosion by any
+    element holding those segments (a 1-D minimum filter per axis, cheap)."""
+    m = np.asarray(mask, bool)
+    cand = m.copy()
+    for axis in range(3):  # each segment on the mask itself: in turn, they would erode by a cuboid
+        cand &= ndimage.minimum_filter1d(m.view(np.uint8), 2 * int(reach_kji[axis]) + 1, axis=axis,
+                                         mode="constant", cval=border_value).view(bool)
+    return cand
+
+
 def erosion(mask: np.ndarray, reach_kji: Sequence[int]) -> np.ndarray:
     """``ndimage.binary_erosion(mask, element(reach_kji), border_value=0)`` (bool, [k, j, i])."""
     m = np.asarray(mask, bool)
@@ -62,10 +74,7 @@ def erosion(mask: np.ndarray, reach_kji: Sequence[int]) -> np.ndarray:
     # the element holds its three axes' segments, so only voxels that survive the erosion by each segment
     # (a 1-D minimum filter along each axis, cheap) can survive it: a thin shell (the prior's change on a
     # correct boundary) has none, and the distance transform is read only around those that do
-    cand = m.copy()
-    for axis in range(3):  # each segment on the mask itself: in turn, they would erode by a cuboid
-        cand &= ndimage.minimum_filter1d(m.view(np.uint8), 2 * int(r[axis]) + 1, axis=axis, mode="constant",
-                                         cval=0).view(bool)
+    cand = segment_erosion(m, r)
     if not cand.any():
         return out
     box = grown_slices(cand, r)

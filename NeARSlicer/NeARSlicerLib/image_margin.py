@@ -295,12 +295,19 @@ def _moved(ev: _Evidence, mm: float, where: np.ndarray, a: np.ndarray) -> np.nda
     return a & ~(where & ev.a & (ev.din <= -mm + 1e-6))
 
 
-def _grown(a: np.ndarray, sp: np.ndarray, mm: float) -> np.ndarray:
-    """``a`` (3-D) with its boundary moved ``mm`` all round (+ outwards): ``_moved`` everywhere, from the
-    layers next to the boundary (``boundary_sample.near``) instead of the whole box's distances."""
+def _crossed(a: np.ndarray, sp: np.ndarray, mm: float, inner: Optional[np.ndarray] = None,
+             outer: Optional[np.ndarray] = None) -> np.ndarray:
+    """The voxels that moving the boundary of ``a`` (3-D) ``mm`` all round (+ outwards) adds or removes,
+    from the layers next to the boundary (``boundary_sample.near``; ``inner``/``outer``: those layers when
+    already at hand) instead of the whole box's distances."""
     if mm > 0:
-        return a | boundary_sample.near(boundary_sample.inner_layer(a), sp, mm)
-    return a & ~boundary_sample.near(boundary_sample.outer_layer(a), sp, -mm)
+        return boundary_sample.near(boundary_sample.inner_layer(a) if inner is None else inner, sp, mm) & ~a
+    return boundary_sample.near(boundary_sample.outer_layer(a) if outer is None else outer, sp, -mm) & a
+
+
+def _grown(a: np.ndarray, sp: np.ndarray, mm: float) -> np.ndarray:
+    """``a`` (3-D) with its boundary moved ``mm`` all round (+ outwards): ``_moved`` everywhere."""
+    return a ^ _crossed(a, sp, mm)
 
 
 def _moved_sides(a: np.ndarray, sp: np.ndarray, found: Sequence) -> tuple:
@@ -315,9 +322,7 @@ def _moved_sides(a: np.ndarray, sp: np.ndarray, found: Sequence) -> tuple:
     surface, surface_side = _surface_sides(a, inner, sp)
     tree = cKDTree(surface * sp)
     for index, name, side_mm in found:
-        # the voxels the margin would move all round (``_grown(a, sp, side_mm) ^ a``)
-        at = np.argwhere(boundary_sample.near(inner, sp, side_mm) & ~a if side_mm > 0
-                         else boundary_sample.near(outer, sp, -side_mm) & a)
+        at = np.argwhere(_crossed(a, sp, side_mm, inner, outer))
         if len(at):
             at = at[surface_side[tree.query(at * sp)[1]] == index]
         if len(at):  # a side is reported only where it moved voxels (``MarginFit.moved``)
@@ -351,25 +356,24 @@ def fit(annotation: np.ndarray, image: np.ndarray, spacing: Sequence[float],
     sides: list = []
     if mm:
         out = _moved(ev, mm, everywhere, ev.a) if ev.whole is None else _grown(ev.whole, ev.sp, mm)
-    elif ev.whole is not None:  # a large box: sides judged on the sample, moved on the whole box
+    else:  # each side judged on its own (a large box's on the sample), then moved
+        if ev.whole is None:
+            surface = ev.a & ~ndimage.binary_erosion(ev.a)
+            side_of = _sides(ev.a, surface, ev.sp)
+        else:
+            surface, side_of = ev.surface, ev.side_of
         found = [(index, name, side_mm) for index, name in enumerate(SIDES)
-                 if int((ev.surface & (ev.side_of == index)).sum()) >= MIN_SIDE_VOXELS
-                 and (side_mm := resolved(_margin(ev, ev.side_of == index)))]
-        out, sides = _moved_sides(ev.whole, ev.sp, found)
-    else:
-        surface = ev.a & ~ndimage.binary_erosion(ev.a)
-        side_of, out = _sides(ev.a, surface, ev.sp), ev.a.copy()
-        for index, name in enumerate(SIDES):
-            where = side_of == index
-            if int((surface & where).sum()) < MIN_SIDE_VOXELS:
-                continue
-            side_mm = resolved(_margin(ev, where))
-            if not side_mm:
-                continue
-            moved = _moved(ev, side_mm, where, out)
-            if (moved ^ out).any():  # a side is reported only where it moved voxels (``MarginFit.moved``)
-                out = moved
-                sides.append((name, round(side_mm, 3)))
+                 if int((surface & (side_of == index)).sum()) >= MIN_SIDE_VOXELS
+                 and (side_mm := resolved(_margin(ev, side_of == index)))]
+        if ev.whole is not None:  # moved on the whole box
+            out, sides = _moved_sides(ev.whole, ev.sp, found)
+        else:
+            out = ev.a.copy()
+            for index, name, side_mm in found:
+                moved = _moved(ev, side_mm, side_of == index, out)
+                if (moved ^ out).any():  # a side is reported only where it moved voxels (``MarginFit.moved``)
+                    out = moved
+                    sides.append((name, round(side_mm, 3)))
     if not out.any():  # a margin never removes the whole structure
         return ann.copy(), MarginFit(0.0, True)
     full = ann.copy()
