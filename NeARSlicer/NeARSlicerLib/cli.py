@@ -95,7 +95,9 @@ def image_voxel_flag(sp) -> None:
     sp.add_argument("--image-voxel-mm", type=_size_mm, default=None, metavar="MM",
                     help="the image's own finest voxel side when it was resampled onto the mask's finer grid "
                          "(e.g. 3 for a 3 mm CT resampled to a 1 mm segmentation): the margin fit then moves no "
-                         "boundary by less, since an interpolated edge is no sharper than the image's voxel")
+                         "boundary by less, since an interpolated edge is no sharper than the image's voxel; "
+                         "not given, it is read off the image where its detail repeats with a coarser voxel's "
+                         "period (nearest, linear or B-spline resampling), and the grid's own voxel otherwise")
 
 
 def cmd_refine(args) -> int:

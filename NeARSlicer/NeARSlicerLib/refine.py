@@ -38,7 +38,7 @@ from .device import pick_device
 from .errors import Cancelled, InputError, NeARError, PriorError, RefinementError
 from .fit import FitConfig, fit_latent
 from .geometry import Grid, check_volume_shape, grown_slices, refine_box, to_source, to_working
-from . import image_margin, image_trim
+from . import image_margin, image_resolution, image_trim
 from .image_evidence import box_pad as image_evidence_pad, support, undo_contradicted
 from .model import NeARModel
 from .appearance import normalise as normalise_image
@@ -519,9 +519,16 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
     # masks (benchmarks/image_margin.py)
     # the trim (benchmarks/image_trim.py) reads the image as the margin fit does, under the same conditions
     reads_ct = image_evidence and painted is None and modality == "CT"
-    annotation, margin, found_trim = original, None, None
+    annotation, margin, found_trim, read_voxel = original, None, None, None
     if reads_ct and opts.fit_margin:
-        annotation, margin = image_margin.fit(original, image, grid.spacing, image_voxel_mm=opts.image_voxel_mm)
+        image_voxel = opts.image_voxel_mm
+        if image_voxel is None:  # not told: a CT resampled from coarser voxels shows their period
+            image_voxel = read_voxel = image_resolution.acquired_voxel_mm(image, grid.spacing)
+            if read_voxel is not None:
+                notes.append(f"the image looks resampled from about {read_voxel:g} mm voxels (its detail repeats "
+                             "with that period): no margin finer than that was fitted (an image voxel given "
+                             "overrides this)")
+        annotation, margin = image_margin.fit(original, image, grid.spacing, image_voxel_mm=image_voxel)
         # the sides a reviewer reads: the patient's directions on this grid ("posterior"), not array axes
         margin = replace(margin, sides=tuple((grid.patient_direction(side), mm) for side, mm in margin.sides))
         if margin.moved:
@@ -551,6 +558,8 @@ def _refine(mask: np.ndarray, grid: Grid, image: Optional[np.ndarray], opts: Ref
                 "image_margin_sides": None if margin is None or not margin.sides else [list(s) for s in margin.sides],
                 # what the image trimmed from the output ({removed, pieces, judged}; None: not tried)
                 "image_trim": None if found_trim is None else found_trim.as_dict(),
+                # the image's own voxel (mm) read off its detail when it was not given (None: none coarser read)
+                "image_voxel_read_mm": read_voxel,
                 **fields}
     def finish(mask: np.ndarray, prob: np.ndarray, action: str) -> tuple:
         """(mask, probability, action, specks) after the do-no-harm default's last steps, on every exit

@@ -272,7 +272,8 @@ def test_a_correct_real_gland_on_a_grid_finer_than_its_ct_is_kept(shared_data):
 def test_a_study_keeps_a_correct_real_gland_on_a_grid_finer_than_its_ct(shared_data):
     """A study's final refinement reads each case's own image voxel (StudyCase.image_voxel_mm, what
     Slicer's study of an oversampled segmentation sets per case): the real CT's correct right adrenal
-    gland on a 1 mm cube is kept; not told, the margin fit on the interpolated CT moves it."""
+    gland on a 1 mm cube is kept; told the cube's own 1 mm (which overrides what the image shows), the
+    margin fit on the interpolated CT moves it."""
     from NeARSlicerLib.bench import real_ct_cases
     from NeARSlicerLib.study import StudyCase, StudyConfig, run_study
 
@@ -281,12 +282,12 @@ def test_a_study_keeps_a_correct_real_gland_on_a_grid_finer_than_its_ct(shared_d
     kept = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for told in (case.image_voxel_mm, None):
+        for told in (case.image_voxel_mm, 1.0):
             study_case = StudyCase("right", case.truth.astype(np.uint8), case.grid, case.image,
                                    structure="adrenal gland", image_voxel_mm=told)
             result = run_study([study_case], "adrenal", StudyConfig.for_recipe("denoise", epochs=1))
             kept[told] = dice(result.masks[0], case.truth)
-    assert kept[3.0] >= 0.97 and kept[None] < kept[3.0] - 0.05, kept
+    assert kept[3.0] >= 0.97 and kept[1.0] < kept[3.0] - 0.05, kept
     with pytest.raises(InputError, match="case right: image_voxel_mm .* must be a positive size in mm, got 0"):
         run_study([StudyCase("right", case.truth.astype(np.uint8), case.grid, case.image, image_voxel_mm=0.0)],
                   "adrenal", StudyConfig.for_recipe("denoise", epochs=1))
