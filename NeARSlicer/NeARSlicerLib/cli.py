@@ -160,6 +160,7 @@ def cmd_refine(args) -> int:
                  "gate_opened_by_image": info.get("gate_opened_by_image"),
                  "gate_closed_by_image": info.get("gate_closed_by_image"),
                  "image_margin_mm": info.get("image_margin_mm"), "image_margin_sides": info.get("image_margin_sides"),
+                 "image_voxel_read_mm": info.get("image_voxel_read_mm"),
                  "image_trim": info.get("image_trim"), "specks": info.get("specks"),
                  "voxels_before": int(mask.sum()), "voxels_after": int(res.mask.sum()),
                  "dice_input_refined": round(float(score), 4), "seconds": round(res.seconds, 2),

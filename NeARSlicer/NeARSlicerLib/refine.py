@@ -97,7 +97,8 @@ class RefineOptions:
     modality: Optional[str] = None
     # the finest voxel side (mm) of the image as it was acquired, when it was resampled onto a finer mask
     # grid (Slicer: a volume under an oversampled segmentation): the image shows no edge finer than this,
-    # so the margin fit moves no boundary by less; None: the grid's own voxel
+    # so the margin fit moves no boundary by less; None: read off the image where it shows a coarser grid's
+    # period (image_resolution), else the grid's own voxel
     image_voxel_mm: Optional[float] = None
     # a mask painted on thick slices and resampled to a finer grid (a staircase) is given to the prior
     # with its painted slices interpolated (slice_interpolation.py); False: its staircase as it is;

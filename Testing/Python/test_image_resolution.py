@@ -123,3 +123,32 @@ def test_a_period_out_of_phase_between_quadrants_is_not_the_grid_s():
     assert read_axis(img, 0.75, 0).period_mm is None
     aligned = np.block([[quads[0], quads[2]], [quads[0], quads[2]]])
     assert abs(read_axis(aligned, 0.75, 0).period_mm - 3.0) <= 0.15
+
+
+def test_the_cli_reports_the_voxel_it_read(shared_data, tmp_path, capsys):
+    """``nearslicer refine --json`` on files: the real right adrenal gland and its CT interpolated to a
+    1 mm cube report ``image_voxel_read_mm`` about 3 and the warning; with ``--image-voxel-mm 3`` nothing
+    is read and the output file is the same."""
+    import json
+
+    from NeARSlicerLib.bench import real_ct_cases
+    from NeARSlicerLib.cli import main
+    from NeARSlicerLib.io import read_mask, write_image, write_mask
+
+    folder = shared_data / "totalseg_example"
+    case = real_ct_cases(folder / "ct.nii.gz", folder / "seg.nii.gz", (8,), per_label=1, family="shift")[0]
+    ct, mask = tmp_path / "ct.nii.gz", tmp_path / "gland.nii.gz"
+    write_image(str(ct), case.image, case.grid)
+    write_mask(str(mask), case.truth.astype(np.uint8), case.grid)
+    facts, outputs = {}, {}
+    for told in (None, "3"):
+        out = tmp_path / f"refined_{told}.nii.gz"
+        args = ["refine", "--image", str(ct), "--mask", str(mask), "--out", str(out), "--structure", "adrenal",
+                "--json"] + (["--image-voxel-mm", told] if told else [])
+        assert main(args) == 0
+        facts[told] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        outputs[told] = np.asarray(read_mask(str(out))[0]) > 0
+    assert abs(facts[None]["image_voxel_read_mm"] - 3.0) <= 0.2, facts[None]
+    assert any("resampled from about 3" in w for w in facts[None]["warnings"])
+    assert facts["3"]["image_voxel_read_mm"] is None
+    assert np.array_equal(outputs[None], outputs["3"])
