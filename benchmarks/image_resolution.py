@@ -34,16 +34,15 @@ if not any(Path(p, "NeARSlicerLib").is_dir() for p in sys.path if p):
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from bench_full_resolution import EXAMPLE  # noqa: E402
 from NeARSlicerLib.image_resolution import acquired_voxel_mm, read_axis  # noqa: E402
-
-EXAMPLE = ROOT.parent / "shared" / "data" / "totalseg_example" / "ct.nii.gz"
 
 
 def resampled_sets() -> dict:
     """name -> (image [k, j, i], spacing mm) of the example CT resampled from its 3 mm."""
     import SimpleITK as sitk
 
-    ct = sitk.ReadImage(str(EXAMPLE), sitk.sitkFloat32)
+    ct = sitk.ReadImage(str(EXAMPLE / "ct.nii.gz"), sitk.sitkFloat32)
     out = {"native: example CT, 3 mm": (np.round(sitk.GetArrayFromImage(ct)), 3.0)}
     for fine in (0.7, 1.0, 1.5):
         size = [int(round(n * s / fine)) for n, s in zip(ct.GetSize(), ct.GetSpacing())]

@@ -107,12 +107,8 @@ def acquired_voxel_mm(image: np.ndarray, spacing: Sequence[float]) -> Optional[f
     """The finest voxel side (mm) ``image`` (``[k, j, i]``, ``spacing`` (i, j, k) mm) was resampled from,
     when that is at least ``MIN_RATIO`` times its grid's finest side; None otherwise."""
     sp_kji = np.asarray(spacing, dtype=float)[::-1]
-    shape = np.shape(image)
-    image = np.asarray(image)[tuple(slice(max(0, (n - MAX_PLANES) // 2), max(0, (n - MAX_PLANES) // 2) + MAX_PLANES)
-                                    for n in shape)]
-    sides = []
-    for axis in range(3):
-        reading = read_axis(image, float(sp_kji[axis]), axis)
-        sides.append(max(reading.period_mm, float(sp_kji[axis])) if reading.period_mm else float(sp_kji[axis]))
-    finest = min(sides)
+    lo = [max(0, (n - MAX_PLANES) // 2) for n in np.shape(image)]
+    image = np.asarray(image)[tuple(slice(a, a + MAX_PLANES) for a in lo)]
+    # a period spans at least 2 planes, so a resampled axis's side is never finer than its spacing
+    finest = min(read_axis(image, float(sp), axis).period_mm or float(sp) for axis, sp in enumerate(sp_kji))
     return round(float(finest), 2) if finest >= MIN_RATIO * float(sp_kji.min()) else None
